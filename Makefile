@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both create .venv when missing and install
+# everything from scratch. TORCH pins the CPU wheel on this machine; a GPU user overrides it,
+# e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scoredistill baseline --testbed digits --out runs/demo-digits
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+test: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
