@@ -143,7 +143,9 @@ def guided(denoise: Denoise, w: float | Tensor, null_label: int = -1) -> Denoise
             return denoise(x_t, t, cond)
         n = x_t.shape[0]
         both = denoise(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.full_like(cond, null_label), cond])
+            torch.cat([x_t, x_t]),
+            torch.cat([t, t]),
+            torch.cat([torch.full_like(cond, null_label), cond]),
         )
         return cfg_combine(both[:n], both[n:], w)
 

@@ -14,6 +14,10 @@ integer step, EDM's ``c_noise``, ``1000 * t``) is an adapter's job.
 | rf          | 1 - t                    | t                         | rectified flow                 |
 | trigflow    | cos(pi t / 2)            | sin(pi t / 2)             | sCM's TrigFlow, angle pi t / 2 |
 
+Samplers evaluate between ``t_min`` and ``t_max``. For edm, rf and trigflow these are where
+``sigma / alpha`` is EDM's 0.002 and 80 (rf and trigflow reach pure noise, alpha = 0, only at
+t = 1, where Heun's VE-view step is undefined); the VP tables use their whole range.
+
 The discrete VP tables follow diffusers (``DDPMScheduler``): index k = 0 is the DDPM paper's
 step 1, so ``t = 0`` is slightly noisy (sigma = 0.01 for vp-linear), never clean data.
 The log-SNR is interpolated linearly between table entries, which is exact at the integer steps
@@ -48,12 +52,14 @@ class Schedule(Protocol):
     """A forward process on ``t ∈ [0, 1]``.
 
     ``t_min``/``t_max`` bound the times a sampler evaluates: between them ``sigma/alpha`` is
-    finite and positive.
+    finite and positive. ``default_spacing`` is the sampler time grid that suits it
+    (``uniform`` in t, ``karras`` or ``logsnr``; see ``samplers.time_grid``).
     """
 
     name: str
     t_min: float
     t_max: float
+    default_spacing: str
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_t, sigma_t)`` with the shape and dtype of ``t``."""
@@ -98,6 +104,11 @@ class VPTableSchedule:
     n: int = 1000
     t_min: float = 0.0
     t_max: float = 1.0
+    # sigma/alpha spans 0.01..157 (linear) or 0.006..2e4 (cosine): uniform t makes the cosine
+    # table's first step span three decades, which Heun cannot integrate. Uniform log-SNR
+    # (DPM-Solver's choice for small data) was the most accurate of uniform/karras/logsnr for
+    # DDIM, Heun and DPM-Solver++ on a Gaussian at 16 and 64 NFE (docs/architecture.md).
+    default_spacing: str = "logsnr"
     _lam: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +145,7 @@ class EDMSchedule:
     rho: float = 7.0  # EDM eq. 5: uniform t is Karras' sampling grid
     t_min: float = 0.0
     t_max: float = 1.0
+    default_spacing: str = "uniform"
 
     def _base(self, t: Tensor) -> tuple[Tensor, float]:
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
@@ -155,8 +167,9 @@ class RectifiedFlowSchedule:
     """Rectified flow: alpha = 1 - t, sigma = t (velocity target eps - x)."""
 
     name: str = "rf"
-    t_min: float = 0.002  # sigma/alpha ~ 0.002, EDM's sigma_min
-    t_max: float = 1.0
+    t_min: float = 0.002 / 1.002  # sigma/alpha = 0.002, EDM's sigma_min
+    t_max: float = 80 / 81  # sigma/alpha = 80, EDM's sigma_max (t = 1 is pure noise)
+    default_spacing: str = "uniform"
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         check_t(t)
@@ -173,7 +186,8 @@ class TrigFlowSchedule:
 
     name: str = "trigflow"
     t_min: float = 2 / math.pi * math.atan(0.002)  # sigma/alpha = 0.002
-    t_max: float = 1.0
+    t_max: float = 2 / math.pi * math.atan(80.0)  # sigma/alpha = 80, as sCM's sigma_max
+    default_spacing: str = "uniform"
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         check_t(t)

@@ -60,7 +60,9 @@ def _eigen_from_spec(k: int, d: int, stds: Tensor | None, covs: Tensor | None):
             raise MixtureFormatError("array 'stds' must be strictly positive")
         return stds**2, None
     if covs.shape != (k, d, d):
-        raise MixtureFormatError(f"array 'covs' must have shape ({k}, {d}, {d}), got {tuple(covs.shape)}")
+        raise MixtureFormatError(
+            f"array 'covs' must have shape ({k}, {d}, {d}), got {tuple(covs.shape)}"
+        )
     if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-8):
         raise MixtureFormatError("array 'covs' must be symmetric")
     eigvals, eigvecs = torch.linalg.eigh(covs)
@@ -96,11 +98,15 @@ class GaussianMixtureTeacher:
     ) -> None:
         means = _as_f64("means", means)
         if means.dim() != 2:
-            raise MixtureFormatError(f"array 'means' must have shape (K, D), got {tuple(means.shape)}")
+            raise MixtureFormatError(
+                f"array 'means' must have shape (K, D), got {tuple(means.shape)}"
+            )
         k, d = means.shape
         weights = _as_f64("weights", weights)
         if weights.shape != (k,):
-            raise MixtureFormatError(f"array 'weights' must have shape ({k},), got {tuple(weights.shape)}")
+            raise MixtureFormatError(
+                f"array 'weights' must have shape ({k},), got {tuple(weights.shape)}"
+            )
         if bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise MixtureFormatError("array 'weights' must be non-negative with a positive sum")
         eigvals, eigvecs = _eigen_from_spec(
@@ -158,7 +164,13 @@ class GaussianMixtureTeacher:
         if key not in self._cache:
             vecs = None if self.eigvecs is None else self.eigvecs.to(like)
             labels = None if self.labels is None else self.labels.to(like.device)
-            self._cache[key] = (self.means.to(like), self.eigvals.to(like), vecs, self.weights.to(like), labels)
+            self._cache[key] = (
+                self.means.to(like),
+                self.eigvals.to(like),
+                vecs,
+                self.weights.to(like),
+                labels,
+            )
         return self._cache[key]
 
     def _flat(self, x: Tensor) -> Tensor:
@@ -205,7 +217,9 @@ class GaussianMixtureTeacher:
         return self.schedule.alpha_sigma(t)
 
     # ------------------------------------------------------------------ (alpha, sigma) API
-    def denoise_at(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def denoise_at(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         """Exact ``E[x | x_t, cond]`` at noise level ``(alpha, sigma)`` (each ``(B,)``)."""
         x = self._flat(x_t)
         y, var = self._project(x, alpha, sigma)
@@ -215,14 +229,18 @@ class GaussianMixtureTeacher:
         out = r @ mu + self._back(r[..., None] * coef * y)
         return out.reshape(x_t.shape)
 
-    def score_at(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def score_at(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         """Exact ``grad_x log p_t(x_t | cond)``."""
         x = self._flat(x_t)
         y, var = self._project(x, alpha, sigma)
         r = torch.softmax(self._log_joint(y, var, cond), dim=1)
         return (-self._back(r[..., None] * y / var)).reshape(x_t.shape)
 
-    def log_prob_at(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def log_prob_at(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         """Exact ``log p_t(x_t | cond)``, shape ``(B,)``."""
         y, var = self._project(self._flat(x_t), alpha, sigma)
         return torch.logsumexp(self._log_joint(y, var, cond), dim=1)
@@ -270,7 +288,9 @@ class GaussianMixtureTeacher:
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Exact samples ``(n, D)`` of the data (class ``cond[i]`` for row i when given)."""
         like = torch.empty(0, dtype=torch.float64)
-        prior = self._log_prior(cond, n, like).exp() if cond is not None else self.weights.expand(n, -1)
+        prior = (
+            self._log_prior(cond, n, like).exp() if cond is not None else self.weights.expand(n, -1)
+        )
         comp = torch.multinomial(prior, 1, replacement=True, generator=rng).squeeze(1)
         z = torch.randn(n, self.dim, generator=rng, dtype=torch.float64)
         z = z * self.eigvals[comp].sqrt()
@@ -291,7 +311,9 @@ class GaussianMixtureTeacher:
         with data:
             for key in ("means", "weights"):
                 if key not in data.files:
-                    raise MixtureFormatError(f"mixture file {path} lacks array {key!r} (has {data.files})")
+                    raise MixtureFormatError(
+                        f"mixture file {path} lacks array {key!r} (has {data.files})"
+                    )
             arrays = {key: data[key] for key in data.files}
         unknown = set(arrays) - {"means", "weights", "stds", "covs", "labels"}
         if unknown:
