@@ -178,6 +178,15 @@ def test_npz_round_trip(tmp_path):
             {"means": np.zeros((2, 1)), "weights": np.ones(2), "stds": np.ones(2), "extra": [1]},
             "unknown arrays",
         ),
+        (
+            {
+                "means": np.zeros((2, 1)),
+                "weights": np.ones(2),
+                "stds": np.ones(2),
+                "labels": [0, 2],
+            },
+            "no component has",
+        ),
     ],
 )
 def test_malformed_npz_names_the_array(tmp_path, arrays, message):

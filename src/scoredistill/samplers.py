@@ -57,7 +57,8 @@ def time_grid(schedule: Schedule, n: int, spacing: str | None = None, rho: float
 
     ``None`` takes the schedule's ``default_spacing``. ``uniform`` is uniform in the
     schedule's own t (EDM's t is already Karras' rho = 7 grid; VP's is DDIM's "trailing");
-    ``logsnr`` is uniform in lambda; ``karras`` is uniform in ``s~^(1/rho)``. ``n = 1`` gives ``[t_max]``: one evaluation at the noise end.
+    ``logsnr`` is uniform in lambda; ``karras`` is uniform in ``s~^(1/rho)``.
+    ``n = 1`` gives ``[t_max]``: one evaluation at the noise end.
     """
     spacing = spacing or schedule.default_spacing
     if n < 1:

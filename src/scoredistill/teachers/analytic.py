@@ -132,6 +132,11 @@ class GaussianMixtureTeacher:
                 f"array 'labels' must be non-negative integers of shape ({k},), "
                 f"got dtype {arr.dtype} shape {arr.shape}"
             )
+        missing = sorted(set(range(int(arr.max()) + 1)) - set(arr.tolist()))
+        if missing:
+            raise MixtureFormatError(
+                f"array 'labels' must use every class 0..C-1; no component has {missing}"
+            )
         return torch.as_tensor(arr, dtype=torch.long)
 
     # ------------------------------------------------------------------ properties
@@ -174,7 +179,7 @@ class GaussianMixtureTeacher:
         return self._cache[key]
 
     def _flat(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x[0].numel() != self.dim:
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must be (B, *D) with prod(D) = {self.dim}, got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.dim)
 
@@ -294,8 +299,10 @@ class GaussianMixtureTeacher:
         comp = torch.multinomial(prior, 1, replacement=True, generator=rng).squeeze(1)
         z = torch.randn(n, self.dim, generator=rng, dtype=torch.float64)
         z = z * self.eigvals[comp].sqrt()
-        if self.eigvecs is not None:
-            z = torch.einsum("bdj,bj->bd", self.eigvecs[comp], z)
+        if self.eigvecs is not None:  # one matmul per component: no (n, D, D) temporary
+            for k in comp.unique().tolist():
+                rows = comp == k
+                z[rows] = z[rows] @ self.eigvecs[k].T
         x = (self.means[comp] + z).to(dtype)
         return (x, comp) if return_components else x
 

@@ -1,0 +1,322 @@
+"""``scoredistill`` command line: testbeds, teacher sampling, the sampler × NFE baseline.
+
+Every command that runs work writes one folder (``--out``) with ``config.json``, machine-readable
+results and PNG figures. Bad input ends with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import ConfigError
+from .io import atomic_write_json
+from .samplers import SAMPLERS, SPACINGS, nfe_to_steps
+from .schedules import SCHEDULES
+from .teachers.analytic import MixtureFormatError
+
+__all__ = ["main"]
+
+DEFAULT_NFES = (1, 2, 4, 8, 16, 64)
+DEFAULT_SAMPLERS = ("ddim", "euler", "heun", "dpmpp-2m")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(v) for v in text.split(",") if v)
+
+
+def _name_list(valid: Sequence[str]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(v for v in text.split(",") if v)
+        for name in names:
+            if name not in valid:
+                raise argparse.ArgumentTypeError(
+                    f"unknown name {name!r}; valid: {', '.join(valid)}"
+                )
+        return names
+
+    return parse
+
+
+def _load_testbed(name: str, seed: int, schedule: str):
+    from .teachers.testbeds import get_testbed
+
+    return get_testbed(name, seed=seed, schedule=schedule)
+
+
+def _draw_labels(testbed, n: int, rng: torch.Generator, fixed: int | None) -> torch.Tensor | None:
+    """Class labels for a conditional testbed: ``fixed`` or drawn from the class prior."""
+    truth = testbed.truth
+    if not testbed.conditional:
+        if fixed is not None:
+            raise UsageError(f"--class given but testbed {testbed.name!r} is unconditional")
+        return None
+    if fixed is not None:
+        if not 0 <= fixed < truth.num_classes:
+            raise UsageError(f"--class must lie in [0, {truth.num_classes - 1}], got {fixed}")
+        return torch.full((n,), fixed, dtype=torch.long)
+    prior = torch.zeros(truth.num_classes, dtype=torch.float64).index_add_(
+        0, truth.labels, truth.weights
+    )
+    return torch.multinomial(prior, n, replacement=True, generator=rng)
+
+
+def _denoiser(testbed, cfg: float):
+    from .parametrization import guided
+
+    if cfg == 1.0 or not testbed.conditional:
+        if cfg != 1.0:
+            raise UsageError(f"--cfg needs a conditional testbed; {testbed.name!r} has no classes")
+        return testbed.teacher.denoise
+    return guided(testbed.teacher.denoise, cfg)
+
+
+def _run_sampler(testbed, sampler: str, nfe: int, n: int, seed: int, cfg: float, spacing, fixed):
+    """Sample and time one (sampler, NFE) cell; returns ``(x, labels, nfe_used, wall_s)``."""
+    from .samplers import sample
+
+    rng = torch.Generator().manual_seed(seed)
+    labels = _draw_labels(testbed, n, rng, fixed)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x, used = sample(
+            testbed.teacher,
+            sampler,
+            nfe,
+            n,
+            rng=rng,
+            cond=labels,
+            spacing=spacing,
+            denoise=_denoiser(testbed, cfg),
+        )
+    return x, labels, used, time.perf_counter() - start
+
+
+def _metrics(testbed, x, labels, seed: int) -> dict[str, float]:
+    from .eval.metrics import testbed_metrics
+
+    return testbed_metrics(
+        testbed, x.reshape(x.shape[0], -1).double(), labels=labels, seed=seed + 1
+    )
+
+
+def _save_samples(path: Path, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+    arrays = {"x": x.reshape(x.shape[0], -1).numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    np.savez(path, **arrays)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_testbeds(args: argparse.Namespace) -> int:
+    """Print the named testbeds."""
+    from .teachers.testbeds import list_testbeds
+
+    rows = list_testbeds()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    print(
+        "\nAlso accepted wherever a testbed is: a mixture file path/to/file.npz "
+        "(means, weights, stds|covs, labels) and a learned-teacher folder from train-teacher."
+    )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample a teacher once; write samples.npz, metrics.json, samples.png."""
+    from .eval.plots import save_panels
+
+    nfe_to_steps(args.sampler, args.nfe)
+    testbed = _load_testbed(args.testbed, args.testbed_seed, args.schedule)
+    out = _prepare_out(args)
+    x, labels, used, wall = _run_sampler(
+        testbed, args.sampler, args.nfe, args.n, args.seed, args.cfg, args.spacing, args.klass
+    )
+    metrics = {**_metrics(testbed, x, labels, args.seed), "nfe": used, "wall_s": wall}
+    _save_samples(out / "samples.npz", x, labels)
+    atomic_write_json(out / "metrics.json", metrics)
+    title = f"{testbed.name}: {args.sampler}, NFE={used}"
+    save_panels(testbed, {title: x}, out / "samples.png", labels=labels)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _baseline_rows(args, testbed) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
+    # Heun spends 2 NFE a step: budgets 1 and 2 give the same run; keep one of each
+    cells = list(dict.fromkeys((s, nfe_to_steps(s, n)[1]) for s in args.samplers for n in args.nfe))
+    rows, panels = [], {s: {} for s in args.samplers}
+    for sampler, nfe in tqdm(cells, desc=f"baseline {testbed.name}", unit="run", file=sys.stderr):
+        x, labels, used, wall = _run_sampler(
+            testbed, sampler, nfe, args.n, args.seed, args.cfg, args.spacing, None
+        )
+        rows.append(
+            {
+                "sampler": sampler,
+                "nfe": used,
+                **_metrics(testbed, x, labels, args.seed),
+                "wall_s": wall,
+            }
+        )
+        panels[sampler][f"NFE={used}"] = x[:64]
+    return rows, panels
+
+
+def _exact_row(args, testbed) -> dict:
+    """Exact samples scored the same way: the metrics' own noise floor."""
+    rng = torch.Generator().manual_seed(args.seed)
+    labels = _draw_labels(testbed, args.n, rng, None)
+    x = testbed.truth.sample(args.n, rng=rng, cond=labels)
+    return {"sampler": "exact", "nfe": 0, **_metrics(testbed, x, labels, args.seed), "wall_s": 0.0}
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """The teacher's sampler × NFE table: baseline.json, baseline.md and one PNG per sampler."""
+    from .eval.plots import save_panels
+    from .eval.report import baseline_markdown
+
+    testbed = _load_testbed(args.testbed, args.testbed_seed, args.schedule)
+    out = _prepare_out(args)
+    rows, panels = _baseline_rows(args, testbed)
+    rows.append(_exact_row(args, testbed))
+    result = {
+        "testbed": testbed.name,
+        "schedule": args.schedule,
+        "n": args.n,
+        "seed": args.seed,
+        "rows": rows,
+    }
+    atomic_write_json(out / "baseline.json", result)
+    table = baseline_markdown(result)
+    (out / "baseline.md").write_text(table)
+    for sampler, by_nfe in panels.items():
+        save_panels(
+            testbed, by_nfe, out / f"samples_{sampler}.png", suptitle=f"{testbed.name}: {sampler}"
+        )
+    print(table)
+    print(f"wrote {out}/baseline.json, baseline.md, samples_<sampler>.png")
+    return 0
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    """Train the learned 2-D teacher by denoising score matching on an exact testbed."""
+    from .teachers.neural import train_learned_teacher
+
+    out = _prepare_out(args)
+    info = train_learned_teacher(
+        args.testbed, seed=args.seed, steps=args.steps, out_dir=out, progress=not args.quiet
+    )
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _prepare_out(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    atomic_write_json(out / "config.json", config)
+    return out
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--testbed",
+        required=True,
+        help="a name from `scoredistill testbeds`, a .npz or a teacher folder",
+    )
+    p.add_argument(
+        "--schedule", default="edm", choices=list(SCHEDULES), help="forward process (default edm)"
+    )
+    p.add_argument("--testbed-seed", type=int, default=0, help="seed of the testbed's construction")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--n", type=_positive_int, default=2000, help="number of samples")
+    p.add_argument(
+        "--cfg", type=float, default=1.0, help="guidance scale w (1 = none, 0 = unconditional)"
+    )
+    p.add_argument(
+        "--spacing", choices=SPACINGS, default=None, help="time grid (default: the schedule's)"
+    )
+    p.add_argument("--out", required=True, help="run folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="scoredistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("testbeds", help="list the named testbeds").set_defaults(func=cmd_testbeds)
+
+    p = sub.add_parser("sample", help="sample a teacher with one sampler and NFE")
+    _add_teacher_args(p)
+    p.add_argument("--sampler", required=True, choices=list(SAMPLERS))
+    p.add_argument("--nfe", required=True, type=_positive_int, help="network evaluations")
+    p.add_argument("--class", dest="klass", type=int, default=None, help="fix the class label")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("baseline", help="the teacher's sampler x NFE table")
+    _add_teacher_args(p)
+    p.add_argument("--samplers", type=_name_list(list(SAMPLERS)), default=DEFAULT_SAMPLERS)
+    p.add_argument(
+        "--nfe", type=_int_list, default=DEFAULT_NFES, help="comma list, e.g. 1,2,4,8,16,64"
+    )
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser(
+        "train-teacher", help="train the learned 2-D teacher (DSM) on an exact testbed"
+    )
+    p.add_argument("--testbed", default="moons")
+    p.add_argument("--steps", type=_positive_int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train_teacher)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 success, 2 bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, ConfigError, MixtureFormatError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("SCOREDISTILL_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"scoredistill: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

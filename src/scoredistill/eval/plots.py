@@ -1,0 +1,199 @@
+"""Figures of samples against a testbed's exact data distribution.
+
+Three views, picked from the testbed: 2-D data over a heatmap of the exact log-density, images
+as a tiled grid, and anything else projected on the exact first two principal axes of the data.
+Figures are built with ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot), so nothing
+changes the global backend and no figure is left registered.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..teachers.testbeds import Testbed
+
+__all__ = ["plot_samples", "save_panels", "save_testbed_plot"]
+
+_MAX_IMAGES = 64
+_GRID = 200  # heatmap resolution per axis
+_LOGP_RANGE = 12.0  # nats shown below the density's maximum; lower is clipped
+_CMAP = "tab10"
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).reshape(x.shape[0], -1).numpy()
+
+
+def _scatter(ax: Any, xy: np.ndarray, labels: Tensor | None, **kw: Any) -> None:
+    """Scatter ``xy (N, 2)``, coloured by integer ``labels`` when given."""
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, c="tab:red", alpha=0.6, linewidths=0, **kw)
+        return
+    lab = labels.detach().cpu().numpy() % 10  # tab10 has ten colours; more ids cycle
+    ax.scatter(xy[:, 0], xy[:, 1], s=3, c=lab, cmap=_CMAP, vmin=-0.5, vmax=9.5, linewidths=0, **kw)
+
+
+def _box(testbed: Testbed, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis limits: the data's box, widened to the samples' 0.5-99.5% range, at most 3x wider."""
+    truth = testbed.truth
+    spread = 4 * truth.eigvals.max().sqrt().item()
+    lo = (truth.means.min(0).values - spread).numpy()
+    hi = (truth.means.max(0).values + spread).numpy()
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    finite = x[np.isfinite(x).all(1)]
+    if len(finite):
+        lo = np.minimum(lo, np.quantile(finite, 0.005, axis=0))
+        hi = np.maximum(hi, np.quantile(finite, 0.995, axis=0))
+    return np.maximum(lo, centre - 3 * half), np.minimum(hi, centre + 3 * half)
+
+
+def _plot_2d(ax: Any, testbed: Testbed, x: np.ndarray, labels: Tensor | None) -> None:
+    """Heatmap of the exact log-density on a box covering the data, samples on top."""
+    truth = testbed.truth
+    lo, hi = _box(testbed, x)
+    gx, gy = np.linspace(lo[0], hi[0], _GRID), np.linspace(lo[1], hi[1], _GRID)
+    grid = torch.as_tensor(np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2))
+    logp = truth.log_prob(grid).reshape(_GRID, _GRID).numpy()
+    ax.imshow(
+        np.maximum(logp, logp.max() - _LOGP_RANGE),
+        origin="lower",
+        extent=(lo[0], hi[0], lo[1], hi[1]),
+        cmap="Greys",
+        aspect="auto",
+    )
+    _scatter(ax, x, labels)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    outside = int((~((x >= lo) & (x <= hi)).all(1)).sum())
+    if outside:
+        ax.text(0.02, 0.02, f"{outside} outside view", transform=ax.transAxes, fontsize=7)
+
+
+def _plot_images(ax: Any, testbed: Testbed, x: np.ndarray, labels: Tensor | None) -> None:
+    """Tile up to 64 images (values in [-1, 1]) into one grey mosaic, labels in the corners."""
+    c, h, w = _chw(testbed.image_shape)
+    n = min(len(x), _MAX_IMAGES)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    mosaic = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), -1.0)
+    imgs = x[:n].reshape(n, c, h, w).transpose(0, 2, 3, 1)
+    for i, img in enumerate(imgs):
+        r, q = divmod(i, cols)
+        mosaic[1 + r * (h + 1) : (r + 1) * (h + 1), 1 + q * (w + 1) : (q + 1) * (w + 1)] = img
+    mosaic = (np.clip(mosaic, -1, 1) + 1) / 2
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray", vmin=0, vmax=1)
+    if labels is not None:
+        for i, lab in enumerate(labels[:n].tolist()):
+            r, q = divmod(i, cols)
+            ax.text(q * (w + 1) + 1, r * (h + 1) + 1.5, str(lab), color="tab:orange", fontsize=6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _chw(shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+    if shape is None or len(shape) not in (2, 3):
+        raise ValueError(f"image_shape must be (H, W) or (C, H, W), got {shape}")
+    return (1, *shape) if len(shape) == 2 else shape  # type: ignore[return-value]
+
+
+def _principal_axes(testbed: Testbed) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mean ``(D,)`` and top-2 principal axes ``(D, 2)`` of the mixture."""
+    truth = testbed.truth
+    w, mu = truth.weights, truth.means
+    mean = w @ mu
+    centred = mu - mean
+    cov = torch.einsum("k,kij->ij", w, truth.covariances) + centred.T @ (w[:, None] * centred)
+    _, vecs = torch.linalg.eigh(cov)
+    return mean.numpy(), vecs[:, [-1, -2]].numpy()
+
+
+def _plot_pca(ax: Any, testbed: Testbed, x: np.ndarray, labels: Tensor | None) -> None:
+    """Exact samples (grey) and ``x`` projected on the data's first two principal axes."""
+    mean, axes = _principal_axes(testbed)
+    rng = torch.Generator().manual_seed(0)
+    ref = testbed.truth.sample(2000, rng=rng, dtype=torch.float64).numpy()
+    ref_xy = (ref - mean) @ axes
+    ax.scatter(ref_xy[:, 0], ref_xy[:, 1], s=3, c="0.7", linewidths=0, label="truth")
+    _scatter(ax, (x - mean) @ axes, labels, label="samples")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+
+
+def plot_samples(
+    ax: Any,
+    testbed: Testbed,
+    x: Tensor,
+    labels: Tensor | None = None,
+    title: str | None = None,
+) -> None:
+    """Draw samples ``x: (N, *D)`` of ``testbed`` on a matplotlib ``ax``.
+
+    D = 2: exact log-density heatmap plus scatter; image testbeds: a grid of up to 64 images;
+    otherwise: exact samples (grey) and ``x`` on the first two principal components.
+    ``labels: (N,)`` integer classes colour the points (or annotate the images).
+    """
+    arr = _np(x)
+    if arr.shape[1] != testbed.dim:
+        raise ValueError(
+            f"x has {arr.shape[1]} values per sample; {testbed.name} has {testbed.dim}"
+        )
+    if testbed.image_shape is not None:
+        _plot_images(ax, testbed, arr, labels)
+    elif testbed.dim == 2:
+        _plot_2d(ax, testbed, arr, labels)
+    else:
+        _plot_pca(ax, testbed, arr, labels)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+
+
+def save_panels(
+    testbed: Testbed,
+    panels: Mapping[str, Tensor],
+    path: str | Path,
+    labels: Tensor | Mapping[str, Tensor] | None = None,
+    suptitle: str | None = None,
+) -> Path:
+    """One subplot per entry of ``panels`` (title = key) saved as a PNG at ``path``.
+
+    ``labels`` is one ``(N,)`` tensor for every panel or a dict keyed like ``panels``.
+    """
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("panels is empty: give at least one name -> samples entry")
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.6 * rows + (0.6 if suptitle else 0)), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (key, x) in zip(axes, panels.items(), strict=False):
+        lab = labels.get(key) if isinstance(labels, Mapping) else labels
+        plot_samples(ax, testbed, x, labels=lab, title=key)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    if suptitle:
+        fig.suptitle(textwrap.fill(suptitle, 48 * cols), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    fig.clear()
+    return path
+
+
+def save_testbed_plot(testbed: Testbed, path: str | Path, n: int = 2000, seed: int = 0) -> Path:
+    """PNG of ``n`` exact samples of ``testbed`` (coloured by class, else by mode)."""
+    rng = torch.Generator().manual_seed(seed)
+    x, comp = testbed.truth.sample(n, rng=rng, return_components=True)
+    labels = testbed.truth.labels[comp] if testbed.conditional else testbed.modes[comp]
+    return save_panels(
+        testbed, {f"{testbed.name}: exact samples": x}, path, labels, testbed.description
+    )

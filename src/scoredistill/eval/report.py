@@ -1,0 +1,47 @@
+"""Markdown tables of results (the README and ``baseline.md`` show them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["baseline_markdown", "format_value"]
+
+COLUMNS = (
+    ("mmd", "MMD²↓"),
+    ("sw2", "SW2↓"),
+    ("energy", "energy↓"),
+    ("mode_coverage", "coverage↑"),
+    ("mode_tv", "mode TV↓"),
+    ("spread_ratio", "spread→1"),
+    ("logp", "log p↑"),
+    ("class_acc", "class acc↑"),
+    ("wall_s", "wall s"),
+)
+
+
+def format_value(value: Any) -> str:
+    """Short, fixed-width-ish formatting of a metric value."""
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+            return f"{value:.2e}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def baseline_markdown(result: dict[str, Any]) -> str:
+    """The sampler × NFE table of a ``baseline.json`` result as GitHub markdown."""
+    rows = result["rows"]
+    cols = [(k, title) for k, title in COLUMNS if any(k in row for row in rows)]
+    head = "| sampler | NFE | " + " | ".join(title for _, title in cols) + " |"
+    rule = "|---|---:|" + "---:|" * len(cols)
+    body = [
+        f"| {row['sampler']} | {row['nfe']} | "
+        + " | ".join(format_value(row.get(k, "")) for k, _ in cols)
+        + " |"
+        for row in rows
+    ]
+    title = (
+        f"Teacher baseline on `{result['testbed']}` (schedule {result['schedule']}, "
+        f"{result['n']} samples, seed {result['seed']}); `exact` = exact samples, the metrics' floor."
+    )
+    return "\n".join([title, "", head, rule, *body, ""])

@@ -1,0 +1,156 @@
+"""Small file utilities: atomic writes, safetensors without pickle, checked JSON configs.
+
+A file written here either has its full new content or its old one: data goes to a temporary
+file in the target's directory, is flushed and ``fsync``-ed, then moved over the target with
+``os.replace`` (atomic on POSIX and Windows). Tensors are stored only as ``safetensors``; this
+library never unpickles weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "check_tensor_shapes",
+    "load_safetensors",
+    "read_json_object",
+    "read_safetensors_metadata",
+    "save_safetensors_atomic",
+    "sha256_file",
+]
+
+PathLike = str | os.PathLike
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_mode(path: Path) -> int:
+    """The target's current mode, else what ``open()`` gives (0o666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; the parent directory must exist."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0o600 files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int = 2) -> None:
+    """Write ``obj`` as UTF-8 JSON atomically. NaN/inf are rejected (strict JSON)."""
+    text = json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, Tensor], path: PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Save ``tensors`` (moved to CPU, made contiguous) as a safetensors file, atomically.
+
+    Tensors sharing storage (tied weights) are refused by safetensors; pass one copy.
+    """
+    bad = [
+        k for k, v in (metadata or {}).items() if not (isinstance(k, str) and isinstance(v, str))
+    ]
+    if bad:
+        raise ValueError(f"safetensors metadata must map str to str; bad entries: {bad}")
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(path, save(cpu, metadata=metadata))
+
+
+def load_safetensors(path: PathLike, device: str = "cpu") -> dict[str, Tensor]:
+    """Load every tensor of a safetensors file; unreadable files raise ``ValueError``."""
+    try:
+        return load_file(Path(path), device=device)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read safetensors file {path}: {err}") from None
+
+
+def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
+    """The ``__metadata__`` header of a safetensors file (empty dict when absent)."""
+    try:
+        with safe_open(Path(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read safetensors file {path}: {err}") from None
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (ties a JSON config to the weights it describes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: PathLike, required: dict[str, type] | None = None) -> dict[str, Any]:
+    """Read a JSON object; ``required`` maps keys to types (``float`` accepts ints, bools fail).
+
+    Raises ``ValueError`` naming the file and the first missing or mistyped key.
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read JSON file {path}: {err}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    for key, kind in (required or {}).items():
+        value = obj.get(key)
+        ok = isinstance(value, (int, float) if kind is float else kind)
+        if key not in obj or not ok or (isinstance(value, bool) and kind is not bool):
+            raise ValueError(f"{path}: key {key!r} must be a {kind.__name__}, got {value!r}")
+    return obj
+
+
+def check_tensor_shapes(expected: dict[str, Tensor], found: dict[str, Tensor], where: str) -> None:
+    """Raise ``ValueError`` naming any missing, unexpected or mis-shaped tensor key."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{where}: missing tensors {missing}, unexpected tensors {extra}")
+    for key, ref in expected.items():
+        if found[key].shape != ref.shape:
+            raise ValueError(
+                f"{where}: tensor {key!r} has shape {tuple(found[key].shape)}, "
+                f"expected {tuple(ref.shape)}"
+            )

@@ -1,0 +1,173 @@
+"""The command line: output contract, and one-line errors with exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scoredistill.cli import main
+
+
+def _run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_testbeds_lists_every_testbed(capsys):
+    code, out, _ = _run(["testbeds"], capsys)
+    assert code == 0
+    for name in (
+        "ring8",
+        "ring8-unbalanced",
+        "grid25",
+        "cond2d",
+        "gmm16",
+        "gmm64",
+        "moons",
+        "digits",
+    ):
+        assert f"\n{name} " in "\n" + out
+
+
+def test_sample_writes_the_output_contract(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, _, _ = _run(
+        [
+            "sample",
+            "--testbed",
+            "cond2d",
+            "--sampler",
+            "heun",
+            "--nfe",
+            "4",
+            "--n",
+            "300",
+            "--out",
+            str(out_dir),
+        ],
+        capsys,
+    )
+    assert code == 0
+    with np.load(out_dir / "samples.npz") as data:
+        assert data["x"].shape == (300, 2)
+        assert data["labels"].shape == (300,)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    expected = {
+        "mmd",
+        "sw2",
+        "energy",
+        "mode_coverage",
+        "mode_tv",
+        "spread_ratio",
+        "logp",
+        "class_acc",
+    }
+    assert expected | {"nfe", "wall_s"} <= set(metrics)
+    assert metrics["nfe"] == 3  # Heun: (4 + 1) // 2 = 2 times, 2 * 2 - 1 evaluations
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert (out_dir / "samples.png").stat().st_size > 1000
+    assert json.loads((out_dir / "config.json").read_text())["sampler"] == "heun"
+
+
+def test_sample_is_deterministic_in_the_seed(tmp_path, capsys):
+    for name in ("a", "b"):
+        args = ["sample", "--testbed", "ring8", "--sampler", "ancestral", "--nfe", "3", "--n", "50"]
+        assert main([*args, "--seed", "4", "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
+        assert np.array_equal(a["x"], b["x"])
+
+
+def test_baseline_table(tmp_path, capsys):
+    args = [
+        "baseline",
+        "--testbed",
+        "ring8",
+        "--samplers",
+        "ddim,heun",
+        "--nfe",
+        "1,2,8",
+        "--n",
+        "200",
+    ]
+    code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    result = json.loads((tmp_path / "baseline.json").read_text())
+    cells = [(r["sampler"], r["nfe"]) for r in result["rows"]]
+    # Heun budgets 1 and 2 are the same run (1 NFE); it is listed once
+    assert cells == [("ddim", 1), ("ddim", 2), ("ddim", 8), ("heun", 1), ("heun", 7), ("exact", 0)]
+    assert "| ddim | 8 |" in (tmp_path / "baseline.md").read_text()
+    assert (tmp_path / "samples_heun.png").exists()
+
+
+def test_npz_teacher_is_accepted(tmp_path, capsys):
+    np.savez(
+        tmp_path / "m.npz", means=[[0.0, 0.0], [3.0, 0.0]], weights=[1.0, 1.0], stds=[0.2, 0.2]
+    )
+    args = [
+        "sample",
+        "--testbed",
+        str(tmp_path / "m.npz"),
+        "--sampler",
+        "ddim",
+        "--nfe",
+        "8",
+        "--n",
+        "100",
+    ]
+    code, _, _ = _run([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["sample", "--testbed", "ring9", "--sampler", "ddim", "--nfe", "4"], "ring9"),
+        (["sample", "--testbed", "ring8", "--sampler", "ddim", "--nfe", "-2"], "positive integer"),
+        (["sample", "--testbed", "ring8", "--sampler", "ddim", "--nfe", "0"], "positive integer"),
+        (["sample", "--testbed", "ring8", "--sampler", "plms", "--nfe", "4"], "plms"),
+        (
+            ["sample", "--testbed", "ring8", "--sampler", "ddim", "--nfe", "4", "--cfg", "3"],
+            "conditional",
+        ),
+        (["sample", "--testbed", "missing.npz", "--sampler", "ddim", "--nfe", "4"], "missing.npz"),
+        (["baseline", "--testbed", "ring8", "--samplers", "ddim,foo"], "foo"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
+    code, _, err = _run([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_malformed_npz_is_one_line_exit_2(tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", means=np.zeros((3, 2)), weights=np.ones(2), stds=np.ones(3))
+    args = ["sample", "--testbed", str(tmp_path / "bad.npz"), "--sampler", "ddim", "--nfe", "4"]
+    code, _, err = _run([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "'weights'" in err and err.count("\n") == 1
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point (python -m) exits 2 with no traceback."""
+    args = [
+        "sample",
+        "--testbed",
+        "nope",
+        "--sampler",
+        "ddim",
+        "--nfe",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoredistill", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("scoredistill: error:") and "Traceback" not in proc.stderr
