@@ -188,7 +188,7 @@ def _baseline_rows(args, testbed) -> tuple[list[dict], dict[str, dict[str, torch
                 "wall_s": wall,
             }
         )
-        panels[sampler][f"NFE={used}"] = x[:64]
+        panels[sampler][f"NFE={used}"] = x if testbed.image_shape is None else x[:64]
     return rows, panels
 
 
