@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean setup
+.PHONY: demo test test-fast lint format bench clean setup
 
 setup: $(STAMP)
 
@@ -34,3 +34,9 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/teacher_baselines.py
+
+test-fast: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -q -m "not slow"

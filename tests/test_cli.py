@@ -18,9 +18,10 @@ def _run(args, capsys):
     return code, out.out, out.err
 
 
-def test_testbeds_lists_every_testbed(capsys):
-    code, out, _ = _run(["testbeds"], capsys)
+def test_testbeds_lists_every_testbed(tmp_path, capsys):
+    code, out, _ = _run(["testbeds", "--plot", str(tmp_path)], capsys)
     assert code == 0
+    assert (tmp_path / "digits.png").stat().st_size > 1000
     for name in (
         "ring8",
         "ring8-unbalanced",
@@ -100,7 +101,15 @@ def test_baseline_table(tmp_path, capsys):
     result = json.loads((tmp_path / "baseline.json").read_text())
     cells = [(r["sampler"], r["nfe"]) for r in result["rows"]]
     # Heun budgets 1 and 2 are the same run (1 NFE); it is listed once
-    assert cells == [("ddim", 1), ("ddim", 2), ("ddim", 8), ("heun", 1), ("heun", 7), ("exact", 0)]
+    assert cells == [
+        ("ddim", 1),
+        ("ddim", 2),
+        ("ddim", 8),
+        ("heun", 1),
+        ("heun", 7),
+        ("exact", 0),
+        ("exact-std", 0),
+    ]
     assert "| ddim | 8 |" in (tmp_path / "baseline.md").read_text()
     assert (tmp_path / "samples_heun.png").exists()
 
@@ -171,3 +180,14 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("scoredistill: error:") and "Traceback" not in proc.stderr
+
+
+def test_learned_teacher_round_trip_through_the_cli(tmp_path, capsys):
+    """train-teacher writes a folder that `sample` accepts; metrics are against the exact truth."""
+    teacher_dir = tmp_path / "teacher"
+    assert main(["train-teacher", "--steps", "30", "--quiet", "--out", str(teacher_dir)]) == 0
+    args = ["sample", "--testbed", str(teacher_dir), "--sampler", "ddim", "--nfe", "4", "--n", "200"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert np.isfinite(metrics["mmd"]) and metrics["nfe"] == 4

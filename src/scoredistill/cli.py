@@ -146,6 +146,14 @@ def cmd_testbeds(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
         print(f"{name:<{width}}  {description}")
+    if args.plot:
+        from .eval.plots import save_testbed_plot
+
+        out = Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, _ in tqdm(rows, desc="plots", unit="testbed", file=sys.stderr):
+            save_testbed_plot(_load_testbed(name, args.testbed_seed, "edm"), out / f"{name}.png")
+        print(f"wrote {len(rows)} plots of exact samples to {out}/")
     print(
         "\nAlso accepted wherever a testbed is: a mixture file path/to/file.npz "
         "(means, weights, stds|covs, labels) and a learned-teacher folder from train-teacher."
@@ -192,12 +200,26 @@ def _baseline_rows(args, testbed) -> tuple[list[dict], dict[str, dict[str, torch
     return rows, panels
 
 
-def _exact_row(args, testbed) -> dict:
-    """Exact samples scored the same way: the metrics' own noise floor."""
-    rng = torch.Generator().manual_seed(args.seed)
-    labels = _draw_labels(testbed, args.n, rng, None)
-    x = testbed.truth.sample(args.n, rng=rng, cond=labels)
-    return {"sampler": "exact", "nfe": 0, **_metrics(testbed, x, labels, args.seed), "wall_s": 0.0}
+EXACT_REPEATS = 5
+
+
+def _exact_rows(args, testbed) -> list[dict]:
+    """Exact samples scored the same way, ``EXACT_REPEATS`` times: the metrics' floor (mean)
+    and their noise (std), against which every sampler row is read."""
+    runs = []
+    for r in range(EXACT_REPEATS):
+        rng = torch.Generator().manual_seed(10_000 + 7919 * args.seed + r)
+        labels = _draw_labels(testbed, args.n, rng, None)
+        x = testbed.truth.sample(args.n, rng=rng, cond=labels)
+        runs.append(_metrics(testbed, x, labels, 20_000 + 7919 * args.seed + r))
+    keys = [k for k in runs[0] if k != "n"]
+    vals = {k: torch.tensor([run[k] for run in runs], dtype=torch.float64) for k in keys}
+    mean = {k: v.mean().item() for k, v in vals.items()}
+    std = {k: v.std().item() for k, v in vals.items()}
+    return [
+        {"sampler": "exact", "nfe": 0, **mean, "n": args.n, "wall_s": 0.0},
+        {"sampler": "exact-std", "nfe": 0, **std},
+    ]
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -208,7 +230,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     testbed = _load_testbed(args.testbed, args.testbed_seed, args.schedule)
     out = _prepare_out(args)
     rows, panels = _baseline_rows(args, testbed)
-    rows.append(_exact_row(args, testbed))
+    rows.extend(_exact_rows(args, testbed))
     result = {
         "testbed": testbed.name,
         "schedule": args.schedule,
@@ -276,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="scoredistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("testbeds", help="list the named testbeds").set_defaults(func=cmd_testbeds)
+    p = sub.add_parser("testbeds", help="list the named testbeds")
+    p.add_argument("--plot", metavar="DIR", default=None, help="also plot exact samples of each")
+    p.add_argument("--testbed-seed", type=int, default=0, help="seed of the testbeds' construction")
+    p.set_defaults(func=cmd_testbeds)
 
     p = sub.add_parser("sample", help="sample a teacher with one sampler and NFE")
     _add_teacher_args(p)

@@ -42,6 +42,8 @@ def baseline_markdown(result: dict[str, Any]) -> str:
     ]
     title = (
         f"Teacher baseline on `{result['testbed']}` (schedule {result['schedule']}, "
-        f"{result['n']} samples, seed {result['seed']}); `exact` = exact samples, the metrics' floor."
+        f"{result['n']} samples, seed {result['seed']}). `exact`: exact samples scored the same "
+        "way (mean of 5 draws), the floor of each metric; `exact-std`: their standard deviation, "
+        "the noise level for reading differences between rows."
     )
     return "\n".join([title, "", head, rule, *body, ""])

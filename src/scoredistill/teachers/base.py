@@ -29,6 +29,7 @@ class Teacher(Protocol):
     """
 
     schedule: Schedule
-    num_classes: int
+    num_classes: int  # 0 for an unconditional teacher
+    dim: int  # values in one sample, prod(D)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...

@@ -133,6 +133,11 @@ class NeuralDenoiser(nn.Module):
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
         self.sigma_data = float(sigma_data)
 
+    @property
+    def dim(self) -> int:
+        """Number of values in one sample (the net's ``dim``)."""
+        return int(self.net.dim)
+
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``D(x_t, t, cond)``; ``x_t: (B, *D)``, ``t: (B,)`` or scalar, ``cond: (B,)`` or None."""
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
