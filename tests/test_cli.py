@@ -186,8 +186,8 @@ def test_learned_teacher_round_trip_through_the_cli(tmp_path, capsys):
     """train-teacher writes a folder that `sample` accepts; metrics are against the exact truth."""
     teacher_dir = tmp_path / "teacher"
     assert main(["train-teacher", "--steps", "30", "--quiet", "--out", str(teacher_dir)]) == 0
-    args = ["sample", "--testbed", str(teacher_dir), "--sampler", "ddim", "--nfe", "4", "--n", "200"]
-    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    args = ["sample", "--testbed", str(teacher_dir), "--sampler", "ddim", "--nfe", "4"]
+    assert main([*args, "--n", "200", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert np.isfinite(metrics["mmd"]) and metrics["nfe"] == 4
