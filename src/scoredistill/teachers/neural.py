@@ -132,11 +132,8 @@ class NeuralDenoiser(nn.Module):
         self.net, self.prediction, self.num_classes = net, prediction, num_classes
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
         self.sigma_data = float(sigma_data)
-
-    @property
-    def dim(self) -> int:
-        """Number of values in one sample (the net's ``dim``)."""
-        return int(self.net.dim)
+        # values in one sample (the Teacher protocol's dim); None when the net does not say
+        self.dim: int | None = getattr(net, "dim", None)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``D(x_t, t, cond)``; ``x_t: (B, *D)``, ``t: (B,)`` or scalar, ``cond: (B,)`` or None."""
