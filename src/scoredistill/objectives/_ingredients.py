@@ -1,0 +1,192 @@
+"""Ingredients shared by every objective: times, noise, the gradient surrogate, the critic loss.
+
+Conventions (DESIGN.md, "Diffusion conventions"):
+
+- forward process ``x_t = alpha * x + sigma * eps`` on the critic's/teacher's ``Schedule``;
+- a time range ``(lo, hi)`` is given as fractions of the schedule's sampler range
+  ``[t_min, t_max]``: ``t = t_min + (t_max - t_min) * u`` with ``u ~ U[lo, hi]``. For the VP tables
+  and EDM (``t_min = 0``, ``t_max = 1``) this is plain ``t``; for rf/trigflow it keeps
+  ``alpha > 0``, where the VE view ``x_t / alpha`` is defined. ``lo == hi`` fixes ``t``;
+- the gradient surrogate ``0.5 * ||x - sg(x - g)||^2``, summed over non-batch dims and averaged
+  over the batch, so ``d loss / d x = g / B``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..parametrization import guided
+from ..schedules import Schedule, t_from_log_snr
+
+__all__ = [
+    "Loss",
+    "add_noise",
+    "bcast",
+    "denoising_loss",
+    "edm_weight",
+    "frozen_params",
+    "guided_denoise",
+    "mean_abs",
+    "normalizer",
+    "sample_t",
+    "sample_t_lognormal",
+    "surrogate_loss",
+]
+
+
+@dataclass
+class Loss:
+    """A scalar loss to call ``backward`` on, and floats worth logging."""
+
+    value: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+def bcast(c: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample ``(B,)`` tensor to broadcast against ``x: (B, *D)``."""
+    return c.reshape(c.shape + (1,) * (x.dim() - c.dim()))
+
+
+def mean_abs(x: Tensor) -> Tensor:
+    """Per-sample mean of ``|x|`` over the non-batch dims, shape ``(B,)``."""
+    return x.abs().flatten(1).mean(1)
+
+
+NORMALIZATIONS = ("per_sample", "batch", "none")
+
+
+def normalizer(x: Tensor, d_real: Tensor, normalization: str, eps: float) -> Tensor:
+    """DMD2's ``w = mean_pix |x - D_real|``, ``(B,)``, detached (reference note b2).
+
+    ``per_sample`` (DMD2), ``batch`` (one batch-wide scalar, FastVideo) or ``none`` (w = 1).
+    """
+    if normalization == "none":
+        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    w = mean_abs(x.detach() - d_real.detach())
+    if normalization == "batch":
+        w = w.mean().expand(x.shape[0])
+    elif normalization != "per_sample":
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    return w + eps
+
+
+def guided_denoise(net, guidance: float | Tensor, cond: Tensor | None):
+    """``net.denoise``, with classifier-free guidance of scale ``guidance`` when labels are given.
+
+    Without labels there is nothing to guide: the plain denoiser is returned.
+    """
+    if cond is None or (not torch.is_tensor(guidance) and guidance == 1.0):
+        return net.denoise
+    return guided(net.denoise, guidance)
+
+
+def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
+    """``0.5 * ||x - sg(x - g)||^2`` summed over non-batch dims, mean over the batch.
+
+    Its gradient with respect to ``x: (B, *D)`` is ``g / B``; its value is ``0.5 mean_b |g_b|^2``,
+    which measures the step size, not progress (reference note b2).
+    """
+    target = (x - g).detach()
+    return 0.5 * (x - target).pow(2).flatten(1).sum(1).mean()
+
+
+def sample_t(
+    n: int,
+    schedule: Schedule,
+    t_range: tuple[float, float],
+    rng: torch.Generator | None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``(n,)`` times, uniform in the fractions ``t_range`` of ``[t_min, t_max]``."""
+    lo, hi = t_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range!r}")
+    u = torch.rand(n, generator=rng, dtype=torch.float64, device=device) * (hi - lo) + lo
+    return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(dtype)
+
+
+def sample_t_lognormal(
+    n: int,
+    schedule: Schedule,
+    p_mean: float,
+    p_std: float,
+    rng: torch.Generator | None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Times whose VE noise level ``sigma/alpha`` is ``exp(N(p_mean, p_std^2))`` (EDM, eq. 7 of
+    Karras et al. 2022), clamped to the schedule's ``[t_min, t_max]``."""
+    log_s = torch.randn(n, generator=rng, dtype=torch.float64, device=device) * p_std + p_mean
+    t = t_from_log_snr(schedule, -2 * log_s)
+    return t.clamp(schedule.t_min, schedule.t_max).to(dtype)
+
+
+def add_noise(
+    x: Tensor, t: Tensor, schedule: Schedule, rng: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_t, eps, alpha, sigma)`` with ``x_t = alpha x + sigma eps``; ``alpha, sigma: (B,)``."""
+    alpha, sigma = schedule.alpha_sigma(t.to(x.dtype))
+    eps = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
+    return bcast(alpha, x) * x + bcast(sigma, x) * eps, eps, alpha, sigma
+
+
+def edm_weight(alpha: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """EDM's ``lambda(s) = (s^2 + s_d^2) / (s s_d)^2`` at the VE level ``s = sigma / alpha``."""
+    s = sigma / alpha
+    return (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+
+
+def denoising_loss(
+    critic,
+    x: Tensor,
+    cond: Tensor | None,
+    rng: torch.Generator | None,
+    *,
+    t: Tensor | None = None,
+    t_range: tuple[float, float] = (0.0, 1.0),
+    sigma_data: float = 0.5,
+    reduction: str = "mean",
+) -> Loss:
+    """Denoising score matching of ``critic.denoise`` on ``sg(x)``, EDM-weighted on the VE view.
+
+    ``L = E_t E_eps lambda(sigma/alpha) ||D(alpha sg(x) + sigma eps, t) - sg(x)||^2``.
+    ``reduction="mean"`` averages over every element (EDM, DMD2); ``"sum"`` sums over non-batch
+    dims and averages over the batch (SiD). ``t`` overrides sampling from ``t_range``.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    x = x.detach()
+    if t is None:
+        t = sample_t(x.shape[0], critic.schedule, t_range, rng, dtype=x.dtype, device=x.device)
+    x_t, _, alpha, sigma = add_noise(x, t, critic.schedule, rng)
+    w = edm_weight(alpha, sigma, sigma_data)
+    err = (critic.denoise(x_t, t, cond) - x).pow(2).flatten(1)
+    per_sample = err.mean(1) if reduction == "mean" else err.sum(1)
+    value = (w * per_sample).mean()
+    return Loss(value, {"critic_loss": value.item(), "critic_mse": err.mean().item()})
+
+
+@contextlib.contextmanager
+def frozen_params(*nets: object) -> Iterator[None]:
+    """Within the block, parameters of the ``nn.Module``s among ``nets`` record no gradient.
+
+    Gradients still flow through the networks' *inputs* (SiD, reference note b20.4). Graphs
+    built inside keep the parameters out even after ``requires_grad`` is restored on exit.
+    """
+    params = [p for n in nets if isinstance(n, nn.Module) for p in n.parameters()]
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)

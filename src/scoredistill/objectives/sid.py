@@ -1,0 +1,101 @@
+"""SiD — Zhou et al., "Score identity Distillation", ICML 2024 (eq. 23, the generator loss;
+``training/sid_loss.py:SID_EDMLoss.generator_loss``, reference note b4).
+
+    t ~ U[0, 0.8] (tmax = 800 of Karras' 1000 steps),  x_t = alpha x + sigma eps
+    f_r = D_real(x_t),  f_f = D_fake(x_t)         (parameters frozen, x_t differentiable)
+    w   = sg(mean_pix |x - f_r|).clip(1e-5)
+    L_G = 100 · mean_b  sum_pix (f_r - f_f) ⊙ ((f_r - x) - sid_alpha (f_r - f_f)) / w
+
+Unlike DMD, the gradient flows through both denoisers' *inputs* (three networks in the graph).
+With the exact fake denoiser and ``w = 1`` the expected gradient of ``L_G / 100`` at
+``sid_alpha = 0.5`` is half the gradient of the Fisher divergence
+``F(θ) = E_{q_t} ||D_real - D_fake||^2`` (score identity ``E[h(x_t)^T D_fake] = E[h(x_t)^T x]``;
+derived in ``tests/test_objectives.py``); other ``sid_alpha`` descend but are biased. The loss can
+be negative and oscillate around 0 (SiD issue #6): it is not a progress metric. Samples with a
+non-finite ``x``, ``f_r`` or ``f_f`` are dropped. Generator-side choices (input ``sigma_init z`` with
+``sigma_init = 2.5``, Adam ``beta1 = 0``, EMA) belong to the source and the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._ingredients import (
+    Loss,
+    add_noise,
+    bcast,
+    denoising_loss,
+    frozen_params,
+    guided_denoise,
+    mean_abs,
+    sample_t,
+    sample_t_lognormal,
+)
+
+__all__ = ["SiD"]
+
+
+@dataclass(frozen=True)
+class SiD:
+    """Score identity distillation (the fake denoiser is ``critic``)."""
+
+    sid_alpha: float = 1.2  # SiD paper and run_sid.sh (1.0 for AFHQ; 0.5 or 1 unbiased, b4)
+    t_range: tuple[float, float] = (0.0, 0.8)  # tmax = 800: sigma in [0.002, ~24.4] on EDM
+    normalization: str = "per_sample"  # SiD: w = mean_pix |x - f_r|; "none": w = 1
+    w_min: float = 1e-5  # sid_loss.py: w.clip(min=1e-5)
+    loss_scale: float = 100.0  # sid_loss.py loss_scaling_G
+    guidance: float = 1.0  # teacher CFG scale (SiD-LSG guides; SiD does not)
+    critic_p_mean: float = -1.2  # SiD fake step: ln sigma ~ N(-1.2, 1.2^2) (EDM's P_mean)
+    critic_p_std: float = 1.2  # EDM's P_std
+    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+
+    def __post_init__(self) -> None:
+        if self.normalization not in ("per_sample", "none"):
+            raise ValueError(
+                f"SiD.normalization must be 'per_sample' or 'none', got {self.normalization!r}"
+            )
+
+    def generator_loss(
+        self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng: torch.Generator | None
+    ) -> Loss:
+        """``L_G`` for ``x: (B, *D)``; gradients reach ``x`` directly and through ``x_t``."""
+        t = sample_t(
+            x.shape[0], teacher.schedule, self.t_range, rng, dtype=x.dtype, device=x.device
+        )
+        x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
+        with frozen_params(teacher, critic):
+            f_r = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
+            f_f = critic.denoise(x_t, t, cond)
+        if self.normalization == "none":
+            w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        else:
+            w = mean_abs(x - f_r).detach().clamp_min(self.w_min)
+        diff = f_r - f_f
+        per_pix = diff * ((f_r - x) - self.sid_alpha * diff) / bcast(w, x)
+        finite = torch.stack([v.flatten(1).isfinite().all(1) for v in (x, f_r, f_f)]).all(0)
+        value = self.loss_scale * per_pix.flatten(1)[finite].sum() / x.shape[0]
+        logs = {
+            "sid_loss": value.item(),
+            "d_diff_abs": mean_abs(diff.detach()).mean().item(),
+            "w": w.mean().item(),
+            "dropped": float((~finite).sum().item()),
+        }
+        return Loss(value, logs)
+
+    def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
+        """``mean_b sum_pix lambda(sigma) ||D_fake(sg(x) + sigma n) - sg(x)||^2``, lognormal sigma."""
+        t = sample_t_lognormal(
+            x.shape[0],
+            critic.schedule,
+            self.critic_p_mean,
+            self.critic_p_std,
+            rng,
+            dtype=x.dtype,
+            device=x.device,
+        )
+        return denoising_loss(
+            critic, x, cond, rng, t=t, sigma_data=self.sigma_data, reduction="sum"
+        )
