@@ -191,3 +191,30 @@ def test_learned_teacher_round_trip_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert np.isfinite(metrics["mmd"]) and metrics["nfe"] == 4
+
+
+def test_distill_dry_run_and_bad_keys(tmp_path, capsys):
+    args = ["distill", "--preset", "sid-ring8", "--set", "objective.sid_alpha=1.0", "--dry-run"]
+    code, out, _ = _run([*args, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    cfg = json.loads(out)
+    assert cfg["method"] == "sid" and cfg["objective"]["sid_alpha"] == 1.0
+    assert cfg["train"]["critic_updates"] == 1  # the preset's value
+    for bad, needle in [
+        (["--set", "objective.sid_alfa=1"], "objective.sid_alfa"),
+        (["--set", "train.stepz=3"], "train.stepz"),
+        (["--set", "train.steps=many"], "train.steps"),
+        (["--testbed", "ring9"], "ring9"),
+    ]:
+        code, _, err = _run(
+            ["distill", "--preset", "sid-ring8", *bad, "--out", str(tmp_path / "o")], capsys
+        )
+        assert code == 2 and needle in err and err.count("\n") == 1, (bad, err)
+    code, _, err = _run(["distill", "--preset", "nope", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "dmd2-ring8" in err
+
+
+def test_distill_refuses_a_used_folder_without_resume(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("x")
+    code, _, err = _run(["distill", "--preset", "dmd2-ring8", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--resume" in err

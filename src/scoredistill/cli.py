@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import ConfigError
+from .config import ConfigError, to_dict
 from .io import atomic_write_json
 from .samplers import SAMPLERS, SPACINGS, nfe_to_steps
 from .schedules import SCHEDULES
@@ -262,6 +262,32 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distil a one-step generator; writes metrics.json, samples, checkpoints, report.md."""
+    from .distill import resolve, run_distill
+    from .teachers.testbeds import get_testbed
+
+    sets = list(args.set)
+    for flag, key in (
+        (args.testbed, "testbed"),
+        (args.steps, "train.steps"),
+        (args.seed, "train.seed"),
+    ):
+        if flag is not None:
+            sets.append(f"{key}={flag}")
+    cfg, objective = resolve(args.preset, sets)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
+    metrics = run_distill(cfg, objective, out, resume=args.resume)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _prepare_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -317,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--nfe", type=_int_list, default=DEFAULT_NFES, help="comma list, e.g. 1,2,4,8,16,64"
     )
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("distill", help="distil a one-step generator from a testbed's teacher")
+    p.add_argument("--preset", default=None, help="a name from scoredistill.distill.PRESETS")
+    p.add_argument("--testbed", default=None, help="swap the preset's teacher (same dimension)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="generator updates")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(
         "train-teacher", help="train the learned 2-D teacher (DSM) on an exact testbed"

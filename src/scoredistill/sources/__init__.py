@@ -1,0 +1,27 @@
+"""Sources: what turns trainable parameters into samples ``x: (B, dim)``, and the critic.
+
+Every source is an ``nn.Module`` whose ``forward`` returns flattened samples (DDP routes only
+``forward``); noise comes from a ``torch.Generator`` named ``rng``.
+"""
+
+from __future__ import annotations
+
+from .critic import copy_teacher_as_critic, init_critic_from_teacher, make_critic
+from .generators import (
+    FewStepGenerator,
+    OneStepGenerator,
+    TeacherInitGenerator,
+    default_student_times,
+    draw_latent,
+)
+
+__all__ = [
+    "FewStepGenerator",
+    "OneStepGenerator",
+    "TeacherInitGenerator",
+    "copy_teacher_as_critic",
+    "default_student_times",
+    "draw_latent",
+    "init_critic_from_teacher",
+    "make_critic",
+]

@@ -1,0 +1,183 @@
+"""The two-player loop: a generator and a critic (fake-score denoiser) against a frozen teacher.
+
+One *iteration* is ``critic_updates`` critic steps on fresh generator samples followed by one
+generator step (DMD2's ``dfake_gen_update_ratio = 5`` is ``critic_updates = 5``: five fake
+updates per generator update; FastGen's ``student_update_freq = 5`` is ``critic_updates = 4``).
+``steps`` counts iterations, i.e. generator updates. The loop runs on Hugging Face Accelerate,
+so the same code serves one process, ``torchrun`` and ``accelerate launch``; the frozen teacher
+is never wrapped. EMA (half-life in generator steps), gradient clipping, the non-finite guard,
+periodic exact evaluation and atomic checkpoints with RNG states (deterministic resume) are the
+shared utilities of ``train.common``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .common import (
+    JsonlLogger,
+    check_finite,
+    ema_decay,
+    ema_update,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = ["TwoPlayerConfig", "train_two_player"]
+
+
+@dataclass(frozen=True)
+class TwoPlayerConfig:
+    """Loop hyper-parameters; method defaults live in the objective and the preset."""
+
+    steps: int = 2000  # generator updates
+    batch_size: int = 256  # per process
+    lr_generator: float = 1e-4
+    lr_critic: float = 1e-3
+    beta1_generator: float = 0.0  # SiD and DMD2 (EDM) use Adam beta1 = 0 for the generator
+    beta1_critic: float = 0.0
+    critic_updates: int = 5  # critic steps per generator step (DMD2 TTUR 5:1)
+    ema_halflife: float = 100.0  # in generator steps; 0 disables
+    grad_clip: float = 10.0  # max grad norm per player; 0 disables
+    eval_every: int = 500  # generator steps between exact evaluations (0: only at the end)
+    eval_samples: int = 2000
+    checkpoint_every: int = 500
+    log_every: int = 25
+    seed: int = 0
+
+
+class _DenoiserCall:
+    """Expose a (possibly DDP-wrapped) denoiser module through ``.denoise`` via its forward."""
+
+    def __init__(self, module: nn.Module, schedule: Any) -> None:
+        self.module, self.schedule = module, schedule
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.module(x_t, t, cond)
+
+
+def _step(loss: Tensor, opt: torch.optim.Optimizer, params, clip: float, acc: Accelerator) -> float:
+    """Backward, clip, step; returns the pre-clip gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    norm = acc.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    opt.step()
+    return float(norm)
+
+
+def _batch(sample_latent, sample_cond, n: int, rng: torch.Generator):
+    z = sample_latent(n, rng)
+    return z, (sample_cond(n, rng) if sample_cond is not None else None)
+
+
+def train_two_player(
+    cfg: TwoPlayerConfig,
+    *,
+    objective: Any,
+    generator: nn.Module,
+    critic: nn.Module,
+    teacher: Any,
+    sample_latent: Callable[[int, torch.Generator], Tensor],
+    sample_cond: Callable[[int, torch.Generator], Tensor] | None,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    out_dir: Path,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train ``generator`` with ``objective``; returns the final logs. Writes into ``out_dir``."""
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    rng = torch.Generator().manual_seed(cfg.seed + 7919 * acc.process_index)
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    opt_g = torch.optim.Adam(
+        generator.parameters(), cfg.lr_generator, betas=(cfg.beta1_generator, 0.999)
+    )
+    opt_c = torch.optim.Adam(critic.parameters(), cfg.lr_critic, betas=(cfg.beta1_critic, 0.999))
+    gen, crit, opt_g, opt_c = acc.prepare(generator, critic, opt_g, opt_c)
+    critic_call = _DenoiserCall(crit, critic.schedule)
+    ckpt_dir, logger = out_dir / "checkpoints", JsonlLogger(out_dir / "metrics.jsonl")
+    state = {"generator": generator, "critic": critic, "ema": ema}
+    optims, rngs = {"generator": opt_g, "critic": opt_c}, {"loop": rng}
+    start, history = 0, []
+    found = latest_checkpoint(ckpt_dir) if resume else None
+    if found is not None:
+        restored = load_checkpoint(found, modules=state, optimizers=optims, rngs=rngs)
+        start, history = restored["step"], restored["extra"].get("history", [])
+        logger.truncate_after(start)
+    decay, t0 = ema_decay(cfg.ema_halflife), time.perf_counter()
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="distill",
+        disable=not acc.is_main_process,
+    )
+    logs: dict[str, float] = {}
+    for step in bar:
+        for _ in range(cfg.critic_updates):
+            z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
+            with torch.no_grad():
+                x = gen(z, c)
+            loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng)
+            check_finite(loss_c.value, step, "critic loss")
+            logs["critic_grad_norm"] = _step(
+                loss_c.value, opt_c, crit.parameters(), cfg.grad_clip, acc
+            )
+        z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
+        crit.requires_grad_(False)
+        loss_g = objective.generator_loss(
+            gen(z, c), c, teacher=teacher, critic=critic_call, rng=rng
+        )
+        check_finite(loss_g.value, step, "generator loss")
+        logs["generator_grad_norm"] = _step(
+            loss_g.value, opt_g, gen.parameters(), cfg.grad_clip, acc
+        )
+        crit.requires_grad_(True)
+        check_finite(torch.tensor(logs["generator_grad_norm"]), step, "generator gradient")
+        ema_update(ema, acc.unwrap_model(gen), decay if step > 0 else 0.0)
+        done = step + 1
+        logs.update(
+            {
+                "critic_loss": loss_c.value.item(),
+                "generator_loss": loss_g.value.item(),
+                **{f"c/{k}": v for k, v in loss_c.logs.items()},
+                **loss_g.logs,
+            }
+        )
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            logger.log({"step": done, "wall_s": time.perf_counter() - t0, **logs})
+            bar.set_postfix(g=f"{logs['generator_loss']:.3g}", c=f"{logs['critic_loss']:.3g}")
+        if (
+            acc.is_main_process
+            and cfg.eval_every
+            and done % cfg.eval_every == 0
+            and done < cfg.steps
+        ):
+            history.append({"step": done, **evaluate(ema)})
+            logger.log({"step": done, "eval": True, **history[-1]})
+        if acc.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_checkpoint(
+                ckpt_dir,
+                done,
+                modules=state,
+                optimizers=optims,
+                rngs=rngs,
+                extra={"history": history},
+            )
+    acc.wait_for_everyone()
+    return {
+        "ema": ema,
+        "history": history,
+        "logs": logs,
+        "wall_s": time.perf_counter() - t0,
+        "world_size": acc.num_processes,
+    }
