@@ -153,3 +153,32 @@ def test_non_finite_generator_loss_stops_with_a_message(tmp_path: Path):
     cfg, objective = _tiny(3, ["train.lr_generator=1e30", "train.grad_clip=0"])
     with pytest.raises(NonFiniteLossError, match="not finite at step"):
         run_distill(cfg, objective, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_torchrun(tmp_path: Path):
+    """torchrun with 2 CPU processes: Accelerate must join them (world size 2), not train alone."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    sets = ["train.batch_size=32", "critic.init_steps=3", "train.eval_every=0"]
+    sets += ["train.eval_samples=100", "train.critic_updates=1", "train.checkpoint_every=2"]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "scoredistill",
+        "distill",
+        "--preset",
+        "dmd2-ring8",
+    ]
+    cmd += ["--steps", "3", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-3"

@@ -281,10 +281,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks
+    if first_rank and out.exists() and any(out.iterdir()) and not args.resume:
         raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
     metrics = run_distill(cfg, objective, out, resume=args.resume)
-    print(json.dumps(metrics, indent=2))
+    if metrics:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

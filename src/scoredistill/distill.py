@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,8 @@ def run_distill(
 
     testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", to_dict(cfg))
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(out / "config.json", to_dict(cfg))
     gen, critic, init = _build(cfg, testbed)
     evaluate, sample_cond = _evaluator(testbed, cfg.train.eval_samples, cfg.train.seed)
     start = time.perf_counter()
@@ -186,7 +188,14 @@ def run_distill(
         resume=resume,
     )
     ema = result["ema"]
-    metrics = {**evaluate(ema), "nfe": 1, "wall_s": time.perf_counter() - start}
+    if not result["is_main_process"]:  # one writer per run folder
+        return {}
+    metrics = {
+        **evaluate(ema),
+        "nfe": 1,
+        "wall_s": time.perf_counter() - start,
+        "world_size": result["world_size"],
+    }
     atomic_write_json(out / "metrics.json", metrics)
     rng = torch.Generator().manual_seed(cfg.train.seed + 12345)
     labels = sample_cond(cfg.train.eval_samples, rng) if sample_cond else None
@@ -205,23 +214,10 @@ def run_distill(
     return metrics
 
 
-def _write_report(out: Path, cfg: DistillConfig, metrics: dict, history: list, init: Any) -> None:
-    from .eval.report import format_value
+def _write_report(out: Path, cfg: DistillConfig, metrics: dict, history: list, init: dict) -> None:
+    from .eval.report import COLUMNS, format_value
 
-    keys = [
-        k
-        for k in (
-            "mmd",
-            "sw2",
-            "energy",
-            "mode_coverage",
-            "mode_tv",
-            "spread_ratio",
-            "logp",
-            "class_acc",
-        )
-        if k in metrics
-    ]
+    keys = [k for k, _ in COLUMNS if k in metrics and k != "wall_s"]
     lines = [
         f"# {cfg.method} on {cfg.testbed}",
         "",
@@ -236,6 +232,9 @@ def _write_report(out: Path, cfg: DistillConfig, metrics: dict, history: list, i
         "",
         f"Wall time {metrics['wall_s']:.1f} s; student NFE 1. Compare with the teacher's "
         f"sampler table: `scoredistill baseline --testbed {cfg.testbed}`.",
+        "",
+        f"Critic initialised by {init['steps']} DSM steps on teacher samples "
+        f"(final loss {init['final_loss']:.4g}, {init['wall_time_s']:.1f} s).",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

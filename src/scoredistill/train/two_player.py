@@ -180,4 +180,5 @@ def train_two_player(
         "logs": logs,
         "wall_s": time.perf_counter() - t0,
         "world_size": acc.num_processes,
+        "is_main_process": acc.is_main_process,
     }
