@@ -182,3 +182,11 @@ def test_two_cpu_processes_under_torchrun(tmp_path: Path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-3"
+
+
+def test_few_step_generator_trains_by_backward_simulation(tmp_path: Path):
+    cfg, objective = _tiny(3, ["generator.kind=few_step", "generator.steps=2"])
+    metrics = run_distill(cfg, objective, tmp_path)
+    assert metrics["nfe"] == 2 and all(
+        isinstance(v, float) for k, v in metrics.items() if k not in ("nfe", "world_size")
+    )

@@ -76,6 +76,13 @@ def _step(loss: Tensor, opt: torch.optim.Optimizer, params, clip: float, acc: Ac
     return float(norm)
 
 
+def _generate(
+    gen: nn.Module, z: Tensor, c: Tensor | None, k: int | None, rng: torch.Generator
+) -> Tensor:
+    """One-step: ``gen(z, c)``; few-step: DMD2's backward simulation to student step ``k``."""
+    return gen(z, c) if k is None else gen(z, c, rng=rng, k=k)
+
+
 def _batch(sample_latent, sample_cond, n: int, rng: torch.Generator):
     z = sample_latent(n, rng)
     return z, (sample_cond(n, rng) if sample_cond is not None else None)
@@ -97,6 +104,9 @@ def train_two_player(
     """Train ``generator`` with ``objective``; returns the final logs. Writes into ``out_dir``."""
     acc = Accelerator(cpu=not torch.cuda.is_available())
     rng = torch.Generator().manual_seed(cfg.seed + 7919 * acc.process_index)
+    # the few-step index k must agree across ranks (reference note b20.8): its own shared rng
+    step_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    few_step = hasattr(generator, "draw_step")
     ema = copy.deepcopy(generator).requires_grad_(False)
     opt_g = torch.optim.Adam(
         generator.parameters(), cfg.lr_generator, betas=(cfg.beta1_generator, 0.999)
@@ -106,7 +116,7 @@ def train_two_player(
     critic_call = _DenoiserCall(crit, critic.schedule)
     ckpt_dir, logger = out_dir / "checkpoints", JsonlLogger(out_dir / "metrics.jsonl")
     state = {"generator": generator, "critic": critic, "ema": ema}
-    optims, rngs = {"generator": opt_g, "critic": opt_c}, {"loop": rng}
+    optims, rngs = {"generator": opt_g, "critic": opt_c}, {"loop": rng, "step": step_rng}
     start, history = 0, []
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:
@@ -123,10 +133,11 @@ def train_two_player(
     )
     logs: dict[str, float] = {}
     for step in bar:
+        k = generator.draw_step(step_rng) if few_step else None
         for _ in range(cfg.critic_updates):
             z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
             with torch.no_grad():
-                x = gen(z, c)
+                x = _generate(gen, z, c, k, rng)
             loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng)
             check_finite(loss_c.value, step, "critic loss")
             logs["critic_grad_norm"] = _step(
@@ -135,7 +146,7 @@ def train_two_player(
         z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
         crit.requires_grad_(False)
         loss_g = objective.generator_loss(
-            gen(z, c), c, teacher=teacher, critic=critic_call, rng=rng
+            _generate(gen, z, c, k, rng), c, teacher=teacher, critic=critic_call, rng=rng
         )
         check_finite(loss_g.value, step, "generator loss")
         logs["generator_grad_norm"] = _step(
