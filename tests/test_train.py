@@ -122,7 +122,7 @@ def test_distill_run_writes_the_contract(tmp_path: Path):
     assert json.loads((tmp_path / "metrics.json").read_text())["nfe"] == 1
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3]
-    for name in ("samples.npz", "samples.png", "report.md", "config.json"):
+    for name in ("samples.npz", "samples.png", "curves.png", "report.md", "config.json"):
         assert (tmp_path / name).exists(), name
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-3"
 

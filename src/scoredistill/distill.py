@@ -176,7 +176,7 @@ def run_distill(
     cfg: DistillConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
     """Build, train, evaluate and write the run folder; returns the final metrics."""
-    from .eval.plots import save_panels
+    from .eval.plots import save_panels, save_training_curves
     from .teachers.testbeds import get_testbed
 
     testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
@@ -221,6 +221,8 @@ def run_distill(
         out / "samples.png",
         labels=labels,
     )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    save_training_curves(records, out / "curves.png")
     _write_report(out, cfg, metrics, result["history"], init)
     return metrics
 

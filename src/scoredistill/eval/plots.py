@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..teachers.testbeds import Testbed
 
-__all__ = ["plot_samples", "save_panels", "save_testbed_plot"]
+__all__ = ["plot_samples", "save_panels", "save_testbed_plot", "save_training_curves"]
 
 _MAX_IMAGES = 64
 _GRID = 200  # heatmap resolution per axis
@@ -197,3 +197,38 @@ def save_testbed_plot(testbed: Testbed, path: str | Path, n: int = 2000, seed: i
     return save_panels(
         testbed, {f"{testbed.name}: exact samples": x}, path, labels, testbed.description
     )
+
+
+def save_training_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Loss, diagnostic and exact-metric curves of a ``metrics.jsonl`` (list of records).
+
+    Panels: the two players' losses (not progress metrics: DMD's surrogate is 0.5 mean g^2),
+    ``|D_fake - D_real|`` per time bin (where teacher and critic still disagree), and the
+    periodic exact evaluations (MMD², mode coverage, spread ratio).
+    """
+    from matplotlib.figure import Figure
+
+    train = [r for r in records if not r.get("eval")]
+    evals = [r for r in records if r.get("eval")]
+    fig = Figure(figsize=(14, 3.6), dpi=100)
+    axes = fig.subplots(1, 3)
+    steps = [r["step"] for r in train]
+    for key in ("generator_loss", "critic_loss"):
+        axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
+    bins = sorted({k for r in train for k in r if k.startswith("d_diff@")})
+    for key in bins:
+        axes[1].plot(steps, [r.get(key, np.nan) for r in train], label=key.split("@")[1])
+    for key in ("mmd", "mode_coverage", "spread_ratio"):
+        axes[2].plot(
+            [r["step"] for r in evals], [r.get(key, np.nan) for r in evals], "o-", label=key
+        )
+    axes[2].set_yscale("symlog", linthresh=1e-3)
+    titles = ("losses", "mean |D_fake - D_real| by t", "exact metrics (EMA)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("generator step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from ._ingredients import Loss
 from .dmd import DMD
 from .fdistill import FDistill
+from .sfd import SFD
 from .sid import SiD
+from .sim import SIM
 from .vsd import VSD
 
 __all__ = ["DMD", "OBJECTIVES", "VSD", "FDistill", "Loss", "SiD"]
@@ -20,4 +22,6 @@ OBJECTIVES: dict[str, type] = {
     "vsd": VSD,
     "sid": SiD,
     "fdistill": FDistill,
+    "sim": SIM,
+    "sfd": SFD,
 }

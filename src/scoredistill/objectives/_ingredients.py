@@ -33,6 +33,7 @@ __all__ = [
     "guided_denoise",
     "mean_abs",
     "normalizer",
+    "per_t_bins",
     "sample_t",
     "sample_t_lognormal",
     "surrogate_loss",
@@ -55,6 +56,18 @@ def bcast(c: Tensor, x: Tensor) -> Tensor:
 def mean_abs(x: Tensor) -> Tensor:
     """Per-sample mean of ``|x|`` over the non-batch dims, shape ``(B,)``."""
     return x.abs().flatten(1).mean(1)
+
+
+def per_t_bins(name: str, values: Tensor, t: Tensor, bins: int = 4) -> dict[str, float]:
+    """Means of per-sample ``values: (B,)`` in ``bins`` equal bins of ``t`` (a diagnostic users
+    ask for: where in time the teacher and the critic disagree). Empty bins are left out."""
+    idx = (t.clamp(0, 1 - 1e-9) * bins).long()
+    out = {}
+    for b in range(bins):
+        sel = idx == b
+        if bool(sel.any()):
+            out[f"{name}@t{b / bins:.2f}-{(b + 1) / bins:.2f}"] = values[sel].mean().item()
+    return out
 
 
 NORMALIZATIONS = ("per_sample", "batch", "none")

@@ -30,6 +30,7 @@ from ._ingredients import (
     guided_denoise,
     mean_abs,
     normalizer,
+    per_t_bins,
     sample_t,
     surrogate_loss,
 )
@@ -79,6 +80,7 @@ class DMD:
         logs = {
             "g_abs": g.abs().mean().item(),
             "d_diff_abs": mean_abs(parts["d_fake"] - parts["d_real"]).mean().item(),
+            **per_t_bins("d_diff", mean_abs(parts["d_fake"] - parts["d_real"]), parts["t"]),
             "w": parts["w"].mean().item(),
         }
         return Loss(surrogate_loss(x, g), logs)

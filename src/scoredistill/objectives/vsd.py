@@ -30,6 +30,7 @@ from ._ingredients import (
     denoising_loss,
     guided_denoise,
     mean_abs,
+    per_t_bins,
     sample_t,
     surrogate_loss,
 )
@@ -81,6 +82,7 @@ class VSD:
         logs = {
             "g_abs": g.abs().mean().item(),
             "d_diff_abs": mean_abs(parts["d_fake"] - parts["d_real"]).mean().item(),
+            **per_t_bins("d_diff", mean_abs(parts["d_fake"] - parts["d_real"]), parts["t"]),
             "guidance": float(parts["guidance"]),
         }
         return Loss(surrogate_loss(x, g), logs)
