@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .config import ConfigError, to_dict
+from .eval.baseline import baseline_rows, cell_metrics, exact_rows, sample_cell
 from .io import atomic_write_json
 from .samplers import SAMPLERS, SPACINGS, nfe_to_steps
 from .schedules import SCHEDULES
@@ -74,62 +74,6 @@ def _load_testbed(name: str, seed: int, schedule: str):
     return get_testbed(name, seed=seed, schedule=schedule)
 
 
-def _draw_labels(testbed, n: int, rng: torch.Generator, fixed: int | None) -> torch.Tensor | None:
-    """Class labels for a conditional testbed: ``fixed`` or drawn from the class prior."""
-    truth = testbed.truth
-    if not testbed.conditional:
-        if fixed is not None:
-            raise UsageError(f"--class given but testbed {testbed.name!r} is unconditional")
-        return None
-    if fixed is not None:
-        if not 0 <= fixed < truth.num_classes:
-            raise UsageError(f"--class must lie in [0, {truth.num_classes - 1}], got {fixed}")
-        return torch.full((n,), fixed, dtype=torch.long)
-    prior = torch.zeros(truth.num_classes, dtype=torch.float64).index_add_(
-        0, truth.labels, truth.weights
-    )
-    return torch.multinomial(prior, n, replacement=True, generator=rng)
-
-
-def _denoiser(testbed, cfg: float):
-    from .parametrization import guided
-
-    if cfg == 1.0 or not testbed.conditional:
-        if cfg != 1.0:
-            raise UsageError(f"--cfg needs a conditional testbed; {testbed.name!r} has no classes")
-        return testbed.teacher.denoise
-    return guided(testbed.teacher.denoise, cfg)
-
-
-def _run_sampler(testbed, sampler: str, nfe: int, n: int, seed: int, cfg: float, spacing, fixed):
-    """Sample and time one (sampler, NFE) cell; returns ``(x, labels, nfe_used, wall_s)``."""
-    from .samplers import sample
-
-    rng = torch.Generator().manual_seed(seed)
-    labels = _draw_labels(testbed, n, rng, fixed)
-    start = time.perf_counter()
-    with torch.no_grad():
-        x, used = sample(
-            testbed.teacher,
-            sampler,
-            nfe,
-            n,
-            rng=rng,
-            cond=labels,
-            spacing=spacing,
-            denoise=_denoiser(testbed, cfg),
-        )
-    return x, labels, used, time.perf_counter() - start
-
-
-def _metrics(testbed, x, labels, seed: int) -> dict[str, float]:
-    from .eval.metrics import testbed_metrics
-
-    return testbed_metrics(
-        testbed, x.reshape(x.shape[0], -1).double(), labels=labels, seed=seed + 1
-    )
-
-
 def _save_samples(path: Path, x: torch.Tensor, labels: torch.Tensor | None) -> None:
     arrays = {"x": x.reshape(x.shape[0], -1).numpy()}
     if labels is not None:
@@ -168,58 +112,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     nfe_to_steps(args.sampler, args.nfe)
     testbed = _load_testbed(args.testbed, args.testbed_seed, args.schedule)
     out = _prepare_out(args)
-    x, labels, used, wall = _run_sampler(
-        testbed, args.sampler, args.nfe, args.n, args.seed, args.cfg, args.spacing, args.klass
+    x, labels, used, wall = sample_cell(
+        testbed,
+        args.sampler,
+        args.nfe,
+        args.n,
+        args.seed,
+        cfg=args.cfg,
+        spacing=args.spacing,
+        fixed=args.klass,
     )
-    metrics = {**_metrics(testbed, x, labels, args.seed), "nfe": used, "wall_s": wall}
+    metrics = {**cell_metrics(testbed, x, labels, args.seed), "nfe": used, "wall_s": wall}
     _save_samples(out / "samples.npz", x, labels)
     atomic_write_json(out / "metrics.json", metrics)
     title = f"{testbed.name}: {args.sampler}, NFE={used}"
     save_panels(testbed, {title: x}, out / "samples.png", labels=labels)
     print(json.dumps(metrics, indent=2))
     return 0
-
-
-def _baseline_rows(args, testbed) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
-    # Heun spends 2 NFE a step: budgets 1 and 2 give the same run; keep one of each
-    cells = list(dict.fromkeys((s, nfe_to_steps(s, n)[1]) for s in args.samplers for n in args.nfe))
-    rows, panels = [], {s: {} for s in args.samplers}
-    for sampler, nfe in tqdm(cells, desc=f"baseline {testbed.name}", unit="run", file=sys.stderr):
-        x, labels, used, wall = _run_sampler(
-            testbed, sampler, nfe, args.n, args.seed, args.cfg, args.spacing, None
-        )
-        rows.append(
-            {
-                "sampler": sampler,
-                "nfe": used,
-                **_metrics(testbed, x, labels, args.seed),
-                "wall_s": wall,
-            }
-        )
-        panels[sampler][f"NFE={used}"] = x if testbed.image_shape is None else x[:64]
-    return rows, panels
-
-
-EXACT_REPEATS = 5
-
-
-def _exact_rows(args, testbed) -> list[dict]:
-    """Exact samples scored the same way, ``EXACT_REPEATS`` times: the metrics' floor (mean)
-    and their noise (std), against which every sampler row is read."""
-    runs = []
-    for r in range(EXACT_REPEATS):
-        rng = torch.Generator().manual_seed(10_000 + 7919 * args.seed + r)
-        labels = _draw_labels(testbed, args.n, rng, None)
-        x = testbed.truth.sample(args.n, rng=rng, cond=labels)
-        runs.append(_metrics(testbed, x, labels, 20_000 + 7919 * args.seed + r))
-    keys = [k for k in runs[0] if k != "n"]
-    vals = {k: torch.tensor([run[k] for run in runs], dtype=torch.float64) for k in keys}
-    mean = {k: v.mean().item() for k, v in vals.items()}
-    std = {k: v.std().item() for k, v in vals.items()}
-    return [
-        {"sampler": "exact", "nfe": 0, **mean, "n": args.n, "wall_s": 0.0},
-        {"sampler": "exact-std", "nfe": 0, **std},
-    ]
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -229,8 +138,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     testbed = _load_testbed(args.testbed, args.testbed_seed, args.schedule)
     out = _prepare_out(args)
-    rows, panels = _baseline_rows(args, testbed)
-    rows.extend(_exact_rows(args, testbed))
+    rows, panels = baseline_rows(
+        testbed, args.samplers, args.nfe, args.n, args.seed, cfg=args.cfg, spacing=args.spacing
+    )
+    rows.extend(exact_rows(testbed, args.n, args.seed))
     result = {
         "testbed": testbed.name,
         "schedule": args.schedule,

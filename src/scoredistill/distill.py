@@ -104,13 +104,10 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
 
 
 def _label_sampler(testbed):
-    if not testbed.conditional:
-        return None
-    truth = testbed.truth
-    prior = torch.zeros(truth.num_classes, dtype=torch.float64).index_add_(
-        0, truth.labels, truth.weights
-    )
-    return lambda n, rng: torch.multinomial(prior, n, replacement=True, generator=rng)
+    """``(n, rng) -> labels`` from the class prior, or None for an unconditional testbed."""
+    from .eval.baseline import draw_labels
+
+    return (lambda n, rng: draw_labels(testbed, n, rng)) if testbed.conditional else None
 
 
 def _evaluator(testbed, n: int, seed: int):
@@ -223,11 +220,27 @@ def run_distill(
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     save_training_curves(records, out / "curves.png")
-    _write_report(out, cfg, metrics, result["history"], init)
+    _write_report(out, cfg, metrics, result["history"], init, _placement(testbed, cfg, metrics))
     return metrics
 
 
-def _write_report(out: Path, cfg: DistillConfig, metrics: dict, history: list, init: dict) -> None:
+def _placement(testbed, cfg: DistillConfig, metrics: dict) -> str:
+    """The student's row inside the teacher's sampler × NFE table (same n, same seeds)."""
+    from .eval.baseline import baseline_rows, exact_rows
+    from .eval.report import baseline_markdown
+
+    n, seed = cfg.train.eval_samples, cfg.train.seed
+    rows, _ = baseline_rows(testbed, ("ddim", "dpmpp-2m"), (1, 2, 4, 8, 16), n, seed)
+    rows.append({"sampler": f"**student ({cfg.method})**", **metrics})
+    rows.sort(key=lambda r: (r["nfe"], r["sampler"]))
+    rows.extend(exact_rows(testbed, n, seed))
+    table = {"testbed": testbed.name, "schedule": cfg.schedule, "n": n, "seed": seed, "rows": rows}
+    return baseline_markdown(table)
+
+
+def _write_report(
+    out: Path, cfg: DistillConfig, metrics: dict, history: list, init: dict, placement: str
+) -> None:
     from .eval.report import COLUMNS, format_value
 
     keys = [k for k, _ in COLUMNS if k in metrics and k != "wall_s"]
@@ -248,6 +261,10 @@ def _write_report(out: Path, cfg: DistillConfig, metrics: dict, history: list, i
         "",
         f"Critic initialised by {init['steps']} DSM steps on teacher samples "
         f"(final loss {init['final_loss']:.4g}, {init['wall_time_s']:.1f} s).",
+        "",
+        "## Where the student lands among the teacher's samplers",
+        "",
+        placement,
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
