@@ -68,6 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dmd2-ring8": {"method": "dmd", "testbed": "ring8", **_RING},
     "vsd-ring8": {"method": "vsd", "testbed": "ring8", **_RING},
     "sid-ring8": {"method": "sid", "testbed": "ring8", **_RING, "train.critic_updates": 1},
+    "sfd-cond2d": {"method": "sfd", "testbed": "cond2d", **_RING, "train.critic_updates": 1},
     "dmd2-digits": {
         "method": "dmd",
         "testbed": "digits",

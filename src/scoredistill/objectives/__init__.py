@@ -15,7 +15,7 @@ from .sid import SiD
 from .sim import SIM
 from .vsd import VSD
 
-__all__ = ["DMD", "OBJECTIVES", "VSD", "FDistill", "Loss", "SiD"]
+__all__ = ["DMD", "OBJECTIVES", "SFD", "SIM", "VSD", "FDistill", "Loss", "SiD"]
 
 OBJECTIVES: dict[str, type] = {
     "dmd": DMD,
