@@ -121,7 +121,9 @@ def test_distill_run_writes_the_contract(tmp_path: Path):
         assert key in metrics
     assert json.loads((tmp_path / "metrics.json").read_text())["nfe"] == 1
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3]
+    # one line per step, then the final exact evaluation
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 3]
+    assert json.loads(lines[-1])["eval"] is True
     for name in ("samples.npz", "samples.png", "curves.png", "report.md", "config.json"):
         assert (tmp_path / name).exists(), name
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-3"
@@ -146,7 +148,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path):
         json.loads(ln)["step"]
         for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 2, 3, 4, 4]  # the interrupted run evaluated at its end (step 2)
 
 
 def test_non_finite_generator_loss_stops_with_a_message(tmp_path: Path):

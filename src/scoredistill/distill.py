@@ -22,6 +22,7 @@ import torch
 from .config import ConfigError, apply_overrides, from_dict, to_dict
 from .io import atomic_write_json
 from .objectives import OBJECTIVES
+from .train.common import JsonlLogger
 from .train.two_player import TwoPlayerConfig, train_two_player
 
 __all__ = ["PRESETS", "CriticConfig", "DistillConfig", "GeneratorConfig", "resolve", "run_distill"]
@@ -208,8 +209,12 @@ def run_distill(
     atomic_write_json(out / "metrics.json", metrics)
     rng = torch.Generator().manual_seed(cfg.train.seed + 12345)
     labels = sample_cond(cfg.train.eval_samples, rng) if sample_cond else None
+    sample_start = time.perf_counter()
     with torch.no_grad():
         x = ema(ema.sample_latent(cfg.train.eval_samples, rng), labels)
+    metrics["sample_s"] = time.perf_counter() - sample_start
+    atomic_write_json(out / "metrics.json", metrics)
+    JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
     arrays = {"x": x.numpy()} | ({"labels": labels.numpy()} if labels is not None else {})
     np.savez(out / "samples.npz", **arrays)
     teacher_x = testbed.truth.sample(cfg.train.eval_samples, rng=rng, cond=labels)
@@ -232,7 +237,11 @@ def _placement(testbed, cfg: DistillConfig, metrics: dict) -> str:
 
     n, seed = cfg.train.eval_samples, cfg.train.seed
     rows, _ = baseline_rows(testbed, ("ddim", "dpmpp-2m"), (1, 2, 4, 8, 16), n, seed)
-    rows.append({"sampler": f"**student ({cfg.method})**", **metrics})
+    # the student's "wall s" is its sampling time, like the teacher rows (metrics.json's wall_s
+    # is the whole run)
+    rows.append(
+        {"sampler": f"**student ({cfg.method})**", **metrics, "wall_s": metrics["sample_s"]}
+    )
     rows.sort(key=lambda r: (r["nfe"], r["sampler"]))
     rows.extend(exact_rows(testbed, n, seed))
     table = {"testbed": testbed.name, "schedule": cfg.schedule, "n": n, "seed": seed, "rows": rows}
