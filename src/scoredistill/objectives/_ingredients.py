@@ -27,10 +27,12 @@ __all__ = [
     "Loss",
     "add_noise",
     "bcast",
+    "denoise_pair_through_input",
     "denoising_loss",
     "edm_weight",
     "frozen_params",
     "guided_denoise",
+    "matching_logs",
     "mean_abs",
     "normalizer",
     "per_t_bins",
@@ -203,3 +205,27 @@ def frozen_params(*nets: object) -> Iterator[None]:
     finally:
         for p, flag in zip(params, saved, strict=True):
             p.requires_grad_(flag)
+
+
+def matching_logs(parts: dict[str, Tensor]) -> dict[str, float]:
+    """Diagnostics of a distribution-matching update ``g`` (DMD, VSD): its size and where in
+    time the teacher and the critic disagree."""
+    diff = mean_abs(parts["d_fake"] - parts["d_real"])
+    return {
+        "g_abs": parts["g"].abs().mean().item(),
+        "d_diff_abs": diff.mean().item(),
+        **per_t_bins("d_diff", diff, parts["t"]),
+    }
+
+
+def denoise_pair_through_input(
+    x: Tensor, cond: Tensor | None, *, teacher, critic, t_range, guidance: float, rng
+) -> tuple[Tensor, Tensor]:
+    """``(f_real, f_fake)`` at ``x_t = alpha x + sigma eps`` with gradients flowing through
+    ``x_t`` into ``x`` but not into either network's parameters (SiD, SIM; note b20.4)."""
+    t = sample_t(x.shape[0], teacher.schedule, t_range, rng, dtype=x.dtype, device=x.device)
+    x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
+    with frozen_params(teacher, critic):
+        f_r = guided_denoise(teacher, guidance, cond)(x_t, t, cond)
+        f_f = critic.denoise(x_t, t, cond)
+    return f_r, f_f

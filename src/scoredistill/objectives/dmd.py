@@ -28,9 +28,8 @@ from ._ingredients import (
     bcast,
     denoising_loss,
     guided_denoise,
-    mean_abs,
+    matching_logs,
     normalizer,
-    per_t_bins,
     sample_t,
     surrogate_loss,
 )
@@ -76,14 +75,11 @@ class DMD:
     ) -> Loss:
         """Surrogate whose gradient w.r.t. ``x: (B, *D)`` is ``g / B``."""
         parts = self.gradient(x, cond, teacher=teacher, critic=critic, rng=rng)
-        g = parts["g"]
         logs = {
-            "g_abs": g.abs().mean().item(),
-            "d_diff_abs": mean_abs(parts["d_fake"] - parts["d_real"]).mean().item(),
-            **per_t_bins("d_diff", mean_abs(parts["d_fake"] - parts["d_real"]), parts["t"]),
+            **matching_logs(parts),
             "w": parts["w"].mean().item(),
         }
-        return Loss(surrogate_loss(x, g), logs)
+        return Loss(surrogate_loss(x, parts["g"]), logs)
 
     def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
         """EDM-weighted DSM of the critic on ``sg(x)``, times from ``critic_t_range``."""

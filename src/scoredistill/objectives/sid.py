@@ -25,13 +25,10 @@ from torch import Tensor
 
 from ._ingredients import (
     Loss,
-    add_noise,
     bcast,
+    denoise_pair_through_input,
     denoising_loss,
-    frozen_params,
-    guided_denoise,
     mean_abs,
-    sample_t,
     sample_t_lognormal,
 )
 
@@ -62,13 +59,15 @@ class SiD:
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng: torch.Generator | None
     ) -> Loss:
         """``L_G`` for ``x: (B, *D)``; gradients reach ``x`` directly and through ``x_t``."""
-        t = sample_t(
-            x.shape[0], teacher.schedule, self.t_range, rng, dtype=x.dtype, device=x.device
+        f_r, f_f = denoise_pair_through_input(
+            x,
+            cond,
+            teacher=teacher,
+            critic=critic,
+            t_range=self.t_range,
+            guidance=self.guidance,
+            rng=rng,
         )
-        x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
-        with frozen_params(teacher, critic):
-            f_r = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
-            f_f = critic.denoise(x_t, t, cond)
         if self.normalization == "none":
             w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         else:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._ingredients import Loss, add_noise, frozen_params, guided_denoise, mean_abs, sample_t
+from ._ingredients import Loss, denoise_pair_through_input, mean_abs
 from .sid import SiD
 
 __all__ = ["SIM"]
@@ -65,13 +65,15 @@ class SIM:
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng: torch.Generator | None
     ) -> Loss:
         """``L_G`` for ``x: (B, *D)``; gradients reach ``x`` directly and through ``x_t``."""
-        t = sample_t(
-            x.shape[0], teacher.schedule, self.t_range, rng, dtype=x.dtype, device=x.device
+        f_r, f_f = denoise_pair_through_input(
+            x,
+            cond,
+            teacher=teacher,
+            critic=critic,
+            t_range=self.t_range,
+            guidance=self.guidance,
+            rng=rng,
         )
-        x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
-        with frozen_params(teacher, critic):
-            f_r = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
-            f_f = critic.denoise(x_t, t, cond)
         y = f_r - f_f
         d, d_prime = self.distance(y)
         per_sample = d + (d_prime * (f_f - x)).flatten(1).sum(1)

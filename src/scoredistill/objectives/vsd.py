@@ -29,8 +29,7 @@ from ._ingredients import (
     bcast,
     denoising_loss,
     guided_denoise,
-    mean_abs,
-    per_t_bins,
+    matching_logs,
     sample_t,
     surrogate_loss,
 )
@@ -78,14 +77,11 @@ class VSD:
     ) -> Loss:
         """Surrogate whose gradient w.r.t. ``x: (B, *D)`` is ``g / B``."""
         parts = self.gradient(x, cond, teacher=teacher, critic=critic, rng=rng)
-        g = parts["g"]
         logs = {
-            "g_abs": g.abs().mean().item(),
-            "d_diff_abs": mean_abs(parts["d_fake"] - parts["d_real"]).mean().item(),
-            **per_t_bins("d_diff", mean_abs(parts["d_fake"] - parts["d_real"]), parts["t"]),
+            **matching_logs(parts),
             "guidance": float(parts["guidance"]),
         }
-        return Loss(surrogate_loss(x, g), logs)
+        return Loss(surrogate_loss(x, parts["g"]), logs)
 
     def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
         """DSM of the critic on ``sg(x)``; labels dropped to ``NULL_LABEL`` w.p. ``cond_drop``."""
