@@ -218,3 +218,25 @@ def test_distill_refuses_a_used_folder_without_resume(tmp_path, capsys):
     (tmp_path / "old.txt").write_text("x")
     code, _, err = _run(["distill", "--preset", "dmd2-ring8", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--resume" in err
+
+
+@pytest.mark.slow
+def test_bench_onestep_writes_the_table(tmp_path, capsys):
+    tiny = ["train.steps=2", "train.batch_size=32", "critic.init_steps=2", "train.eval_every=0"]
+    tiny += ["train.eval_samples=200", "critic.hidden=16", "generator.hidden=16"]
+    args = [
+        "bench",
+        "--suite",
+        "onestep",
+        "--seeds",
+        "0,1",
+        *[a for s in tiny for a in ("--set", s)],
+    ]
+    code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    methods = results["testbeds"]["ring8"]["methods"]
+    assert set(methods) == {"dmd2-ring8", "vsd-ring8", "sid-ring8"}
+    assert all("mmd_std" in m and m["nfe"] == 1 for m in methods.values())
+    assert len(results["testbeds"]["ring8"]["teacher"]) == 10  # 2 samplers x 5 NFE
+    assert "| **dmd2-ring8** | 1 |" in (tmp_path / "results.md").read_text()

@@ -51,6 +51,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(v) for v in text.split(",") if v)
 
@@ -201,6 +210,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark suite; writes results.json and results.md (and every run's folder)."""
+    from .bench import run_suite
+
+    run_suite(args.suite, Path(args.out), quick=args.quick, extra=list(args.set), seeds=args.seeds)
+    return 0
+
+
 def _prepare_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -256,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--nfe", type=_int_list, default=DEFAULT_NFES, help="comma list, e.g. 1,2,4,8,16,64"
     )
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("bench", help="benchmark suites (onestep: every method, 3 seeds)")
+    p.add_argument("--suite", default="onestep", help="onestep")
+    p.add_argument("--quick", action="store_true", help="smoke budget: checks the suite runs")
+    p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma list")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
+    )
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("distill", help="distil a one-step generator from a testbed's teacher")
     p.add_argument("--preset", default=None, help="a name from scoredistill.distill.PRESETS")
