@@ -121,19 +121,26 @@ def _label_sampler(testbed):
     return (lambda n, rng: draw_labels(testbed, n, rng)) if testbed.conditional else None
 
 
+def _student_samples(generator, testbed, n: int, seed: int):
+    """The fixed evaluation draw of a generator: ``(x, labels, sampling seconds, rng)``; the rng
+    is returned so that later draws (the exact-data panel) continue the same stream."""
+    rng = torch.Generator().manual_seed(seed + 12345)
+    sample_cond = _label_sampler(testbed)
+    labels = sample_cond(n, rng) if sample_cond else None
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = generator(generator.sample_latent(n, rng), labels)
+    return x, labels, time.perf_counter() - start, rng
+
+
 def _evaluator(testbed, n: int, seed: int):
     from .eval.metrics import testbed_metrics
 
-    sample_cond = _label_sampler(testbed)
-
     def evaluate(generator) -> dict[str, float]:
-        rng = torch.Generator().manual_seed(seed + 12345)
-        labels = sample_cond(n, rng) if sample_cond else None
-        with torch.no_grad():
-            x = generator(generator.sample_latent(n, rng), labels)
+        x, labels, _, _ = _student_samples(generator, testbed, n, seed)
         return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
 
-    return evaluate, sample_cond
+    return evaluate
 
 
 def _build(cfg: DistillConfig, testbed):
@@ -184,6 +191,7 @@ def run_distill(
     cfg: DistillConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
     """Build, train, evaluate and write the run folder; returns the final metrics."""
+    from .eval.metrics import testbed_metrics
     from .eval.plots import save_panels, save_training_curves
     from .teachers.testbeds import get_testbed
 
@@ -192,7 +200,7 @@ def run_distill(
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(out / "config.json", to_dict(cfg))
     gen, critic, init = _build(cfg, testbed)
-    evaluate, sample_cond = _evaluator(testbed, cfg.train.eval_samples, cfg.train.seed)
+    evaluate = _evaluator(testbed, cfg.train.eval_samples, cfg.train.seed)
     start = time.perf_counter()
     result = train_two_player(
         cfg.train,
@@ -201,7 +209,7 @@ def run_distill(
         critic=critic,
         teacher=testbed.teacher,
         sample_latent=lambda n, rng: gen.sample_latent(n, rng),
-        sample_cond=sample_cond,
+        sample_cond=_label_sampler(testbed),
         evaluate=evaluate,
         out_dir=out,
         resume=resume,
@@ -209,19 +217,18 @@ def run_distill(
     ema = result["ema"]
     if not result["is_main_process"]:  # one writer per run folder
         return {}
+    # one draw serves the final metrics, samples.npz and the figure (a few-step student
+    # re-noises, so a second draw would not be the one that was scored)
+    x, labels, sample_s, rng = _student_samples(
+        ema, testbed, cfg.train.eval_samples, cfg.train.seed
+    )
     metrics = {
-        **evaluate(ema),
+        **testbed_metrics(testbed, x.double(), labels=labels, seed=cfg.train.seed + 1),
         "nfe": getattr(ema, "nfe", 1),
         "wall_s": time.perf_counter() - start,
         "world_size": result["world_size"],
+        "sample_s": sample_s,
     }
-    atomic_write_json(out / "metrics.json", metrics)
-    rng = torch.Generator().manual_seed(cfg.train.seed + 12345)
-    labels = sample_cond(cfg.train.eval_samples, rng) if sample_cond else None
-    sample_start = time.perf_counter()
-    with torch.no_grad():
-        x = ema(ema.sample_latent(cfg.train.eval_samples, rng), labels)
-    metrics["sample_s"] = time.perf_counter() - sample_start
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
     arrays = {"x": x.numpy()} | ({"labels": labels.numpy()} if labels is not None else {})

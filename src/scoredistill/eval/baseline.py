@@ -54,12 +54,6 @@ def _denoiser(testbed, cfg: float):
     return guided(testbed.teacher.denoise, cfg)
 
 
-def _score(testbed, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, float]:
-    return testbed_metrics(
-        testbed, x.reshape(x.shape[0], -1).double(), labels=labels, seed=seed + 1
-    )
-
-
 def sample_cell(
     testbed,
     sampler: str,
@@ -91,7 +85,9 @@ def sample_cell(
 
 def cell_metrics(testbed, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, float]:
     """The testbed metrics of one cell, with the reference drawn from ``seed + 1``."""
-    return _score(testbed, x, labels, seed)
+    return testbed_metrics(
+        testbed, x.reshape(x.shape[0], -1).double(), labels=labels, seed=seed + 1
+    )
 
 
 def baseline_rows(
@@ -113,7 +109,12 @@ def baseline_rows(
             testbed, sampler, nfe, n, seed, cfg=cfg, spacing=spacing
         )
         rows.append(
-            {"sampler": sampler, "nfe": used, **_score(testbed, x, labels, seed), "wall_s": wall}
+            {
+                "sampler": sampler,
+                "nfe": used,
+                **cell_metrics(testbed, x, labels, seed),
+                "wall_s": wall,
+            }
         )
         panels[sampler][f"NFE={used}"] = x if testbed.image_shape is None else x[:64]
     return rows, panels

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .. import io as fileio
 from ..parametrization import PREDICTIONS, to_denoiser
 from ..schedules import Schedule, get_schedule, t_from_log_snr
+from ..train.common import ema_decay, ema_update
 from .analytic import GaussianMixtureTeacher
 from .base import NULL_LABEL
 
@@ -232,9 +233,7 @@ def train_dsm(
         opt.step()
         sched.step()
         half = max(min(ema_halflife_steps, 0.05 * (step + 1)), 1e-8)
-        with torch.no_grad():
-            for p_ema, p in zip(denoiser.parameters(), online.parameters(), strict=True):
-                p_ema.lerp_(p, 1.0 - 0.5 ** (1.0 / half))
+        ema_update(denoiser, online, ema_decay(half))
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     tail = losses[-max(1, steps // 20) :]  # the last 5%: one step's loss is noisy

@@ -1,0 +1,1 @@
+"""Teachers: exact Gaussian mixtures, named testbeds and learned denoisers."""

@@ -1,0 +1,1 @@
+"""Training loops and the utilities they share (EMA, checkpoints, logs, guards)."""
