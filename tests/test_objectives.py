@@ -170,6 +170,7 @@ def test_fdistill_expected_update_is_f_divergence_gradient(divergence):
             log_ratio_clip=None,
             ratio_clip=None,
             normalize_h=False,
+            gan_generator_weight=0.0,  # the exact ratio replaces the discriminator
         )
     )
     alpha, sigma = _alpha_sigma(teacher.schedule, U)
@@ -196,7 +197,7 @@ def test_fdistill_reverse_kl_equals_dmd_on_the_same_samples():
     teacher, critic, _, _, _, _ = _problem(3, seed=7)
     x = teacher.sample(256, rng=torch.Generator().manual_seed(0), dtype=F64) + 0.3
     grads = []
-    for obj in (DMD(eps=1e-6), FDistill("rkl", eps=1e-6)):
+    for obj in (DMD(eps=1e-6), FDistill("rkl", eps=1e-6, gan_generator_weight=0.0)):
         xx = x.clone().requires_grad_(True)
         rng = torch.Generator().manual_seed(1)
         obj.generator_loss(xx, None, teacher=teacher, critic=critic, rng=rng).value.backward()
@@ -242,7 +243,9 @@ def test_sid_descends_the_fisher_divergence(sid_alpha):
 def _default_objectives(teacher, critic):
     """Every registered objective with defaults, and the extra arguments it needs."""
     extra = {"fdistill": {"log_ratio": _exact_log_ratio(teacher, critic)}}
-    return [(name, cls(), extra.get(name, {})) for name, cls in OBJECTIVES.items()]
+    # the exact ratio replaces f-distill's discriminator, so its GAN term is off here
+    fields = {"fdistill": {"gan_generator_weight": 0.0}}
+    return [(n, cls(**fields.get(n, {})), extra.get(n, {})) for n, cls in OBJECTIVES.items()]
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -286,6 +289,10 @@ class ModuleDenoiser(nn.Module):
     def denoise(self, x_t, t, cond=None):
         return self.exact.denoise(x_t, t, cond) + self.dummy * x_t
 
+    def logit(self, x_t, t, cond=None):
+        """A discriminator head: any smooth function of ``x_t`` and the parameter."""
+        return -self.exact.log_prob(x_t, t, cond) + self.dummy * x_t.sum(-1)
+
 
 def _contract_nets(conditional: bool):
     labels = [0, 1] if conditional else None
@@ -326,7 +333,10 @@ def test_contract_critic_loss(name, batch):
     rng = torch.Generator().manual_seed(80)
     x = torch.randn(batch, 2, generator=rng).requires_grad_(True)
     cond = torch.randint(0, 2, (batch,), generator=rng)
-    loss = OBJECTIVES[name]().critic_loss(x, cond, critic=critic, rng=rng)
+    obj = OBJECTIVES[name]()
+    real = (torch.randn(batch, 2, generator=rng), cond)
+    extra = {"real": real} if getattr(obj, "needs_real", False) else {}
+    loss = obj.critic_loss(x, cond, critic=critic, rng=rng, **extra)
     assert loss.value.dim() == 0 and torch.isfinite(loss.value)
     loss.value.backward()
     assert x.grad is None
@@ -337,7 +347,9 @@ def test_fdistill_without_log_ratio_names_the_argument():
     teacher, critic = _contract_nets(conditional=False)
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match="log_ratio"):
-        FDistill("js").generator_loss(x, None, teacher=teacher, critic=critic, rng=None)
+        FDistill("js", gan_generator_weight=0.0).generator_loss(
+            x, None, teacher=teacher, critic=critic, rng=None
+        )
 
 
 @pytest.mark.parametrize("cls", [DMD, FDistill, SiD])

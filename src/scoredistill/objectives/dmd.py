@@ -12,6 +12,9 @@ teacher. ``D_real`` may use classifier-free guidance (teacher only; the fake is 
 Neither denoiser gets gradients (``no_grad``). The critic learns ``D_fake`` by EDM-weighted DSM on
 ``sg(x)`` over all times. DMD v1's regression term ``lambda_reg ||G(z) - y||^2`` on (noise,
 teacher-ODE output) pairs is ``regression_loss`` (MSE as in revsic/flowmodels; the paper uses LPIPS).
+"DMD2 + GAN" (``gan_generator_weight > 0``) adds the diffusion-GAN term of ``_gan.py`` with the
+classifier head on the critic: ``+ gan_generator_weight L_G`` in the generator step and
+``+ gan_critic_weight L_D`` (on teacher samples ``real``) in the critic step.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._gan import gan_critic_loss, gan_generator_loss
 from ._ingredients import (
     NORMALIZATIONS,
     Loss,
@@ -34,7 +38,7 @@ from ._ingredients import (
     surrogate_loss,
 )
 
-__all__ = ["DMD"]
+__all__ = ["DMD", "critic_with_gan"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,20 @@ class DMD:
     regression_weight: float = 0.0  # DMD2 drops it; DMD v1 uses lambda_reg = 0.25 (paper)
     critic_t_range: tuple[float, float] = (0.0, 1.0)  # DMD2 fake step: all sigmas (b2)
     sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    gan_generator_weight: float = 0.0  # DMD2 + GAN: 3e-3 (ImageNet-64), 5e-3 (SDXL); 0 = no GAN
+    gan_critic_weight: float = 1e-2  # DMD2's D loss weight (ImageNet-64, SDXL)
+    gan_t_range: tuple[float, float] = (0.0, 1.0)  # diffusion_gan_max_timestep = 1000 of 1000
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"DMD.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
             )
+
+    @property
+    def needs_real(self) -> bool:
+        """Whether ``critic_loss`` needs teacher samples (the GAN's real class)."""
+        return self.gan_generator_weight > 0
 
     def gradient(
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng
@@ -79,15 +91,32 @@ class DMD:
             **matching_logs(parts),
             "w": parts["w"].mean().item(),
         }
-        return Loss(surrogate_loss(x, parts["g"]), logs)
+        value = surrogate_loss(x, parts["g"])
+        if self.gan_generator_weight > 0:
+            gan, gan_logs = gan_generator_loss(x, cond, critic, t_range=self.gan_t_range, rng=rng)
+            value, logs = value + self.gan_generator_weight * gan, logs | gan_logs
+        return Loss(value, logs)
 
-    def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
-        """EDM-weighted DSM of the critic on ``sg(x)``, times from ``critic_t_range``."""
-        return denoising_loss(
-            critic, x, cond, rng, t_range=self.critic_t_range, sigma_data=self.sigma_data
-        )
+    def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng, real=None) -> Loss:
+        """EDM-weighted DSM of the critic on ``sg(x)``, times from ``critic_t_range``; with the
+        GAN on, ``+ gan_critic_weight L_D`` on ``x`` vs ``real = (x_real, labels | None)``."""
+        return critic_with_gan(self, x, cond, critic=critic, rng=rng, real=real)
 
     def regression_loss(self, x: Tensor, x_ode_target: Tensor) -> Loss:
         """DMD v1: ``regression_weight * mean ||x - y||^2`` against teacher-ODE outputs ``y``."""
         mse = (x - x_ode_target.detach()).pow(2).mean()
         return Loss(self.regression_weight * mse, {"regression_mse": mse.item()})
+
+
+def critic_with_gan(obj, x: Tensor, cond: Tensor | None, *, critic, rng, real) -> Loss:
+    """``obj``'s DSM critic loss, plus its weighted discriminator loss when the GAN is on
+    (shared by DMD and f-distill, whose fields carry the same names)."""
+    loss = denoising_loss(
+        critic, x, cond, rng, t_range=obj.critic_t_range, sigma_data=obj.sigma_data
+    )
+    if obj.gan_generator_weight <= 0:
+        return loss
+    if real is None:
+        raise ValueError(f"{type(obj).__name__} with a GAN needs real=(x_real, labels) samples")
+    gan, logs = gan_critic_loss(x, cond, real, critic, t_range=obj.gan_t_range, rng=rng)
+    return Loss(loss.value + obj.gan_critic_weight * gan, loss.logs | logs)

@@ -11,11 +11,14 @@ With the exact ratio and ``w = 1``, ``E[(dx/dθ)^T g] = (sigma^2/alpha^2) ∇_θ
 ``h`` per divergence (and the ``D_f`` it differentiates): rkl 1 (KL(q||p)), kl ``r`` (KL(p||q)),
 js ``r/(1+r)`` (2·JS), sh ``r^0.5`` (4(1 - BC), i.e. 4× the squared Hellinger ``1 - ∫√(pq)``;
 revsic/flowmodels uses 0.25 r^0.5), sf ``1/(1+r)``, jf ``1 + r``.
-``r`` comes from ``log_ratio(x_t, t, cond) -> (B,)``: an exact ``log p_t - log q_t``, or the
-logit of a discriminator trained on real vs. generated ``x_t`` (FastGen: mean logit, clamped to
-[-10, 10]). As in FastGen ``r`` is clamped to [0.1, 20] and ``h`` divided by its batch mean.
-Not implemented: FastGen's per-time-bin EMA of ``r`` (it needs state; the objective holds none)
-and the global (all-reduced) mean of ``h``; FastGen's mandatory GAN term belongs to the trainer.
+``r`` comes from ``log_ratio(x_t, t, cond) -> (B,)`` when given (an exact ``log p_t - log q_t``),
+else from the critic's discriminator head (``critic.logit``; FastGen: mean logit, clamped to
+[-10, 10]), trained by the mandatory diffusion-GAN term of ``_gan.py`` (FastGen asserts
+``gan_loss_weight_gen > 0``). Departure: FastGen's discriminator reads frozen *teacher* features;
+an exact teacher has none, so the head sits on the critic's features as in DMD2. As in FastGen
+``r`` is clamped to [0.1, 20] and ``h`` divided by its batch mean. Not implemented: FastGen's
+per-time-bin EMA of ``r`` (it needs state; the objective holds none) and the global
+(all-reduced) mean of ``h``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._ingredients import NORMALIZATIONS, Loss, bcast, denoising_loss, surrogate_loss
-from .dmd import DMD
+from ._gan import gan_generator_loss
+from ._ingredients import NORMALIZATIONS, Loss, bcast, surrogate_loss
+from .dmd import DMD, critic_with_gan
 
 __all__ = ["H_FUNCTIONS", "FDistill"]
 
@@ -57,6 +61,14 @@ class FDistill:
     normalize_h: bool = True  # FastGen: h <- h / mean(h) over the batch
     critic_t_range: tuple[float, float] = (0.0, 1.0)  # the fake's DSM over all times (DMD2)
     sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    gan_generator_weight: float = 5e-3  # FastGen SDXL f-distill config (mandatory > 0 there)
+    gan_critic_weight: float = 1e-2  # DMD2's D loss weight, which f-distill inherits
+    gan_t_range: tuple[float, float] = (0.0, 1.0)  # noise levels the discriminator sees
+
+    @property
+    def needs_real(self) -> bool:
+        """Whether ``critic_loss`` needs teacher samples (the GAN's real class)."""
+        return self.gan_generator_weight > 0
 
     def __post_init__(self) -> None:
         if self.divergence not in H_FUNCTIONS:
@@ -94,25 +106,29 @@ class FDistill:
         parts = dmd.gradient(x, cond, teacher=teacher, critic=critic, rng=rng)
         if self.divergence == "rkl":
             h = torch.ones_like(parts["w"])
-        elif log_ratio is None:
-            raise ValueError(
-                f"FDistill(divergence={self.divergence!r}) needs log_ratio(x_t, t, cond) "
-                "(exact log p_t - log q_t or a discriminator logit); only 'rkl' works without"
-            )
         else:
+            if log_ratio is None and self.gan_generator_weight <= 0:
+                raise ValueError(
+                    f"FDistill(divergence={self.divergence!r}) needs a density ratio: "
+                    "gan_generator_weight > 0 (the discriminator head) or log_ratio(x_t, t, cond)"
+                )
             with torch.no_grad():
-                x_t = parts["x_t"]
-                h = self.weight(log_ratio(x_t, parts["t"], cond).reshape(-1).to(x.dtype))
+                ratio = log_ratio if log_ratio is not None else critic.logit
+                log_r = ratio(parts["x_t"], parts["t"], cond).reshape(-1).to(x.dtype)
+                h = self.weight(log_r)
         g = bcast(h, x) * parts["g"]
         logs = {
             "g_abs": g.abs().mean().item(),
             "h_max": h.max().item(),
             "w": parts["w"].mean().item(),
         }
-        return Loss(surrogate_loss(x, g), logs)
+        value = surrogate_loss(x, g)
+        if self.gan_generator_weight > 0:
+            gan, gan_logs = gan_generator_loss(x, cond, critic, t_range=self.gan_t_range, rng=rng)
+            value, logs = value + self.gan_generator_weight * gan, logs | gan_logs
+        return Loss(value, logs)
 
-    def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
-        """EDM-weighted DSM of the critic on ``sg(x)``, times from ``critic_t_range``."""
-        return denoising_loss(
-            critic, x, cond, rng, t_range=self.critic_t_range, sigma_data=self.sigma_data
-        )
+    def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng, real=None) -> Loss:
+        """EDM-weighted DSM of the critic on ``sg(x)`` plus the discriminator loss on ``x`` vs
+        ``real = (x_real, labels | None)`` (weighted ``gan_critic_weight``)."""
+        return critic_with_gan(self, x, cond, critic=critic, rng=rng, real=real)

@@ -96,7 +96,9 @@ class MLPDenoiserNet(nn.Module):
             raise ValueError(f"cond labels must lie in [{NULL_LABEL}, {self.num_classes - 1}]")
         return torch.where(cond == NULL_LABEL, null, cond)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def features(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The last hidden layer, ``(B, hidden)`` (where a discriminator head reads, as DMD2's
+        classifier reads the fake UNet's bottleneck)."""
         n = x_in.shape[0]
         x = x_in.reshape(n, self.dim)
         c = c_noise.to(x.dtype).reshape(n, 1)
@@ -107,7 +109,10 @@ class MLPDenoiserNet(nn.Module):
             h = h + self.class_emb(idx)
         for layer in self.layers:
             h = layer(F.silu(h))
-        return self.out(F.silu(h)).reshape(x_in.shape)
+        return F.silu(h)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.out(self.features(x_in, c_noise, cond)).reshape(x_in.shape)
 
 
 class NeuralDenoiser(nn.Module):
@@ -135,20 +140,47 @@ class NeuralDenoiser(nn.Module):
         self.sigma_data = float(sigma_data)
         # values in one sample (the Teacher protocol's dim); None when the net does not say
         self.dim: int | None = getattr(net, "dim", None)
+        # optional discriminator head on ``net.features`` (DMD2's GAN; ``attach_logit_head``)
+        self.head: nn.Module | None = None
+
+    def _inputs(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(t, alpha, sigma, x_in, c_noise)``: EDM preconditioning of the network's input."""
+        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        # c_in * x_t / alpha = x_t / sqrt(sigma^2 + alpha^2 sigma_data^2): finite even at alpha = 0
+        x_in = x_t * _per_sample(torch.rsqrt(sigma**2 + (alpha * self.sigma_data) ** 2), x_t)
+        c_noise = 0.25 * (torch.log(sigma) - torch.log(alpha)).clamp(*_LOG_S_RANGE)
+        return t, alpha, sigma, x_in, c_noise
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``D(x_t, t, cond)``; ``x_t: (B, *D)``, ``t: (B,)`` or scalar, ``cond: (B,)`` or None."""
-        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
-        alpha, sigma = self.schedule.alpha_sigma(t)
+        t, alpha, sigma, x_in, c_noise = self._inputs(x_t, t)
         sd, pred = self.sigma_data, self.prediction
-        # c_in * x_t / alpha = x_t / sqrt(sigma^2 + alpha^2 sigma_data^2): finite even at alpha = 0
-        x_in = x_t * _per_sample(torch.rsqrt(sigma**2 + (alpha * sd) ** 2), x_t)
-        c_noise = 0.25 * (torch.log(sigma) - torch.log(alpha)).clamp(*_LOG_S_RANGE)
         out = self.net(x_in, c_noise, cond)
         da, ds = self.schedule.alpha_sigma_deriv(t) if pred == "flow" else (None, None)
         return to_denoiser(out, x_t, alpha, sigma, pred, d_alpha=da, d_sigma=ds, sigma_data=sd)
 
-    forward = denoise
+    def attach_logit_head(self, width: int = 256) -> NeuralDenoiser:
+        """Add a discriminator head ``features -> width -> 1`` (needs ``net.features``)."""
+        if not hasattr(self.net, "features"):
+            raise TypeError(f"{type(self.net).__name__} has no features(); no head can attach")
+        hidden = int(self.net.hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, 1))
+        return self
+
+    def logit(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The discriminator's logit ``(B,)`` (real vs generated) at ``x_t``, time ``t``."""
+        if self.head is None:
+            raise RuntimeError("this denoiser has no logit head; call attach_logit_head() first")
+        _, _, _, x_in, c_noise = self._inputs(x_t, t)
+        return self.head(self.net.features(x_in, c_noise, cond)).reshape(-1)
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, cond: Tensor | None = None, output: str = "denoise"
+    ) -> Tensor:
+        """``denoise`` or (``output="logit"``) ``logit``: one entry point, so a DDP-wrapped
+        critic routes both through ``forward``."""
+        return self.logit(x_t, t, cond) if output == "logit" else self.denoise(x_t, t, cond)
 
 
 def sample_training_t(schedule: Schedule, n: int, rng: torch.Generator) -> Tensor:

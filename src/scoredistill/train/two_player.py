@@ -66,6 +66,10 @@ class _DenoiserCall:
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.module(x_t, t, cond)
 
+    def logit(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The critic's discriminator head (DMD2 + GAN, f-distill)."""
+        return self.module(x_t, t, cond, output="logit")
+
 
 def _step(loss: Tensor, opt: torch.optim.Optimizer, params, clip: float, acc: Accelerator) -> float:
     """Backward, clip, step; returns the pre-clip gradient norm."""
@@ -100,8 +104,19 @@ def train_two_player(
     evaluate: Callable[[nn.Module], dict[str, float]],
     out_dir: Path,
     resume: bool = False,
+    sample_real: Callable[[int, torch.Generator], tuple[Tensor, Tensor | None]] | None = None,
+    extra_generator_loss: Callable[[nn.Module, torch.Generator], Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``generator`` with ``objective``; returns the final logs. Writes into ``out_dir``."""
+    """Train ``generator`` with ``objective``; returns the final logs. Writes into ``out_dir``.
+
+    ``sample_real(n, rng) -> (x, labels | None)`` draws teacher samples for objectives with
+    ``needs_real`` (a GAN's real class), passed to ``critic_loss`` as ``real=``.
+    ``extra_generator_loss(generator, rng) -> Loss`` is added to every generator step (DMD v1's
+    regression on teacher noise/sample pairs).
+    """
+    needs_real = bool(getattr(objective, "needs_real", False))
+    if needs_real and sample_real is None:
+        raise ValueError(f"{type(objective).__name__} needs real samples: pass sample_real")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     rng = torch.Generator().manual_seed(cfg.seed + 7919 * acc.process_index)
     # the few-step index k must agree across ranks (reference note b20.8): its own shared rng
@@ -138,7 +153,8 @@ def train_two_player(
             z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
             with torch.no_grad():
                 x = _generate(gen, z, c, k, rng)
-            loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng)
+            real = {"real": sample_real(cfg.batch_size, rng)} if needs_real else {}
+            loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng, **real)
             check_finite(loss_c.value, step, "critic loss")
             logs["critic_grad_norm"] = _step(
                 loss_c.value, opt_c, crit.parameters(), cfg.grad_clip, acc
@@ -148,6 +164,9 @@ def train_two_player(
         loss_g = objective.generator_loss(
             _generate(gen, z, c, k, rng), c, teacher=teacher, critic=critic_call, rng=rng
         )
+        if extra_generator_loss is not None:
+            extra = extra_generator_loss(gen, rng)
+            loss_g = type(loss_g)(loss_g.value + extra.value, loss_g.logs | extra.logs)
         check_finite(loss_g.value, step, "generator loss")
         logs["generator_grad_norm"] = _step(
             loss_g.value, opt_g, gen.parameters(), cfg.grad_clip, acc
