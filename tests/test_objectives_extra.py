@@ -231,3 +231,73 @@ def test_sfd_composes_with_dmd():
     got = _grad_x(dataclasses.replace(SFD(), base=base), x, cond, teacher, critic, seed=9)
     want = _grad_x(base, x, cond, teacher, critic, seed=9)
     torch.testing.assert_close(got[cond != 0], want[cond != 0], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------- SiD guidance
+class _Relabel:
+    """A denoiser queried with ``fn(D_c, D_∅)`` in place of its conditional output."""
+
+    def __init__(self, net, fn) -> None:
+        self.net, self.fn, self.schedule = net, fn, net.schedule
+
+    def denoise(self, x_t, t, cond=None):
+        d_c = self.net.denoise(x_t, t, cond)
+        return self.fn(d_c, self.net.denoise(x_t, t, torch.full_like(cond, -1)))
+
+
+def _cond_pair():
+    means = torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=F64)
+    teacher = GaussianMixtureTeacher(means, [0.5, 0.5], stds=[0.3, 0.4], labels=[0, 1])
+    critic = GaussianMixtureTeacher(means + 0.3, [0.4, 0.6], stds=[0.5, 0.5], labels=[0, 1])
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    cond = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(1))
+    return teacher, critic, x, cond
+
+
+@pytest.mark.parametrize(
+    ("kappa", "fn"),
+    [
+        (0.0, lambda d_c, d_u: d_u),  # Zero-CFG: the fake runs unconditionally
+        (-1.0, lambda d_c, d_u: 2 * d_u - d_c),  # Anti-CFG: D_∅ - (D_c - D_∅)
+        (2.5, lambda d_c, d_u: d_u + 2.5 * (d_c - d_u)),  # LSG's κ2 = κ3
+    ],
+)
+def test_sid_fake_guidance_is_cfg_of_the_fake(kappa, fn):
+    teacher, critic, x, cond = _cond_pair()
+    guided = _grad_x(SiD(guidance_fake=kappa), x, cond, teacher, critic, seed=3)
+    by_hand = _grad_x(SiD(), x, cond, teacher, _Relabel(critic, fn), seed=3)
+    torch.testing.assert_close(guided, by_hand)
+
+
+def test_sid_critic_guidance_trains_the_guided_output():
+    """κ1: the fake's DSM error is that of ``D_∅ + κ1 (D_c - D_∅)`` (labels kept: cond_drop 0)."""
+    _, critic, x, cond = _cond_pair()
+    kappa = 3.0
+    obj = SiD(guidance_critic=kappa, cond_drop=0.0)
+    value = obj.critic_loss(x, cond, critic=critic, rng=torch.Generator().manual_seed(4)).value
+    by_hand = SiD(cond_drop=0.0).critic_loss(
+        x,
+        cond,
+        critic=_Relabel(critic, lambda d_c, d_u: d_u + kappa * (d_c - d_u)),
+        rng=torch.Generator().manual_seed(4),
+    )
+    assert value.item() == pytest.approx(by_hand.value.item(), rel=1e-12)
+    plain = SiD().critic_loss(x, cond, critic=critic, rng=torch.Generator().manual_seed(4))
+    assert abs(plain.value.item() - value.item()) > 1e-3  # guidance changes the target
+
+
+def test_sid_guided_fake_trains_with_label_dropout():
+    _, critic, x, cond = _cond_pair()
+    seen = []
+
+    class Spy:
+        schedule = critic.schedule
+
+        def denoise(self, x_t, t, c=None):
+            seen.append(c.clone())
+            return critic.denoise(x_t, t, c)
+
+    SiD(guidance_fake=0.0).critic_loss(x, cond, critic=Spy(), rng=torch.Generator().manual_seed(5))
+    SiD().critic_loss(x, cond, critic=Spy(), rng=torch.Generator().manual_seed(5))
+    dropped, kept = (seen[0] == -1).float().mean().item(), (seen[1] == -1).float().mean().item()
+    assert kept == 0.0 and 0.0 < dropped < 0.3  # 10 % of 64 labels: 6.4 ± 2.4

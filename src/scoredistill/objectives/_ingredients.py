@@ -22,13 +22,16 @@ from torch import Tensor, nn
 
 from ..parametrization import guided
 from ..schedules import Schedule, t_from_log_snr
+from ..teachers.base import NULL_LABEL
 
 __all__ = [
+    "GuidedView",
     "Loss",
     "add_noise",
     "bcast",
     "denoise_pair_through_input",
     "denoising_loss",
+    "drop_labels",
     "edm_weight",
     "frozen_params",
     "guided_denoise",
@@ -98,6 +101,25 @@ def guided_denoise(net, guidance: float | Tensor, cond: Tensor | None):
     if cond is None or (not torch.is_tensor(guidance) and guidance == 1.0):
         return net.denoise
     return guided(net.denoise, guidance)
+
+
+def drop_labels(cond: Tensor, p: float, rng: torch.Generator | None) -> Tensor:
+    """Labels replaced by ``NULL_LABEL`` with probability ``p`` each (classifier-free training)."""
+    if p <= 0:
+        return cond
+    drop = torch.rand(cond.shape, generator=rng, device=cond.device) < p
+    return torch.where(drop, torch.full_like(cond, NULL_LABEL), cond)
+
+
+class GuidedView:
+    """A denoiser seen through CFG of scale ``guidance``: ``.denoise`` is ``D_w`` (so a DSM loss on
+    it trains the guided output, SiD-LSG's κ1); rows labelled ``NULL_LABEL`` stay unguided."""
+
+    def __init__(self, net, guidance: float, cond: Tensor | None) -> None:
+        self.schedule, self._denoise = net.schedule, guided_denoise(net, guidance, cond)
+
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self._denoise(x_t, t, cond)
 
 
 def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
@@ -219,13 +241,22 @@ def matching_logs(parts: dict[str, Tensor]) -> dict[str, float]:
 
 
 def denoise_pair_through_input(
-    x: Tensor, cond: Tensor | None, *, teacher, critic, t_range, guidance: float, rng
+    x: Tensor,
+    cond: Tensor | None,
+    *,
+    teacher,
+    critic,
+    t_range,
+    guidance: float,
+    rng,
+    guidance_fake: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """``(f_real, f_fake)`` at ``x_t = alpha x + sigma eps`` with gradients flowing through
-    ``x_t`` into ``x`` but not into either network's parameters (SiD, SIM; note b20.4)."""
+    ``x_t`` into ``x`` but not into either network's parameters (SiD, SIM; note b20.4).
+    ``guidance`` guides the teacher, ``guidance_fake`` the critic (1 = none)."""
     t = sample_t(x.shape[0], teacher.schedule, t_range, rng, dtype=x.dtype, device=x.device)
     x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
     with frozen_params(teacher, critic):
         f_r = guided_denoise(teacher, guidance, cond)(x_t, t, cond)
-        f_f = critic.denoise(x_t, t, cond)
+        f_f = guided_denoise(critic, guidance_fake, cond)(x_t, t, cond)
     return f_r, f_f

@@ -14,6 +14,14 @@ derived in ``tests/test_objectives.py``); other ``sid_alpha`` descend but are bi
 be negative and oscillate around 0 (SiD issue #6): it is not a progress metric. Samples with a
 non-finite ``x``, ``f_r`` or ``f_f`` are dropped. Generator-side choices (input ``sigma_init z`` with
 ``sigma_init = 2.5``, Adam ``beta1 = 0``, EMA) belong to the source and the trainer.
+
+Guidance (CFG ``D_w = D_∅ + w (D_c - D_∅)``, note b5/b6), four scales in SiD-LSG's terms:
+``guidance`` = κ4 on the teacher; ``guidance_fake`` = κ2 = κ3 on the fake inside ``L_G``;
+``guidance_critic`` = κ1, the fake's own DSM is taken on its guided output ``CFG_κ1(D_fake)``.
+LSG sets all to κ ("long" guidance: only κ4 > 1). Few-step SiD's Zero-CFG is ``guidance = 1,
+guidance_fake = 0`` (the fake runs unconditionally); Anti-CFG is ``guidance_fake < 0``. When the
+fake is guided (κ1 or κ2 ≠ 1) its DSM drops labels with probability ``cond_drop`` (SiD-LSG's
+``use_context_dropout_train_fake``), so ``D_∅`` is learned.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import torch
 from torch import Tensor
 
 from ._ingredients import (
+    GuidedView,
     Loss,
     bcast,
     denoise_pair_through_input,
     denoising_loss,
+    drop_labels,
     mean_abs,
     sample_t_lognormal,
 )
@@ -44,7 +54,10 @@ class SiD:
     normalization: str = "per_sample"  # SiD: w = mean_pix |x - f_r|; "none": w = 1
     w_min: float = 1e-5  # sid_loss.py: w.clip(min=1e-5)
     loss_scale: float = 100.0  # sid_loss.py loss_scaling_G
-    guidance: float = 1.0  # teacher CFG scale (SiD-LSG guides; SiD does not)
+    guidance: float = 1.0  # teacher CFG scale κ4 (SiD-LSG guides; SiD does not)
+    guidance_fake: float = 1.0  # κ2 = κ3: fake's CFG in L_G; 0 = Zero-CFG, < 0 = Anti-CFG
+    guidance_critic: float = 1.0  # κ1: the fake's DSM is on CFG_κ1(D_fake) (SiD-LSG)
+    cond_drop: float = 0.1  # label dropout of the fake's DSM when κ1 or κ2 ≠ 1 (SiD-LSG: 10 %)
     critic_p_mean: float = -1.2  # SiD fake step: ln sigma ~ N(-1.2, 1.2^2) (EDM's P_mean)
     critic_p_std: float = 1.2  # EDM's P_std
     sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
@@ -67,6 +80,7 @@ class SiD:
             t_range=self.t_range,
             guidance=self.guidance,
             rng=rng,
+            guidance_fake=self.guidance_fake,
         )
         if self.normalization == "none":
             w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -95,6 +109,11 @@ class SiD:
             dtype=x.dtype,
             device=x.device,
         )
+        guided = cond is not None and self.guidance_critic != 1.0
+        if cond is not None and (guided or self.guidance_fake != 1.0):
+            cond = drop_labels(cond, self.cond_drop, rng)
+        if guided:
+            critic = GuidedView(critic, self.guidance_critic, cond)
         return denoising_loss(
             critic, x, cond, rng, t=t, sigma_data=self.sigma_data, reduction="sum"
         )

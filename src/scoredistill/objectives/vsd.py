@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from ..parametrization import from_denoiser
-from ..teachers.base import NULL_LABEL
 from ._ingredients import (
     Loss,
     add_noise,
     bcast,
     denoising_loss,
+    drop_labels,
     guided_denoise,
     matching_logs,
     sample_t,
@@ -85,9 +85,8 @@ class VSD:
 
     def critic_loss(self, x: Tensor, cond: Tensor | None, *, critic, rng) -> Loss:
         """DSM of the critic on ``sg(x)``; labels dropped to ``NULL_LABEL`` w.p. ``cond_drop``."""
-        if cond is not None and self.cond_drop > 0:
-            drop = torch.rand(cond.shape, generator=rng, device=cond.device) < self.cond_drop
-            cond = torch.where(drop, torch.full_like(cond, NULL_LABEL), cond)
+        if cond is not None:
+            cond = drop_labels(cond, self.cond_drop, rng)
         return denoising_loss(
             critic, x, cond, rng, t_range=self.critic_t_range, sigma_data=self.sigma_data
         )
