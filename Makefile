@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/scoredistill baseline --testbed digits --out runs/demo-digits
+	rm -rf runs/demo-distill
+	$(VENV)/bin/scoredistill distill --preset dmd2-digits --steps 600 --out runs/demo-distill
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -37,6 +39,7 @@ clean:
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/teacher_baselines.py
+	$(VENV)/bin/python benchmarks/trainer_overhead.py --out runs/bench-overhead
 
 test-fast: $(STAMP) lint
 	$(VENV)/bin/python -m pytest -q -m "not slow"

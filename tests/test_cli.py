@@ -230,13 +230,22 @@ def test_bench_onestep_writes_the_table(tmp_path, capsys):
         "onestep",
         "--seeds",
         "0,1",
+        "--presets",
+        "dmd2-ring8,vsd-ring8,sfd-cond2d",
         *[a for s in tiny for a in ("--set", s)],
     ]
     code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     methods = results["testbeds"]["ring8"]["methods"]
-    assert set(methods) == {"dmd2-ring8", "vsd-ring8", "sid-ring8"}
-    assert all("mmd_std" in m and m["nfe"] == 1 for m in methods.values())
+    assert set(methods) == {"dmd2-ring8", "vsd-ring8"}
+    assert all("mmd_std" in m and "initial_mmd" in m and m["nfe"] == 1 for m in methods.values())
     assert len(results["testbeds"]["ring8"]["teacher"]) == 10  # 2 samplers x 5 NFE
-    assert "| **dmd2-ring8** | 1 |" in (tmp_path / "results.md").read_text()
+    assert "forget_mass" in results["testbeds"]["cond2d"]["methods"]["sfd-cond2d"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| **dmd2-ring8** | 1 |" in md and "forget mass" in md
+    # a second call reads the finished runs back instead of training again
+    mtime = (tmp_path / "runs" / "vsd-ring8-seed0" / "metrics.json").stat().st_mtime
+    code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    assert (tmp_path / "runs" / "vsd-ring8-seed0" / "metrics.json").stat().st_mtime == mtime

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .bench import SUITES
 from .config import ConfigError, to_dict
 from .eval.baseline import baseline_rows, cell_metrics, exact_rows, sample_cell
 from .io import atomic_write_json
@@ -207,6 +208,30 @@ def cmd_distill(args: argparse.Namespace) -> int:
     metrics = run_distill(cfg, objective, out, resume=args.resume)
     if metrics:
         print(json.dumps(metrics, indent=2))
+        report = (out / "report.md").read_text()
+        print(report[report.find("## Where the student lands") :])
+    return 0
+
+
+def cmd_kd(args: argparse.Namespace) -> int:
+    """Knowledge distillation: teacher, student and no-teacher baseline; writes metrics.json."""
+    from .kd.run import resolve, run_kd
+
+    sets = list(args.set)
+    for flag, key in ((args.steps, "train.steps"), (args.seed, "train.seed")):
+        if flag is not None:
+            sets.append(f"{key}={flag}")
+    cfg = resolve(args.preset, sets)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    out = Path(args.out)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    if first_rank and out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
+    metrics = run_kd(cfg, out, resume=args.resume)
+    if metrics:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -214,7 +239,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark suite; writes results.json and results.md (and every run's folder)."""
     from .bench import run_suite
 
-    run_suite(args.suite, Path(args.out), quick=args.quick, extra=list(args.set), seeds=args.seeds)
+    run_suite(
+        args.suite,
+        Path(args.out),
+        quick=args.quick,
+        extra=list(args.set),
+        seeds=args.seeds,
+        presets=args.presets,
+    )
     return 0
 
 
@@ -275,8 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("bench", help="benchmark suites (onestep: every method, 3 seeds)")
-    p.add_argument("--suite", default="onestep", help="onestep")
+    p.add_argument("--suite", default="onestep", choices=sorted(SUITES))
     p.add_argument("--quick", action="store_true", help="smoke budget: checks the suite runs")
+    p.add_argument(
+        "--presets", type=_name_list(sorted({n for v in SUITES.values() for n in v})), default=None
+    )
     p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma list")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
@@ -298,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("kd", help="knowledge distillation of a classifier, with its baseline")
+    p.add_argument("--preset", default=None, help="a name from scoredistill.kd.run.PRESETS")
+    p.add_argument("--steps", type=_positive_int, default=None, help="student optimizer steps")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_kd)
 
     p = sub.add_parser(
         "train-teacher", help="train the learned 2-D teacher (DSM) on an exact testbed"

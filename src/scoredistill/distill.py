@@ -22,6 +22,7 @@ import torch
 from .config import ConfigError, apply_overrides, from_dict, to_dict
 from .io import atomic_write_json
 from .objectives import OBJECTIVES
+from .presets import PRESETS
 from .train.common import JsonlLogger
 from .train.two_player import TwoPlayerConfig, train_two_player
 
@@ -30,10 +31,12 @@ __all__ = ["PRESETS", "CriticConfig", "DistillConfig", "GeneratorConfig", "resol
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    kind: Literal["one_step", "few_step"] = "one_step"
+    kind: Literal["one_step", "few_step", "conv"] = "one_step"  # conv: image testbeds only
     steps: int = 4  # few_step: student NFE K (DMD2's 4-step SDXL schedule)
     hidden: int = 256
     depth: int = 3
+    channels: int = 32  # conv: feature maps (~0.1 s per 256-batch step on 2 cores at 8x8)
+    blocks: int = 2  # conv: residual blocks
 
 
 @dataclass(frozen=True)
@@ -54,38 +57,8 @@ class DistillConfig:
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
-
-
-# CPU presets: each states its budget; values that differ from a paper's default are set here,
-# never in the objective. ring8: an MLP generator trained from scratch needs lr 1e-3 (1e-4 left
-# every mode uncovered after 300 steps); ~4 min for 1500 steps on 2 cores.
-_RING = {
-    "train.steps": 1500,
-    "train.batch_size": 512,
-    "train.eval_every": 500,
-    "train.lr_generator": 1e-3,
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    "dmd2-ring8": {"method": "dmd", "testbed": "ring8", **_RING},
-    "vsd-ring8": {"method": "vsd", "testbed": "ring8", **_RING},
-    # SiD on 0.05-wide modes diverges with its t range reaching sigma = 0.002 (gradients through
-    # the exact teacher's input across mode boundaries); sigma >= 0.32 converges (benchmarks.md)
-    "sid-ring8": {
-        "method": "sid",
-        "testbed": "ring8",
-        **_RING,
-        "train.critic_updates": 1,
-        "train.lr_generator": 1e-4,
-        "objective.t_range": [0.3, 0.8],
-    },
-    "sfd-cond2d": {"method": "sfd", "testbed": "cond2d", **_RING, "train.critic_updates": 1},
-    "dmd2-digits": {
-        "method": "dmd",
-        "testbed": "digits",
-        "train.steps": 1500,
-        "train.batch_size": 256,
-    },
-}
+    regression_pairs: int = 4096  # DMD v1: teacher-ODE (noise, sample) pairs, drawn once
+    regression_nfe: int = 64  # DPM-Solver++(2M) evaluations per pair
 
 
 def _objective(method: str, fields: dict[str, Any], overrides: list[str]):
@@ -121,6 +94,40 @@ def _label_sampler(testbed):
     return (lambda n, rng: draw_labels(testbed, n, rng)) if testbed.conditional else None
 
 
+def _real_sampler(testbed):
+    """``(n, rng) -> (x, labels | None)``: exact teacher samples (the GAN's real class)."""
+    sample_cond = _label_sampler(testbed)
+
+    def sample(n: int, rng: torch.Generator):
+        labels = sample_cond(n, rng) if sample_cond else None
+        return testbed.truth.sample(n, rng=rng, cond=labels), labels
+
+    return sample
+
+
+def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
+    """DMD v1's regression loss on ``regression_pairs`` (noise, teacher-ODE sample) pairs drawn
+    once with DPM-Solver++(2M) at ``regression_nfe``; None when the objective has no such term."""
+    from .samplers import sample
+
+    if getattr(objective, "regression_weight", 0.0) <= 0:
+        return None
+    if cfg.generator.kind != "one_step":
+        raise ConfigError("objective.regression_weight > 0 needs generator.kind=one_step")
+    rng = torch.Generator().manual_seed(cfg.train.seed + 555)
+    n, sample_cond = cfg.regression_pairs, _label_sampler(testbed)
+    labels = sample_cond(n, rng) if sample_cond else None
+    z = gen.sample_latent(n, rng)
+    y, _ = sample(testbed.teacher, "dpmpp-2m", cfg.regression_nfe, n, rng=rng, cond=labels, z=z)
+
+    def term(generator, step_rng: torch.Generator):
+        idx = torch.randint(n, (cfg.train.batch_size,), generator=step_rng)
+        c = labels[idx] if labels is not None else None
+        return objective.regression_loss(generator(z[idx], c), y[idx])
+
+    return term
+
+
 def _student_samples(generator, testbed, n: int, seed: int):
     """The fixed evaluation draw of a generator: ``(x, labels, sampling seconds, rng)``; the rng
     is returned so that later draws (the exact-data panel) continue the same stream."""
@@ -133,17 +140,32 @@ def _student_samples(generator, testbed, n: int, seed: int):
     return x, labels, time.perf_counter() - start, rng
 
 
-def _evaluator(testbed, n: int, seed: int):
-    from .eval.metrics import testbed_metrics
+def _score(testbed, objective: Any, x: torch.Tensor, labels, seed: int) -> dict[str, float]:
+    """The exact metrics of a student draw. A forgetting objective (SFD) is scored against its
+    target law, the forgotten class answered by the safe one, plus ``forgetting_metrics``."""
+    from .eval.metrics import forgetting_metrics, testbed_metrics
 
+    forget = getattr(objective, "forget_class", None)
+    if forget is None or labels is None:
+        return testbed_metrics(testbed, x.double(), labels=labels, seed=seed)
+    safe = objective.safe_class
+    target = torch.where(labels == forget, torch.full_like(labels, safe), labels)
+    return {
+        **testbed_metrics(testbed, x.double(), labels=target, seed=seed),
+        **forgetting_metrics(testbed.truth, x, labels, forget, safe),
+    }
+
+
+def _evaluator(testbed, objective: Any, n: int, seed: int):
     def evaluate(generator) -> dict[str, float]:
         x, labels, _, _ = _student_samples(generator, testbed, n, seed)
-        return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
+        return _score(testbed, objective, x, labels, seed + 1)
 
     return evaluate
 
 
-def _build(cfg: DistillConfig, testbed):
+def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
+    from .sources.conv import ConvGenerator
     from .sources.critic import init_critic_from_teacher, make_critic
     from .sources.generators import FewStepGenerator, OneStepGenerator
 
@@ -159,6 +181,12 @@ def _build(cfg: DistillConfig, testbed):
             depth=g.depth,
             num_classes=k,
         )
+    elif g.kind == "conv":
+        if testbed.image_shape is None:
+            raise ConfigError(f"generator.kind=conv needs an image testbed; {testbed.name} is not")
+        gen = ConvGenerator(
+            testbed.image_shape, channels=g.channels, blocks=g.blocks, num_classes=k
+        )
     else:
         gen = OneStepGenerator(testbed.dim, hidden=g.hidden, depth=g.depth, num_classes=k)
     critic = make_critic(
@@ -168,11 +196,12 @@ def _build(cfg: DistillConfig, testbed):
         hidden=cfg.critic.hidden,
         depth=cfg.critic.depth,
     )
-    sample_cond = _label_sampler(testbed)
+    if gan_head:
+        critic.attach_logit_head(cfg.critic.hidden)
+    real = _real_sampler(testbed)
 
     def teacher_sample(n: int, rng: torch.Generator):
-        labels = sample_cond(n, rng) if sample_cond else None
-        x = testbed.truth.sample(n, rng=rng, cond=labels)
+        x, labels = real(n, rng)
         return (x, labels) if labels is not None else x
 
     init = init_critic_from_teacher(
@@ -191,7 +220,6 @@ def run_distill(
     cfg: DistillConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
     """Build, train, evaluate and write the run folder; returns the final metrics."""
-    from .eval.metrics import testbed_metrics
     from .eval.plots import save_panels, save_training_curves
     from .teachers.testbeds import get_testbed
 
@@ -199,8 +227,10 @@ def run_distill(
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(out / "config.json", to_dict(cfg))
-    gen, critic, init = _build(cfg, testbed)
-    evaluate = _evaluator(testbed, cfg.train.eval_samples, cfg.train.seed)
+    needs_real = bool(getattr(objective, "needs_real", False))
+    gen, critic, init = _build(cfg, testbed, gan_head=needs_real)
+    evaluate = _evaluator(testbed, objective, cfg.train.eval_samples, cfg.train.seed)
+    initial = _initial_metrics(out, gen, evaluate)
     start = time.perf_counter()
     result = train_two_player(
         cfg.train,
@@ -213,6 +243,8 @@ def run_distill(
         evaluate=evaluate,
         out_dir=out,
         resume=resume,
+        sample_real=_real_sampler(testbed) if needs_real else None,
+        extra_generator_loss=_regression_term(cfg, objective, testbed, gen),
     )
     ema = result["ema"]
     if not result["is_main_process"]:  # one writer per run folder
@@ -223,11 +255,12 @@ def run_distill(
         ema, testbed, cfg.train.eval_samples, cfg.train.seed
     )
     metrics = {
-        **testbed_metrics(testbed, x.double(), labels=labels, seed=cfg.train.seed + 1),
+        **_score(testbed, objective, x, labels, cfg.train.seed + 1),
         "nfe": getattr(ema, "nfe", 1),
         "wall_s": time.perf_counter() - start,
         "world_size": result["world_size"],
         "sample_s": sample_s,
+        "initial": initial,
     }
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
@@ -240,9 +273,49 @@ def run_distill(
         out / "samples.png",
         labels=labels,
     )
+    keep = slice(0, 512)  # enough points (and more than the 64 images a grid shows)
+    _save_previews(
+        out / "previews.png", testbed, critic, x[keep], None if labels is None else labels[keep]
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     save_training_curves(records, out / "curves.png")
     _write_report(out, cfg, metrics, result["history"], init, _placement(testbed, cfg, metrics))
+    return metrics
+
+
+PREVIEW_TIMES = (0.15, 0.4, 0.7)  # fractions of the sampler's time range
+
+
+def _save_previews(path: Path, testbed, critic, x: torch.Tensor, labels) -> None:
+    """``D_real`` beside ``D_fake`` on the same noised student samples at a few times: where the
+    critic still disagrees with the teacher is where the generator is pushed."""
+    from .eval.plots import save_panels
+    from .objectives._ingredients import add_noise, sample_t
+
+    rng = torch.Generator().manual_seed(0)
+    real, fake = (
+        {"student x": x},
+        {"exact data": testbed.truth.sample(len(x), rng=rng, cond=labels)},
+    )
+    with torch.no_grad():
+        for u in PREVIEW_TIMES:  # one row of D_real over one row of D_fake
+            t = sample_t(x.shape[0], testbed.teacher.schedule, (u, u), rng, dtype=x.dtype)
+            x_t, _, _, sigma = add_noise(x, t, testbed.teacher.schedule, rng)
+            level = f"t={t[0].item():.3g}, σ={sigma[0].item():.3g}"
+            real[f"D_real ({level})"] = testbed.teacher.denoise(x_t, t, labels)
+            fake[f"D_fake ({level})"] = critic.denoise(x_t, t, labels)
+    save_panels(testbed, real | fake, path, labels=labels)
+
+
+def _initial_metrics(out: Path, gen, evaluate) -> dict[str, float]:
+    """The untrained generator's metrics, kept in ``initial.json`` (so a resumed run reports the
+    same starting point)."""
+    path = out / "initial.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = evaluate(gen)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(path, metrics)
     return metrics
 
 
@@ -278,7 +351,7 @@ def _write_report(
         "| step | " + " | ".join(keys) + " |",
         "|---:|" + "---:|" * len(keys),
     ]
-    for row in [*history, {"step": cfg.train.steps, **metrics}]:
+    for row in [{"step": 0, **metrics["initial"]}, *history, {"step": cfg.train.steps, **metrics}]:
         lines.append(f"| {row['step']} | " + " | ".join(format_value(row[k]) for k in keys) + " |")
     lines += [
         "",

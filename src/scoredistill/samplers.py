@@ -223,18 +223,22 @@ def sample(
     spacing: str | None = None,
     denoise: Denoise | None = None,
     dtype: torch.dtype = torch.float32,
+    z: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """Draw ``n`` samples ``(n, D)`` from a teacher with ``nfe`` evaluations.
 
     ``denoise`` overrides ``teacher.denoise`` (e.g. a CFG wrapper); ``spacing`` defaults to the
     schedule's ``default_spacing``. Returns ``(x, nfe_used)``.
-    The start is ``x_T = sigma(t_max) z`` (the prior; ``alpha(t_max) mu`` is neglected).
+    The start is ``x_T = sigma(t_max) z`` (the prior; ``alpha(t_max) mu`` is neglected), with
+    ``z: (n, D)`` drawn from ``rng`` unless given (noise/sample pairs for DMD's regression loss).
     """
     steps, used = nfe_to_steps(sampler, nfe)
     schedule = teacher.schedule
     ts = time_grid(schedule, steps, spacing or schedule.default_spacing)
     _, s0 = schedule.alpha_sigma(ts[:1])
     dim = teacher.dim
-    x = torch.randn(n, dim, generator=rng, dtype=dtype) * s0.to(dtype)
+    if z is None:
+        z = torch.randn(n, dim, generator=rng, dtype=dtype)
+    x = z.to(dtype) * s0.to(dtype)
     kwargs = {"rng": rng} if sampler == "ancestral" else {}
     return SAMPLERS[sampler](denoise or teacher.denoise, schedule, x, ts, cond, **kwargs), used

@@ -15,6 +15,8 @@ COLUMNS = (
     ("spread_ratio", "spread→1"),
     ("logp", "log p↑"),
     ("class_acc", "class acc↑"),
+    ("forget_mass", "forget mass↓"),
+    ("retain_acc", "retain acc↑"),
     ("wall_s", "wall s"),
 )
 

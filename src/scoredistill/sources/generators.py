@@ -32,6 +32,7 @@ __all__ = [
     "FewStepGenerator",
     "OneStepGenerator",
     "TeacherInitGenerator",
+    "class_index",
     "default_student_times",
     "draw_latent",
 ]
@@ -51,6 +52,24 @@ def draw_latent(
     """``z ~ N(0, I)`` of shape ``(n, dim)``, drawn on ``rng``'s device, returned on ``device``."""
     where = rng.device if rng is not None else device
     return torch.randn(n, dim, generator=rng, dtype=dtype, device=where).to(device)
+
+
+def class_index(
+    cond: Tensor | None, n: int, num_classes: int, device: torch.device
+) -> Tensor | None:
+    """Rows of a class embedding with a null row last: ``cond: (n,)`` labels in
+    ``[NULL_LABEL, num_classes)`` (or None: all null); None when ``num_classes == 0``."""
+    if cond is None:
+        return None if num_classes == 0 else torch.full((n,), num_classes, device=device)
+    cond = cond.to(device).long().reshape(n)
+    if bool(((cond < NULL_LABEL) | (cond >= num_classes)).any()):
+        raise ValueError(
+            f"cond labels must lie in [{NULL_LABEL}, {num_classes - 1}] "
+            f"(num_classes={num_classes}); got {cond.unique().tolist()}"
+        )
+    if num_classes == 0:
+        return None
+    return torch.where(cond == NULL_LABEL, torch.full_like(cond, num_classes), cond)
 
 
 def _param_device(module: nn.Module) -> torch.device:
@@ -102,21 +121,7 @@ class OneStepGenerator(nn.Module):
         return draw_latent(n, self.dim, rng, dtype, _param_device(self))
 
     def _class_index(self, cond: Tensor | None, n: int, device: torch.device) -> Tensor | None:
-        if cond is None:
-            return (
-                None
-                if self.class_emb is None
-                else torch.full((n,), self.num_classes, device=device)
-            )
-        cond = cond.to(device).long().reshape(n)
-        if bool(((cond < NULL_LABEL) | (cond >= self.num_classes)).any()):
-            raise ValueError(
-                f"cond labels must lie in [{NULL_LABEL}, {self.num_classes - 1}] "
-                f"(num_classes={self.num_classes}); got {cond.unique().tolist()}"
-            )
-        if self.class_emb is None:
-            return None
-        return torch.where(cond == NULL_LABEL, torch.full_like(cond, self.num_classes), cond)
+        return class_index(cond, n, self.num_classes, device)
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         """``z: (B, dim)``, ``cond: (B,)`` integer labels or None -> ``x: (B, dim)``."""
