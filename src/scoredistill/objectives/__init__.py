@@ -8,14 +8,39 @@ Each method is a frozen dataclass of its hyperparameters with
 from __future__ import annotations
 
 from ._ingredients import Loss
+from .asd import ASD
+from .bsd import BSD
+from .cds import CDS
+from .csd import CSD, CSM
 from .dmd import DMD
+from .esd import ESD
 from .fdistill import FDistill
+from .ism import ISM
+from .sds import SDS
 from .sfd import SFD
 from .sid import SiD
 from .sim import SIM
 from .vsd import VSD
 
-__all__ = ["DMD", "OBJECTIVES", "SFD", "SIM", "VSD", "FDistill", "Loss", "SiD"]
+__all__ = [
+    "ASD",
+    "BSD",
+    "CDS",
+    "CSD",
+    "CSM",
+    "DMD",
+    "ESD",
+    "ISM",
+    "OBJECTIVES",
+    "SCORE_OBJECTIVES",
+    "SDS",
+    "SFD",
+    "SIM",
+    "VSD",
+    "FDistill",
+    "Loss",
+    "SiD",
+]
 
 OBJECTIVES: dict[str, type] = {
     "dmd": DMD,
@@ -24,4 +49,16 @@ OBJECTIVES: dict[str, type] = {
     "fdistill": FDistill,
     "sim": SIM,
     "sfd": SFD,
+}
+
+SCORE_OBJECTIVES: dict[str, type] = {
+    "sds": SDS,
+    "vsd": VSD,
+    "esd": ESD,
+    "csd": CSD,
+    "csm": CSM,
+    "cds": CDS,
+    "asd": ASD,
+    "bsd": BSD,
+    "ism": ISM,
 }
