@@ -213,6 +213,26 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Score distillation as optimization; writes metrics.json, a figure, report.md."""
+    from .optimize import resolve, run_optimize
+
+    sets = list(args.set)
+    for flag, key in ((args.steps, "train.steps"), (args.seed, "train.seed")):
+        if flag is not None:
+            sets.append(f"{key}={flag}")
+    cfg, objective = resolve(args.preset, sets)
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
+    metrics = run_optimize(cfg, objective, out, resume=args.resume)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def cmd_kd(args: argparse.Namespace) -> int:
     """Knowledge distillation: teacher, student and no-teacher baseline; writes metrics.json."""
     from .kd.run import resolve, run_kd
@@ -333,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("optimize", help="score distillation as optimization (3-D field, particles)")
+    p.add_argument("--preset", default=None, help="a name from scoredistill.optimize.PRESETS")
+    p.add_argument("--steps", type=_positive_int, default=None, help="source updates")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("kd", help="knowledge distillation of a classifier, with its baseline")
     p.add_argument("--preset", default=None, help="a name from scoredistill.kd.run.PRESETS")
