@@ -194,3 +194,55 @@ def test_few_step_generator_trains_by_backward_simulation(tmp_path: Path):
         for k, v in metrics.items()
         if k not in ("nfe", "world_size", "initial")
     )
+
+
+@pytest.mark.slow
+def test_torchrun_update_equals_one_process_with_the_whole_batch(tmp_path: Path):
+    """2 gloo processes on half a batch each give the update of 1 process on the whole batch."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "scripts" / "ddp_generator_update.py"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    for cmd in (
+        [torchrun, "--nproc_per_node", "2", str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path)],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    one = load_safetensors(tmp_path / "rank0-of-1")
+    for rank in (0, 1):
+        two = load_safetensors(tmp_path / f"rank{rank}-of-2")
+        for key, value in one.items():
+            # float32 sums in another order: ~1e-7 relative
+            torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path: Path, monkeypatch):
+    import scoredistill.train.common as common
+
+    model, opt, rng = _trained_pair(1)
+    kw = {"modules": {"m": model}, "optimizers": {"o": opt}, "rngs": {"r": rng}}
+    save_checkpoint(tmp_path, 1, **kw)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(common, "save_safetensors_atomic", killed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, **kw)
+    monkeypatch.undo()
+    found = latest_checkpoint(tmp_path)
+    assert found is not None and found.name == "step-1"
+    fresh, fresh_opt, fresh_rng = _trained_pair(0)
+    load_checkpoint(found, modules={"m": fresh}, optimizers={"o": fresh_opt}, rngs={"r": fresh_rng})
+    for key, value in before.items():
+        assert torch.equal(fresh.state_dict()[key], value)
+    save_checkpoint(tmp_path, 2, **kw)  # the next save succeeds despite the leftover temp folder
+    assert latest_checkpoint(tmp_path).name == "step-2"
