@@ -27,7 +27,17 @@ F64 = torch.float64
 N = 1000  # samples per set: a fast file, yet every perturbation below is caught with margin
 K_SIGMA = 4.0  # standard errors allowed: a two-sided normal 4-sigma miss has probability 6e-5
 RING_STD = 0.05
-BASE_KEYS = {"mmd", "sw2", "energy", "mode_coverage", "mode_tv", "spread_ratio", "logp", "n"}
+BASE_KEYS = {
+    "mmd",
+    "sw2",
+    "energy",
+    "mode_coverage",
+    "mode_tv",
+    "mode_tv_assigned",
+    "spread_ratio",
+    "logp",
+    "n",
+}
 
 
 def _ring(std: float = RING_STD, drop: int = 0) -> GaussianMixtureTeacher:
@@ -123,6 +133,16 @@ def test_dropped_mode(ring_null):
     _assert_above_null(res, ring_null)
     # components 0 and 1 form one mode: it keeps component 1's samples and stays covered
     assert mode_stats(_ring(), x, torch.arange(8) // 2)["mode_coverage"] == 1.0
+
+
+def test_assigned_mode_weights_ignore_blur_but_see_dropped_modes():
+    blurred = evaluate(_ring(), _draw(_ring(RING_STD * 4), N, 4), seed=7)
+    # 4x blur: most samples lie beyond the 0.999 chi2 radius, so mode_tv counts them as error,
+    # but each is still nearest its own mode (neighbours are 1.53 apart, the blur std is 0.2)
+    assert blurred["mode_tv"] > 0.3
+    assert blurred["mode_tv_assigned"] <= math.sqrt(8 / N)
+    dropped = evaluate(_ring(), _draw(_ring(drop=1), N, 2), seed=7)
+    assert abs(dropped["mode_tv_assigned"] - 1 / 8) <= math.sqrt(8 / N)
 
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])

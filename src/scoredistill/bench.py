@@ -1,4 +1,5 @@
-"""``scoredistill bench --suite onestep``: methods × testbeds × seeds, mean ± std, teacher rows.
+"""``scoredistill bench --suite onestep``: methods × testbeds × seeds, mean ± std, teacher rows
+(``sds3d`` and ``particles`` run ``optimize`` presets: ``bench_optimize``).
 
 Each cell is a ``distill`` run (its folder is kept under ``DIR/runs/``); the table puts every
 method's metrics (mean ± std over seeds) next to the teacher's DDIM and DPM-Solver++(2M) rows at
@@ -16,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .bench_optimize import OPTIMIZE_SUITES
 from .eval.report import COLUMNS, format_value
 from .io import atomic_write_json
 
@@ -37,6 +39,8 @@ SUITES: dict[str, tuple[str, ...]] = {
         ("dmd2", "fdistill-rkl", "fdistill-kl", "fdistill-js", "fdistill-sh"),
         ("ring8-unbalanced",),
     ),
+    # score distillation as optimization (``bench_optimize``): sds3d, particles
+    **OPTIMIZE_SUITES,
 }
 QUICK = [
     "train.steps=60",
@@ -87,7 +91,13 @@ def _mean_std(r: dict[str, Any], k: str) -> str:
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    titles = {k: t for k, t in COLUMNS if k != "wall_s"} | {"initial_mmd": "untrained MMD²"}
+    titles = {}
+    for k, t in COLUMNS:
+        if k != "wall_s":
+            titles[k] = t
+        if k == "mode_tv":  # mode weights of blurred samples: where f-distill's claim shows
+            titles["mode_tv_assigned"] = "assigned TV↓"
+    titles["initial_mmd"] = "untrained MMD²"
     lines = []
     for testbed, block in results["testbeds"].items():
         cols = [k for k in titles if any(k in r for r in block["methods"].values())]
@@ -117,11 +127,19 @@ def run_suite(
     and ``results.md``."""
     from .presets import PRESETS
 
+    if suite in OPTIMIZE_SUITES:  # optimize runs, not distill runs: their own runner
+        from .bench_optimize import run_optimize_suite
+
+        return run_optimize_suite(
+            suite, out, quick=quick, extra=extra, seeds=seeds, presets=presets
+        )
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     unknown = sorted(set(presets or ()) - set(SUITES[suite]))
     if unknown:
-        raise ValueError(f"presets {unknown} are not in suite {suite!r}: {', '.join(SUITES[suite])}")
+        raise ValueError(
+            f"presets {unknown} are not in suite {suite!r}: {', '.join(SUITES[suite])}"
+        )
     sets = [*(QUICK if quick else []), *(extra or [])]
     results: dict[str, Any] = {"suite": suite, "quick": quick, "seeds": list(seeds), "testbeds": {}}
     for preset in presets or SUITES[suite]:
