@@ -183,28 +183,41 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sets(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """``--set`` items plus the shortcut flags (``--steps`` …) as ``key=value`` overrides."""
+    sets = list(args.set)
+    sets += [
+        f"{key}={getattr(args, a)}" for a, key in flags.items() if getattr(args, a) is not None
+    ]
+    return sets
+
+
+def _dry_run_or_out(args: argparse.Namespace, cfg) -> Path | None:
+    """None after printing the config for ``--dry-run``; else the checked ``--out`` folder
+    (under torchrun only rank 0 checks)."""
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return None
+    out = Path(args.out)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    if first_rank and out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
+    return out
+
+
+_TRAIN_FLAGS = {"steps": "train.steps", "seed": "train.seed"}
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a one-step generator; writes metrics.json, samples, checkpoints, report.md."""
     from .distill import resolve, run_distill
     from .teachers.testbeds import get_testbed
 
-    sets = list(args.set)
-    for flag, key in (
-        (args.testbed, "testbed"),
-        (args.steps, "train.steps"),
-        (args.seed, "train.seed"),
-    ):
-        if flag is not None:
-            sets.append(f"{key}={flag}")
-    cfg, objective = resolve(args.preset, sets)
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
+    cfg, objective = resolve(args.preset, _run_sets(args, {"testbed": "testbed", **_TRAIN_FLAGS}))
     get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
-    out = Path(args.out)
-    first_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks
-    if first_rank and out.exists() and any(out.iterdir()) and not args.resume:
-        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
+    out = _dry_run_or_out(args, cfg)
+    if out is None:
+        return 0
     metrics = run_distill(cfg, objective, out, resume=args.resume)
     if metrics:
         print(json.dumps(metrics, indent=2))
@@ -217,19 +230,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """Score distillation as optimization; writes metrics.json, a figure, report.md."""
     from .optimize import resolve, run_optimize
 
-    sets = list(args.set)
-    for flag, key in ((args.steps, "train.steps"), (args.seed, "train.seed")):
-        if flag is not None:
-            sets.append(f"{key}={flag}")
-    cfg, objective = resolve(args.preset, sets)
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
+    cfg, objective = resolve(args.preset, _run_sets(args, _TRAIN_FLAGS))
+    out = _dry_run_or_out(args, cfg)
+    if out is None:
         return 0
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
-    metrics = run_optimize(cfg, objective, out, resume=args.resume)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(run_optimize(cfg, objective, out, resume=args.resume), indent=2))
     return 0
 
 
@@ -237,18 +242,10 @@ def cmd_kd(args: argparse.Namespace) -> int:
     """Knowledge distillation: teacher, student and no-teacher baseline; writes metrics.json."""
     from .kd.run import resolve, run_kd
 
-    sets = list(args.set)
-    for flag, key in ((args.steps, "train.steps"), (args.seed, "train.seed")):
-        if flag is not None:
-            sets.append(f"{key}={flag}")
-    cfg = resolve(args.preset, sets)
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
+    cfg = resolve(args.preset, _run_sets(args, _TRAIN_FLAGS))
+    out = _dry_run_or_out(args, cfg)
+    if out is None:
         return 0
-    out = Path(args.out)
-    first_rank = int(os.environ.get("RANK", "0")) == 0
-    if first_rank and out.exists() and any(out.iterdir()) and not args.resume:
-        raise UsageError(f"--out {out} is not empty; pass --resume to continue that run")
     metrics = run_kd(cfg, out, resume=args.resume)
     if metrics:
         print(json.dumps(metrics, indent=2))
@@ -264,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.out),
         quick=args.quick,
         extra=list(args.set),
-        seeds=args.seeds,
+        seeds=args.seeds or ((0,) if args.quick else (0, 1, 2)),
         presets=args.presets,
     )
     return 0
@@ -302,6 +299,22 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder")
 
 
+def _add_run_args(p: argparse.ArgumentParser, presets: str, steps: str, func) -> None:
+    """The flags shared by the run commands (distill, optimize, kd)."""
+    p.add_argument("--preset", default=None, help=f"a name from {presets}")
+    p.add_argument("--steps", type=_positive_int, default=None, help=steps)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in --out"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="scoredistill", description=__doc__.splitlines()[0])
@@ -332,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--presets", type=_name_list(sorted({n for v in SUITES.values() for n in v})), default=None
     )
-    p.add_argument("--seeds", type=_seed_list, default=(0, 1, 2), help="comma list")
+    p.add_argument(
+        "--seeds", type=_seed_list, default=None, help="comma list (default 0,1,2; --quick: 0)"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
     )
@@ -340,47 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("distill", help="distil a one-step generator from a testbed's teacher")
-    p.add_argument("--preset", default=None, help="a name from scoredistill.distill.PRESETS")
     p.add_argument("--testbed", default=None, help="swap the preset's teacher (same dimension)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="generator updates")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in --out"
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_distill)
-
+    _add_run_args(p, "scoredistill.presets.PRESETS", "generator updates", cmd_distill)
     p = sub.add_parser("optimize", help="score distillation as optimization (3-D field, particles)")
-    p.add_argument("--preset", default=None, help="a name from scoredistill.optimize.PRESETS")
-    p.add_argument("--steps", type=_positive_int, default=None, help="source updates")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in --out"
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_optimize)
-
+    _add_run_args(p, "scoredistill.optimize.PRESETS", "source updates", cmd_optimize)
     p = sub.add_parser("kd", help="knowledge distillation of a classifier, with its baseline")
-    p.add_argument("--preset", default=None, help="a name from scoredistill.kd.run.PRESETS")
-    p.add_argument("--steps", type=_positive_int, default=None, help="student optimizer steps")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in --out"
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_kd)
+    _add_run_args(p, "scoredistill.kd.run.PRESETS", "student optimizer steps", cmd_kd)
 
     p = sub.add_parser(
         "train-teacher", help="train the learned 2-D teacher (DSM) on an exact testbed"
