@@ -15,6 +15,11 @@ mode coverage and mode weights can be measured even when several components make
 | gmm64            | 64 | 10  | random separated means, rotated covariances, eig [0.04, 0.25] |
 | moons            | 2  | 16  | full-covariance GMM fitted to standardised two-moons          |
 | digits           | 64 | 40  | class-conditional GMM (4 per class) fitted to sklearn digits  |
+| views (3-D)      | 3072 | 72 | ring renders of a 3-D object (``teachers.views``)            |
+
+``views`` lives in ``TESTBEDS_3D``, not ``TESTBEDS``: its components are 3072-D images (full
+covariances would take gigabytes) and its modes are view sectors, so the generic per-testbed
+checks and plots of the mixtures above do not apply to it; ``get_testbed("views")`` finds it.
 
 Builders are deterministic in the seed and cached on ``(seed, schedule)``: the returned objects
 are shared, so treat their tensors as read-only.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,7 @@ __all__ = [
     "DIGITS_N_COMPONENTS",
     "DIGITS_REG_COVAR",
     "TESTBEDS",
+    "TESTBEDS_3D",
     "Testbed",
     "clear_testbed_cache",
     "fit_class_mixture",
@@ -307,6 +314,16 @@ TESTBEDS: dict[str, Callable[[int, str], Testbed]] = {
 }
 
 
+def _build_views(seed: int, schedule: str) -> Testbed:
+    """3-D object, 72 ring views at 32x32: view-biased teacher (exp(4 cos az)) + prompts."""
+    from .views import views_testbed  # lazy: views.py imports this module
+
+    return views_testbed(seed, schedule)
+
+
+TESTBEDS_3D: dict[str, Callable[[int, str], Testbed]] = {"views": _build_views}
+
+
 # ---------------------------------------------------------------------- lookup
 def _from_npz(path: Path, schedule: str) -> Testbed:
     if not path.is_file():
@@ -337,12 +354,15 @@ def get_testbed(name: str, seed: int = 0, schedule: str = "edm") -> Testbed:
     name = str(name)
     if name in TESTBEDS:
         return TESTBEDS[name](int(seed), schedule)
+    if name in TESTBEDS_3D:
+        return TESTBEDS_3D[name](int(seed), schedule)
     if name.endswith(".npz"):
         return _from_npz(Path(name), schedule)
     if name.endswith(".json") or Path(name).is_dir():
         return _from_learned(name, schedule)
     raise ValueError(
-        f"unknown testbed {name!r}; valid: {', '.join(TESTBEDS)} (or a path to a mixture .npz file)"
+        f"unknown testbed {name!r}; valid: {', '.join([*TESTBEDS, *TESTBEDS_3D])} "
+        "(or a path to a mixture .npz file)"
     )
 
 
@@ -352,6 +372,9 @@ def clear_testbed_cache() -> None:
         cache_clear = getattr(build, "cache_clear", None)
         if cache_clear is not None:
             cache_clear()
+    views = sys.modules.get(f"{__package__}.views")  # only if loaded: no import for a clear
+    if views is not None:
+        views.clear_views_cache()
 
 
 def list_testbeds() -> list[tuple[str, str]]:
