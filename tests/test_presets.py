@@ -37,6 +37,7 @@ QUICK = [
     "train.checkpoint_every=1000",
     "critic.init_steps=60",
     "train.eval_samples=1000",
+    "train.ema_halflife=10",  # the default 100-step half-life would hide a 60-step run
 ]
 CASES = [
     "dmd-ring8",
