@@ -249,3 +249,15 @@ def test_bench_onestep_writes_the_table(tmp_path, capsys):
     code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)
     assert code == 0
     assert (tmp_path / "runs" / "vsd-ring8-seed0" / "metrics.json").stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_bench_kd_suite_runs_through_the_cli(tmp_path, capsys):
+    args = ["bench", "--suite", "kd", "--quick", "--presets", "kd-digits", "--out", str(tmp_path)]
+    code, _, _ = _run(args, capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["presets"]) == ["kd-digits"]
+    assert "| verdict |" in (tmp_path / "results.md").read_text()
+    code, _, err = _run([*args[:-2], "--set", "train.steps=3", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--set" in err

@@ -1,5 +1,6 @@
 """``scoredistill bench --suite onestep``: methods × testbeds × seeds, mean ± std, teacher rows
-(``sds3d`` and ``particles`` run ``optimize`` presets: ``bench_optimize``).
+(``sds3d`` and ``particles`` run ``optimize`` presets: ``bench_optimize``; ``kd`` runs the
+knowledge-distillation presets with their verdicts: ``kd.bench``).
 
 Each cell is a ``distill`` run (its folder is kept under ``DIR/runs/``); the table puts every
 method's metrics (mean ± std over seeds) next to the teacher's DDIM and DPM-Solver++(2M) rows at
@@ -20,6 +21,7 @@ from typing import Any
 from .bench_optimize import OPTIMIZE_SUITES
 from .eval.report import COLUMNS, format_value
 from .io import atomic_write_json
+from .kd.bench import suite_presets
 
 __all__ = ["SUITES", "run_suite"]
 
@@ -41,6 +43,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     ),
     # score distillation as optimization (``bench_optimize``): sds3d, particles
     **OPTIMIZE_SUITES,
+    # knowledge distillation: every kd preset beside its baseline, with a verdict (``kd.bench``)
+    "kd": tuple(suite_presets()),
 }
 QUICK = [
     "train.steps=60",
@@ -136,6 +140,12 @@ def run_suite(
         )
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    if suite == "kd":  # supervised runs with their own table and verdicts
+        from .kd.bench import run_kd_suite
+
+        if extra:
+            raise ValueError("--set is not supported by --suite kd; use each preset's fields")
+        return run_kd_suite(out, quick=quick, seeds=seeds, presets=list(presets or []) or None)
     unknown = sorted(set(presets or ()) - set(SUITES[suite]))
     if unknown:
         raise ValueError(

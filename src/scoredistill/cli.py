@@ -240,8 +240,19 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_kd(args: argparse.Namespace) -> int:
     """Knowledge distillation: teacher, student and no-teacher baseline; writes metrics.json."""
-    from .kd.run import resolve, run_kd
+    from .kd.run import PRESETS, resolve, run_kd
 
+    if args.preset is not None and args.preset not in PRESETS:
+        try:  # procedures (online KD, LM distillation, sweep, DisWOT) are presets of their own
+            from .kd.procedures import PROCEDURE_PRESETS, resolve_procedure, run_procedure
+        except ImportError:
+            PROCEDURE_PRESETS = {}
+        if args.preset in PROCEDURE_PRESETS:
+            sets = _run_sets(args, {"steps": "steps", "seed": "seed"})
+            out = _dry_run_or_out(args, resolve_procedure(args.preset, sets)[1])
+            if out is not None:
+                print(json.dumps(run_procedure(args.preset, sets, out, args.resume), indent=2))
+            return 0
     cfg = resolve(args.preset, _run_sets(args, _TRAIN_FLAGS))
     out = _dry_run_or_out(args, cfg)
     if out is None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TASKS", "Task", "load_task"]
+__all__ = ["RETRIEVAL", "TASKS", "Task", "load_retrieval", "load_task"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,15 @@ class Task:
     num_classes: int
     y_clean: Tensor
     labelled: Tensor
+    # retrieval only: graded relevance (N, n_cand) of every candidate, and the teacher's own
+    # labelled queries (it stands for a cross-encoder pre-trained on more data)
+    # binary-digits only: the digit (0-9) of each training row, for LELP's oracle subclasses
+    fine_train: Tensor | None = None
+    relevance_train: Tensor | None = None
+    relevance_test: Tensor | None = None
+    x_teacher: Tensor | None = None
+    relevance_teacher: Tensor | None = None
+    query_dim: int = 0
 
     @property
     def dim(self) -> int:
@@ -133,12 +142,16 @@ def load_task(name: str, *, seed: int = 0, n_labels: int = 0, label_noise: float
     """The task ``name`` split with ``seed`` (split, label subset and noise all follow it)."""
     from sklearn.model_selection import train_test_split
 
+    if name == RETRIEVAL:
+        return load_retrieval(seed=seed)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join([*TASKS, RETRIEVAL])}")
     x, y = TASKS[name]()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y.astype(np.int64), test_size=0.3, stratify=y, random_state=seed
+    rows = np.arange(len(y))  # carried through the split (it does not change the split)
+    x_tr, x_te, y_tr, y_te, rows_tr, _ = train_test_split(
+        x, y.astype(np.int64), rows, test_size=0.3, stratify=y, random_state=seed
     )
+    fine = _digits()[1][rows_tr] if name == "binary-digits" else None
     mean, std = x_tr.mean(0), x_tr.std(0)
     std[std == 0] = 1.0  # constant pixels (digits' border) stay 0 instead of NaN
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
@@ -153,4 +166,70 @@ def load_task(name: str, *, seed: int = 0, n_labels: int = 0, label_noise: float
         num_classes=num_classes,
         y_clean=torch.as_tensor(y_tr, dtype=torch.int64),
         labelled=torch.as_tensor(_subset(y_tr, n_labels, seed)),
+        fine_train=None if fine is None else torch.as_tensor(fine, dtype=torch.int64),
+    )
+
+
+# ----------------------------------------------------------------------------- retrieval
+RETRIEVAL = "retrieval"
+GRADES = (3, 2, 2, 1, 1, 1, 1, 1)  # relevance of the true top-8 of each list; the rest 0
+
+
+def _lists(
+    rng: np.random.Generator, n: int, n_cand: int, proj: np.ndarray, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` query rows ``[x_q, x_d1 … x_dN]`` and their graded relevance ``(n, n_cand)``."""
+    latent = proj.shape[0]
+    z_q = rng.standard_normal((n, latent))
+    z_d = rng.standard_normal((n, n_cand, latent))
+    true = np.einsum("nk,nck->nc", z_q, z_d)  # the known relevance score
+    rank = np.argsort(np.argsort(-true, axis=1), axis=1)
+    rel = np.where(rank < len(GRADES), np.asarray(GRADES)[np.minimum(rank, len(GRADES) - 1)], 0)
+    x_q = z_q @ proj + noise * rng.standard_normal((n, proj.shape[1]))
+    x_d = z_d @ proj + noise * rng.standard_normal((n, n_cand, proj.shape[1]))
+    rows = np.concatenate([x_q, x_d.reshape(n, -1)], axis=1)
+    return rows.astype(np.float32), rel.astype(np.float32)
+
+
+def load_retrieval(
+    *,
+    seed: int = 0,
+    n_train: int = 300,
+    n_test: int = 200,
+    n_teacher: int = 600,
+    n_cand: int = 30,
+    latent: int = 8,
+    dim: int = 16,
+    noise: float = 0.3,
+) -> Task:
+    """Synthetic retrieval (reference note d.2 items 5 and 9): deterministic in ``seed``.
+
+    Latents ``z_q, z_d ~ N(0, I_latent)``; the known relevance score is ``z_q·z_d``; features
+    are ``x = z·P + noise`` with one fixed ``P (latent, dim)``. Each row is a query and its
+    ``n_cand`` candidates, flattened to ``(dim + n_cand·dim,)``; the true top-8 get graded
+    relevance ``GRADES``. ``y_*`` is the index of the most relevant candidate (the only label
+    the student sees, as in MS MARCO's sparse positives); ``x_teacher``/``relevance_teacher``
+    are separate graded queries the cross-encoder teacher is trained on.
+    """
+    proj = np.random.default_rng(0).standard_normal((latent, dim)) / np.sqrt(latent)
+    rng = np.random.default_rng(seed)
+    splits = [_lists(rng, n, n_cand, proj, noise) for n in (n_train, n_test, n_teacher)]
+    (x_tr, r_tr), (x_te, r_te), (x_t, r_t) = (
+        (torch.as_tensor(x), torch.as_tensor(r)) for x, r in splits
+    )
+    y_tr, y_te = r_tr.argmax(-1), r_te.argmax(-1)
+    return Task(
+        name=RETRIEVAL,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        num_classes=n_cand,
+        y_clean=y_tr,
+        labelled=torch.ones(n_train, dtype=torch.bool),
+        relevance_train=r_tr,
+        relevance_test=r_te,
+        x_teacher=x_t,
+        relevance_teacher=r_t,
+        query_dim=dim,
     )
