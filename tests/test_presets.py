@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scoredistill.bench import QUICK as BENCH_QUICK
 from scoredistill.distill import resolve, run_distill
 from scoredistill.objectives import OBJECTIVES
 from scoredistill.presets import METHODS, PRESETS
@@ -29,16 +30,8 @@ def test_presets_cover_every_method_on_the_five_testbeds():
         assert expected <= methods, f"{testbed}: missing {expected - methods}"
 
 
-# one preset per method family on a cheap testbed; the quick budget is a smoke test of learning
-QUICK = [
-    "train.steps=60",
-    "train.batch_size=256",
-    "train.eval_every=0",
-    "train.checkpoint_every=1000",
-    "critic.init_steps=60",
-    "train.eval_samples=1000",
-    "train.ema_halflife=10",  # the default 100-step half-life would hide a 60-step run
-]
+# one preset per method family on a cheap testbed, at the bench's quick (smoke) budget
+QUICK = BENCH_QUICK
 CASES = [
     "dmd-ring8",
     "dmd2-grid25",

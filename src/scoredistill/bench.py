@@ -13,14 +13,13 @@ command after an interruption continues the benchmark.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .bench_optimize import OPTIMIZE_SUITES
 from .eval.report import COLUMNS, format_value
-from .io import atomic_write_json
+from .io import atomic_write_json, finished_run
 from .kd.bench import suite_presets
 
 __all__ = ["SUITES", "run_suite"]
@@ -63,11 +62,9 @@ def _cell(preset: str, seed: int, sets: list[str], out: Path) -> dict[str, Any]:
     benchmark resumes where it stopped."""
     from .distill import resolve, run_distill
 
-    done = out / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if out.exists():  # a run killed mid-way: start it again from scratch
-        shutil.rmtree(out)
+    finished = finished_run(out)
+    if finished is not None:
+        return finished
     cfg, objective = resolve(preset, [*sets, f"train.seed={seed}"])
     return run_distill(cfg, objective, out)
 

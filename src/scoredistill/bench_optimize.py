@@ -10,13 +10,12 @@ Finished run folders are read back, so an interrupted benchmark continues where 
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .eval.report import format_value
-from .io import atomic_write_json
+from .io import atomic_write_json, finished_run
 from .optimize_presets import PRESETS
 from .optimize_report import KEYS_3D, KEYS_PARTICLES
 
@@ -37,11 +36,9 @@ QUICK_OPTIMIZE = [
 def _cell(preset: str, seed: int, sets: list[str], out: Path) -> dict[str, Any]:
     from .optimize import resolve, run_optimize
 
-    done = out / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if out.exists():  # a run killed mid-way: start it again from scratch
-        shutil.rmtree(out)
+    finished = finished_run(out)
+    if finished is not None:
+        return finished
     cfg, objective = resolve(preset, [*sets, f"train.seed={seed}"])
     return run_optimize(cfg, objective, out)
 

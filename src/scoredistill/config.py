@@ -114,3 +114,32 @@ def apply_overrides(cfg: C, overrides: typing.Iterable[str]) -> C:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. nfe=8)")
         cfg = _set_path(cfg, key.strip().split("."), value, key.strip())
     return cfg
+
+
+def resolve_with_objective(
+    default: C, presets: dict[str, dict[str, Any]], preset: str | None, sets: list[str], registry
+) -> tuple[C, Any]:
+    """A run config with a method objective: preset items, then ``--set`` overrides.
+
+    ``objective.<field>`` items go to the method's own dataclass (``registry[cfg.method]``), so an
+    unknown or ill-typed objective field is rejected by name; the returned config holds the
+    objective's resolved fields. Returns ``(config, objective instance)``.
+    """
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
+    items = [
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+        for k, v in presets.get(preset, {}).items()
+    ]
+    items += list(sets)
+    obj_sets = [s.split(".", 1)[1] for s in items if s.startswith("objective.")]
+    cfg = apply_overrides(default, [s for s in items if not s.startswith("objective.")])
+    method = cfg.method  # type: ignore[attr-defined]
+    if method not in registry:
+        raise ConfigError(f"unknown method {method!r}; valid: {', '.join(registry)}")
+    obj = from_dict(registry[method], cfg.objective, prefix="objective.")  # type: ignore[attr-defined]
+    try:
+        obj = apply_overrides(obj, obj_sets)
+    except ConfigError as err:  # name the key as the user wrote it
+        raise ConfigError(str(err).replace("config key '", "config key 'objective.", 1)) from None
+    return dataclasses.replace(cfg, objective=dataclasses.asdict(obj)), obj

@@ -8,7 +8,6 @@ before training starts).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .config import ConfigError, apply_overrides, from_dict, to_dict
+from .config import ConfigError, resolve_with_objective, to_dict
 from .io import atomic_write_json
 from .objectives import OBJECTIVES
 from .presets import PRESETS
@@ -61,30 +60,9 @@ class DistillConfig:
     regression_nfe: int = 64  # DPM-Solver++(2M) evaluations per pair
 
 
-def _objective(method: str, fields: dict[str, Any], overrides: list[str]):
-    if method not in OBJECTIVES:
-        raise ConfigError(f"unknown method {method!r}; valid: {', '.join(OBJECTIVES)}")
-    obj = from_dict(OBJECTIVES[method], fields, prefix="objective.")
-    try:
-        return apply_overrides(obj, overrides)
-    except ConfigError as err:  # name the key as the user wrote it
-        raise ConfigError(str(err).replace("config key '", "config key 'objective.", 1)) from None
-
-
 def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
     """Preset + ``--set`` overrides -> (validated config, objective instance)."""
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    items = [
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-        for k, v in PRESETS.get(preset, {}).items()
-    ]
-    items += list(sets)
-    obj_sets = [s.split(".", 1)[1] for s in items if s.startswith("objective.")]
-    cfg = apply_overrides(DistillConfig(), [s for s in items if not s.startswith("objective.")])
-    objective = _objective(cfg.method, cfg.objective, obj_sets)
-    cfg = dataclasses.replace(cfg, objective=dataclasses.asdict(objective))
-    return cfg, objective
+    return resolve_with_objective(DistillConfig(), PRESETS, preset, sets, OBJECTIVES)
 
 
 def _label_sampler(testbed):

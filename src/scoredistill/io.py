@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "check_tensor_shapes",
+    "finished_run",
     "load_safetensors",
     "read_json_object",
     "read_safetensors_metadata",
@@ -154,3 +156,15 @@ def check_tensor_shapes(expected: dict[str, Tensor], found: dict[str, Tensor], w
                 f"{where}: tensor {key!r} has shape {tuple(found[key].shape)}, "
                 f"expected {tuple(ref.shape)}"
             )
+
+
+def finished_run(out: PathLike) -> dict[str, Any] | None:
+    """A benchmark cell's ``metrics.json`` if the run in ``out`` finished; otherwise None, after
+    removing a partial folder so the run starts again from scratch (benchmarks resume)."""
+    out = Path(out)
+    done = out / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    return None

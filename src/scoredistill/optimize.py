@@ -11,7 +11,6 @@ Gaussian per ring camera: the sanity ceiling). Presets are plain dicts of ``--se
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import statistics
@@ -22,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from .config import ConfigError, apply_overrides, from_dict, to_dict
+from .config import ConfigError, resolve_with_objective, to_dict
 from .io import atomic_write_json
 from .objectives import SCORE_OBJECTIVES
 from .objectives.reward import RewardGuided, azimuth_bins, train_view_classifier
@@ -85,16 +84,6 @@ class OptimizeConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
-def _objective(method: str, fields: dict[str, Any], overrides: list[str]):
-    if method not in SCORE_OBJECTIVES:
-        raise ConfigError(f"unknown method {method!r}; valid: {', '.join(SCORE_OBJECTIVES)}")
-    obj = from_dict(SCORE_OBJECTIVES[method], fields, prefix="objective.")
-    try:
-        return apply_overrides(obj, overrides)
-    except ConfigError as err:  # name the key as the user wrote it
-        raise ConfigError(str(err).replace("config key '", "config key 'objective.", 1)) from None
-
-
 def _check(cfg: OptimizeConfig) -> None:
     views = cfg.testbed == "views"
     if cfg.teacher not in TEACHERS or views == (cfg.teacher == "exact"):
@@ -113,17 +102,9 @@ def _check(cfg: OptimizeConfig) -> None:
 
 def resolve(preset: str | None, sets: list[str]) -> tuple[OptimizeConfig, Any]:
     """Preset + ``--set`` overrides -> (validated config, objective instance)."""
-    if preset is not None and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    items = [
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-        for k, v in PRESETS.get(preset, {}).items()
-    ]
-    items += list(sets)
-    obj_sets = [s.split(".", 1)[1] for s in items if s.startswith("objective.")]
-    cfg = apply_overrides(OptimizeConfig(), [s for s in items if not s.startswith("objective.")])
-    objective = _objective(cfg.method, cfg.objective, obj_sets)
-    cfg = dataclasses.replace(cfg, objective=dataclasses.asdict(objective))
+    cfg, objective = resolve_with_objective(
+        OptimizeConfig(), PRESETS, preset, sets, SCORE_OBJECTIVES
+    )
     _check(cfg)
     if cfg.reward.weight > 0:
         objective = RewardGuided(objective, cfg.reward.weight)
