@@ -253,3 +253,22 @@ def test_classic_kd_beats_its_no_teacher_baseline(tmp_path, preset, margin):
     m = run_kd(resolve(preset, []), tmp_path)
     assert m["accuracy"] - m["baseline_accuracy"] > margin, m
     assert m["agreement"] > 0.97 and m["agreement"] >= m["baseline_agreement"], m
+
+
+@pytest.mark.slow
+def test_kd_runs_on_two_cpu_processes_under_torchrun(tmp_path: Path):
+    """torchrun with 2 gloo processes: Accelerate joins them (world size 2, not two lone ranks)
+    with the teacher outside ``prepare``, and the run writes finite metrics."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    cmd = [torchrun, "--nproc_per_node", "2", "-m", "scoredistill", "kd", "--preset", "kd-digits"]
+    cmd += ["--steps", "20", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert all(math.isfinite(metrics[k]) for k in ("accuracy", "baseline_accuracy", "ece"))
