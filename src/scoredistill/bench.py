@@ -13,12 +13,11 @@ command after an interruption continues the benchmark.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from .bench_optimize import OPTIMIZE_SUITES
-from .eval.report import COLUMNS, format_value
+from .eval.report import COLUMNS, format_value, mean_std
 from .io import atomic_write_json, finished_run
 from .kd.bench import suite_presets
 
@@ -70,14 +69,9 @@ def _cell(preset: str, seed: int, sets: list[str], out: Path) -> dict[str, Any]:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    runs = [r | {"initial_mmd": r["initial"]["mmd"]} if "initial" in r else r for r in runs]
-    keys = [k for k in runs[0] if isinstance(runs[0][k], float | int)]
-    out = {}
-    for k in keys:
-        vals = [float(r[k]) for r in runs]
-        out[k] = statistics.fmean(vals)
-        out[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
+    return mean_std(
+        [r | {"initial_mmd": r["initial"]["mmd"]} if "initial" in r else r for r in runs]
+    )
 
 
 def _teacher_rows(testbed_name: str, n: int) -> list[dict]:

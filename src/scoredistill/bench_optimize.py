@@ -10,11 +10,10 @@ Finished run folders are read back, so an interrupted benchmark continues where 
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-from .eval.report import format_value
+from .eval.report import format_value, mean_std
 from .io import atomic_write_json, finished_run
 from .optimize_presets import PRESETS
 from .optimize_report import KEYS_3D, KEYS_PARTICLES
@@ -44,13 +43,7 @@ def _cell(preset: str, seed: int, sets: list[str], out: Path) -> dict[str, Any]:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, v in runs[0].items() if isinstance(v, float | int)]
-    out: dict[str, Any] = {"seeds": len(runs)}
-    for k in keys:
-        vals = [float(r[k]) for r in runs]
-        out[k] = statistics.fmean(vals)
-        out[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
+    return {"seeds": len(runs), **mean_std(runs)}
 
 
 def _markdown(results: dict[str, Any]) -> str:

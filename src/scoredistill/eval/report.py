@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 __all__ = ["baseline_markdown", "format_value"]
@@ -49,3 +50,13 @@ def baseline_markdown(result: dict[str, Any]) -> str:
         "the noise level for reading differences between rows."
     )
     return "\n".join([title, "", head, rule, *body, ""])
+
+
+def mean_std(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and (sample) std over seeds of every numeric key of the first run: ``k``, ``k_std``."""
+    out = {}
+    for k in [k for k, v in runs[0].items() if isinstance(v, float | int)]:
+        vals = [float(r[k]) for r in runs]
+        out[k] = statistics.fmean(vals)
+        out[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
