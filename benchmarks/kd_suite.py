@@ -5,6 +5,10 @@ call reads every run back and writes ``results.json`` and ``results.md``. Finish
 never repeated, so the script resumes::
 
     OMP_NUM_THREADS=1 python benchmarks/kd_suite.py --out runs/kd-suite --workers 2 [--quick]
+        [--presets NAME ...]
+
+Without ``--presets`` it runs ``kd.bench.suite_presets()``: every method preset and every
+procedure preset.
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ def _work(out: str, presets: list[str], quick: bool, seeds: list[int]) -> None:
 
 def main() -> None:
     """Parse the flags, fan the presets out to workers, then write the combined table."""
-    from scoredistill.kd.presets import PRESETS
+    from scoredistill.kd.bench import suite_presets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--presets", nargs="+", default=None)
     args = parser.parse_args()
-    names = list(PRESETS)
+    names = args.presets or suite_presets(args.quick)
     shares = [names[i :: args.workers] for i in range(args.workers)]
     ctx = mp.get_context("spawn")
     procs = [
@@ -45,7 +50,13 @@ def main() -> None:
         p.start()
     for p in procs:
         p.join()
-    _work(args.out, names, args.quick, args.seeds)  # read back, write the table
+    out = Path(args.out)  # read every finished preset back and write the combined table
+    done = [
+        n
+        for n in suite_presets(args.quick)
+        if all((out / n / f"seed-{s}" / "metrics.json").exists() for s in args.seeds)
+    ]
+    _work(args.out, done, args.quick, args.seeds)
     print((Path(args.out) / "results.md").read_text())
 
 

@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from scoredistill.config import ConfigError
 from scoredistill.kd.cvdd import SmallCNN, bn_matching_loss
 from scoredistill.kd.diswot import diswot_score
+from scoredistill.kd.expected import EXPECTED, with_derived
 from scoredistill.kd.federated import dirichlet_split, edgefd_claims, knfu_fuse
 from scoredistill.kd.lm import LMDistillConfig, distill_step_loss, draw_batch
 from scoredistill.kd.losses import jsd
@@ -38,6 +39,16 @@ def test_quick_preset_writes_finite_metrics(name: str, tmp_path: Path) -> None:
     assert "wall_s" in scalars and all(math.isfinite(v) for v in scalars.values()), scalars
     headline = [k for k in scalars if f"baseline_{k}" in scalars]
     assert headline, "every procedure reports a metric next to its baseline"
+    # the benchmark can check every stated effect: each claim's metrics are in the run
+    claims = EXPECTED.get(name, [])
+    assert claims or name == "dml-online-classification"  # DML is BD-KD's reference arm
+    full = with_derived(metrics)
+    for c in claims:
+        assert c.metric in full, (c.text, c.metric)
+        if isinstance(c.against, str) and ":" not in c.against:
+            assert c.against in full, (c.text, c.against)
+        elif isinstance(c.against, str):
+            assert c.against.partition(":")[0] in PROCEDURE_PRESETS, c.against
 
 
 @pytest.mark.parametrize(

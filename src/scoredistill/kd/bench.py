@@ -5,7 +5,8 @@ run is read back from its ``metrics.json``, an unfinished one resumed), then wri
 ``results.json`` and ``results.md``: per preset the mean ± std over seeds of the student, its
 reference (the method the claim compares against), the no-teacher baseline and the teacher on
 the lead metric (accuracy, or nDCG@10 for retrieval), ECE and agreement, next to the expected
-effect from reference/knowledge_distillation.md d.2 (``EXPECTED``) and a verdict.
+effect from reference/knowledge_distillation.md d.2 (``EXPECTED``, written in ``kd.expected``)
+and a verdict.
 
 Verdict rule. For a claim ``metric ⋈ against`` the per-seed paired difference
 ``d_s = metric_s − against_s`` (``against`` a metric name, ``"<preset>:<metric>"`` of another
@@ -25,128 +26,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .expected import EXPECTED, Claim, with_derived
 from .presets import PRESETS, QUICK
 
 __all__ = ["EXPECTED", "Claim", "run_kd_suite", "verdict"]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """An expected effect: ``metric ⋈ against`` (a metric name or a constant)."""
-
-    text: str
-    metric: str
-    against: str | float
-    kind: str  # ">" | "<" | ">=" | "~"
-
-
-_ACC, _NDCG = "accuracy", "ndcg@10"
-EXPECTED: dict[str, list[Claim]] = {
-    "kd-digits": [Claim("d.2.1 (ii): KD+CE ≥ CE", _ACC, "baseline_accuracy", ">=")],
-    "kd-digits-unlabelled": [
-        Claim(
-            "d.2.1 (i): KD, no labels ≫ CE on 50 labels (+15–19 pts)",
-            _ACC,
-            "baseline_accuracy",
-            ">",
-        )
-    ],
-    "kd-digits-noisy": [
-        Claim("d.2.1 (iii): 40% noise, KD+CE ≫ CE (+19 pts)", _ACC, "baseline_accuracy", ">")
-    ],
-    "bdkd-classification": [
-        Claim("d.2.2: BD-KD term gives lower student ECE than KD", "ece", "reference_ece", "<")
-    ],
-    "pld-digits": [Claim("d.2.3: PLD(τ=4) ≥ KD+CE, no α", _ACC, "reference_accuracy", ">=")],
-    "pld-digits-tau1": [
-        Claim("d.2.3: PLD(τ=1), saturated teacher, equals CE", _ACC, "baseline_accuracy", "~")
-    ],
-    "jsd-digits": [
-        Claim("d.2.17 (token-free): JSD(0.5) matches KD", _ACC, "reference_accuracy", ">=")
-    ],
-    "reversekl-digits": [
-        Claim(
-            "d.2.17 (token-free): reverse KL is mode-seeking: lower entropy than KD",
-            "entropy",
-            "reference_entropy",
-            "<",
-        )
-    ],
-    "lelp-binary-digits": [
-        Claim("d.2.4: LELP > KD by +0.5–1 pt (2 classes)", _ACC, "reference_accuracy", ">")
-    ],
-    "lelp-binary-digits-nonull": [
-        Claim("d.2.4: no null-space projection: LELP ≈ KD", _ACC, "reference_accuracy", "~")
-    ],
-    "lelp-binary-digits-oracle": [
-        Claim("d.1 sanity bound: oracle subclasses > KD", _ACC, "reference_accuracy", ">")
-    ],
-    "ofa-digits": [Claim("d.2.6: OFA ≥ KD (small margin)", _ACC, "reference_accuracy", ">=")],
-    "ofa-digits-hetero": [
-        Claim("d.2.6: OFA ≥ KD, CNN teacher → MLP student", _ACC, "reference_accuracy", ">=")
-    ],
-    "acam-digits": [
-        Claim("d.2.8: ACAM ≥ FitNet hints (small)", _ACC, "reference_accuracy", ">="),
-        Claim("d.2.8: masks stay diverse: pairwise cosine < 0.9", "acam_mask_cosine", 0.9, "<"),
-    ],
-    "kdaif-digits": [
-        Claim("d.2.7: weighted KD+CE > unweighted (a few pts)", _ACC, "reference_accuracy", ">"),
-        Claim("d.2.7: weights separate noisy labels, AUROC > 0.8", "aif_auroc", 0.8, ">"),
-    ],
-    "kdaif-digits-identity": [
-        Claim("d.2.7 (identity Hessian): weighted > unweighted", _ACC, "reference_accuracy", ">"),
-        Claim("d.2.7 (identity Hessian): AUROC > 0.8", "aif_auroc", 0.8, ">"),
-    ],
-    # procedure presets (scoredistill.kd.procedures); "<preset>:<metric>" pairs seeds across presets
-    "bdkd-online-classification": [
-        Claim(
-            "d.2.2: online BD-KD: lower student ECE than DML",
-            "ece",
-            "dml-online-classification:ece",
-            "<",
-        ),
-        Claim(
-            "d.2.2: online BD-KD: accuracy similar to DML (not worse)",
-            _ACC,
-            "dml-online-classification:accuracy",
-            ">=",
-        ),
-    ],
-    "diswot-digits": [
-        Claim(
-            "d.2.10: DisWOT score ranks students better than parameter count (Spearman)",
-            "spearman",
-            "baseline_spearman",
-            ">",
-        ),
-    ],
-    "marginmse-retrieval": [
-        Claim(
-            "d.2.5 (b): Margin-MSE ≥ pointwise MSE under per-query offsets",
-            _NDCG,
-            "reference_ndcg@10",
-            ">=",
-        )
-    ],
-    "marginmse-retrieval-nobias": [
-        Claim(
-            "d.2.5 (b), bias-free student: Margin-MSE ≥ pointwise MSE",
-            _NDCG,
-            "reference_ndcg@10",
-            ">=",
-        )
-    ],
-    "cprd-retrieval": [
-        Claim(
-            "d.2.9: ITC+CPRD ≥ ITC+score-KD (squashed teacher)", _NDCG, "reference_ndcg@10", ">="
-        ),
-        Claim("d.2.9: ITC+CPRD ≥ ITC alone", _NDCG, "baseline_ndcg@10", ">="),
-    ],
-}
 
 
 def verdict(diffs: list[float], kind: str) -> str:
@@ -169,25 +55,27 @@ def _run_one(preset: str, seed: int, folder: Path, quick: bool) -> dict[str, Any
     """Metrics of one (preset, seed): read back when finished, else run (resuming)."""
     done = folder / "metrics.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return with_derived(json.loads(done.read_text()))
     if preset in PRESETS:
         from .run import resolve, run_kd
 
         sets = [*(QUICK if quick else []), f"train.seed={seed}"]
         cache = folder.parent.parent / "_teachers"  # teachers shared across presets
-        return run_kd(resolve(preset, sets), folder, resume=folder.exists(), teacher_cache=cache)
+        cfg = resolve(preset, sets)
+        return with_derived(run_kd(cfg, folder, resume=folder.exists(), teacher_cache=cache))
     from .procedures import run_procedure  # the procedures' presets (online KD, LM, sweep, …)
 
-    return run_procedure(preset, [f"seed={seed}"], folder, resume=folder.exists(), quick=quick)
+    sets = [f"seed={seed}"]
+    return with_derived(run_procedure(preset, sets, folder, resume=folder.exists(), quick=quick))
 
 
 def _lead(runs: list[dict[str, Any]]) -> str:
     """nDCG@10, else accuracy, else the first metric with a ``baseline_`` counterpart."""
     first = runs[0]
-    for key in (_NDCG, _ACC, *first):
+    for key in ("ndcg@10", "accuracy", *first):
         if key in first and f"baseline_{key}" in first:
             return key
-    return _ACC
+    return "accuracy"
 
 
 def _stat(runs: list[dict[str, Any]], key: str) -> tuple[float, float] | None:

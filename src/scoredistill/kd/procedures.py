@@ -72,12 +72,24 @@ PROCEDURE_PRESETS: dict[str, dict[str, Any]] = {
     # note d.2 item 17: GKD (TRL defaults β = 0.5, λ = 0.5) and MiniLLM-style reverse KL
     "gkd-markov": {"procedure": "lm", "method": "gkd", "quick": _LM_QUICK},
     "minillm-markov": {"procedure": "lm", "method": "minillm", "quick": _LM_QUICK},
+    # the note's λ ∈ {0, 1} × β ∈ {0, 1} corners (forward / reverse KL; data / student samples)
+    **{
+        f"gkd-markov-{div}-{policy}": {
+            "procedure": "lm",
+            "method": "gkd",
+            "beta": beta,
+            "lmbda": lmbda,
+            "quick": _LM_QUICK,
+        }
+        for div, beta in (("fkl", 0.0), ("rkl", 1.0))
+        for policy, lmbda in (("offpolicy", 0.0), ("onpolicy", 1.0))
+    },
     # note d.2 item 16: width {8, 32, 128} × T {1, 2, 5} × σ {0, 1, 2, 5} on digits
     "sweep-digits": {
         "procedure": "sweep",
         "task": "digits",
         "quick": {
-            "widths": [8],
+            "widths": [8, 32],
             "temperatures": [2.0],
             "noises": [0.0, 5.0],
             "teacher_steps": 20,
@@ -92,6 +104,12 @@ PROCEDURE_PRESETS: dict[str, dict[str, Any]] = {
     },
     # note d.2 items 13/14: 8 clients, Dirichlet α = 0.1, 20% proxy set, 10 rounds
     "knfu-digits": {"procedure": "federated", "method": "knfu", "quick": _FED_QUICK},
+    "knfu-digits-alpha1": {
+        "procedure": "federated",
+        "method": "knfu",
+        "dirichlet_alpha": 1.0,
+        "quick": _FED_QUICK,
+    },
     # EdgeFD: the proxy set gets as many pixel-shuffled (OOD) rows as half its size
     "edgefd-digits": {
         "procedure": "federated",
