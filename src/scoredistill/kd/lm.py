@@ -1,4 +1,4 @@
-"""Sequence-level LM distillation on a synthetic Markov language: GKD and MiniLLM-style RKL.
+"""Sequence-level LM distillation on a synthetic Markov language: GKD and MiniLLM.
 
 A GRU teacher is trained by cross-entropy on samples of a :class:`~.markov.MarkovLanguage`;
 a smaller GRU student is then distilled from it, and the same student is trained on the same
@@ -8,12 +8,13 @@ data without the teacher (the baseline). Methods (reference/knowledge_distillati
   batch of student-generated sequences with probability λ (on-policy, no gradient through
   sampling), else a data batch; loss = token-mean ``JSD(β)(P_T ‖ P_S)`` (:func:`~.losses.jsd`,
   TRL convention: β = 0 forward KL, β = 1 reverse KL), no temperature in the loss.
-- **minillm** (Gu et al., ICLR 2024) [R]: sequences from the teacher-mixed policy
-  ``p̃ = α·p + (1−α)·q_θ`` (α = 0.2); loss = the single-step term ``Σ_t w_t·KL(q_θ(·|y_<t) ‖
-  p(·|y_<t))`` over the full vocabulary with importance weights
-  ``w_t = min(Π_{t'<t} q_θ(y_t')/p̃(y_t'), ratio_clip)`` (detached), averaged over tokens. The
-  long-horizon policy-gradient term is omitted (TRL's default ``gamma=0`` discounts it away) and
-  there is no PPO clip; with α = 0 this is reverse-KL GKD (β = 1, λ = 1).
+- **minillm** (Gu et al., ICLR 2024, §2.2; :func:`~.minillm.minillm_loss`): sequences from the
+  teacher-mixed policy ``p̃ = α·p + (1−α)·q_θ`` (α = 0.2); loss = the single-step term
+  ``Σ_t W_{t−1}·KL(q_θ(·|y_<t) ‖ p(·|y_<t))`` over the full vocabulary plus the long-horizon
+  policy-gradient term ``−Σ_t sg(R_{t+1})·∇log q_θ(y_t|y_<t)``, ``R_{t+1}`` the (importance
+  weighted, length-normalised) sum of the later rewards ``log p/q_θ``, averaged over tokens.
+  ``W`` are prefix importance weights ``Π q_θ/p̃`` clipped at ``ratio_clip`` [R]; no PPO clip
+  (one update per batch). With α = 0 and ``rkl_advantage=False`` this is reverse-KL GKD (β = λ = 1).
 - **ce**: cross-entropy on the data (the baseline; also trains the teacher).
 
 Metrics are exact against the true language: per-token ``KL(p_true ‖ q)`` on held-out true
@@ -34,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..train.kd import batch_indices
-from .losses import entropy, jsd, reverse_kl
+from .losses import entropy, jsd
 from .markov import LMConfig, MarkovConfig, MarkovLanguage, TinyLM, kl_to_truth, sample_lm
+from .minillm import minillm_loss
 from .proc_common import seeded, sub_rng
 
 __all__ = [
@@ -66,6 +68,12 @@ class LMDistillConfig:
     lmbda: float = 0.5  # gkd: probability of an on-policy (student-generated) batch (TRL 0.5)
     mix_alpha: float = 0.2  # minillm: teacher share of the sampling mixture (paper 0.2)
     ratio_clip: float = 5.0  # minillm: cap of the prefix importance weight [R]
+    # minillm switches, named as TRL's MiniLLMConfig; gamma = 1 is the paper's undiscounted
+    # return (TRL defaults to 0, where its advantage is the current token's reward alone)
+    single_step_decomposition: bool = True  # minillm: exact per-step reverse KL term
+    rkl_advantage: bool = True  # minillm: long-horizon policy-gradient term
+    gamma: float = 1.0  # minillm: discount of the later rewards in R_{t+1}
+    length_normalization: bool = True  # minillm: R_{t+1} over the number of later tokens
     teacher_steps: int = 500  # near the held-out minimum above (seed 0)
     steps: int = 600  # student steps (method and baseline alike)
     batch_size: int = 64
@@ -75,18 +83,6 @@ class LMDistillConfig:
 
 def _ce(logits: Tensor, tokens: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
-
-
-def _minillm_weights(
-    s_logits: Tensor, t_logits: Tensor, tokens: Tensor, cfg: LMDistillConfig
-) -> Tensor:
-    """Detached prefix importance weights ``w_t`` ``(B, L)`` for sampling from ``p̃``."""
-    q = s_logits.detach().softmax(-1)
-    mixed = cfg.mix_alpha * t_logits.softmax(-1) + (1 - cfg.mix_alpha) * q
-    pick = tokens.unsqueeze(-1)
-    log_ratio = (q.gather(-1, pick).log() - mixed.gather(-1, pick).log()).squeeze(-1)
-    prefix = F.pad(log_ratio.cumsum(-1)[:, :-1], (1, 0))  # Π over t' < t
-    return prefix.exp().clamp(max=cfg.ratio_clip)
 
 
 def distill_step_loss(
@@ -102,9 +98,18 @@ def distill_step_loss(
         return _ce(s_logits, tokens)
     if cfg.method == "gkd":
         return jsd(s_logits, t_logits, cfg.beta, mask=mask)
-    per_token = reverse_kl(s_logits, t_logits, reduction="none")  # (B, L)
-    w = _minillm_weights(s_logits, t_logits.detach(), tokens, cfg)
-    return (w * per_token).sum() / tokens.numel()
+    per_sequence = minillm_loss(
+        s_logits,
+        t_logits,
+        tokens,
+        mix_alpha=cfg.mix_alpha,
+        ratio_clip=cfg.ratio_clip,
+        single_step_decomposition=cfg.single_step_decomposition,
+        rkl_advantage=cfg.rkl_advantage,
+        gamma=cfg.gamma,
+        length_normalization=cfg.length_normalization,
+    )
+    return per_sequence.sum() / tokens.numel()
 
 
 def draw_batch(
@@ -216,7 +221,7 @@ def report(cfg: LMDistillConfig, m: dict[str, Any]) -> str:
     head = (
         f"GKD β = {cfg.beta}, λ = {cfg.lmbda}"
         if cfg.method == "gkd"
-        else f"MiniLLM-style reverse KL, α = {cfg.mix_alpha}"
+        else f"MiniLLM, α = {cfg.mix_alpha}, γ = {cfg.gamma}, long-horizon {cfg.rkl_advantage}"
     )
     lines = [
         f"# LM distillation ({cfg.method}) on a Markov language",

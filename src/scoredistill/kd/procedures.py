@@ -69,7 +69,7 @@ PROCEDURE_PRESETS: dict[str, dict[str, Any]] = {
         "task": "classification",
         "quick": {"steps": 20, "checkpoint_every": 10},
     },
-    # note d.2 item 17: GKD (TRL defaults β = 0.5, λ = 0.5) and MiniLLM-style reverse KL
+    # note d.2 item 17: GKD (TRL defaults β = 0.5, λ = 0.5) and MiniLLM (reverse KL, policy gradient)
     "gkd-markov": {"procedure": "lm", "method": "gkd", "quick": _LM_QUICK},
     "minillm-markov": {"procedure": "lm", "method": "minillm", "quick": _LM_QUICK},
     # the note's λ ∈ {0, 1} × β ∈ {0, 1} corners (forward / reverse KL; data / student samples)
