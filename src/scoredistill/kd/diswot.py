@@ -15,10 +15,17 @@ cross-entropy backward. [R] The README's semantic term compares Grad-CAM-like cl
 for MLPs (no spatial dim) we compare their class–class Gram matrices, whose size does not depend
 on the student's width. Candidates are then trained with KD and the rank correlation between
 score and accuracy is compared with the parameter count as a proxy.
+
+The search: regularised evolution (:mod:`.evolution`) maximises the score over MLP widths
+{8, …, 128} × depths 1–3 under a parameter budget, scoring ``search_population +
+search_cycles`` candidates at init. The pick is trained with the same KD budget and compared
+with the largest-parameter architecture in the same budget (what a params-only search returns).
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +36,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..train.kd import FeatureHooks, KDBatch
+from .evolution import MLPSpace, evolve
 from .losses import kd_loss
 from .models import MLP
-from .proc_common import class_scores, fit, seeded, spearman
+from .proc_common import class_scores, fit, seeded, spearman, sub_rng
 from .tasks import load_task
 
-__all__ = ["DisWOTConfig", "diswot_score", "procedure", "report", "run_diswot"]
+__all__ = [
+    "DisWOTConfig",
+    "diswot_score",
+    "mlp_params",
+    "procedure",
+    "report",
+    "run_diswot",
+    "search_student",
+]
 
 # the note's space: MLP widths 8-128, depths 1-3
 CANDIDATES: tuple[tuple[int, ...], ...] = (
@@ -67,6 +83,12 @@ class DisWOTConfig:
     temperature: float = 4.0
     alpha: float = 0.5  # label-CE weight in the candidates' KD
     n_candidates: int = 12  # first n of CANDIDATES
+    param_budget: int = 5000  # search: student parameters (the teacher has 85k)
+    search_widths: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)  # per hidden layer
+    search_max_depth: int = 3  # hidden layers 1..max
+    search_population: int = 10  # regularised evolution P (Real et al.: 100)
+    search_cycles: int = 40  # C: P + C = 50 candidates scored
+    search_tournament: int = 3  # S drawn per parent (Real et al.: 25 of 100)
     seed: int = 0
     data_seed: int = 0
 
@@ -96,13 +118,58 @@ def diswot_score(student: MLP, teacher: MLP, x: Tensor, y: Tensor) -> dict[str, 
     return {"score": -(d_rel + d_sem), "d_rel": d_rel, "d_sem": d_sem}
 
 
+def mlp_params(in_dim: int, widths: tuple[int, ...], classes: int) -> int:
+    """Parameters (weights and biases) of ``MLP(in_dim, widths, classes)``."""
+    dims = [in_dim, *widths, classes]
+    return sum((a + 1) * b for a, b in itertools.pairwise(dims))
+
+
 def _candidate(widths: tuple[int, ...], dim: int, classes: int, rng: torch.Generator) -> MLP:
     with seeded(rng):
         return MLP(dim, widths, classes)
 
 
+def search_student(
+    cfg: DisWOTConfig, teacher: MLP, x: Tensor, y: Tensor, classes: int, rng: torch.Generator
+) -> dict[str, Any]:
+    """Evolve the DisWOT score on one batch ``x (B, D)``, ``y (B,)`` under ``param_budget``.
+
+    Returns the pick, the params-only pick (largest in budget) and the search's cost.
+    """
+    space = MLPSpace(cfg.search_widths, cfg.search_max_depth)
+    size = {a: mlp_params(x.shape[1], a, classes) for a in space}
+    fits = {a for a, n in size.items() if n <= cfg.param_budget}
+    if not fits:
+        raise ValueError(
+            f"param_budget={cfg.param_budget} admits no architecture; the smallest of the "
+            f"space has {min(size.values())} parameters"
+        )
+
+    teacher = copy.deepcopy(teacher).requires_grad_(True)  # KD froze it; d_sem needs its grad
+
+    def score(widths: tuple[int, ...]) -> float:
+        return diswot_score(_candidate(widths, x.shape[1], classes, rng), teacher, x, y)["score"]
+
+    t0 = time.perf_counter()
+    found = evolve(
+        score, space, fits.__contains__, population=cfg.search_population,
+        cycles=cfg.search_cycles, tournament=cfg.search_tournament, rng=rng,
+    )  # fmt: skip
+    search_s = time.perf_counter() - t0
+    by_params = max(fits, key=lambda a: (size[a], a))  # ties: the wider first layer
+    return {
+        "search_s": search_s,
+        "search_evaluated": found.evaluated,
+        "search_widths": list(found.best),
+        "search_params": size[found.best],
+        "search_score": found.best_score,
+        "baseline_search_widths": list(by_params),
+        "baseline_search_params": size[by_params],
+    }
+
+
 def run_diswot(cfg: DisWOTConfig) -> dict[str, Any]:
-    """Score every candidate at init, then KD-train each and correlate ranks."""
+    """Score every candidate at init, KD-train each and correlate ranks; then search and train."""
     task = load_task(cfg.task, seed=cfg.data_seed)
     x, y = task.x_train, task.y_train
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -127,11 +194,20 @@ def run_diswot(cfg: DisWOTConfig) -> dict[str, Any]:
 
     with torch.no_grad():
         t_pred = teacher(task.x_test).argmax(-1)
-    for c in candidates:
-        model: nn.Module = c.pop("model")
+
+    def kd_accuracy(model: nn.Module) -> float:
         fit(model, x, y, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, loss_fn=loss, teacher=teacher)
-        c["accuracy"] = class_scores(model, task.x_test, task.y_test, t_pred)["accuracy"]
-    return {"candidates": candidates, "score_s": score_s}
+        return class_scores(model, task.x_test, task.y_test, t_pred)["accuracy"]
+
+    for c in candidates:
+        c["accuracy"] = kd_accuracy(c.pop("model"))
+    # drawn after the ranking study, so its numbers do not depend on the search settings
+    search_rng = sub_rng(rng)
+    search = search_student(cfg, teacher, x[rows], y[rows], task.num_classes, search_rng)
+    for key in ("search", "baseline_search"):
+        model = _candidate(tuple(search[f"{key}_widths"]), task.dim, task.num_classes, search_rng)
+        search[f"{key}_accuracy"] = kd_accuracy(model)
+    return {"candidates": candidates, "score_s": score_s} | search
 
 
 def _summary(raw: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +245,12 @@ def report(cfg: DisWOTConfig, m: dict[str, Any]) -> str:
         f"Spearman ρ(score, KD accuracy) = {m['spearman']:.3f} (parameter count: "
         f"{m['baseline_spearman']:.3f}); scoring {len(m['candidates'])} candidates took "
         f"{m['score_s']:.2f} s; {cfg.steps} KD steps each (T = {cfg.temperature}).",
+        "",
+        f"Evolutionary search ({m['search_evaluated']} candidates scored in {m['search_s']:.2f} s, "
+        f"≤ {cfg.param_budget} parameters): {m['search_widths']} ({m['search_params']} params), "
+        f"KD accuracy {m['search_accuracy']:.4f}; largest in budget "
+        f"{m['baseline_search_widths']} ({m['baseline_search_params']} params): "
+        f"{m['baseline_search_accuracy']:.4f}.",
         "",
         "| widths | params | score | d_rel | d_sem | KD accuracy |",
         "|---|---:|---:|---:|---:|---:|",
