@@ -103,7 +103,7 @@ def test_acam_mask_loss_and_diversity_match_naive_loops() -> None:
     for i in range(b):
         masks = [torch.einsum("hw,c->chw", m_s[i, k], m_c[i, k]) for k in range(n)]
         sq = (f_t[i] - f_s[i]) ** 2
-        loss_ref.append(sum((m * sq).sum() for m in masks) / sum(m.sum() for m in masks))
+        loss_ref.append(sum((m * sq).sum() / m.sum() for m in masks) / n)  # per-mask normalised
         div_ref.append(
             sum(
                 F.cosine_similarity(masks[a].flatten(), masks[k].flatten(), dim=0)

@@ -74,6 +74,19 @@ EXPECTED: dict[str, list[Claim]] = {
     "acam-digits": [
         Claim("d.2.8: ACAM ≥ FitNet hints (small)", _ACC, "reference_accuracy", ">="),
         Claim("d.2.8: masks stay diverse: pairwise cosine < 0.9", "acam_mask_cosine", 0.9, "<"),
+        Claim(
+            "d.2.8: L_mask decreases (first vs last)",
+            "acam_mask_loss_last",
+            "acam_mask_loss_first",
+            "<",
+        ),
+        Claim("d.2.8: masks change across training: mean |ΔM| > 0", "acam_mask_change", 0.0, ">"),
+        Claim(
+            "no mask collapses: smallest spatial mask mean > 0.01 (constant ours)",
+            "acam_min_spatial_mask_mean",
+            0.01,
+            ">",
+        ),
     ],
     "kdaif-digits": [
         Claim("d.2.7: weighted KD+CE > unweighted (a few pts)", _ACC, "reference_accuracy", ">"),
@@ -216,6 +229,12 @@ PROCEDURE_EXPECTED: dict[str, list[Claim]] = {
             "search_s",
             10.0,
             "<",
+        ),
+        Claim(
+            "d.2.10: the searched student (KD) ≥ the largest one in the same params budget",
+            "search_accuracy",
+            "baseline_search_accuracy",
+            ">=",
         ),
     ],
     "autodistil-digits": [

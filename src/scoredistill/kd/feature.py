@@ -183,9 +183,11 @@ def acam_mask_loss(
 ) -> Tensor:
     """ACAM-KD masked feature loss (Lan & Tian 2025, ASCM) [R normalisation]::
 
-        L_mask = Σ_n Σ_{c,h,w} M_s^n[h,w]·M_c^n[c]·(F_t − φ(F_s))²[c,h,w] / Σ_{n,c,h,w} M^n
+        L_mask = 1/N Σ_n Σ_{c,h,w} M^n·(F_t − φ(F_s))² / Σ_{c,h,w} M^n,   M^n = M_s^n ⊗ M_c^n
 
-    normalised per sample, then reduced over the batch.
+    each mask normalised by its own sum (the paper's ``1/M Σ_m 1/Σ M_m`` form), so every mask
+    carries weight ``1/N`` and a mask cannot leave the loss by shrinking to zero (it could with one
+    normaliser ``Σ_{n,c,h,w} M^n`` shared by all masks). Per sample, then reduced over the batch.
 
     Args:
         student_feat: ``(B, C, H, W)`` adapted student features ``φ(F_s)``.
@@ -194,9 +196,10 @@ def acam_mask_loss(
         channel_masks: ``(B, N, C)`` in ``[0, 1]``.
     """
     sq = (teacher_feat.detach() - student_feat).square()  # (B, C, H, W)
-    num = torch.einsum("bnhw,bnc,bchw->b", spatial_masks, channel_masks, sq)
+    num = torch.einsum("bnhw,bnc,bchw->bn", spatial_masks, channel_masks, sq)
     den = spatial_masks.sum(dim=(-2, -1)) * channel_masks.sum(-1)  # Σ_{c,h,w} of the outer product
-    return reduce(num / den.sum(-1).clamp_min(torch.finfo(num.dtype).tiny), reduction)
+    per_mask = num / den.clamp_min(torch.finfo(num.dtype).tiny)
+    return reduce(per_mask.mean(-1), reduction)
 
 
 def mask_diversity(
@@ -221,13 +224,25 @@ def acam_loss(
     channel_masks: Tensor,
     *,
     div_weight: float = 1.0,
+    mask_grad: bool = False,
     reduction: str = "batchmean",
 ) -> Tensor:
     """ACAM-KD distillation term ``L_mask + λ_div·L_div`` (Lan & Tian 2025, ASCM) [R: λ_div = 1].
 
     Inputs are :class:`ACAMFusion`'s outputs and the teacher features; the caller adds the task
     loss and ``λ_mask``. See :func:`acam_mask_loss` and :func:`mask_diversity`.
+
+    ``mask_grad=False`` [R] stops ``L_mask``'s gradient at the masks: they weight the student's
+    error, and the generators learn from ``L_div`` and follow the student through ``F_f``. With
+    ``True`` the generators also minimise ``L_mask``, a mask-weighted *mean* of the error, whose
+    minimiser puts all the weight on the entries the student already matches: on digits the masks
+    saturate onto a few such entries and ``L_mask`` falls while the feature error does not.
     """
+    m_s, m_c = (
+        (spatial_masks, channel_masks)
+        if mask_grad
+        else (spatial_masks.detach(), channel_masks.detach())
+    )
     return acam_mask_loss(
-        student_feat, teacher_feat, spatial_masks, channel_masks, reduction
+        student_feat, teacher_feat, m_s, m_c, reduction
     ) + div_weight * mask_diversity(spatial_masks, channel_masks, reduction)

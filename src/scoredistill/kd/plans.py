@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..train.kd import FeatureHooks, KDBatch, teacher_outputs
-from .feature import ACAMFusion, OFAProjector, acam_loss, mask_diversity, ofa_loss
+from .feature import (
+    ACAMFusion,
+    OFAProjector,
+    acam_loss,
+    acam_mask_loss,
+    mask_diversity,
+    ofa_loss,
+)
 from .influence import influence_weights, per_sample_grads
 from .losses import kd_loss
 from .methods import Plan, ce
@@ -131,28 +138,37 @@ def _acam(cfg: Any, task: Task, teacher: nn.Module, make_net: Any, reference: An
     fusion = ACAMFusion(c_s, c_t, ac.num_masks, ac.attn_dim or None, residual=ac.residual)
     student = KDStudent(net, {"fusion": fusion})
     s_path = f"net.{ac.student_feature}"
-
-    def loss(b: KDBatch) -> Tensor:
-        f_t = b.teacher_features[ac.teacher_feature]
-        f_s, m_s, m_c = student.extras["fusion"](b.student_features[s_path], f_t)
-        distil = acam_loss(f_s, f_t, m_s, m_c, div_weight=ac.div_weight / ac.mask_weight)
-        return ce(b.student_logits, b.labels) + ac.mask_weight * distil
+    _, t_feats = teacher_outputs(teacher, task.x_test, [ac.teacher_feature])
+    f_t_probe = t_feats[ac.teacher_feature]  # the test split: a fixed probe batch
+    # snapshots on the probe: before the first update and after the first 10% of the steps
+    snap_step = max(cfg.train.steps // 10, 1)
+    calls, snaps = [0], {}
 
     @torch.no_grad()
-    def finalize(model: nn.Module) -> dict[str, float]:
-        """Mean pairwise cosine of the N masks on the test split (ASCM's diversity, d.2.8)."""
+    def probe(model: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+        was = model.training
         model.eval()
-        _, t_feats = teacher_outputs(teacher, task.x_test, [ac.teacher_feature])
+        device = next(model.parameters()).device
         with FeatureHooks(model, [s_path]) as hooks:
-            model(task.x_test)
-        _, m_s, m_c = model.extras["fusion"](hooks[s_path], t_feats[ac.teacher_feature])
-        n = ac.num_masks
-        pairs = max(n * (n - 1), 1)
-        return {
-            "acam_mask_cosine": float(mask_diversity(m_s, m_c)) / pairs,
-            # a spatial mask whose mean is ~0 has collapsed (the cosine is then vacuous)
-            "acam_min_spatial_mask_mean": float(m_s.mean(dim=(0, 2, 3)).min()),
-        }
+            model(task.x_test.to(device))
+        out = model.extras["fusion"](hooks[s_path], f_t_probe.to(device))
+        model.train(was)
+        return out
+
+    def loss(b: KDBatch) -> Tensor:
+        if calls[0] in (0, snap_step):  # the parameters after `calls` updates
+            snaps[calls[0]] = probe(student)
+        calls[0] += 1
+        f_t = b.teacher_features[ac.teacher_feature]
+        f_s, m_s, m_c = student.extras["fusion"](b.student_features[s_path], f_t)
+        div_weight = ac.div_weight / ac.mask_weight
+        distil = acam_loss(f_s, f_t, m_s, m_c, div_weight=div_weight, mask_grad=ac.mask_grad)
+        return ce(b.student_logits, b.labels) + ac.mask_weight * distil
+
+    def finalize(model: nn.Module) -> dict[str, float]:
+        """Mask diversity, collapse and change on the test split (ASCM, d.2.8)."""
+        f_t = f_t_probe.to(next(model.parameters()).device)
+        return _acam_mask_metrics(probe(model), snaps, f_t, ac.num_masks, snap_step)
 
     return Plan(
         student=student,
@@ -161,6 +177,52 @@ def _acam(cfg: Any, task: Task, teacher: nn.Module, make_net: Any, reference: An
         teacher_features=(ac.teacher_feature,),
         finalize=finalize,
     )
+
+
+def _acam_mask_metrics(
+    end: tuple[Tensor, Tensor, Tensor],
+    snaps: dict[int, tuple[Tensor, Tensor, Tensor]],
+    f_t: Tensor,
+    num_masks: int,
+    snap_step: int,
+) -> dict[str, float]:
+    """ACAM-KD's mask metrics from ``(φ(F_s), M_s, M_c)`` on the probe at the end and snapshots.
+
+    - ``acam_mask_cosine``: mean pairwise cosine of the ``N`` masks ``M_s^n ⊗ M_c^n``; its
+      factors ``acam_spatial_mask_cosine`` (of the ``M_s^n``) and ``acam_channel_mask_cosine``.
+    - ``acam_mask_std``: the smallest, over masks, mean spatial std of ``M_s^n`` (≈ 0: a mask
+      is constant over positions, e.g. all 0 or all 1; the cosine is then vacuous).
+    - ``acam_min_spatial_mask_mean``: the smallest mean of a spatial mask (≈ 0: switched off).
+    - ``acam_mask_change``: mean ``|ΔM|`` between ``snap_step`` updates and the end.
+    - ``acam_mask_loss_first``/``_last``, ``acam_feature_mse_first``/``_last``: ``L_mask`` and
+      the unmasked ``mean (F_t − φ(F_s))²`` before training and at the end: a ``L_mask`` that
+      falls while the feature MSE does not means the masks, not the student, moved.
+    """
+    f_s, m_s, m_c = end
+    pairs = max(num_masks * (num_masks - 1), 1)
+    ones_s, ones_c = torch.ones_like(m_s), torch.ones_like(m_c)
+    out = {
+        "acam_mask_cosine": float(mask_diversity(m_s, m_c)) / pairs,
+        # the two factors of the cosine: which of the masks' parts differ
+        "acam_spatial_mask_cosine": float(mask_diversity(m_s, ones_c)) / pairs,
+        "acam_channel_mask_cosine": float(mask_diversity(ones_s, m_c)) / pairs,
+        "acam_mask_std": float(m_s.flatten(2).std(-1).mean(0).min()),
+        "acam_min_spatial_mask_mean": float(m_s.mean(dim=(0, 2, 3)).min()),
+        "acam_mask_loss_last": float(acam_mask_loss(f_s, f_t, m_s, m_c)),
+        "acam_feature_mse_last": float(F.mse_loss(f_s, f_t)),
+    }
+    if 0 in snaps:  # absent when the run resumed from a checkpoint
+        f0, s0, c0 = snaps[0]
+        out |= {
+            "acam_mask_loss_first": float(acam_mask_loss(f0, f_t, s0, c0)),
+            "acam_feature_mse_first": float(F.mse_loss(f0, f_t)),
+        }
+    change = float("nan")
+    if snap_step in snaps:
+        _, s1, c1 = snaps[snap_step]
+        m1, m2 = (torch.einsum("bnhw,bnc->bnchw", s, c) for s, c in ((s1, c1), (m_s, m_c)))
+        change = float((m2 - m1).abs().mean())
+    return out | {"acam_mask_change": change}
 
 
 def _fitnet(cfg: Any, task: Task, teacher: nn.Module, make_net: Any, reference: Any) -> Plan:
