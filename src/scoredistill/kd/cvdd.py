@@ -4,8 +4,9 @@ Cui et al., arXiv 2501.07575 (code ``Jiacheng8/CV-DD``, built on SRe²L);
 reference/knowledge_distillation.md, method 12 and d.2 item 12. Squeeze → recover → relabel →
 validate:
 
-1. **squeeze**: train a committee of small BatchNorm CNNs on the real data; prior ``a_m`` =
-   test accuracy in percent;
+1. **squeeze**: train a committee of small BatchNorm CNNs on the real data (optionally on
+   batches shifted by ≤ ``squeeze_pad`` px, as SRe²L's teachers train on crops); prior
+   ``a_m`` = test accuracy in percent;
 2. **recover** ``IPC`` images per class from Gaussian noise, Adam(lr 0.1, betas (0.5, 0.9)),
    cosine LR, random jitter (≤ 1 px here, 4 px on CIFAR), on the committee loss::
 
@@ -14,12 +15,14 @@ validate:
 
 3. **relabel** with batch-specific soft labels (BSSL): the committee in **train mode** (BN uses
    the synthetic batch's statistics), each half batch separately, logits mixed with
-   ``softmax(a / 10)``;
-4. **validate**: a fresh student trained only on the synthetic set with
-   ``KL(softmax(soft/T) ‖ softmax(out/T))``, batchmean, T = 3, no T².
+   ``softmax(a / 10)``. With ``relabel_crops = K ≥ 2`` each image is relabelled under K random
+   views (FKD/SRe²L-style stored crops: here ±``crop_pad``-pixel shifts with mean padding, see
+   :func:`shift_views`), one BSSL pass per view;
+4. **validate**: a fresh student trained only on the synthetic set (all stored (view, soft
+   label) pairs) with ``KL(softmax(soft/T) ‖ softmax(out/T))``, batchmean, T = 3, no T².
 
-Ablations reported next to it: random real images (same IPC, same relabelling: the baseline),
-a one-model "committee", and eval-mode relabelling.
+Ablations reported next to it: random real images (same IPC, same relabelling and the same
+views: the baseline), a one-model "committee", and eval-mode relabelling.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ __all__ = [
     "CVDDConfig",
     "SmallCNN",
     "bn_matching_loss",
+    "multi_crop_relabel",
     "procedure",
     "recover",
     "relabel",
     "report",
     "run_cvdd",
+    "shift_views",
 ]
 
 
@@ -66,6 +71,9 @@ class CVDDConfig:
     r_bn: float = 0.05
     first_bn_mult: float = 10.0
     jitter: int = 1  # max shift in pixels
+    relabel_crops: int = 0  # stored views per image; 0 or 1 = the image itself, unaugmented
+    crop_pad: int = 1  # max shift (px) of a relabel view; vacated pixels = the pixel mean
+    squeeze_pad: int = 0  # members train on batches shifted ≤ this (SRe²L teachers see crops)
     # the paper validates with a CNN (ResNet-18); "mlp" uses MLP(student_widths) on the pixels
     student: Literal["cnn", "mlp"] = "cnn"
     student_width: int = 16  # cnn: first conv width
@@ -164,6 +172,45 @@ def relabel(committee: list[nn.Module], priors: Tensor, x: Tensor, train_mode: b
     return torch.cat(out)
 
 
+def shift_views(x: Tensor, pad: int, rng: torch.Generator) -> Tensor:
+    """Random crop with padding: ``x (N, 1, H, W)`` with each image shifted by its own
+    ``(dy, dx) ∈ [−pad, pad]²``; vacated pixels are 0, content pushed past the edge is lost.
+
+    The 8×8 stand-in for FKD's RandomResizedCrop + flip: at 8×8 a rescaled crop is mostly
+    interpolation blur, and flips are off because digits are not mirror-invariant (a flipped
+    2 reads as a 5, a flipped 3 as an ε). It acts on the models' own inputs, the per-pixel
+    standardised z-scores, so a vacated pixel gets 0 = its training mean. Shifting raw ink
+    instead and re-standardising puts ink on border pixels whose training std is ~0 (|z| up
+    to 400 at ±1 px, seed 0): a member scored 0.49 on such views of the test digits against
+    0.79 for the z-space shift (0.93 clean), and every student fell to chance.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=rng).tolist()
+    return torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(offsets)])
+
+
+def multi_crop_relabel(
+    committee: list[nn.Module],
+    priors: Tensor,
+    x: Tensor,
+    crops: int,
+    pad: int,
+    rng: torch.Generator,
+    train_mode: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Stored views ``(K, N, 1, 8, 8)`` of standardised ``x (N, 1, 8, 8)`` and their committee
+    soft logits ``(K, N, C)``; ``K = 1`` (the image itself) when ``crops ≤ 1``.
+
+    Every view is relabelled as one batch (BSSL: train-mode BN on that batch's statistics).
+    """
+    if crops <= 1:
+        return x.unsqueeze(0), relabel(committee, priors, x, train_mode).unsqueeze(0)
+    views = torch.stack([shift_views(x, pad, rng) for _ in range(crops)])
+    soft = torch.stack([relabel(committee, priors, v, train_mode) for v in views])
+    return views, soft
+
+
 def _train(
     model: nn.Module,
     x: Tensor,
@@ -172,13 +219,16 @@ def _train(
     lr: float,
     rng: torch.Generator,
     temperature: float | None = None,
+    shift_pad: int = 0,
 ) -> nn.Module:
-    """Adam on CE (``target`` labels) or, with ``temperature``, KL to soft logits (no T²)."""
+    """Adam on CE (``target`` labels) or, with ``temperature``, KL to soft logits (no T²);
+    ``shift_pad > 0`` shifts every batch by :func:`shift_views`."""
     opt = torch.optim.Adam(model.parameters(), lr)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(x), (min(64, len(x)),), generator=rng)
-        out = model(x[idx])
+        xb = shift_views(x[idx], shift_pad, rng) if shift_pad > 0 else x[idx]
+        out = model(xb)
         if temperature is None:
             loss = F.cross_entropy(out, target[idx])
         else:
@@ -196,7 +246,7 @@ def _squeeze(task: Any, cfg: CVDDConfig, rng: torch.Generator) -> tuple[list[nn.
     for width in cfg.committee_widths:
         with seeded(rng):
             model = SmallCNN(width, task.num_classes)
-        _train(model, x, task.y_train, cfg.member_steps, 1e-2, rng)
+        _train(model, x, task.y_train, cfg.member_steps, 1e-2, rng, shift_pad=cfg.squeeze_pad)
         with torch.no_grad():
             acc = (model(xt).argmax(-1) == task.y_test).float().mean()
         members.append(model)
@@ -221,6 +271,11 @@ def _validate(task: Any, x: Tensor, soft: Tensor, cfg: CVDDConfig, rng: torch.Ge
 
 def run_cvdd(cfg: CVDDConfig) -> dict[str, Any]:
     """Committee CV-DD and its ablations; test accuracies of the students trained on them."""
+    if min(cfg.relabel_crops, cfg.crop_pad, cfg.squeeze_pad) < 0:
+        raise ValueError(
+            "relabel_crops, crop_pad and squeeze_pad must be >= 0, got "
+            f"{cfg.relabel_crops}, {cfg.crop_pad}, {cfg.squeeze_pad}"
+        )
     task = load_task(cfg.task, seed=cfg.data_seed)
     rng = torch.Generator().manual_seed(cfg.seed)
     committee, priors = _squeeze(task, cfg, sub_rng(rng))
@@ -236,13 +291,17 @@ def run_cvdd(cfg: CVDDConfig) -> dict[str, Any]:
         ]
     )
     real = task.x_train[real_rows[torch.randperm(len(real_rows), generator=rng)]].view(-1, 1, 8, 8)
-    val_rng = sub_rng(rng)
+    val_rng, crop_rng = sub_rng(rng), sub_rng(rng)
+
+    def twin(g: torch.Generator) -> torch.Generator:
+        return torch.Generator().set_state(g.get_state())
 
     def score(x: Tensor, members: list[nn.Module], pri: Tensor, bssl: bool = True) -> float:
-        soft = relabel(members, pri, x, train_mode=bssl)
-        twin = torch.Generator()
-        twin.set_state(val_rng.get_state())  # every variant trains the same student init
-        return _validate(task, x, soft, cfg, twin)
+        # every variant draws the same shifts and trains the same student init
+        views, soft = multi_crop_relabel(
+            members, pri, x, cfg.relabel_crops, cfg.crop_pad, twin(crop_rng), bssl
+        )
+        return _validate(task, views.flatten(0, 1), soft.flatten(0, 1), cfg, twin(val_rng))
 
     return {
         "accuracy": score(synth, committee, priors),
@@ -275,7 +334,9 @@ def report(cfg: CVDDConfig, m: dict[str, Any]) -> str:
         "",
         f"IPC {cfg.ipc}; committee priors {m['committee_priors']} (%); {cfg.recover_steps} "
         f"recovery steps; student {cfg.student} trained only on the "
-        f"{cfg.ipc * 10} distilled images (T = {cfg.temperature}), seed {cfg.seed}.",
+        f"{cfg.ipc * 10} distilled images (T = {cfg.temperature}), seed {cfg.seed}; "
+        f"{max(cfg.relabel_crops, 1)} stored view(s) per image (±{cfg.crop_pad} px shifts); "
+        f"committee trained on ±{cfg.squeeze_pad} px shifts.",
         "",
         "| data | student test accuracy |",
         "|---|---:|",

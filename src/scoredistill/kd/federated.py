@@ -13,9 +13,11 @@ Clients exchange only soft predictions on a shared proxy ("transfer") set. One r
      ``w_ij = softmax_{j∈N(i)}(−β·D_ij)`` (β = 10, the paper's Eq. (8) value),
      ``q_i = Σ_j w_ij p_j``;
    - **edgefd** (Mujtaba et al., FLTA 2025, arXiv 2508.14769) [R]: each client fits KMeans (k)
-     on its private inputs and claims a proxy sample when its distance to the nearest centroid
-     is at most the q-quantile of its own training distances; the server averages the claimed
-     soft labels per sample and drops samples nobody claims;
+     on features ``φ`` of its private inputs and claims a proxy sample when
+     ``min_k ‖φ(x) − c_k‖ ≤ τ_q``, the q-quantile of its own training distances; the server
+     averages the claimed soft labels per sample and drops samples nobody claims. ``φ`` is the
+     raw input (fitted once) or the local model's hidden-layer embedding (refitted every round
+     after local training, so the filter follows the model it speaks for);
    - **local**: no exchange (the baseline);
 
 4. local distillation: ``CE(local batch) + λ·T²·KL(q_i ‖ p_i^T)`` on proxy batches.
@@ -45,6 +47,7 @@ __all__ = [
     "FedConfig",
     "dirichlet_split",
     "edgefd_claims",
+    "edgefd_features",
     "knfu_fuse",
     "procedure",
     "report",
@@ -73,6 +76,8 @@ class FedConfig:
     knfu_beta: float = 10.0  # β of the fusion softmax (paper: 10 in all experiments)
     kmeans_k: int = 10  # EdgeFD clusters per client
     kmeans_quantile: float = 0.95  # EdgeFD distance threshold q
+    # EdgeFD φ: "raw" pixels (fitted once) or "embedding" = the local MLP's last hidden layer
+    filter_features: Literal["raw", "embedding"] = "raw"
     seed: int = 0
     data_seed: int = 0
 
@@ -115,16 +120,63 @@ def knfu_fuse(probs: Tensor, beta: float) -> Tensor:
     return torch.einsum("ij,jnc->inc", w, probs)
 
 
-def edgefd_claims(local_x: Tensor, proxy_x: Tensor, k: int, quantile: float, seed: int) -> Tensor:
-    """EdgeFD client filter [R]: bool ``(N_proxy,)``, True where the client claims the sample."""
+def edgefd_claims(
+    local_x: Tensor,
+    proxy_x: Tensor,
+    k: int,
+    quantile: float,
+    seed: int,
+    fit_ms: list[float] | None = None,
+) -> Tensor:
+    """EdgeFD client filter [R]: bool ``(N_proxy,)``, True where the client claims the sample.
+
+    ``local_x (N, F)`` and ``proxy_x (M, F)`` are features φ; the KMeans fit time (ms) is
+    appended to ``fit_ms`` when given.
+    """
     from sklearn.cluster import KMeans
 
     if len(local_x) < 2:
         return torch.zeros(len(proxy_x), dtype=torch.bool)
     k = min(k, len(local_x))
+    t0 = time.perf_counter()
     km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(local_x.numpy())
+    if fit_ms is not None:
+        fit_ms.append(1e3 * (time.perf_counter() - t0))
     tau = np.quantile(km.transform(local_x.numpy()).min(1), quantile)
     return torch.as_tensor(km.transform(proxy_x.numpy()).min(1) <= tau)
+
+
+@torch.no_grad()
+def edgefd_features(model: MLP, x: Tensor, kind: Literal["raw", "embedding"]) -> Tensor:
+    """φ(x): ``x (B, D)`` itself or the model's last hidden layer ``model.body(x) (B, H)``."""
+    if kind == "raw":
+        return x
+    if kind == "embedding":
+        return model.eval().body(x)
+    raise ValueError(f"filter_features must be 'raw' or 'embedding', got {kind!r}")
+
+
+def _claims(
+    cfg: FedConfig,
+    models: list[MLP],
+    data: list[tuple[Tensor, Tensor]],
+    proxy_x: Tensor,
+    fit_ms: list[float],
+) -> Tensor:
+    """Every client's EdgeFD claims on the proxy set, bool ``(K, N_proxy)``."""
+    return torch.stack(
+        [
+            edgefd_claims(
+                edgefd_features(m, x, cfg.filter_features),
+                edgefd_features(m, proxy_x, cfg.filter_features),
+                cfg.kmeans_k,
+                cfg.kmeans_quantile,
+                cfg.seed,
+                fit_ms,
+            )
+            for m, (x, _) in zip(models, data, strict=True)
+        ]
+    )
 
 
 def _steps(
@@ -209,17 +261,16 @@ def run_federated(cfg: FedConfig) -> dict[str, Any]:
             models.append(MLP(task.dim, cfg.widths, task.num_classes))
     opts = [torch.optim.Adam(m.parameters(), cfg.lr) for m in models]
     data = [(task.x_train[c], task.y_train[c]) for c in clients]
-    claims = None
-    if cfg.method == "edgefd":
-        claims = torch.stack(
-            [
-                edgefd_claims(x, proxy_x, cfg.kmeans_k, cfg.kmeans_quantile, cfg.seed)
-                for x, _ in data
-            ]
-        )
+    claims, history, fit_ms = None, [], []  # history: the claims used in each round
+    if cfg.method == "edgefd" and cfg.filter_features == "raw":
+        claims = _claims(cfg, models, data, proxy_x, fit_ms)  # pixels do not change
     for _ in range(cfg.rounds):
         for model, opt, d in zip(models, opts, data, strict=True):
             _steps(model, opt, d, cfg.local_steps, cfg, train_rng)
+        if cfg.method == "edgefd" and cfg.filter_features == "embedding":
+            claims = _claims(cfg, models, data, proxy_x, fit_ms)
+        if claims is not None:
+            history.append(claims.any(0))
         with torch.no_grad():
             probs = torch.stack([(m.eval()(proxy_x) / cfg.temperature).softmax(-1) for m in models])
         targets = _targets(cfg, probs, claims)
@@ -236,10 +287,13 @@ def run_federated(cfg: FedConfig) -> dict[str, Any]:
         "local_accuracy": float(np.mean([b for _, b in accs])),
         "client_sizes": [len(c) for c in clients],
     }
-    if claims is not None:
-        claimed = claims.any(0)
-        out["ood_rejection"] = float((~claimed[is_ood]).float().mean()) if is_ood.any() else 1.0
-        out["id_retention"] = float(claimed[~is_ood].float().mean())
+    if history:  # averaged over the rounds' exchanges (all equal for raw features)
+        claimed = torch.stack(history).float()
+        rejected = 1 - claimed[:, is_ood].mean(1) if is_ood.any() else torch.ones(len(claimed))
+        retained = claimed[:, ~is_ood].mean(1)
+        out |= {"ood_rejection": float(rejected.mean()), "id_retention": float(retained.mean())}
+        out |= {"ood_rejection_last": float(rejected[-1]), "id_retention_last": float(retained[-1])}
+        out["kmeans_fit_ms"] = float(np.mean(fit_ms)) if fit_ms else 0.0  # per client fit
     return out
 
 
@@ -280,6 +334,8 @@ def report(cfg: FedConfig, m: dict[str, Any]) -> str:
         lines += [
             "",
             f"OOD proxy samples rejected by every client: {m['ood_rejection']:.3f}; "
-            f"ID proxy samples claimed: {m['id_retention']:.3f}.",
+            f"ID proxy samples claimed: {m['id_retention']:.3f} (φ = {cfg.filter_features}, "
+            f"mean over rounds; last round {m['ood_rejection_last']:.3f} / "
+            f"{m['id_retention_last']:.3f}); KMeans fit {m['kmeans_fit_ms']:.1f} ms per client.",
         ]
     return "\n".join(lines) + "\n"

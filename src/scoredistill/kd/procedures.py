@@ -121,6 +121,8 @@ PROCEDURE_PRESETS: dict[str, dict[str, Any]] = {
     "cvdd-digits": {
         "procedure": "cvdd",
         "task": "digits",
+        "relabel_crops": 8,  # FKD-style: 8 stored views per image, each shifted ≤ 1 px
+        "crop_pad": 1,
         "quick": {
             "committee_widths": [4, 4],
             "member_steps": 5,
