@@ -167,7 +167,8 @@ def _markdown(results: dict[str, Any]) -> str:
                 else ["", "", "", "", "", "", "", ""]
             )
             delta = f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}" if "diff_mean" in c else "—"
-            lines.append("| " + " | ".join([*head, c["claim"], delta, c["verdict"]]) + " |")
+            claim = c["claim"].replace("|", "\\|")  # a pipe would split the table cell
+            lines.append("| " + " | ".join([*head, claim, delta, c["verdict"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
