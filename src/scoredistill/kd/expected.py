@@ -80,7 +80,9 @@ EXPECTED: dict[str, list[Claim]] = {
             "acam_mask_loss_first",
             "<",
         ),
-        Claim("d.2.8: masks change across training: mean abs(ΔM) > 0", "acam_mask_change", 0.0, ">"),
+        Claim(
+            "d.2.8: masks change across training: mean abs(ΔM) > 0", "acam_mask_change", 0.0, ">"
+        ),
         Claim(
             "no mask collapses: smallest spatial mask mean > 0.01 (constant ours)",
             "acam_min_spatial_mask_mean",
