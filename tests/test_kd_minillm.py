@@ -15,7 +15,7 @@ from torch import Tensor
 
 from scoredistill.kd.lm import LMDistillConfig, distill_step_loss
 from scoredistill.kd.markov import LMConfig, TinyLM
-from scoredistill.kd.minillm import minillm_loss, rkl_advantages
+from scoredistill.kd.minillm import loo_mean, minillm_loss, rkl_advantages
 
 torch.set_num_threads(1)
 
@@ -145,3 +145,29 @@ def test_long_horizon_changes_the_gradient_not_the_value() -> None:
     assert torch.allclose(grads["full"][0], grads["gkd"][0], atol=1e-6)
     assert torch.allclose(grads["short"][1], grads["gkd"][1], atol=1e-6)
     assert not torch.allclose(grads["full"][1], grads["gkd"][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("mix_alpha", [0.0, 0.2])
+def test_a_constant_baseline_leaves_the_expected_gradient_exact(mix_alpha: float) -> None:
+    """Subtracting ``W_t·b`` from the advantage has zero mean under ``p̃``, so the expectation
+    is still ``∇KL(q_θ ‖ p)`` (the leave-one-out baseline is such a ``b`` for each sequence)."""
+    student, t_logits, seqs = _setup()
+    exact = _exact_kl_grad(student, t_logits, seqs)
+    got = _expected_surrogate_grad(student, t_logits, seqs, mix_alpha, baseline=0.7, **EXACT)
+    assert torch.allclose(got, exact, atol=ATOL, rtol=0)
+    plain = _expected_surrogate_grad(student, t_logits, seqs, mix_alpha, **EXACT)
+    per_seq = minillm_loss(student(seqs), t_logits, seqs, baseline=0.7, ratio_clip=math.inf)
+    per_seq_plain = minillm_loss(student(seqs), t_logits, seqs, ratio_clip=math.inf)
+    assert torch.allclose(plain, exact, atol=ATOL, rtol=0)
+    g = _grad(per_seq[5], student)  # one sequence's gradient does change
+    assert not torch.allclose(g, _grad(per_seq_plain[5], student), atol=1e-6)
+
+
+def test_leave_one_out_mean_and_bad_baseline() -> None:
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
+    want = torch.stack([(x.sum(0) - x[i]) / 2 for i in range(3)])
+    assert torch.equal(loo_mean(x), want)
+    assert torch.equal(loo_mean(x[:1]), torch.zeros(1, 2))
+    logits = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="baseline"):
+        minillm_loss(logits, logits, torch.zeros(2, 3, dtype=torch.long), baseline="mean")

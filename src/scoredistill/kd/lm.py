@@ -74,6 +74,8 @@ class LMDistillConfig:
     rkl_advantage: bool = True  # minillm: long-horizon policy-gradient term
     gamma: float = 1.0  # minillm: discount of the later rewards in R_{t+1}
     length_normalization: bool = True  # minillm: R_{t+1} over the number of later tokens
+    # minillm, ours (not in the paper): leave-one-out batch-mean baseline, a variance test
+    advantage_baseline: Literal["none", "loo_mean"] = "none"
     teacher_steps: int = 500  # near the held-out minimum above (seed 0)
     steps: int = 600  # student steps (method and baseline alike)
     batch_size: int = 64
@@ -108,6 +110,7 @@ def distill_step_loss(
         rkl_advantage=cfg.rkl_advantage,
         gamma=cfg.gamma,
         length_normalization=cfg.length_normalization,
+        baseline=cfg.advantage_baseline,
     )
     return per_sequence.sum() / tokens.numel()
 

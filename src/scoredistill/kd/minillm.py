@@ -19,6 +19,12 @@ the paper's ``R_t − 1`` differs by a zero-mean term. Stabilisers, all in §2.2
 - **Length normalisation** — ``R_{t+1}`` is divided by the number of tokens it sums (TRL:
   ``Σ_k γ^k`` over them), so long continuations do not dominate.
 
+- **Baseline** (ours, off by default; not in the paper) — ``baseline="loo_mean"`` subtracts
+  ``W_t·b_t`` from the long-horizon advantage, ``b_t`` the mean advantage at position ``t`` over
+  the *other* sequences of the batch. ``b_t`` does not depend on the sequence it is subtracted
+  from and ``E_p̃[W_t ∇log q_θ(y_t)] = E_q[∇log q_θ(y_t)] = 0``, so the gradient stays unbiased
+  (without clipping); it only lowers the variance. A float is a constant baseline.
+
 [R] Not implemented: the PPO clip (one update per sample batch, so the PPO ratio is 1), reward
 whitening (LMOps) and the pre-training LM loss. The long-horizon term enters as
 ``−sg(A_t)·(log q_θ − sg(log q_θ))``: its value is 0 and its gradient is the policy gradient, so the
@@ -33,7 +39,7 @@ from torch import Tensor
 
 from .losses import reverse_kl
 
-__all__ = ["minillm_loss", "prefix_weights", "rkl_advantages"]
+__all__ = ["loo_mean", "minillm_loss", "prefix_weights", "rkl_advantages"]
 
 
 @torch.no_grad()
@@ -71,6 +77,14 @@ def rkl_advantages(rewards: Tensor, shift: int, gamma: float, length_normalizati
     return adv
 
 
+def loo_mean(x: Tensor) -> Tensor:
+    """Leave-one-out mean over the batch: ``out[i] = mean_{j≠i} x[j]``; ``(B, …) -> (B, …)``."""
+    n = x.shape[0]
+    if n < 2:
+        return torch.zeros_like(x)
+    return (x.sum(0, keepdim=True) - x) / (n - 1)
+
+
 def minillm_loss(
     s_logits: Tensor,
     t_logits: Tensor,
@@ -82,6 +96,7 @@ def minillm_loss(
     rkl_advantage: bool = True,
     gamma: float = 1.0,
     length_normalization: bool = True,
+    baseline: str | float = "none",
 ) -> Tensor:
     """Per-sequence MiniLLM surrogate ``(B,)``, summed over positions; its gradient is the
     importance-weighted estimate of ``∇KL(q_θ ‖ p)`` above for ``tokens`` drawn from ``p̃``.
@@ -107,5 +122,11 @@ def minillm_loss(
         r = t_logits.log_softmax(-1).gather(-1, pick).squeeze(-1) - log_q.detach()
         shift = 1 if single_step_decomposition else 0
         adv = rkl_advantages(w * r, shift, gamma, length_normalization)
+        if baseline == "loo_mean":
+            adv = adv - w * loo_mean(adv)
+        elif isinstance(baseline, int | float):
+            adv = adv - w * baseline
+        elif baseline != "none":
+            raise ValueError(f"baseline must be 'none', 'loo_mean' or a number; got {baseline!r}")
         loss = loss - (adv * (log_q - log_q.detach())).sum(-1)
     return loss
