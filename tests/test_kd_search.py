@@ -16,9 +16,9 @@ from scoredistill.kd.autodistil import (
     run_autodistil,
     subnet_flops,
 )
-from scoredistill.kd.diswot import DisWOTConfig, mlp_params, search_student
+from scoredistill.kd.diswot import DisWOTConfig, search_student
 from scoredistill.kd.evolution import MLPSpace, evolve
-from scoredistill.kd.flops import count_flops, mlp_flops
+from scoredistill.kd.flops import count_flops, mlp_flops, mlp_params
 from scoredistill.kd.models import MLP, SmallCNN
 from scoredistill.kd.proc_common import seeded
 

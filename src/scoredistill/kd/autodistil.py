@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flops import mlp_flops
+from .flops import mlp_flops, mlp_params
 from .losses import kd_loss
 from .models import MLP
 from .proc_common import fit, seeded
@@ -123,8 +123,7 @@ def relation_loss(h_s: Tensor, h_t: Tensor) -> Tensor:
 
 def n_params(in_dim: int, arch: Arch, classes: int) -> int:
     """Parameters of the stand-alone MLP for ``arch``."""
-    width, depth = arch
-    return (in_dim + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * classes
+    return mlp_params(in_dim, (arch[0],) * arch[1], classes)
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:

@@ -55,18 +55,16 @@ def _run_one(preset: str, seed: int, folder: Path, quick: bool) -> dict[str, Any
     """Metrics of one (preset, seed): read back when finished, else run (resuming)."""
     done = folder / "metrics.json"
     if done.exists():
-        return with_derived(json.loads(done.read_text()))
+        return json.loads(done.read_text())
     if preset in PRESETS:
         from .run import resolve, run_kd
 
         sets = [*(QUICK if quick else []), f"train.seed={seed}"]
         cache = folder.parent.parent / "_teachers"  # teachers shared across presets
-        cfg = resolve(preset, sets)
-        return with_derived(run_kd(cfg, folder, resume=folder.exists(), teacher_cache=cache))
+        return run_kd(resolve(preset, sets), folder, resume=folder.exists(), teacher_cache=cache)
     from .procedures import run_procedure  # the procedures' presets (online KD, LM, sweep, …)
 
-    sets = [f"seed={seed}"]
-    return with_derived(run_procedure(preset, sets, folder, resume=folder.exists(), quick=quick))
+    return run_procedure(preset, [f"seed={seed}"], folder, resume=folder.exists(), quick=quick)
 
 
 def _lead(runs: list[dict[str, Any]]) -> str:
@@ -196,7 +194,7 @@ def run_kd_suite(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"quick": quick, "seeds": list(seeds), "presets": {}}
     for name in presets or suite_presets(quick):
-        runs = [_run_one(name, s, out / name / f"seed-{s}", quick) for s in seeds]
+        runs = [with_derived(_run_one(name, s, out / name / f"seed-{s}", quick)) for s in seeds]
         results["presets"][name] = {**_summary(name, runs), "runs": runs}
         (out / "results.json").write_text(json.dumps(results, indent=2))
     all_runs = {name: r["runs"] for name, r in results["presets"].items()}

@@ -25,7 +25,6 @@ with the largest-parameter architecture in the same budget (what a params-only s
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 
 from ..train.kd import FeatureHooks, KDBatch
 from .evolution import MLPSpace, evolve
+from .flops import mlp_params
 from .losses import kd_loss
 from .models import MLP
 from .proc_common import class_scores, fit, seeded, spearman, sub_rng
@@ -45,7 +45,6 @@ from .tasks import load_task
 __all__ = [
     "DisWOTConfig",
     "diswot_score",
-    "mlp_params",
     "procedure",
     "report",
     "run_diswot",
@@ -116,12 +115,6 @@ def diswot_score(student: MLP, teacher: MLP, x: Tensor, y: Tensor) -> dict[str, 
     d_rel = float((_gram(f_t) - _gram(f_s)).pow(2).sum()) / b**2
     d_sem = float((_gram(g_t) - _gram(g_s)).pow(2).sum()) / c**2
     return {"score": -(d_rel + d_sem), "d_rel": d_rel, "d_sem": d_sem}
-
-
-def mlp_params(in_dim: int, widths: tuple[int, ...], classes: int) -> int:
-    """Parameters (weights and biases) of ``MLP(in_dim, widths, classes)``."""
-    dims = [in_dim, *widths, classes]
-    return sum((a + 1) * b for a, b in itertools.pairwise(dims))
 
 
 def _candidate(widths: tuple[int, ...], dim: int, classes: int, rng: torch.Generator) -> MLP:

@@ -20,7 +20,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-__all__ = ["count_flops", "mlp_flops"]
+__all__ = ["count_flops", "mlp_flops", "mlp_params"]
 
 
 def _layer_flops(module: nn.Module, out: Tensor) -> int:
@@ -58,3 +58,9 @@ def mlp_flops(in_dim: int, widths: tuple[int, ...] | list[int], classes: int) ->
     """Per-example FLOPs of ``MLP(in_dim, widths, classes)``: ``2 Σ_l d_{l-1} d_l``."""
     dims = [in_dim, *widths, classes]
     return 2 * sum(a * b for a, b in itertools.pairwise(dims))
+
+
+def mlp_params(in_dim: int, widths: tuple[int, ...] | list[int], classes: int) -> int:
+    """Parameters (weights and biases) of ``MLP(in_dim, widths, classes)``."""
+    dims = [in_dim, *widths, classes]
+    return sum((a + 1) * b for a, b in itertools.pairwise(dims))

@@ -76,9 +76,8 @@ class ACAMConfig:
     div_weight: float = 1.0  # λ_div [R]
     attn_dim: int = 0  # d of Q/K [R]; 0 = the teacher's channels
     residual: bool = True  # F_f = norm(φ(F_s) + attention) [R]
-    mask_grad: bool = (
-        False  # L_mask's gradient reaches the mask generators [R]; True collapses them
-    )
+    # L_mask's gradient reaches the mask generators [R]; True collapses them (docs/kd.md)
+    mask_grad: bool = False
     student_feature: str = "body"  # student map (B, C_s, H, W)
     teacher_feature: str = "body"  # teacher map (B, C_t, H, W)
 
