@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from scoredistill.kd.procedures import run_procedure
+from scoredistill.runs.kd_procedures import run_procedure
 
 ROOT = Path("runs/kd_procedures")
 SEEDS = (0, 1, 2)

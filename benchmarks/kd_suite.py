@@ -7,7 +7,7 @@ never repeated, so the script resumes::
     OMP_NUM_THREADS=1 python benchmarks/kd_suite.py --out runs/kd-suite --workers 2 [--quick]
         [--presets NAME ...]
 
-Without ``--presets`` it runs ``kd.bench.suite_presets()``: every method preset and every
+Without ``--presets`` it runs ``bench.kd.suite_presets()``: every method preset and every
 procedure preset.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 def _work(out: str, presets: list[str], quick: bool, seeds: list[int]) -> None:
     import torch
 
-    from scoredistill.kd.bench import run_kd_suite
+    from scoredistill.bench.kd import run_kd_suite
 
     torch.set_num_threads(1)
     run_kd_suite(Path(out), quick=quick, seeds=tuple(seeds), presets=presets)
@@ -29,7 +29,7 @@ def _work(out: str, presets: list[str], quick: bool, seeds: list[int]) -> None:
 
 def main() -> None:
     """Parse the flags, fan the presets out to workers, then write the combined table."""
-    from scoredistill.kd.bench import suite_presets
+    from scoredistill.bench.kd import suite_presets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)

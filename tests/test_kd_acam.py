@@ -11,7 +11,7 @@ import math
 import torch
 
 from scoredistill.kd import ACAMFusion, acam_loss, acam_mask_loss, mask_diversity
-from scoredistill.kd.run import QUICK, resolve, run_kd
+from scoredistill.runs.kd import QUICK, resolve, run_kd
 
 F64 = torch.float64
 RTOL, ATOL = 1e-10, 1e-12

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoredistill.kd.bench import _claims, verdict
-from scoredistill.kd.expected import EXPECTED, with_derived
+from scoredistill.bench.kd import EXPECTED, _claims, verdict, with_derived
 
 
 def test_derived_metrics_from_a_run() -> None:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from scoredistill.kd.cvdd import SmallCNN, multi_crop_relabel, shift_views
-from scoredistill.kd.federated import edgefd_claims, edgefd_features
 from scoredistill.kd.models import MLP
-from scoredistill.kd.proc_common import seeded
+from scoredistill.runs.kd_procedures.cvdd import SmallCNN, multi_crop_relabel, shift_views
+from scoredistill.runs.kd_procedures.federated import edgefd_claims, edgefd_features
+from scoredistill.runs.kd_procedures.proc_common import seeded
 
 torch.set_num_threads(1)
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
+from scoredistill.bench.kd import EXPECTED, run_kd_suite, suite_presets, verdict
 from scoredistill.cli import main
-from scoredistill.kd.bench import EXPECTED, run_kd_suite, suite_presets, verdict
-from scoredistill.kd.plans import lelp_teacher_targets
+from scoredistill.kd.methods.lelp import lelp_teacher_targets
 from scoredistill.kd.ranking import ndcg
-from scoredistill.kd.run import PRESETS, QUICK, _teacher, resolve, run_kd
 from scoredistill.kd.tasks import load_task
+from scoredistill.runs.kd import PRESETS, QUICK, _teacher, resolve, run_kd
 
 CLASSIC = {"kd-digits", "kd-digits-unlabelled", "kd-digits-noisy", "bdkd-classification"}
 NEW = [p for p in PRESETS if p not in CLASSIC]
@@ -115,7 +115,7 @@ def test_suite_includes_the_procedures_that_have_a_quick_variant():
     names = suite_presets()
     assert names[: len(PRESETS)] == list(PRESETS)
     try:
-        from scoredistill.kd.procedures import PROCEDURE_PRESETS
+        from scoredistill.runs.kd_procedures import PROCEDURE_PRESETS
     except ImportError:
         return
     assert set(names[len(PRESETS) :]) == {n for n, p in PROCEDURE_PRESETS.items() if "quick" in p}
@@ -134,7 +134,7 @@ def test_ranking_distillation_beats_its_reference(tmp_path, preset, margin):
 
 
 def test_claims_pair_seeds_across_presets():
-    from scoredistill.kd.bench import _claims
+    from scoredistill.bench.kd import _claims
 
     mine = [{"ece": 0.10}, {"ece": 0.11}, {"ece": 0.09}]
     dml = [{"ece": 0.15}, {"ece": 0.16}, {"ece": 0.14}]
@@ -145,7 +145,7 @@ def test_claims_pair_seeds_across_presets():
 
 
 def test_kd_cli_dispatches_procedure_presets(capsys):
-    pytest.importorskip("scoredistill.kd.procedures")
+    pytest.importorskip("scoredistill.runs.kd_procedures")
     assert (
         main(
             [

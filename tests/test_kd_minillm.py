@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from scoredistill.kd.lm import LMDistillConfig, distill_step_loss
 from scoredistill.kd.markov import LMConfig, TinyLM
 from scoredistill.kd.minillm import loo_mean, minillm_loss, rkl_advantages
+from scoredistill.runs.kd_procedures.lm import LMDistillConfig, distill_step_loss
 
 torch.set_num_threads(1)
 

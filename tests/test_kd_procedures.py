@@ -12,18 +12,24 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from scoredistill.bench.kd import EXPECTED, with_derived
 from scoredistill.config import ConfigError
-from scoredistill.kd.cvdd import SmallCNN, bn_matching_loss
-from scoredistill.kd.diswot import diswot_score
-from scoredistill.kd.expected import EXPECTED, with_derived
-from scoredistill.kd.federated import dirichlet_split, edgefd_claims, knfu_fuse
-from scoredistill.kd.lm import LMDistillConfig, distill_step_loss, draw_batch
 from scoredistill.kd.losses import jsd
 from scoredistill.kd.markov import LMConfig, MarkovConfig, MarkovLanguage, TinyLM
 from scoredistill.kd.models import MLP
-from scoredistill.kd.online import OnlineConfig, online_step, run_online, student_loss, teacher_loss
-from scoredistill.kd.proc_common import seeded, spearman
-from scoredistill.kd.procedures import PROCEDURE_PRESETS, resolve_procedure, run_procedure
+from scoredistill.runs.kd_procedures import PROCEDURE_PRESETS, resolve_procedure, run_procedure
+from scoredistill.runs.kd_procedures.cvdd import SmallCNN, bn_matching_loss
+from scoredistill.runs.kd_procedures.diswot import diswot_score
+from scoredistill.runs.kd_procedures.federated import dirichlet_split, edgefd_claims, knfu_fuse
+from scoredistill.runs.kd_procedures.lm import LMDistillConfig, distill_step_loss, draw_batch
+from scoredistill.runs.kd_procedures.online import (
+    OnlineConfig,
+    online_step,
+    run_online,
+    student_loss,
+    teacher_loss,
+)
+from scoredistill.runs.kd_procedures.proc_common import seeded, spearman
 
 torch.set_num_threads(1)
 

@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from scoredistill.kd.autodistil import (
+from scoredistill.kd.evolution import MLPSpace, evolve
+from scoredistill.kd.flops import count_flops, mlp_flops, mlp_params
+from scoredistill.kd.models import MLP, SmallCNN
+from scoredistill.runs.kd_procedures.autodistil import (
     AutoDistilConfig,
     SuperMLP,
     relation_loss,
     run_autodistil,
     subnet_flops,
 )
-from scoredistill.kd.diswot import DisWOTConfig, search_student
-from scoredistill.kd.evolution import MLPSpace, evolve
-from scoredistill.kd.flops import count_flops, mlp_flops, mlp_params
-from scoredistill.kd.models import MLP, SmallCNN
-from scoredistill.kd.proc_common import seeded
+from scoredistill.runs.kd_procedures.diswot import DisWOTConfig, search_student
+from scoredistill.runs.kd_procedures.proc_common import seeded
 
 torch.set_num_threads(1)
 

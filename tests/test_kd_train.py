@@ -15,8 +15,8 @@ from torch import Tensor
 from scoredistill.cli import main
 from scoredistill.kd.losses import kd_loss
 from scoredistill.kd.models import MLP
-from scoredistill.kd.run import PRESETS, QUICK, resolve, run_kd
 from scoredistill.kd.tasks import TASKS, load_task
+from scoredistill.runs.kd import PRESETS, QUICK, resolve, run_kd
 from scoredistill.train.common import NonFiniteLossError
 from scoredistill.train.kd import FeatureHooks, KDBatch, KDTrainConfig, batch_indices, train_kd
 

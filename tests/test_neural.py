@@ -19,16 +19,18 @@ from scoredistill.teachers import testbeds
 from scoredistill.teachers.analytic import GaussianMixtureTeacher
 from scoredistill.teachers.base import NULL_LABEL, Teacher
 from scoredistill.teachers.neural import (
-    P_MEAN,
-    P_STD,
     MLPDenoiserNet,
     NeuralDenoiser,
     denoiser_errors,
-    dsm_loss,
     load_learned_teacher,
-    load_learned_testbed,
-    sample_training_t,
     save_learned_teacher,
+)
+from scoredistill.teachers.testbeds import load_learned_testbed
+from scoredistill.train.dsm import (
+    P_MEAN,
+    P_STD,
+    dsm_loss,
+    sample_training_t,
     train_dsm,
     train_learned_teacher,
 )

@@ -20,10 +20,11 @@ from scoredistill.cli import main
 from scoredistill.config import ConfigError
 from scoredistill.objectives import SDS
 from scoredistill.objectives._ingredients import Loss
-from scoredistill.objectives.reward import RewardGuided, ViewClassifier, azimuth_bins
-from scoredistill.optimize import PRESETS, _particles_task, resolve, run_optimize
+from scoredistill.objectives.reward import RewardGuided
+from scoredistill.runs.optimize import PRESETS, _particles_task, resolve, run_optimize
 from scoredistill.train.common import NonFiniteLossError
 from scoredistill.train.optimize import Batch, OptimizeLoopConfig, optimize
+from scoredistill.train.view_classifier import ViewClassifier, azimuth_bins
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scoredistill.bench import QUICK as BENCH_QUICK
-from scoredistill.distill import resolve, run_distill
 from scoredistill.objectives import OBJECTIVES
-from scoredistill.presets import METHODS, PRESETS
+from scoredistill.presets.distill import METHODS, PRESETS
+from scoredistill.presets.distill import QUICK as BENCH_QUICK
+from scoredistill.runs.distill import resolve, run_distill
 from scoredistill.teachers.testbeds import TESTBEDS
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scoredistill.sources.cameras import (
+from scoredistill.scene.cameras import (
     Camera,
     camera_rays,
     circular_distance,
@@ -16,8 +16,8 @@ from scoredistill.sources.cameras import (
     ring_cameras,
     sample_cameras,
 )
-from scoredistill.sources.field3d import VoxelField, field_grid
-from scoredistill.sources.render import ray_box, render, render_batch, render_rays
+from scoredistill.scene.field3d import VoxelField, field_grid
+from scoredistill.scene.render import ray_box, render, render_batch, render_rays
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from scoredistill.sources import (
     TeacherInitGenerator,
     copy_teacher_as_critic,
     default_student_times,
-    init_critic_from_teacher,
     make_critic,
 )
 from scoredistill.teachers.analytic import GaussianMixtureTeacher
 from scoredistill.teachers.neural import MLPDenoiserNet, NeuralDenoiser
+from scoredistill.train.dsm import init_critic_from_teacher
 
 SD = 0.5  # sigma_data of the hand-built denoisers
 
@@ -297,7 +297,7 @@ def test_conv_generator_shapes_init_scale_and_labels():
 
 def test_conv_generator_needs_an_image_testbed(tmp_path):
     from scoredistill.config import ConfigError
-    from scoredistill.distill import resolve, run_distill
+    from scoredistill.runs.distill import resolve, run_distill
 
     cfg, objective = resolve("dmd2-ring8", ["generator.kind=conv", "critic.init_steps=1"])
     with pytest.raises(ConfigError, match="image testbed"):

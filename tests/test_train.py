@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from scoredistill.distill import resolve, run_distill
 from scoredistill.io import load_safetensors
+from scoredistill.runs.distill import resolve, run_distill
 from scoredistill.train.common import (
     NonFiniteLossError,
     check_finite,

@@ -17,8 +17,8 @@ from scoredistill.eval.metrics3d import (
     psnr,
 )
 from scoredistill.eval.turntable import save_turntable
-from scoredistill.sources.cameras import circular_distance
-from scoredistill.sources.field3d import VoxelField
+from scoredistill.scene.cameras import circular_distance
+from scoredistill.scene.field3d import VoxelField
 from scoredistill.teachers.testbeds import Testbed as _Testbed  # not collected as a test class
 from scoredistill.teachers.views import (
     PROMPTS,

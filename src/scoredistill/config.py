@@ -4,23 +4,87 @@ Every run's configuration is a (possibly nested) frozen dataclass. This module t
 ``key=value`` strings and plain dicts (``config.json``) into such dataclasses, checking every
 key and type before any work starts, and naming the offending key in the error. Nothing here
 evaluates code: values are parsed as JSON scalars/lists or taken as plain strings.
+
+Numbers are checked too: a float must be finite everywhere, and a field annotated with a
+:class:`Range` (``steps: PositiveInt``, ``lr: PositiveFloat``, ``seed: Seed``) must lie in it;
+the error names the key and the valid range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-__all__ = ["ConfigError", "apply_overrides", "from_dict", "to_dict"]
+from .errors import SEED_MAX, UserError
+
+__all__ = [
+    "ConfigError",
+    "LearningRate",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Range",
+    "Seed",
+    "UnitFloat",
+    "apply_overrides",
+    "from_dict",
+    "preset_items",
+    "resolve",
+    "to_dict",
+]
 
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
+class ConfigError(UserError):
+    """A configuration key is unknown, its value has the wrong type or is out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field: ``lo <= x <= hi`` (``<`` where ``open_lo``/``open_hi``);
+    ``note`` says what a boundary value means (``"0: only at the end"``). Use it as
+    ``typing.Annotated[int, Range(1)]``; ``_coerce`` checks it wherever a value enters a config."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    note: str = ""
+
+    def describe(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.open_lo else '['}{num(self.lo)}, {num(self.hi)}"
+            text += ")" if self.open_hi else "]"
+        elif self.lo is not None:
+            text = (">" if self.open_lo else ">=") + f" {num(self.lo)}"
+        else:
+            text = ("<" if self.open_hi else "<=") + f" {num(self.hi)}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def contains(self, x: float) -> bool:
+        above = self.lo is None or (x > self.lo if self.open_lo else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.open_hi else x <= self.hi)
+        return above and below
+
+
+PositiveInt = Annotated[int, Range(1)]  # steps, batch sizes, widths, intervals
+NonNegativeInt = Annotated[int, Range(0)]  # counts where 0 means "none"
+PositiveFloat = Annotated[float, Range(0, open_lo=True)]  # learning rates, temperatures, stds
+NonNegativeFloat = Annotated[float, Range(0)]  # weights, clipping (0: off)
+UnitFloat = Annotated[float, Range(0, 1)]  # fractions and probabilities
+Seed = Annotated[int, Range(0, SEED_MAX)]  # every derived seed stays inside torch's range
+# Adam passes lr / (1 - beta1^t) to float32 kernels (max 3.4e38): 1e30 leaves room for any beta1
+# up to 1 - 1e-8, and is far above any rate that trains
+LearningRate = Annotated[float, Range(0, 1e30, open_lo=True)]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -29,7 +93,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
@@ -42,10 +106,22 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        value = _coerce(key, value, args[0])
+        for rng in (m for m in args[1:] if isinstance(m, Range)):
+            if not rng.contains(value):
+                kind = "an integer" if args[0] is int else "a number"
+                raise ConfigError(
+                    f"config key {key!r} must be {kind} {rng.describe()}, got {value!r}"
+                )
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message (e.g. its range)
+            return _coerce(key, value, options[0])
+        for arg in options:
             try:
                 return _coerce(key, value, arg)
             except ConfigError:
@@ -65,7 +141,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"config key {key!r} is too large for a float: {value}") from None
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r} must be a finite number, got {value}")
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
@@ -116,22 +197,38 @@ def apply_overrides(cfg: C, overrides: typing.Iterable[str]) -> C:
     return cfg
 
 
-def resolve_with_objective(
-    default: C, presets: dict[str, dict[str, Any]], preset: str | None, sets: list[str], registry
-) -> tuple[C, Any]:
-    """A run config with a method objective: preset items, then ``--set`` overrides.
+def preset_items(fields: dict[str, Any], prefix: str = "") -> list[str]:
+    """A preset's (possibly nested) dict as ``key=value`` override strings."""
+    items: list[str] = []
+    for key, value in fields.items():
+        if isinstance(value, dict) and value:
+            items += preset_items(value, f"{prefix}{key}.")
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            items.append(f"{prefix}{key}={text}")
+    return items
 
-    ``objective.<field>`` items go to the method's own dataclass (``registry[cfg.method]``), so an
-    unknown or ill-typed objective field is rejected by name; the returned config holds the
-    objective's resolved fields. Returns ``(config, objective instance)``.
+
+def resolve(
+    default: C,
+    presets: typing.Mapping[str, typing.Mapping[str, Any]],
+    preset: str | None,
+    sets: typing.Iterable[str],
+    registry: typing.Mapping[str, type] | None = None,
+) -> tuple[C, Any]:
+    """The one resolver: preset → typed config → ``--set`` overrides → validation.
+
+    ``preset`` names an entry of ``presets`` (None: the defaults); its items, then ``sets``, are
+    applied to ``default``. With a method ``registry``, ``objective.<field>`` items go to the
+    method's own dataclass (``registry[cfg.method]``), so an unknown or ill-typed objective field
+    is rejected by name, and the returned config holds the objective's resolved fields. Returns
+    ``(config, objective instance or None)``; every error is a ``ConfigError`` naming the key.
     """
     if preset is not None and preset not in presets:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
-    items = [
-        f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-        for k, v in presets.get(preset, {}).items()
-    ]
-    items += list(sets)
+    items = preset_items(dict(presets.get(preset, {}))) + list(sets)
+    if registry is None:
+        return apply_overrides(default, items), None
     obj_sets = [s.split(".", 1)[1] for s in items if s.startswith("objective.")]
     cfg = apply_overrides(default, [s for s in items if not s.startswith("objective.")])
     method = cfg.method  # type: ignore[attr-defined]

@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
@@ -26,8 +29,10 @@ __all__ = [
     "atomic_write_json",
     "check_tensor_shapes",
     "finished_run",
+    "json_safe",
     "load_safetensors",
     "read_json_object",
+    "read_npz_headers",
     "read_safetensors_metadata",
     "save_safetensors_atomic",
     "sha256_file",
@@ -82,6 +87,18 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int = 2) -> None:
     """Write ``obj`` as UTF-8 JSON atomically. NaN/inf are rejected (strict JSON)."""
     text = json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN): a one-seed std or
+    an undefined ratio reads as ``null``, not as an invalid file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def save_safetensors_atomic(
@@ -168,3 +185,71 @@ def finished_run(out: PathLike) -> dict[str, Any] | None:
     if out.exists():
         shutil.rmtree(out)
     return None
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _what_it_is(path: Path) -> str:
+    """A guess at what a file that is not a zip archive is, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(_NPY_MAGIC):
+        return "a single .npy array renamed .npz (save with np.savez)"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged zip archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not an .npz archive"
+    return "not an .npz archive (a text file renamed .npz?)"
+
+
+def read_npz_headers(path: PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``name -> (shape, dtype)`` of every array of an ``.npz`` file, read from the ``.npy``
+    headers alone: nothing is decompressed past them, so a hostile file costs no memory.
+
+    Raises ``ValueError`` naming the file and what is wrong: not a zip archive (empty, text, a
+    bare ``.npy``), a member that is not an ``.npy`` array, an object array (pickle), an array
+    whose header declares more or fewer bytes than the archive holds for it.
+    """
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        if isinstance(err, OSError) and not path.is_file():
+            raise
+        raise ValueError(f"cannot read {path}: {_what_it_is(path)}") from None
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: member {info.filename!r} is not an .npy array")
+            try:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {
+                        (1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0,
+                    }.get(version)
+                    if read is None:
+                        raise ValueError(f"unsupported .npy format version {version}")
+                    shape, _, dtype = read(f)
+                    offset = f.tell()
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile) as err:
+                raise ValueError(
+                    f"{path}: member {info.filename!r} is not a readable .npy array ({err})"
+                ) from None
+            name = info.filename[:-4]
+            if dtype.hasobject:
+                raise ValueError(f"{path}: array {name!r} holds Python objects")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if info.file_size != offset + nbytes:  # the archive's own record of the size
+                raise ValueError(
+                    f"{path}: array {name!r} declares shape {tuple(shape)} of {dtype} "
+                    f"({nbytes} bytes) but holds {info.file_size - offset} bytes"
+                )
+            headers[name] = (tuple(shape), dtype)
+    return headers

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "NULL_LABEL",
     "PREDICTIONS",
     "cfg_combine",
     "dreamfusion_to_cfg_scale",
@@ -32,6 +33,9 @@ __all__ = [
     "guided",
     "to_denoiser",
 ]
+
+NULL_LABEL = -1
+"""Label meaning "no condition": the unconditional branch of classifier-free guidance."""
 
 PREDICTIONS = ("x0", "eps", "v", "flow", "score", "edm")
 
@@ -129,7 +133,7 @@ def cfg_combine(uncond: Tensor, cond: Tensor, w: float | Tensor) -> Tensor:
     return uncond + w * (cond - uncond)
 
 
-def guided(denoise: Denoise, w: float | Tensor, null_label: int = -1) -> Denoise:
+def guided(denoise: Denoise, w: float | Tensor, null_label: int = NULL_LABEL) -> Denoise:
     """Wrap a conditional denoiser ``denoise(x_t, t, cond)`` with classifier-free guidance.
 
     The returned callable has the same signature. ``cond`` carries integer labels ``(B,)``;

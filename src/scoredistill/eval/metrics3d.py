@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..sources.cameras import Camera, circular_distance
-from ..sources.field3d import VoxelField, field_grid
+from ..scene.cameras import Camera, circular_distance
+from ..scene.field3d import VoxelField, field_grid
 
 __all__ = [
     "IOU_DENSITY",

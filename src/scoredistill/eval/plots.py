@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..teachers.testbeds import Testbed
+from ..teachers.testbed import Testbed
 
 __all__ = ["plot_samples", "save_panels", "save_testbed_plot", "save_training_curves"]
 
@@ -199,7 +199,11 @@ def save_testbed_plot(testbed: Testbed, path: str | Path, n: int = 2000, seed: i
     )
 
 
-def save_training_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+def save_training_curves(
+    records: list[dict[str, Any]],
+    path: str | Path,
+    eval_keys: Sequence[str] = ("mmd", "mode_coverage", "spread_ratio"),
+) -> Path:
     """Loss, diagnostic and exact-metric curves of a ``metrics.jsonl`` (list of records).
 
     Panels: the two players' losses (not progress metrics: DMD's surrogate is 0.5 mean g^2),
@@ -218,7 +222,7 @@ def save_training_curves(records: list[dict[str, Any]], path: str | Path) -> Pat
     bins = sorted({k for r in train for k in r if k.startswith("d_diff@")})
     for key in bins:
         axes[1].plot(steps, [r.get(key, np.nan) for r in train], label=key.split("@")[1])
-    for key in ("mmd", "mode_coverage", "spread_ratio"):
+    for key in eval_keys:
         axes[2].plot(
             [r["step"] for r in evals], [r.get(key, np.nan) for r in evals], "o-", label=key
         )
@@ -232,3 +236,36 @@ def save_training_curves(records: list[dict[str, Any]], path: str | Path) -> Pat
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def save_image_grid(
+    panels: Mapping[str, Tensor],
+    path: str | Path,
+    labels: Mapping[str, Tensor | None] | None = None,
+    *,
+    per_panel: int = 64,
+) -> Path:
+    """One square grid of images per entry (``x: (N, C, H, W)`` in [-1, 1]; the first
+    ``per_panel`` shown, titled by key; labels, when given, sort the images by class)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.4 * len(panels), 3.7), dpi=100)
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (key, x) in zip(axes, panels.items(), strict=True):
+        lab = (labels or {}).get(key)
+        x = x[:per_panel]
+        if lab is not None:
+            x = x[torch.argsort(lab[:per_panel], stable=True)]
+        side = math.ceil(math.sqrt(x.shape[0]))
+        c, h, w = x.shape[1:]
+        pad = torch.full((side * side - x.shape[0], c, h, w), -1.0)
+        grid = torch.cat([x.float().clamp(-1, 1), pad]).reshape(side, side, c, h, w)
+        img = grid.permute(0, 3, 1, 4, 2).reshape(side * h, side * w, c).add(1).div(2).numpy()
+        ax.imshow(img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None)
+        ax.set_title(key, fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

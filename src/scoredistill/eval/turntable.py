@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..sources.cameras import DEFAULT_FOV, DEFAULT_RADIUS, Camera
-from ..sources.field3d import VoxelField
+from ..scene.cameras import DEFAULT_FOV, DEFAULT_RADIUS, Camera
+from ..scene.field3d import VoxelField
 
 __all__ = ["save_turntable", "turntable_images"]
 

@@ -1,10 +1,17 @@
-"""Knowledge distillation: pure loss functions (logits, rankings, features) and KD metrics.
+"""Knowledge distillation, the library: pure losses (logits, rankings, features), KD methods,
+tasks, models and metrics. Runs, presets and the benchmark sit above it (``runs.kd``,
+``runs.kd_procedures``, ``presets.kd``, ``bench.kd``); nothing here writes files.
 
 - :mod:`.losses`: Hinton KD, forward/reverse KL, GKD's JSD(β), BD-KD, ECE;
 - :mod:`.ranking`: PLD, ListMLE, Margin-MSE, CPRD, nDCG;
 - :mod:`.feature`: OFA-KD (projector heads) and ACAM-KD (attention masks);
 - :mod:`.subclass`: LELP pseudo-subclass targets;
-- :mod:`.influence`: KD-AIF influence-function sample weights.
+- :mod:`.influence`: KD-AIF influence-function sample weights;
+- :mod:`.methods`: one file per KD method (its config section, plan builder and metrics) and
+  the ``METHODS`` registry the run looks methods up in;
+- :mod:`.tasks`, :mod:`.models`, :mod:`.scoring`: data, small networks, test-split scores;
+  :mod:`.markov` and :mod:`.minillm` (LM distillation), :mod:`.evolution` and :mod:`.flops`
+  (student search).
 
 Conventions: teacher inputs are detached (frozen teacher); ``reduction`` is ``"batchmean"``
 (sum over classes, mean over samples) | ``"sum"`` | ``"none"``. Docstrings cite the paper and

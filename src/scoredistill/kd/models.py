@@ -5,8 +5,9 @@ pairs (``body.0`` the first ``Linear``, ``body.1`` its activation, …) and ``he
 ``Linear``, so feature hooks name stable module paths: ``"body"`` is the penultimate
 representation, ``"head"`` the logits. The note's pair is teacher ``MLP(64, (256, 256), 10)``
 and student ``MLP(64, (32,), 10)``. ``SmallCNN`` does the same on ``(1, 8, 8)`` maps (ACAM-KD),
-``CrossEncoder``/``BiEncoder`` score a query's candidates (retrieval), and ``KDStudent`` holds a
-student with its training-only extras (projector heads, fusion modules, LELP subclasses).
+``CrossEncoder``/``BiEncoder`` score a query's candidates (retrieval; ``TeacherScores`` is a
+teacher's scores as the student sees them), and ``KDStudent`` holds a student with its
+training-only extras (projector heads, fusion modules, LELP subclasses).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "BiEncoder", "CrossEncoder", "KDStudent", "SmallCNN"]
+__all__ = ["MLP", "BiEncoder", "CrossEncoder", "KDStudent", "SmallCNN", "TeacherScores"]
 
 
 class MLP(nn.Module):
@@ -120,6 +121,27 @@ class BiEncoder(nn.Module):
         """Scores ``(B, N)``: one dot product per candidate, no pair interaction."""
         q, d = _split(x, self.query_dim, self.doc_dim)
         return torch.einsum("be,bne->bn", self.query(q), self.doc(d))
+
+
+class TeacherScores(nn.Module):
+    """A retrieval teacher as the student sees it: optional sigmoid squash and per-query offset.
+
+    The offset ``offset_std · ⟨x_q, u⟩`` (``u`` a fixed random unit vector) is one constant per
+    query: it changes no ranking, only the scores' level (Margin-MSE's setting, note d.2.5 (b)).
+    """
+
+    def __init__(self, net: CrossEncoder, squash: bool = False, offset_std: float = 0.0) -> None:
+        super().__init__()
+        self.net, self.squash, self.offset_std = net, squash, offset_std
+        u = torch.randn(net.query_dim, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("u", u / u.norm())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scores ``(B, N)``."""
+        s = self.net(x)
+        if self.squash:
+            s = torch.sigmoid(s)
+        return s + self.offset_std * (x[:, : self.net.query_dim] @ self.u).unsqueeze(-1)
 
 
 class KDStudent(nn.Module):

@@ -1,4 +1,4 @@
-"""Test-split scores of KD runs (classification and retrieval) and the run's ``report.md``.
+"""Test-split scores of KD runs (classification and retrieval).
 
 Classification: accuracy, ECE (15 bins), NLL, mean predictive entropy and top-1 agreement with
 the teacher. Retrieval (one row = a query and its candidates): nDCG@10 against the graded
@@ -8,9 +8,6 @@ ranked first) and top-1 agreement with the teacher.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +16,7 @@ from .losses import ece
 from .ranking import ndcg
 from .tasks import Task
 
-__all__ = ["HEADLINE", "headline", "predict", "report", "scores"]
+__all__ = ["HEADLINE", "headline", "predict", "scores"]
 
 # the metric the benchmark and the report lead with, per task kind
 HEADLINE = {
@@ -64,38 +61,3 @@ def scores(model: nn.Module, task: Task, teacher_pred: Tensor | None) -> dict[st
     if teacher_pred is not None:
         out["agreement"] = float((pred == teacher_pred).float().mean())
     return out
-
-
-def report(
-    out: Path, cfg: Any, task: Task, m: dict[str, Any], history: list[dict[str, Any]]
-) -> None:
-    """Write ``out/report.md``: teacher, student, reference, baseline, and the eval history."""
-    keys = [*headline(task), "agreement"]
-    rows = [("teacher", "teacher_"), (f"**student ({cfg.method})**", "")]
-    if cfg.reference:
-        rows.append((f"reference ({cfg.reference})", "reference_"))
-    rows.append(("baseline (no teacher, same budget)", "baseline_"))
-    lines = [
-        f"# {cfg.method} on {cfg.task}",
-        "",
-        f"Student {cfg.model} {list(cfg.student_widths)} ({m['student_params']} parameters), "
-        f"teacher {cfg.teacher.kind}; T = {cfg.temperature}, alpha = {cfg.alpha}, "
-        f"{cfg.train.steps} steps of {cfg.train.batch_size}, seed {cfg.train.seed}; labels: "
-        f"{cfg.n_labels or 'all'}, noise {cfg.label_noise}.",
-        "",
-        "| model | " + " | ".join(keys) + " |",
-        "|---|" + "---:|" * len(keys),
-    ]
-    for name, p in rows:
-        cells = [m.get(p + k) for k in keys]
-        lines.append(
-            f"| {name} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in cells) + " |"
-        )
-    lines += ["", f"Gain over the baseline: {m['gain']:+.4f}. Wall time {m['wall_s']:.1f} s.", ""]
-    if history:
-        lines += ["| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
-        lines += [
-            f"| {r['step']} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys) + " |"
-            for r in history
-        ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..parametrization import guided
+from ..parametrization import NULL_LABEL, guided
 from ..schedules import Schedule, t_from_log_snr
-from ..teachers.base import NULL_LABEL
 
 __all__ = [
     "GuidedView",

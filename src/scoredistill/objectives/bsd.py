@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..teachers.base import NULL_LABEL
+from ..parametrization import NULL_LABEL
 from ._ingredients import Loss, bcast, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, need_labels, score_logs, weight
 

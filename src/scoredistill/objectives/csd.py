@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..teachers.base import NULL_LABEL
+from ..parametrization import NULL_LABEL
 from ._ingredients import Loss, add_noise, bcast, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, fixed_noise, need_labels, score_logs, weight
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..parametrization import guided
-from ..teachers.base import NULL_LABEL
+from ..parametrization import NULL_LABEL, guided
 from ._ingredients import Loss, bcast, guided_denoise, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, ddim_step, eps_hat, frac_to_t, score_logs, t_to_frac, weight
 

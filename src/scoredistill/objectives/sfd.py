@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..teachers.base import NULL_LABEL
+from ..parametrization import NULL_LABEL
 from ._ingredients import Loss
 from .dmd import DMD
 from .sid import SiD

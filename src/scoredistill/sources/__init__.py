@@ -6,7 +6,7 @@ Every source is an ``nn.Module`` whose ``forward`` returns flattened samples (DD
 
 from __future__ import annotations
 
-from .critic import copy_teacher_as_critic, init_critic_from_teacher, make_critic
+from .critic import copy_teacher_as_critic, make_critic
 from .generators import (
     FewStepGenerator,
     OneStepGenerator,
@@ -22,6 +22,5 @@ __all__ = [
     "copy_teacher_as_critic",
     "default_student_times",
     "draw_latent",
-    "init_critic_from_teacher",
     "make_critic",
 ]

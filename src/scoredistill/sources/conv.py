@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..teachers.base import NULL_LABEL
+from ..parametrization import NULL_LABEL
 from .generators import _OUT_INIT_STD, _param_device, class_index, draw_latent
 
 __all__ = ["ConvGenerator"]

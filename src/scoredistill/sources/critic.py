@@ -6,7 +6,7 @@ generator's samples. It starts where the generator starts relative to the teache
 - neural teacher: ``copy_teacher_as_critic`` (DMD, DMD2 and SiD initialise the fake from the
   teacher's weights);
 - exact teacher (a Gaussian mixture, no weights to copy): ``make_critic`` then
-  ``init_critic_from_teacher``, which fits the teacher's distribution by denoising score
+  ``train.dsm.init_critic_from_teacher``, which fits the teacher's distribution by denoising score
   matching on teacher samples, so the critic begins close to the teacher as it does after a
   weight copy.
 """
@@ -14,17 +14,13 @@ generator's samples. It starts where the generator starts relative to the teache
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..schedules import Schedule, get_schedule
-from ..teachers.neural import MLPDenoiserNet, NeuralDenoiser, train_dsm
+from ..teachers.neural import MLPDenoiserNet, NeuralDenoiser
 
-__all__ = ["copy_teacher_as_critic", "init_critic_from_teacher", "make_critic"]
-
-TeacherSample = Callable[[int, torch.Generator], "Tensor | tuple[Tensor, Tensor]"]
+__all__ = ["copy_teacher_as_critic", "make_critic"]
 
 
 def make_critic(
@@ -45,38 +41,6 @@ def make_critic(
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
     net = MLPDenoiserNet(dim, hidden, depth, num_classes)
     return NeuralDenoiser(net, sched, "edm", sigma_data, num_classes).train()
-
-
-def init_critic_from_teacher(
-    critic: NeuralDenoiser,
-    teacher_sample: TeacherSample,
-    *,
-    steps: int,
-    batch_size: int = 1024,
-    lr: float = 2e-3,
-    seed: int = 0,
-    cond_drop_prob: float = 0.1,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Fit ``critic`` to the teacher's distribution by DSM (``teachers.neural.train_dsm``).
-
-    ``teacher_sample(n, rng)`` returns ``x: (n, dim)`` or ``(x, labels)`` drawn from the teacher
-    (exact samples of a mixture, or a sampler run on any teacher). ``critic`` ends holding the
-    EMA weights, with ``requires_grad`` left on. Returns ``steps``, ``final_loss``,
-    ``wall_time_s``.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return train_dsm(
-        critic,
-        teacher_sample,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        cond_drop_prob=cond_drop_prob,
-        progress=progress,
-    )
 
 
 def copy_teacher_as_critic(denoiser: nn.Module) -> nn.Module:

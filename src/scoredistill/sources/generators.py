@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..parametrization import NULL_LABEL
 from ..samplers import time_grid
 from ..schedules import Schedule, get_schedule, log_snr, t_from_log_snr
-from ..teachers.base import NULL_LABEL
 from ..teachers.neural import MLPDenoiserNet, NeuralDenoiser
 
 __all__ = [

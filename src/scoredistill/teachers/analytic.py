@@ -20,22 +20,52 @@ components, so the conditional and unconditional denoisers, and hence CFG, are e
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+from ..io import read_npz_headers
 from ..schedules import Schedule, get_schedule
 from .base import NULL_LABEL
 
 __all__ = ["GaussianMixtureTeacher", "MixtureFormatError"]
 
 _LOG_2PI = math.log(2 * math.pi)
+MAX_NPZ_BYTES = 2 * 2**30  # a mixture file may decompress to at most 2 GiB (checked first)
+_NPZ_KEYS = ("means", "weights", "stds", "covs", "labels")
 
 
-class MixtureFormatError(ValueError):
+class MixtureFormatError(UserError):
     """A mixture specification (arrays or ``.npz``) has a missing or mis-shaped entry."""
+
+
+def _check_npz_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Keys, dtypes, shapes and total size of a mixture file, from its headers alone."""
+    for key in ("means", "weights"):
+        if key not in headers:
+            raise MixtureFormatError(f"lacks array {key!r} (has {sorted(headers)})")
+    unknown = sorted(set(headers) - set(_NPZ_KEYS))
+    if unknown:
+        raise MixtureFormatError(f"has unknown arrays {unknown}; valid: {', '.join(_NPZ_KEYS)}")
+    for key, (_, dtype) in headers.items():
+        kinds = "iu" if key == "labels" else "fiu"
+        if dtype.kind not in kinds:
+            want = "integers" if key == "labels" else "real numbers"
+            raise MixtureFormatError(f"array {key!r} must hold {want}, got dtype {dtype}")
+    shape = headers["means"][0]
+    if len(shape) != 2:
+        raise MixtureFormatError(f"array 'means' must have shape (K, D), got {shape}")
+    size = sum(math.prod(s) * max(d.itemsize, 8) for s, d in headers.values())
+    if size > MAX_NPZ_BYTES:
+        raise MixtureFormatError(
+            f"its arrays would take {size / 2**30:.1f} GiB in float64 (K, D = {shape}); "
+            f"the limit is {MAX_NPZ_BYTES / 2**30:.0f} GiB"
+        )
 
 
 def _as_f64(name: str, value: np.ndarray | Tensor) -> Tensor:
@@ -312,19 +342,18 @@ class GaussianMixtureTeacher:
         """Load ``means (K,D)``, ``weights (K,)``, one of ``stds``/``covs``, optional ``labels``."""
         path = Path(path)
         try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise MixtureFormatError(f"cannot read mixture file {path}: {err}") from None
-        with data:
-            for key in ("means", "weights"):
-                if key not in data.files:
-                    raise MixtureFormatError(
-                        f"mixture file {path} lacks array {key!r} (has {data.files})"
-                    )
-            arrays = {key: data[key] for key in data.files}
-        unknown = set(arrays) - {"means", "weights", "stds", "covs", "labels"}
-        if unknown:
-            raise MixtureFormatError(f"mixture file {path} has unknown arrays {sorted(unknown)}")
+            _check_npz_headers(path, read_npz_headers(path))
+        except MixtureFormatError as err:
+            raise MixtureFormatError(f"mixture file {path} {err}") from None
+        except ValueError as err:
+            raise MixtureFormatError(f"mixture file: {err}") from None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise MixtureFormatError(
+                f"cannot read mixture file {path}: {err} (a truncated or damaged archive?)"
+            ) from None
         try:
             return cls(schedule=schedule, **arrays)
         except MixtureFormatError as err:

@@ -11,12 +11,10 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from ..parametrization import NULL_LABEL  # the CFG conventions live with the conversions
 from ..schedules import Schedule
 
 __all__ = ["NULL_LABEL", "Teacher"]
-
-NULL_LABEL = -1
-"""Label meaning "no condition": the unconditional branch of classifier-free guidance."""
 
 
 @runtime_checkable

@@ -27,18 +27,21 @@ are shared, so treat their tensors as read-only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..schedules import get_schedule
 from .analytic import GaussianMixtureTeacher
+from .neural import load_learned_teacher
+from .testbed import Testbed
+from .views import clear_views_cache, views_testbed
 
 __all__ = [
     "DIGITS_N_COMPONENTS",
@@ -56,46 +59,6 @@ __all__ = [
 DIGITS_N_COMPONENTS = 4  # per class (the issue's choice); held-out class accuracy 0.987
 DIGITS_REG_COVAR = 0.02  # floor on every eigenvalue (pixel units of [-1, 1]); see _build_digits
 _SEPARATION = 6.0  # min pairwise mean distance, in units of the largest component std
-
-
-@dataclass(frozen=True)
-class Testbed:
-    """A named data distribution with exact ground truth.
-
-    ``teacher`` is what samplers query (``.denoise(x_t, t, cond)``, ``.schedule``,
-    ``.num_classes``); ``truth`` is the exact mixture the metrics use; ``modes: (K,)`` maps each
-    component of ``truth`` to a mode id in ``0..num_modes-1``.
-    """
-
-    name: str
-    teacher: Any
-    truth: GaussianMixtureTeacher
-    modes: torch.Tensor
-    image_shape: tuple[int, ...] | None
-    description: str
-
-    def __post_init__(self) -> None:
-        k = self.truth.num_components
-        if self.modes.shape != (k,) or self.modes.dtype != torch.long:
-            raise ValueError(f"modes must be a long tensor of shape ({k},), got {self.modes.shape}")
-        if set(self.modes.tolist()) != set(range(int(self.modes.max()) + 1)):
-            raise ValueError("mode ids must cover 0..num_modes-1 without gaps")
-        if self.image_shape is not None and math.prod(self.image_shape) != self.truth.dim:
-            raise ValueError(
-                f"image_shape {self.image_shape} does not hold {self.truth.dim} values"
-            )
-
-    @property
-    def conditional(self) -> bool:
-        return self.truth.num_classes > 0
-
-    @property
-    def dim(self) -> int:
-        return self.truth.dim
-
-    @property
-    def num_modes(self) -> int:
-        return int(self.modes.max()) + 1
 
 
 def _single_threaded() -> Any:
@@ -316,8 +279,6 @@ TESTBEDS: dict[str, Callable[[int, str], Testbed]] = {
 
 def _build_views(seed: int, schedule: str) -> Testbed:
     """3-D object, 72 ring views at 32x32: view-biased teacher (exp(4 cos az)) + prompts."""
-    from .views import views_testbed  # lazy: views.py imports this module
-
     return views_testbed(seed, schedule)
 
 
@@ -334,15 +295,22 @@ def _from_npz(path: Path, schedule: str) -> Testbed:
     return Testbed(path.stem, truth, truth, modes, None, f"Gaussian mixture loaded from {path}")
 
 
-def _from_learned(path: str, schedule: str) -> Testbed:
-    # Hook for learned teachers (teachers/neural.py): a run directory or a .json description.
-    try:
-        from .neural import load_learned_testbed
-    except ImportError as err:
-        raise ValueError(
-            f"{path!r} names a learned teacher, but learned teachers are unavailable: {err}"
-        ) from None
-    return load_learned_testbed(path, schedule)
+def _from_learned(path: str, schedule: str | None = None) -> Testbed:
+    """A ``Testbed`` whose teacher is the learned denoiser and whose truth is the exact mixture.
+
+    ``schedule`` (a name; ``None``: the training one) is set on the denoiser and the truth: the
+    net saw the noise level only as ``sigma/alpha``, so its weights are valid on any schedule.
+    """
+    denoiser, meta = load_learned_teacher(path)
+    if schedule is not None:
+        denoiser.schedule = get_schedule(schedule)
+    name, seed = meta["truth"]["testbed"], meta["truth"]["seed"]
+    base = get_testbed(name, seed, denoiser.schedule.name)
+    about = f"MLP denoiser trained by DSM on exact samples of {name!r} (seed {seed}) vs its truth"
+    return dataclasses.replace(base, name=f"learned:{name}", teacher=denoiser, description=about)
+
+
+load_learned_testbed = _from_learned  # the public name (teachers.neural's before the split)
 
 
 def get_testbed(name: str, seed: int = 0, schedule: str = "edm") -> Testbed:
@@ -372,9 +340,7 @@ def clear_testbed_cache() -> None:
         cache_clear = getattr(build, "cache_clear", None)
         if cache_clear is not None:
             cache_clear()
-    views = sys.modules.get(f"{__package__}.views")  # only if loaded: no import for a clear
-    if views is not None:
-        views.clear_views_cache()
+    clear_views_cache()
 
 
 def list_testbeds() -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """The ``views`` testbed: a 3-D object with ground truth, seen through exact image teachers.
 
 Reference note e.4 (Level 2). The ground truth is a procedural, clearly asymmetric voxel field
-(``views_object_grid``; the object faces +z, camera convention in ``sources.cameras``):
+(``views_object_grid``; the object faces +z, camera convention in ``scene.cameras``):
 
 - body: an ellipsoid, blue at the front (z > 0) and green at the back;
 - face on the front: two yellow eyes and a red nose;
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..sources.cameras import Camera, circular_distance, ring_cameras
-from ..sources.field3d import VoxelField
+from ..scene.cameras import Camera, circular_distance, ring_cameras
+from ..scene.field3d import VoxelField
 from .analytic import GaussianMixtureTeacher
-from .testbeds import Testbed
+from .testbed import Testbed
 
 __all__ = [
     "PROMPTS",

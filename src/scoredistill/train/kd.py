@@ -19,16 +19,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .common import JsonlLogger, check_finite, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import LearningRate, NonNegativeFloat, PositiveInt, Range, Seed
+from .common import (
+    JsonlLogger,
+    check_finite,
+    gather_rng_states,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = ["FeatureHooks", "KDBatch", "KDTrainConfig", "batch_indices", "train_kd"]
 
@@ -37,16 +45,17 @@ __all__ = ["FeatureHooks", "KDBatch", "KDTrainConfig", "batch_indices", "train_k
 class KDTrainConfig:
     """Loop hyper-parameters (the method's own live in ``kd.run.KDConfig``)."""
 
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 128  # per process
-    lr: float = 1e-2  # Adam (the note's d.1 setting)
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # max grad norm; 0 disables
+    steps: PositiveInt = 1000  # optimizer steps
+    batch_size: PositiveInt = 128  # per process
+    lr: LearningRate = 1e-2  # Adam (the note's d.1 setting)
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: NonNegativeFloat = 0.0  # max grad norm; 0 disables
     cache_teacher: bool = True  # teacher outputs computed once (inputs are not augmented)
-    eval_every: int = 0  # steps between evaluations (0: none inside the loop)
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0
+    # steps between evaluations
+    eval_every: Annotated[int, Range(0, note="0: none inside the loop")] = 0
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 50
+    seed: Seed = 0
 
 
 @dataclass
@@ -160,11 +169,12 @@ def _setup(
     found = latest_checkpoint(out_dir / "checkpoints") if (resume and out_dir) else None
     if found is not None:
         restored = load_checkpoint(
-            found, modules={"student": student}, optimizers={"student": opt}, rngs={"loop": rng}
-        )
+            found, modules={"student": student}, optimizers={"student": opt}, rngs={"loop": rng},
+            config=asdict(cfg), rank=acc.process_index, world_size=acc.num_processes,
+        )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
-        if acc.is_main_process:
-            JsonlLogger(out_dir / "metrics.jsonl").truncate_after(start)
+    if resume and out_dir and acc.is_main_process:  # no checkpoint: the old log restarts too
+        JsonlLogger(out_dir / "metrics.jsonl").truncate_after(start)
     return acc, model, opt, rng, start, history
 
 
@@ -227,8 +237,10 @@ def train_kd(
             if logger:
                 logger.log({"step": done, "eval": True, **history[-1]})
             model.train()
-        if out_dir and main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _checkpoint(out_dir, done, student, opt, rng, history)
+        if out_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            rank_states = gather_rng_states({"loop": rng})  # a collective: every rank's noise
+            if main:
+                _checkpoint(out_dir, done, student, opt, rng, history, rank_states, asdict(cfg))
     acc.wait_for_everyone()
     model.eval()
     result = {"history": history, "logs": logs, "wall_s": time.perf_counter() - t0}
@@ -236,7 +248,14 @@ def train_kd(
 
 
 def _checkpoint(
-    out_dir: Path, step: int, student: nn.Module, opt: Any, rng: torch.Generator, history: list
+    out_dir: Path,
+    step: int,
+    student: nn.Module,
+    opt: Any,
+    rng: torch.Generator,
+    history: list,
+    rank_states: list[dict[str, Tensor]],
+    config: dict[str, Any],
 ) -> None:
     save_checkpoint(
         out_dir / "checkpoints",
@@ -245,6 +264,8 @@ def _checkpoint(
         optimizers={"student": opt},
         rngs={"loop": rng},
         extra={"history": history},
+        rank_states=rank_states,
+        config=config,
     )
 
 

@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .common import JsonlLogger, check_finite, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import LearningRate, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
+from .common import (
+    AdamBeta,
+    JsonlLogger,
+    check_finite,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = ["Batch", "OptimizeLoopConfig", "optimize"]
 
@@ -36,20 +44,21 @@ __all__ = ["Batch", "OptimizeLoopConfig", "optimize"]
 class OptimizeLoopConfig:
     """Loop hyper-parameters; method defaults live in the objective and the preset."""
 
-    steps: int = 600  # source updates
-    batch_size: int = 4  # cameras per step (3-D) or particles per step (0: all particles)
-    lr: float = 0.05  # Adam on the source's raw parameters
+    steps: PositiveInt = 600  # source updates
+    batch_size: NonNegativeInt = 4  # cameras (3-D) or particles per step (0: all particles)
+    lr: LearningRate = 0.05  # Adam on the source's raw parameters
     lr_decay: bool = False  # linear decay to 0 over ``steps``
-    beta1: float = 0.9
-    beta2: float = 0.99  # threestudio's Adam betas for the geometry
-    lr_critic: float = 1e-3  # ProlificDreamer's LoRA lr
-    critic_updates: int = 1  # critic steps per source step (ProlificDreamer 1:1)
-    critic_warmup: int = 100  # critic steps on the initial samples before step 0
-    grad_clip: float = 0.0  # max gradient norm of the source; 0 disables
-    eval_every: int = 0  # steps between evaluations (0: only at the end, by the caller)
-    checkpoint_every: int = 200
-    log_every: int = 25
-    seed: int = 0
+    beta1: AdamBeta = 0.9
+    beta2: AdamBeta = 0.99  # threestudio's Adam betas for the geometry
+    lr_critic: LearningRate = 1e-3  # ProlificDreamer's LoRA lr
+    critic_updates: NonNegativeInt = 1  # critic steps per source step (ProlificDreamer 1:1)
+    critic_warmup: NonNegativeInt = 100  # critic steps on the initial samples before step 0
+    grad_clip: NonNegativeFloat = 0.0  # max gradient norm of the source; 0 disables
+    # steps between evaluations
+    eval_every: Annotated[int, Range(0, note="0: only at the end, by the caller")] = 0
+    checkpoint_every: PositiveInt = 200
+    log_every: PositiveInt = 25
+    seed: Seed = 0
 
 
 class Batch(NamedTuple):
@@ -68,6 +77,13 @@ DrawFn = Callable[[torch.Generator], Batch]
 
 def _lr_factor(cfg: OptimizeLoopConfig, step: int) -> float:
     return 1.0 - step / cfg.steps if cfg.lr_decay else 1.0
+
+
+def _steps_fixed(cfg: OptimizeLoopConfig) -> str:
+    """Why ``steps`` may not change on resume ("" when it may)."""
+    if not cfg.lr_decay:
+        return ""
+    return "lr_decay=true: the rate decays to 0 over steps, the steps taken would have used others"
 
 
 def _step(loss: Tensor, opt: torch.optim.Optimizer, params: list[Tensor], clip: float) -> float:
@@ -150,11 +166,14 @@ def optimize(
     start, history = 0, []
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:  # a restored critic is not warmed up again
-        restored = load_checkpoint(found, **state._asdict())
+        restored = load_checkpoint(
+            found, **state._asdict(), config=asdict(cfg), steps_fixed=_steps_fixed(cfg)
+        )
         start, history = restored["step"], restored["extra"].get("history", [])
-        logger.truncate_after(start)
     elif trained_critic:
         _warm_up(cfg, objective, critic, state.optimizers["critic"], draw, rng)
+    if resume:  # no checkpoint: the old log restarts too
+        logger.truncate_after(start)
     t0, logs = time.perf_counter(), {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="optimize")
     for step in bar:
@@ -183,5 +202,7 @@ def optimize(
             history.append({"step": done, **evaluate(source)})
             logger.log({"step": done, "eval": True, **history[-1]})
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(ckpt_dir, done, **state._asdict(), extra={"history": history})
+            save_checkpoint(
+                ckpt_dir, done, **state._asdict(), extra={"history": history}, config=asdict(cfg)
+            )
     return {"history": history, "logs": logs, "wall_s": time.perf_counter() - t0}

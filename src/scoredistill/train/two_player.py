@@ -15,20 +15,23 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..config import LearningRate, NonNegativeFloat, PositiveInt, Range, Seed
 from .common import (
+    AdamBeta,
     JsonlLogger,
     check_finite,
     ema_decay,
     ema_update,
+    gather_rng_states,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -41,20 +44,21 @@ __all__ = ["TwoPlayerConfig", "train_two_player"]
 class TwoPlayerConfig:
     """Loop hyper-parameters; method defaults live in the objective and the preset."""
 
-    steps: int = 2000  # generator updates
-    batch_size: int = 256  # per process
-    lr_generator: float = 1e-4
-    lr_critic: float = 1e-3
-    beta1_generator: float = 0.0  # SiD and DMD2 (EDM) use Adam beta1 = 0 for the generator
-    beta1_critic: float = 0.0
-    critic_updates: int = 5  # critic steps per generator step (DMD2 TTUR 5:1)
-    ema_halflife: float = 100.0  # in generator steps; 0 disables
-    grad_clip: float = 10.0  # max grad norm per player; 0 disables
-    eval_every: int = 500  # generator steps between exact evaluations (0: only at the end)
-    eval_samples: int = 2000
-    checkpoint_every: int = 500
-    log_every: int = 25
-    seed: int = 0
+    steps: PositiveInt = 2000  # generator updates
+    batch_size: PositiveInt = 256  # per process
+    lr_generator: LearningRate = 1e-4
+    lr_critic: LearningRate = 1e-3
+    beta1_generator: AdamBeta = 0.0  # SiD and DMD2 (EDM) use Adam beta1 = 0 for the generator
+    beta1_critic: AdamBeta = 0.0
+    critic_updates: PositiveInt = 5  # critic steps per generator step (DMD2 TTUR 5:1)
+    ema_halflife: NonNegativeFloat = 100.0  # in generator steps; 0 disables
+    grad_clip: NonNegativeFloat = 10.0  # max grad norm per player; 0 disables
+    # generator steps between exact evaluations
+    eval_every: Annotated[int, Range(0, note="0: only at the end")] = 500
+    eval_samples: PositiveInt = 2000
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 25
+    seed: Seed = 0
 
 
 class _DenoiserCall:
@@ -135,8 +139,12 @@ def train_two_player(
     start, history = 0, []
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:
-        restored = load_checkpoint(found, modules=state, optimizers=optims, rngs=rngs)
+        restored = load_checkpoint(
+            found, modules=state, optimizers=optims, rngs=rngs, config=asdict(cfg),
+            rank=acc.process_index, world_size=acc.num_processes,
+        )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
+    if resume and acc.is_main_process:  # no checkpoint: the old log restarts too
         logger.truncate_after(start)
     decay, t0 = ema_decay(cfg.ema_halflife), time.perf_counter()
     bar = tqdm(
@@ -194,15 +202,19 @@ def train_two_player(
         ):
             history.append({"step": done, **evaluate(ema)})
             logger.log({"step": done, "eval": True, **history[-1]})
-        if acc.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(
-                ckpt_dir,
-                done,
-                modules=state,
-                optimizers=optims,
-                rngs=rngs,
-                extra={"history": history},
-            )
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            rank_states = gather_rng_states(rngs)  # a collective: every rank keeps its noise
+            if acc.is_main_process:
+                save_checkpoint(
+                    ckpt_dir,
+                    done,
+                    modules=state,
+                    optimizers=optims,
+                    rngs=rngs,
+                    extra={"history": history},
+                    rank_states=rank_states,
+                    config=asdict(cfg),
+                )
     acc.wait_for_everyone()
     return {
         "ema": ema,

@@ -1,0 +1,124 @@
+"""Distillation presets ``<method>-<testbed>``: plain dicts of ``--set`` overrides.
+
+A preset is a method's settings (``METHODS``) on top of a testbed's CPU budget (``BUDGETS``).
+Paper defaults stay in the objectives; every value that differs from one is set here with the
+reason. Budgets are for 2 cores; measured wall times are in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BUDGETS", "DESCRIPTIONS", "METHODS", "PRESETS", "QUICK", "TESTBEDS"]
+
+_TWO_D = {
+    "train.steps": 1500,
+    "train.batch_size": 512,
+    "train.eval_every": 500,
+    # an MLP generator from scratch needs lr 1e-3 on the 2-D rings (1e-4 left every mode of ring8
+    # uncovered after 300 steps)
+    "train.lr_generator": 1e-3,
+}
+BUDGETS: dict[str, dict[str, Any]] = {
+    "ring8": _TWO_D,  # ~4 min
+    "ring8-unbalanced": _TWO_D,
+    "grid25": _TWO_D,
+    "cond2d": _TWO_D,
+    "gmm64": {"train.steps": 1500, "train.batch_size": 256, "train.eval_every": 500},
+    "digits": {"train.steps": 1500, "train.batch_size": 256, "train.eval_every": 500},
+}
+TESTBEDS = ("ring8", "grid25", "cond2d", "gmm64", "digits")
+_SHARP = ("ring8", "ring8-unbalanced", "grid25", "cond2d")  # mode std 0.05-0.1
+
+# SiD and SIM take gradients through the teacher's input: on the sharp 2-D mixtures times down
+# to sigma = 0.002 diverge (docs/benchmarks.md, "SiD finding"); sigma >= 0.32 converges. Their
+# critic is updated once per generator step (SiD's default), with SiD's smaller generator lr.
+_SID_LIKE = {"train.critic_updates": 1, "train.lr_generator": 1e-4}
+_SID_SHARP = {"objective.t_range": [0.3, 0.8]}
+# VSD/SwiftBrush guide with 4.5 for text prompts; the exact conditional law is the target here
+_NO_CFG = {"objective.guidance": 1.0}
+
+METHODS: dict[str, dict[str, Any]] = {
+    "dmd": {"method": "dmd", "objective.regression_weight": 0.25, "train.critic_updates": 1},
+    "dmd2": {"method": "dmd"},
+    "dmd2-gan": {"method": "dmd", "objective.gan_generator_weight": 3e-3},
+    "dmd2-4step": {"method": "dmd", "generator.kind": "few_step", "generator.steps": 4},
+    "vsd": {"method": "vsd", **_NO_CFG},
+    "sid": {"method": "sid", **_SID_LIKE},
+    "sid-lsg": {
+        "method": "sid",
+        **_SID_LIKE,
+        "objective.guidance": 1.5,  # SiD-LSG's kappa = 1.5 (COCO FID 8.15), on all four scales
+        "objective.guidance_fake": 1.5,
+        "objective.guidance_critic": 1.5,
+    },
+    "sid-zerocfg": {"method": "sid", **_SID_LIKE, "objective.guidance_fake": 0.0},
+    "sim": {"method": "sim", **_SID_LIKE},
+    "fdistill-rkl": {"method": "fdistill", "objective.divergence": "rkl"},
+    "fdistill-kl": {"method": "fdistill", "objective.divergence": "kl"},
+    "fdistill-js": {"method": "fdistill", "objective.divergence": "js"},
+    "fdistill-sh": {"method": "fdistill", "objective.divergence": "sh"},
+    "sfd": {"method": "sfd", "train.critic_updates": 1},
+}
+
+_GRID: dict[str, tuple[str, ...]] = {
+    "dmd": TESTBEDS,
+    "dmd2": (*TESTBEDS, "ring8-unbalanced"),
+    "dmd2-gan": TESTBEDS,
+    "dmd2-4step": ("ring8", "digits"),
+    "vsd": TESTBEDS,
+    "sid": TESTBEDS,
+    "sid-lsg": ("cond2d",),
+    "sid-zerocfg": ("cond2d",),
+    "sim": TESTBEDS,
+    "fdistill-rkl": ("ring8-unbalanced",),
+    "fdistill-kl": ("ring8-unbalanced",),
+    "fdistill-js": (*TESTBEDS, "ring8-unbalanced"),
+    "fdistill-sh": ("ring8-unbalanced",),
+    "sfd": ("cond2d", "digits"),  # SFD forgets a class: conditional testbeds only
+}
+
+
+def _preset(method: str, testbed: str) -> dict[str, Any]:
+    out = {"testbed": testbed, **BUDGETS[testbed], **METHODS[method]}
+    if method in ("sid", "sid-lsg", "sid-zerocfg", "sim") and testbed in _SHARP:
+        out.update(_SID_SHARP)
+    if method == "sfd" and testbed in _SHARP:  # SFD's base is SiD
+        out["objective.base.t_range"] = _SID_SHARP["objective.t_range"]
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    f"{m}-{tb}": _preset(m, tb) for m, testbeds in _GRID.items() for tb in testbeds
+}
+
+_ABOUT: dict[str, str] = {
+    "dmd": "DMD (Yin et al. 2023): distribution matching + regression to teacher-ODE pairs",
+    "dmd2": "DMD2 (Yin et al. 2024): distribution matching, 5 critic updates per step",
+    "dmd2-gan": "DMD2 + its diffusion-GAN head on the critic",
+    "dmd2-4step": "DMD2 4-step student with backward simulation",
+    "vsd": "VSD / SwiftBrush (Nguyen & Tran 2024): one-step variational score distillation",
+    "sid": "SiD (Zhou et al. 2024): score identity distillation",
+    "sid-lsg": "SiD-LSG: SiD with long-and-short guidance, kappa = 1.5 on all four scales",
+    "sid-zerocfg": "few-step SiD's Zero-CFG: the fake score unguided",
+    "sim": "SIM (Luo et al. 2024): score implicit matching, pseudo-Huber distance",
+    "fdistill-rkl": "f-distill (Xu et al. 2025) with reverse KL",
+    "fdistill-kl": "f-distill with forward KL (keeps rare modes)",
+    "fdistill-js": "f-distill with Jensen-Shannon",
+    "fdistill-sh": "f-distill with squared Hellinger",
+    "sfd": "SFD (Chen et al. 2025) forgetting, SiD base: the forgotten class answered by the safe class",
+}
+DESCRIPTIONS: dict[str, str] = {
+    f"{m}-{tb}": f"{_ABOUT[m]}; on {tb}" for m, testbeds in _GRID.items() for tb in testbeds
+}
+
+# ``--quick``: seconds per run; checks that the run works and moves, not how good it is
+QUICK = [
+    "train.steps=60",
+    "train.batch_size=256",
+    "train.eval_every=0",
+    "train.checkpoint_every=1000",
+    "critic.init_steps=60",
+    "train.eval_samples=1000",
+    "train.ema_halflife=10",  # the default 100-step half-life would hide a 60-step run
+]

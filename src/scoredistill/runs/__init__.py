@@ -1,0 +1,46 @@
+"""Runs: one module per family, registered in one plain dict (see :mod:`.family`).
+
+``FAMILIES`` maps a family name to its :class:`~.family.Family`; ``COMMANDS`` maps a CLI command
+to the families it runs (``kd`` runs method presets and procedure presets alike: the preset
+decides). The CLI, the bench and ``scoredistill presets`` read only these two dicts.
+"""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+from . import distill, kd, kd_procedures, optimize, unet
+from .family import Family, Resolved
+
+__all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (distill.FAMILY, unet.FAMILY, optimize.FAMILY, kd.FAMILY, kd_procedures.FAMILY)
+}
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "distill": ("distill", "distill-unet"),
+    "optimize": ("optimize",),
+    "kd": ("kd", "kd-procedure"),
+}
+
+
+TEACHER_FAMILIES: dict[str, str] = {"distill": "distill-unet"}  # the family behind --teacher
+
+
+def family_of(command: str, preset: str | None, *, teacher: bool = False) -> Family:
+    """The family that runs ``preset`` under ``command``; without a preset the command's first
+    (``teacher=True``: the one that takes a diffusers folder). An unknown preset goes to the
+    first, whose resolver names the valid presets."""
+    names = COMMANDS[command]
+    if teacher and command not in TEACHER_FAMILIES:
+        raise ConfigError(f"--teacher is not a flag of {command!r}")
+    found = next((FAMILIES[n] for n in names if preset in FAMILIES[n].presets), None)
+    if not teacher:
+        return found or FAMILIES[names[0]]
+    wanted = FAMILIES[TEACHER_FAMILIES[command]]
+    if found is not None and found is not wanted:
+        raise ConfigError(
+            f"--teacher takes a diffusers folder, but preset {preset!r} distils an exact testbed;"
+            f" presets for --teacher: {', '.join(wanted.presets)}"
+        )
+    return wanted

@@ -1,0 +1,387 @@
+"""``scoredistill distill``: one-step generator distillation runs from presets.
+
+A run is a ``DistillConfig`` (method, testbed, objective fields, loop, networks). Presets are
+plain dicts of overrides; ``--set key=value`` overrides any field (``objective.<field>`` reaches
+the method's own dataclass, so an unknown or ill-typed objective field is rejected by name
+before training starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, LearningRate, NonNegativeInt, PositiveInt, to_dict
+from ..config import resolve as resolve_config
+from ..io import atomic_write_json
+from ..objectives import OBJECTIVES
+from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
+from ..train.common import JsonlLogger
+from ..train.two_player import TwoPlayerConfig, train_two_player
+from .family import Family, Resolved
+
+__all__ = [
+    "FAMILY",
+    "PRESETS",
+    "CriticConfig",
+    "DistillConfig",
+    "GeneratorConfig",
+    "resolve",
+    "run_distill",
+]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    kind: Literal["one_step", "few_step", "conv"] = "one_step"  # conv: image testbeds only
+    steps: PositiveInt = 4  # few_step: student NFE K (DMD2's 4-step SDXL schedule)
+    hidden: PositiveInt = 256
+    depth: PositiveInt = 3
+    channels: PositiveInt = 32  # conv: feature maps (~0.1 s per 256-batch step on 2 cores at 8x8)
+    blocks: NonNegativeInt = 2  # conv: residual blocks
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    hidden: PositiveInt = 256
+    depth: PositiveInt = 4
+    init_steps: PositiveInt = 400  # DSM steps fitting the teacher first ("init from teacher")
+    init_lr: LearningRate = 2e-3
+    init_batch: PositiveInt = 1024
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "dmd"
+    testbed: str = "ring8"
+    schedule: str = "edm"
+    objective: dict[str, Any] = field(default_factory=dict)
+    train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    regression_pairs: PositiveInt = 4096  # DMD v1: teacher-ODE (noise, sample) pairs, drawn once
+    regression_nfe: PositiveInt = 64  # DPM-Solver++(2M) evaluations per pair
+
+
+def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
+    """Preset + ``--set`` overrides -> (validated config, objective instance)."""
+    return resolve_config(DistillConfig(), PRESETS, preset, sets, OBJECTIVES)
+
+
+def _label_sampler(testbed):
+    """``(n, rng) -> labels`` from the class prior, or None for an unconditional testbed."""
+    from ..eval.baseline import draw_labels
+
+    return (lambda n, rng: draw_labels(testbed, n, rng)) if testbed.conditional else None
+
+
+def _real_sampler(testbed):
+    """``(n, rng) -> (x, labels | None)``: exact teacher samples (the GAN's real class)."""
+    sample_cond = _label_sampler(testbed)
+
+    def sample(n: int, rng: torch.Generator):
+        labels = sample_cond(n, rng) if sample_cond else None
+        return testbed.truth.sample(n, rng=rng, cond=labels), labels
+
+    return sample
+
+
+def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
+    """DMD v1's regression loss on ``regression_pairs`` (noise, teacher-ODE sample) pairs drawn
+    once with DPM-Solver++(2M) at ``regression_nfe``; None when the objective has no such term."""
+    from ..samplers import sample
+
+    if getattr(objective, "regression_weight", 0.0) <= 0:
+        return None
+    if cfg.generator.kind != "one_step":
+        raise ConfigError("objective.regression_weight > 0 needs generator.kind=one_step")
+    rng = torch.Generator().manual_seed(cfg.train.seed + 555)
+    n, sample_cond = cfg.regression_pairs, _label_sampler(testbed)
+    labels = sample_cond(n, rng) if sample_cond else None
+    z = gen.sample_latent(n, rng)
+    y, _ = sample(testbed.teacher, "dpmpp-2m", cfg.regression_nfe, n, rng=rng, cond=labels, z=z)
+
+    def term(generator, step_rng: torch.Generator):
+        idx = torch.randint(n, (cfg.train.batch_size,), generator=step_rng)
+        c = labels[idx] if labels is not None else None
+        return objective.regression_loss(generator(z[idx], c), y[idx])
+
+    return term
+
+
+def _student_samples(generator, testbed, n: int, seed: int):
+    """The fixed evaluation draw of a generator: ``(x, labels, sampling seconds, rng)``; the rng
+    is returned so that later draws (the exact-data panel) continue the same stream."""
+    rng = torch.Generator().manual_seed(seed + 12345)
+    sample_cond = _label_sampler(testbed)
+    labels = sample_cond(n, rng) if sample_cond else None
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = generator(generator.sample_latent(n, rng), labels)
+    return x, labels, time.perf_counter() - start, rng
+
+
+def _score(testbed, objective: Any, x: torch.Tensor, labels, seed: int) -> dict[str, float]:
+    """The exact metrics of a student draw. A forgetting objective (SFD) is scored against its
+    target law, the forgotten class answered by the safe one, plus ``forgetting_metrics``."""
+    from ..eval.forgetting import forgetting_metrics
+    from ..eval.metrics import testbed_metrics
+
+    forget = getattr(objective, "forget_class", None)
+    if forget is None or labels is None:
+        return testbed_metrics(testbed, x.double(), labels=labels, seed=seed)
+    safe = objective.safe_class
+    target = torch.where(labels == forget, torch.full_like(labels, safe), labels)
+    return {
+        **testbed_metrics(testbed, x.double(), labels=target, seed=seed),
+        **forgetting_metrics(testbed.truth, x, labels, forget, safe),
+    }
+
+
+def _evaluator(testbed, objective: Any, n: int, seed: int):
+    def evaluate(generator) -> dict[str, float]:
+        x, labels, _, _ = _student_samples(generator, testbed, n, seed)
+        return _score(testbed, objective, x, labels, seed + 1)
+
+    return evaluate
+
+
+def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
+    from ..sources.conv import ConvGenerator
+    from ..sources.critic import make_critic
+    from ..sources.generators import FewStepGenerator, OneStepGenerator
+    from ..train.dsm import init_critic_from_teacher
+
+    torch.manual_seed(cfg.train.seed)
+    k = testbed.truth.num_classes
+    g = cfg.generator
+    if g.kind == "few_step":
+        gen = FewStepGenerator.from_mlp(
+            testbed.dim,
+            testbed.teacher.schedule,
+            steps=g.steps,
+            hidden=g.hidden,
+            depth=g.depth,
+            num_classes=k,
+        )
+    elif g.kind == "conv":
+        if testbed.image_shape is None:
+            raise ConfigError(f"generator.kind=conv needs an image testbed; {testbed.name} is not")
+        gen = ConvGenerator(
+            testbed.image_shape, channels=g.channels, blocks=g.blocks, num_classes=k
+        )
+    else:
+        gen = OneStepGenerator(testbed.dim, hidden=g.hidden, depth=g.depth, num_classes=k)
+    critic = make_critic(
+        testbed.dim,
+        schedule=testbed.teacher.schedule,
+        num_classes=k,
+        hidden=cfg.critic.hidden,
+        depth=cfg.critic.depth,
+    )
+    if gan_head:
+        critic.attach_logit_head(cfg.critic.hidden)
+    real = _real_sampler(testbed)
+
+    def teacher_sample(n: int, rng: torch.Generator):
+        x, labels = real(n, rng)
+        return (x, labels) if labels is not None else x
+
+    init = init_critic_from_teacher(
+        critic,
+        teacher_sample,
+        steps=cfg.critic.init_steps,
+        batch_size=cfg.critic.init_batch,
+        lr=cfg.critic.init_lr,
+        seed=cfg.train.seed,
+        progress=True,
+    )
+    return gen, critic, init
+
+
+def run_distill(
+    cfg: DistillConfig, objective: Any, out: Path, resume: bool = False
+) -> dict[str, Any]:
+    """Build, train, evaluate and write the run folder; returns the final metrics."""
+    from ..eval.plots import save_panels, save_training_curves
+    from ..teachers.testbeds import get_testbed
+
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+    out.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(out / "config.json", to_dict(cfg))
+    needs_real = bool(getattr(objective, "needs_real", False))
+    gen, critic, init = _build(cfg, testbed, gan_head=needs_real)
+    evaluate = _evaluator(testbed, objective, cfg.train.eval_samples, cfg.train.seed)
+    initial = _initial_metrics(out, gen, evaluate)
+    start = time.perf_counter()
+    result = train_two_player(
+        cfg.train,
+        objective=objective,
+        generator=gen,
+        critic=critic,
+        teacher=testbed.teacher,
+        sample_latent=lambda n, rng: gen.sample_latent(n, rng),
+        sample_cond=_label_sampler(testbed),
+        evaluate=evaluate,
+        out_dir=out,
+        resume=resume,
+        sample_real=_real_sampler(testbed) if needs_real else None,
+        extra_generator_loss=_regression_term(cfg, objective, testbed, gen),
+    )
+    ema = result["ema"]
+    if not result["is_main_process"]:  # one writer per run folder
+        return {}
+    # one draw serves the final metrics, samples.npz and the figure (a few-step student
+    # re-noises, so a second draw would not be the one that was scored)
+    x, labels, sample_s, rng = _student_samples(
+        ema, testbed, cfg.train.eval_samples, cfg.train.seed
+    )
+    metrics = {
+        **_score(testbed, objective, x, labels, cfg.train.seed + 1),
+        "nfe": getattr(ema, "nfe", 1),
+        "wall_s": time.perf_counter() - start,
+        "world_size": result["world_size"],
+        "sample_s": sample_s,
+        "initial": initial,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
+    arrays = {"x": x.numpy()} | ({"labels": labels.numpy()} if labels is not None else {})
+    np.savez(out / "samples.npz", **arrays)
+    teacher_x = testbed.truth.sample(cfg.train.eval_samples, rng=rng, cond=labels)
+    save_panels(
+        testbed,
+        {f"student ({metrics['nfe']} NFE, EMA)": x, "exact data": teacher_x},
+        out / "samples.png",
+        labels=labels,
+    )
+    keep = slice(0, 512)  # enough points (and more than the 64 images a grid shows)
+    _save_previews(
+        out / "previews.png", testbed, critic, x[keep], None if labels is None else labels[keep]
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    save_training_curves(records, out / "curves.png")
+    _write_report(out, cfg, metrics, result["history"], init, _placement(testbed, cfg, metrics))
+    return metrics
+
+
+PREVIEW_TIMES = (0.15, 0.4, 0.7)  # fractions of the sampler's time range
+
+
+def _save_previews(path: Path, testbed, critic, x: torch.Tensor, labels) -> None:
+    """``D_real`` beside ``D_fake`` on the same noised student samples at a few times: where the
+    critic still disagrees with the teacher is where the generator is pushed."""
+    from ..eval.plots import save_panels
+    from ..objectives._ingredients import add_noise, sample_t
+
+    rng = torch.Generator().manual_seed(0)
+    real, fake = (
+        {"student x": x},
+        {"exact data": testbed.truth.sample(len(x), rng=rng, cond=labels)},
+    )
+    with torch.no_grad():
+        for u in PREVIEW_TIMES:  # one row of D_real over one row of D_fake
+            t = sample_t(x.shape[0], testbed.teacher.schedule, (u, u), rng, dtype=x.dtype)
+            x_t, _, _, sigma = add_noise(x, t, testbed.teacher.schedule, rng)
+            level = f"t={t[0].item():.3g}, σ={sigma[0].item():.3g}"
+            real[f"D_real ({level})"] = testbed.teacher.denoise(x_t, t, labels)
+            fake[f"D_fake ({level})"] = critic.denoise(x_t, t, labels)
+    save_panels(testbed, real | fake, path, labels=labels)
+
+
+def _initial_metrics(out: Path, gen, evaluate) -> dict[str, float]:
+    """The untrained generator's metrics, kept in ``initial.json`` (so a resumed run reports the
+    same starting point)."""
+    path = out / "initial.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = evaluate(gen)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(path, metrics)
+    return metrics
+
+
+def _placement(testbed, cfg: DistillConfig, metrics: dict) -> str:
+    """The student's row inside the teacher's sampler × NFE table (same n, same seeds)."""
+    from ..eval.baseline import baseline_rows, exact_rows
+    from ..eval.report import baseline_markdown
+
+    n, seed = cfg.train.eval_samples, cfg.train.seed
+    rows, _ = baseline_rows(testbed, ("ddim", "dpmpp-2m"), (1, 2, 4, 8, 16), n, seed)
+    # the student's "wall s" is its sampling time, like the teacher rows (metrics.json's wall_s
+    # is the whole run)
+    rows.append(
+        {"sampler": f"**student ({cfg.method})**", **metrics, "wall_s": metrics["sample_s"]}
+    )
+    rows.sort(key=lambda r: (r["nfe"], r["sampler"]))
+    rows.extend(exact_rows(testbed, n, seed))
+    table = {"testbed": testbed.name, "schedule": cfg.schedule, "n": n, "seed": seed, "rows": rows}
+    return baseline_markdown(table)
+
+
+def _write_report(
+    out: Path, cfg: DistillConfig, metrics: dict, history: list, init: dict, placement: str
+) -> None:
+    from ..eval.report import COLUMNS, format_value
+
+    keys = [k for k, _ in COLUMNS if k in metrics and k != "wall_s"]
+    lines = [
+        f"# {cfg.method} on {cfg.testbed}",
+        "",
+        f"Objective: `{cfg.objective}`",
+        "",
+        "| step | " + " | ".join(keys) + " |",
+        "|---:|" + "---:|" * len(keys),
+    ]
+    for row in [{"step": 0, **metrics["initial"]}, *history, {"step": cfg.train.steps, **metrics}]:
+        lines.append(f"| {row['step']} | " + " | ".join(format_value(row[k]) for k in keys) + " |")
+    lines += [
+        "",
+        f"Wall time {metrics['wall_s']:.1f} s; student NFE {metrics['nfe']}. Compare with the teacher's "
+        f"sampler table: `scoredistill baseline --testbed {cfg.testbed}`.",
+        "",
+        f"Critic initialised by {init['steps']} DSM steps on teacher samples "
+        f"(final loss {init['final_loss']:.4g}, {init['wall_time_s']:.1f} s).",
+        "",
+        "## Where the student lands among the teacher's samplers",
+        "",
+        placement,
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
+    from ..teachers.testbeds import get_testbed
+
+    cfg, objective = resolve(preset, sets)
+    get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
+    return Resolved(cfg, objective, preset)
+
+
+def _placement_text(out: Path) -> str:
+    report = out / "report.md"
+    text = report.read_text() if report.exists() else ""
+    at = text.find("## Where the student lands")
+    return text[at:] if at >= 0 else ""
+
+
+FAMILY = Family(
+    name="distill",
+    help="distil a one-step generator from a testbed's teacher",
+    presets=PRESETS,
+    describe=DESCRIPTIONS.__getitem__,
+    resolve=_resolve_run,
+    run=lambda r, out, resume: run_distill(r.config, r.extra, out, resume=resume),
+    quick=lambda name: list(QUICK),
+    steps_help="generator updates",
+    epilogue=_placement_text,
+)

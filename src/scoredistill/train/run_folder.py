@@ -1,0 +1,156 @@
+"""One writer per run folder, and a ``--resume`` that continues the same run.
+
+:func:`open_run_folder` is what a command holds while it writes a run folder ``out``:
+
+- the lock ``out/.lock`` (created with ``O_CREAT | O_EXCL``, holding the pid and host of its
+  holder) refuses a second run on the same folder, fresh or ``--resume``, naming the holder. A
+  lock whose process is gone (same host) is stale: it is taken over. Only rank 0 locks under
+  ``torchrun``;
+- on ``--resume``, the folder's ``config.json`` must equal the new config except the steps key,
+  so a resumed run never trains the checkpoint with settings other than those ``config.json``
+  records. The steps may not change either when a schedule spans them (``lr_decay``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["RunFolderBusy", "check_resume_config", "open_run_folder", "run_lock"]
+
+LOCK_NAME = ".lock"
+SCHEDULE_KEYS = ("lr_decay",)  # a true value ties the schedule to the total steps
+_UNREADABLE_GRACE_S = 60.0  # a lock being written by a starting run is empty for a moment
+
+
+class RunFolderBusy(UserError):
+    """Another run holds the folder's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """The lock's content, or None while it is unreadable (being written, or garbage)."""
+    try:
+        data = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
+def _stale(lock: Path, holder: dict[str, Any] | None) -> bool:
+    if holder is None:
+        try:
+            return time.time() - lock.stat().st_mtime > _UNREADABLE_GRACE_S
+        except FileNotFoundError:
+            return True
+    return holder.get("host") == socket.gethostname() and not _alive(holder["pid"])
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[Path]:
+    """Hold ``out/.lock`` for the block (creating ``out``); refuse if a live run holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%FT%T%z")}
+    for _ in range(2):  # the second try follows the removal of a stale lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if not _stale(lock, holder):
+                who = (
+                    f"pid {holder['pid']} on {holder.get('host')}, since {holder.get('since')}"
+                    if holder
+                    else "a run that is starting"
+                )
+                raise RunFolderBusy(
+                    f"--out {out} is in use by another run ({who}); wait for it to end, or "
+                    f"remove {lock} if that process is gone"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+    else:
+        raise RunFolderBusy(f"--out {out}: cannot take {lock} (another run took it first)")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(me, fh)
+    try:
+        yield out
+    finally:
+        if _holder(lock) == me:
+            lock.unlink()
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(
+    out: Path, config: Mapping[str, Any], steps_key: str = "train.steps"
+) -> None:
+    """Refuse ``--resume`` when ``config`` differs from ``out/config.json`` in anything but
+    ``steps_key`` (nor in that when a :data:`SCHEDULE_KEYS` flag ties a schedule to it).
+
+    Keys the stored file has beyond ``config`` (e.g. a ``preset`` name) are not compared.
+    """
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = _flat(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--resume: cannot read {path} ({err}); start a new --out") from None
+    new = _flat(json.loads(json.dumps(dict(config))))  # tuples -> lists, as stored
+    keys = sorted(k for k in new if k != steps_key and saved.get(k, new[k]) != new[k])
+    keys += sorted(k for k in new if k not in saved and k != steps_key)
+    if keys:
+        diff = "; ".join(f"{k} {saved.get(k, '(absent)')!r} -> {new[k]!r}" for k in keys)
+        raise UserError(
+            f"--resume: {out} was run with another config ({diff}); only {steps_key} may change "
+            "on resume: pass the run's own values (its config.json) or start a new --out"
+        )
+    ties = [k for k in new if k.rsplit(".", 1)[-1] in SCHEDULE_KEYS and new[k]]
+    if ties and steps_key in saved and saved[steps_key] != new.get(steps_key):
+        raise UserError(
+            f"--resume: {steps_key} cannot change from {saved[steps_key]} to "
+            f"{new.get(steps_key)} with {ties[0]}=true: the schedule spans the steps, so the steps "
+            "already taken would have used other values; keep it or start a new --out"
+        )
+
+
+@contextlib.contextmanager
+def open_run_folder(
+    out: Path, config: Mapping[str, Any], *, resume: bool, steps_key: str = "train.steps"
+) -> Iterator[Path]:
+    """Lock ``out`` for the block and, on ``resume``, check ``config`` against the folder's;
+    under ``torchrun`` only rank 0 locks and checks (it is the one writer)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield out
+        return
+    with run_lock(out):
+        if resume:
+            check_resume_config(out, config, steps_key)
+        yield out

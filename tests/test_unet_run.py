@@ -1,0 +1,136 @@
+"""The real-model path end to end: a diffusers folder in, a trained student, a stock pipeline out.
+
+The teacher is a tiny random class-conditional ``UNet2DModel`` saved by diffusers itself
+(``DDPMPipeline.save_pretrained``); the run uses the ``--quick`` budget, so these tests check the
+plumbing and the contracts (files, shapes, the export reproducing the student), not quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scoredistill.cli import main
+from scoredistill.train.unet_teacher import make_unet
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    torch.manual_seed(0)
+    unet = make_unet(8, 1, 10, channels=(16, 32), attention=False)
+    folder = tmp_path_factory.mktemp("teacher") / "pipeline"
+    DDPMPipeline(
+        unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    ).save_pretrained(folder)
+    return str(folder)
+
+
+def _run(args: list[str]) -> int:
+    return main(args)
+
+
+def test_dry_run_prints_parameters_and_memory(teacher_dir, capsys) -> None:
+    args = ["distill", "--preset", "dmd2-unet", "--teacher", teacher_dir, "--dry-run"]
+    assert _run([*args, "--out", "unused"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    params = out["networks"]["params"]
+    assert params["student"] == params["critic"] == params["teacher (frozen)"] > 1000
+    assert out["networks"]["shape"] == [1, 8, 8] and out["networks"]["num_classes"] == 10
+    assert out["teacher"] == teacher_dir and out["method"] == "dmd"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["dmd2-unet", "dmd2-4step-unet"])
+def test_quick_run_writes_the_contract_and_a_stock_pipeline(teacher_dir, tmp_path, preset):
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "run"
+    args = ["distill", "--preset", preset, "--teacher", teacher_dir, "--quick", "--out", str(out)]
+    assert _run(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    k = 4 if "4step" in preset else 1
+    assert metrics["nfe"] == k and np.isfinite(metrics["fd"])
+    assert set(metrics["teacher_best"]) <= {"1", "2"}
+    data = np.load(out / "samples.npz")
+    assert data["x"].shape == (64, 64) and data["labels"].shape == (64,)
+    for name in ("report.md", "samples.png", "curves.png", "pipeline/README.md"):
+        assert (out / name).is_file(), name
+    assert "## Where the student lands" in (out / "report.md").read_text()
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    labels = torch.arange(4)
+    images = pipe(
+        batch_size=4,
+        class_labels=labels,
+        num_inference_steps=k,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all()
+    assert f"num_inference_steps={k}" in (out / "pipeline" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("teacher", "needle"),
+    [
+        ("no/such-model", "not a local folder"),
+        ("/nonexistent/folder", "no such folder"),
+    ],
+)
+def test_bad_teacher_is_one_line_exit_2(teacher, needle, tmp_path, capsys) -> None:
+    args = ["distill", "--preset", "dmd2-unet", "--teacher", teacher, "--out", str(tmp_path / "o")]
+    assert _run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_data_of_another_shape_is_refused(teacher_dir, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    args = ["distill", "--preset", "dmd2-unet", "--teacher", teacher_dir, "--dry-run"]
+    code = _run([*args, "--set", f"data={folder}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "data" in err and "(1, 8, 8)" in err
+
+
+def test_teacher_flag_refuses_a_testbed_preset(teacher_dir, capsys) -> None:
+    args = ["distill", "--preset", "dmd2-digits", "--teacher", teacher_dir, "--out", "x"]
+    assert _run(args) == 2
+    assert "dmd2-unet" in capsys.readouterr().err
+
+
+def test_sample_and_baseline_take_a_teacher_folder(teacher_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "s"
+    args = ["sample", "--teacher", teacher_dir, "--sampler", "ddim", "--nfe", "2", "--n", "32"]
+    assert _run([*args, "--class", "3", "--out", str(out)]) == 0
+    data = np.load(out / "samples.npz")
+    assert data["x"].shape == (32, 64) and set(data["labels"].tolist()) == {3}
+    assert json.loads((out / "metrics.json").read_text())["nfe"] == 2
+    out = tmp_path / "b"
+    args = ["baseline", "--teacher", teacher_dir, "--samplers", "ddim,euler", "--nfe", "1,2"]
+    assert _run([*args, "--n", "32", "--out", str(out)]) == 0
+    rows = json.loads((out / "baseline.json").read_text())["rows"]
+    assert {r["sampler"] for r in rows} == {"ddim", "euler", "diffusers-ddim"}
+    assert {r["nfe"] for r in rows} == {1, 2}
+    capsys.readouterr()
+    both = ["sample", "--teacher", teacher_dir, "--testbed", "ring8", "--sampler", "ddim"]
+    assert _run([*both, "--nfe", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "exactly one of --testbed" in capsys.readouterr().err
+
+
+def test_train_teacher_unet_writes_a_diffusers_pipeline(tmp_path) -> None:
+    from diffusers import DDPMPipeline
+
+    out = tmp_path / "t"
+    args = ["train-teacher", "--arch", "unet", "--data", "digits", "--steps", "2", "--quiet"]
+    assert _run([*args, "--out", str(out)]) == 0
+    pipe = DDPMPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    assert pipe.unet.config.num_class_embeds == 11 and pipe.unet.config.sample_size == 8
