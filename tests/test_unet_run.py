@@ -134,3 +134,14 @@ def test_train_teacher_unet_writes_a_diffusers_pipeline(tmp_path) -> None:
     assert _run([*args, "--out", str(out)]) == 0
     pipe = DDPMPipeline.from_pretrained(out / "pipeline", local_files_only=True)
     assert pipe.unet.config.num_class_embeds == 11 and pipe.unet.config.sample_size == 8
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_checkpointing_run(teacher_dir, tmp_path) -> None:
+    out = tmp_path / "bf16"
+    args = ["distill", "--preset", "sid-unet", "--teacher", teacher_dir, "--quick"]
+    sets = ["--set", "precision=bf16", "--set", "student.gradient_checkpointing=true"]
+    assert _run([*args, *sets, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["fd"]) and metrics["nfe"] == 1
+    assert (out / "pipeline" / "model_index.json").is_file()

@@ -25,7 +25,7 @@ from ..objectives import OBJECTIVES
 from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
-from .family import Family, Resolved
+from .family import Family, Resolved, report_section
 
 __all__ = [
     "FAMILY",
@@ -367,13 +367,6 @@ def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
     return Resolved(cfg, objective, preset)
 
 
-def _placement_text(out: Path) -> str:
-    report = out / "report.md"
-    text = report.read_text() if report.exists() else ""
-    at = text.find("## Where the student lands")
-    return text[at:] if at >= 0 else ""
-
-
 FAMILY = Family(
     name="distill",
     help="distil a one-step generator from a testbed's teacher",
@@ -383,5 +376,5 @@ FAMILY = Family(
     run=lambda r, out, resume: run_distill(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="generator updates",
-    epilogue=_placement_text,
+    epilogue=report_section,
 )

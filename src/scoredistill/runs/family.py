@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Family", "Resolved"]
+__all__ = ["Family", "Resolved", "report_section"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,11 @@ class Family:
     steps_help: str = "optimizer steps"
     epilogue: Callable[[Path], str] = lambda out: ""  # text printed after the metrics
     dry_run: Callable[[Resolved], dict[str, Any]] = lambda r: {}  # extra --dry-run fields
+
+
+def report_section(out: Path, heading: str = "## Where the student lands") -> str:
+    """The part of ``out/report.md`` from ``heading`` on ("" when absent): an epilogue."""
+    report = out / "report.md"
+    text = report.read_text() if report.exists() else ""
+    at = text.find(heading)
+    return text[at:] if at >= 0 else ""

@@ -31,7 +31,7 @@ from ..objectives import OBJECTIVES
 from ..presets.unet import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
-from .family import Family, Resolved
+from .family import Family, Resolved, report_section
 
 __all__ = ["BUNDLED_TEACHER", "FAMILY", "StudentConfig", "UNetDistillConfig", "run_unet"]
 
@@ -258,13 +258,6 @@ def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
     return Resolved(cfg, objective, preset)
 
 
-def _epilogue(out: Path) -> str:
-    report = out / "report.md"
-    text = report.read_text() if report.exists() else ""
-    at = text.find("## Where the student lands")
-    return text[at:] if at >= 0 else ""
-
-
 FAMILY = Family(
     name="distill-unet",
     help="distil a diffusers teacher folder into a 1-4-step student and export a pipeline",
@@ -274,6 +267,6 @@ FAMILY = Family(
     run=lambda r, out, resume: run_unet(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="generator updates",
-    epilogue=_epilogue,
+    epilogue=report_section,
     dry_run=lambda r: {"networks": param_report(r.config)},
 )
