@@ -105,10 +105,10 @@ def load_real(cfg: UNetDistillConfig, teacher) -> Any:
 
 
 def _label_sampler(teacher):
-    k = teacher.num_classes
-    if not k:
-        return None
-    return lambda n, rng: torch.randint(k, (n,), generator=rng)
+    """``(n, rng) -> labels`` (``eval.image_baseline.draw_labels``), None when unconditional."""
+    from ..eval.image_baseline import draw_labels
+
+    return (lambda n, rng: draw_labels(teacher, n, rng)) if teacher.num_classes else None
 
 
 def _real_sampler(data, conditional: bool):
