@@ -58,6 +58,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dmd2-unet": {**_CPU, **_DMD2, **_DMD2_START},
     "dmd2-gan-unet": {**_CPU, **_DMD2, **_DMD2_START, "objective.gan_generator_weight": 3e-3},
     "dmd2-4step-unet": {**_CPU, **_DMD2, "student.steps": 4},
+    # DMD2 trains its multi-step ImageNet/SDXL students with the GAN term (weight as one-step)
+    "dmd2-gan-4step-unet": {
+        **_CPU,
+        **_DMD2,
+        "student.steps": 4,
+        "objective.gan_generator_weight": 3e-3,
+    },
     "sid-unet": {**_CPU, **_SID},
     # SwiftBrush (``README.md``): student lr 1e-6, fake 1e-3 (LoRA), 1:1, CFG 4.5 for text; a
     # class-conditional pixel teacher is distilled at its conditional law (CFG 1), lr as DMD2's
@@ -74,6 +81,7 @@ DESCRIPTIONS: dict[str, str] = {
     "dmd2-unet": "DMD2 one-step student from the teacher's weights, started at sigma/alpha 2.5",
     "dmd2-gan-unet": "DMD2 + its GAN head on the critic UNet's bottleneck, one step",
     "dmd2-4step-unet": "DMD2 4-step student (backward simulation), LCM grid 999/749/499/249",
+    "dmd2-gan-4step-unet": "DMD2 4-step student with the GAN head (backward simulation)",
     "sid-unet": "SiD one-step student, sigma_init 2.5, alpha 1.2",
     "vsd-unet": "VSD / SwiftBrush one-step student with a full-copy critic",
 }

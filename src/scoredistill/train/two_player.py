@@ -156,8 +156,9 @@ def train_two_player(
     )
     logs: dict[str, float] = {}
     for step in bar:
-        k = generator.draw_step(step_rng) if few_step else None
         for _ in range(cfg.critic_updates):
+            # a fresh student step per call (DMD2): the critic models the mixture over steps
+            k = generator.draw_step(step_rng) if few_step else None
             z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
             with torch.no_grad():
                 x = _generate(gen, z, c, k, rng)
@@ -167,6 +168,7 @@ def train_two_player(
             logs["critic_grad_norm"] = _step(
                 loss_c.value, opt_c, crit.parameters(), cfg.grad_clip, acc
             )
+        k = generator.draw_step(step_rng) if few_step else None
         z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
         crit.requires_grad_(False)
         loss_g = objective.generator_loss(
