@@ -23,7 +23,13 @@ SUITES: dict[str, Suite] = {
         name: Suite(presets, lambda _: "optimize", optimize.table, "optimize presets")
         for name, presets in optimize.OPTIMIZE_SUITES.items()
     },
-    "unet": Suite(unet.UNET_PRESETS, lambda _: "distill-unet", unet.table, "diffusers students"),
+    "unet": Suite(
+        unet.UNET_PRESETS,
+        lambda _: "distill-unet",
+        unet.table,
+        "diffusers students",
+        optional=unet.OPTIONAL_PRESETS,
+    ),
     "kd": Suite(
         tuple(kd.suite_presets()),
         kd.family_of,

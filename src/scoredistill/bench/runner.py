@@ -55,6 +55,11 @@ class Suite:
     cell: Cell = run_cell
     folder: Callable[[Path, str, int], Path] = cell_folder
     takes_set: bool = True  # False: --set is refused (presets of several families and configs)
+    optional: tuple[str, ...] = ()  # runnable with --presets, not in the default set
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return self.presets + self.optional
 
 
 def run_suite(
@@ -74,9 +79,10 @@ def run_suite(
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     spec = SUITES[suite]
-    unknown = sorted(set(presets or ()) - set(spec.presets))
+    unknown = sorted(set(presets or ()) - set(spec.accepted))
     if unknown:
-        raise ValueError(f"presets {unknown} are not in suite {suite!r}: {', '.join(spec.presets)}")
+        valid = ", ".join(spec.accepted)
+        raise ValueError(f"presets {unknown} are not in suite {suite!r}: {valid}")
     if extra and not spec.takes_set:
         raise ConfigError(f"--set is not supported by --suite {suite}; use each preset's fields")
     head: dict[str, Any] = {"suite": suite, "quick": quick, "seeds": list(seeds)}

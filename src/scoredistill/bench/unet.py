@@ -8,9 +8,10 @@ from typing import Any
 from ..eval.report import format_value, mean_std
 from ..presets.unet import PRESETS
 
-__all__ = ["UNET_PRESETS", "table"]
+__all__ = ["OPTIONAL_PRESETS", "UNET_PRESETS", "table"]
 
 UNET_PRESETS = ("dmd2-unet", "sid-unet", "dmd2-4step-unet")
+OPTIONAL_PRESETS = tuple(name for name in PRESETS if name not in UNET_PRESETS)
 _KEYS = ("fd", "class_acc", "precision", "recall")
 
 

@@ -138,7 +138,7 @@ def add_run_commands(sub) -> None:
     )
     p.add_argument(
         "--presets",
-        type=name_list(sorted({n for v in SUITES.values() for n in v.presets})),
+        type=name_list(sorted({n for v in SUITES.values() for n in v.accepted})),
         default=None,
     )
     p.add_argument(
