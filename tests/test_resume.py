@@ -279,3 +279,22 @@ def test_torchrun_resume_equals_an_uninterrupted_run(tmp_path: Path):
     )
     assert full.keys() == cut.keys()
     assert [k for k in full if not torch.equal(full[k], cut[k])] == []
+
+
+def test_a_bench_cell_is_locked_and_an_interrupted_cell_resumes(tmp_path: Path):
+    """``bench`` cells keep the run contract: a held folder is refused; a cell with checkpoints
+    but no ``metrics.json`` (killed) continues from its last checkpoint, not from step 0."""
+    from scoredistill.bench.runner import run_cell
+    from scoredistill.runs import FAMILIES
+
+    fam = FAMILIES["distill"]
+    sets = [*fam.quick("dmd2-ring8"), "train.checkpoint_every=2", "train.log_every=1"]
+    cell = tmp_path / "cell"
+    with run_lock(cell), pytest.raises(RunFolderBusy):
+        run_cell("distill", "dmd2-ring8", 0, [*sets, "train.steps=4"], cell)
+    fam.run(fam.resolve("dmd2-ring8", [*sets, "train.steps=2", "train.seed=0"]), cell, False)
+    (cell / "metrics.json").unlink()  # as if killed after the step-2 checkpoint
+    run_cell("distill", "dmd2-ring8", 0, [*sets, "train.steps=4"], cell)
+    logged = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged if not r.get("eval")]
+    assert steps == [1, 2, 3, 4]  # resumed at 2: no second step 1

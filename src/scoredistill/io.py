@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -176,15 +175,10 @@ def check_tensor_shapes(expected: dict[str, Tensor], found: dict[str, Tensor], w
 
 
 def finished_run(out: PathLike) -> dict[str, Any] | None:
-    """A benchmark cell's ``metrics.json`` if the run in ``out`` finished; otherwise None, after
-    removing a partial folder so the run starts again from scratch (benchmarks resume)."""
-    out = Path(out)
-    done = out / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if out.exists():
-        shutil.rmtree(out)
-    return None
+    """A benchmark cell's ``metrics.json`` if the run in ``out`` finished, else None. A partial
+    folder is left alone: the cell resumes it under its lock (``bench.runner.locked_cell``)."""
+    done = Path(out) / "metrics.json"
+    return json.loads(done.read_text()) if done.exists() else None
 
 
 _NPY_MAGIC = b"\x93NUMPY"

@@ -35,6 +35,7 @@ from ..io import finished_run
 from ..presets import kd as kd_presets
 from ..presets import kd_procedures as procedure_presets
 from ..presets.kd import Claim
+from .runner import locked_cell
 
 __all__ = [
     "DERIVED",
@@ -122,8 +123,13 @@ def cell(family: str, preset: str, seed: int, sets: list[str], folder: Path) -> 
     resolved = fam.resolve(preset, [*sets, f"{fam.seed_key}={seed}"])
     if fam is kd.FAMILY:
         cache = folder.parent.parent / "_teachers"
-        return kd.run_kd(resolved.config, folder, resume=folder.exists(), teacher_cache=cache)
-    return fam.run(resolved, folder, folder.exists())
+        return locked_cell(
+            folder,
+            fam,
+            resolved,
+            lambda resume: kd.run_kd(resolved.config, folder, resume=resume, teacher_cache=cache),
+        )
+    return locked_cell(folder, fam, resolved, lambda resume: fam.run(resolved, folder, resume))
 
 
 def folder(out: Path, preset: str, seed: int) -> Path:

@@ -16,14 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, to_dict
 from ..io import atomic_write_json, finished_run, json_safe
 
-__all__ = ["SEEDS", "Suite", "cell_folder", "run_cell", "run_suite"]
+__all__ = ["SEEDS", "Suite", "cell_folder", "locked_cell", "run_cell", "run_suite"]
 
 SEEDS = (0, 1, 2)
 Table = Callable[[dict[str, list[dict[str, Any]]], bool], tuple[str, dict[str, Any]]]
 Cell = Callable[[str, str, int, list[str], Path], dict[str, Any]]
+
+
+def locked_cell(out: Path, fam: Any, resolved: Any, run: Callable[[bool], Any]) -> Any:
+    """``run(resume)`` under ``out``'s run lock, like any run folder: two bench commands on one
+    ``--out`` cannot interleave, and a partial cell (killed) resumes from its last checkpoint
+    (none: it restarts and its log restarts too) after the config check of ``--resume``."""
+    from ..train.run_folder import open_run_folder
+
+    resume = out.exists()
+    with open_run_folder(out, to_dict(resolved.config), resume=resume, steps_key=fam.steps_key):
+        return run(resume)
 
 
 def run_cell(family: str, preset: str, seed: int, sets: list[str], out: Path) -> dict[str, Any]:
@@ -35,7 +46,7 @@ def run_cell(family: str, preset: str, seed: int, sets: list[str], out: Path) ->
         return finished
     fam = FAMILIES[family]
     resolved = fam.resolve(preset, [*sets, f"{fam.seed_key}={seed}"])
-    return fam.run(resolved, out, False)
+    return locked_cell(out, fam, resolved, lambda resume: fam.run(resolved, out, resume))
 
 
 def cell_folder(out: Path, preset: str, seed: int) -> Path:
