@@ -295,6 +295,8 @@ def _edit_json(path: Any, **changes: Any) -> None:
         ({"hidden": None}, "'hidden'"),
         ({"sigma_data": "big"}, "'sigma_data'"),
         ({"hidden": 32}, "'inp.weight'"),
+        # 160 GB if allocated: refused from the file's shapes before any allocation
+        ({"hidden": 200000}, "'inp.weight'"),
         ({"num_classes": 0}, "class_emb.weight"),
         ({"format": "other"}, "'format'"),
         ({"weights_sha256": "0" * 64}, "'weights_sha256'"),

@@ -199,16 +199,23 @@ def load_learned_teacher(path: str | Path) -> tuple[NeuralDenoiser, dict[str, An
         raise ValueError(f"{config_path}: key 'format' is {meta['format']!r}, not {_FORMAT!r}")
     if not (isinstance(truth.get("testbed"), str) and type(truth.get("seed")) is int):
         raise ValueError(f"{config_path}: key 'truth' needs 'testbed' (str), 'seed' (int): {truth}")
+    weights_path = config_path.parent / WEIGHTS_FILE
+    # the checksum and the shapes are checked before the network the JSON describes is
+    # allocated: a doctored 'hidden' must not reserve memory (shapes checked on the meta device)
+    if not weights_path.is_file():
+        raise ValueError(f"{weights_path}: missing (the teacher's weights)")
+    if fileio.sha256_file(weights_path) != meta["weights_sha256"]:
+        raise ValueError(f"{weights_path} does not match key 'weights_sha256' of {config_path}")
+    tensors = fileio.load_safetensors(weights_path)
+    net_kwargs = {key: meta[key] for key in _NET_KEYS}
     try:
-        net = MLPDenoiserNet(**{key: meta[key] for key in _NET_KEYS})
+        with torch.device("meta"):
+            shapes = MLPDenoiserNet(**net_kwargs).state_dict()
+        fileio.check_tensor_shapes(shapes, tensors, str(weights_path))
+        net = MLPDenoiserNet(**net_kwargs)
         kwargs = {key: meta[key] for key in _DENOISER_KEYS}
         denoiser = NeuralDenoiser(net, meta["schedule"], **kwargs)
     except ValueError as err:
         raise ValueError(f"{config_path}: {err}") from None
-    weights_path = config_path.parent / WEIGHTS_FILE
-    tensors = fileio.load_safetensors(weights_path)
-    fileio.check_tensor_shapes(net.state_dict(), tensors, str(weights_path))
-    if fileio.sha256_file(weights_path) != meta["weights_sha256"]:
-        raise ValueError(f"{weights_path} does not match key 'weights_sha256' of {config_path}")
     net.load_state_dict(tensors)
     return denoiser.eval(), meta
