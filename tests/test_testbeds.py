@@ -190,3 +190,22 @@ def test_plot_rejects_wrong_dimension() -> None:
     ax = Figure().subplots()
     with pytest.raises(ValueError, match="values per sample"):
         plot_samples(ax, get_testbed("ring8"), torch.zeros(5, 3))
+
+
+def test_principal_axes_in_high_dimension_match_the_dense_eigenvectors(monkeypatch):
+    """A diagonal mixture above the dense limit: the operator route gives the dense axes."""
+    import scoredistill.eval.plots as plots
+    from scoredistill.teachers.analytic import GaussianMixtureTeacher
+
+    rng = torch.Generator().manual_seed(0)
+    d = plots._DENSE_PCA_MAX_DIM + 88
+    means = torch.randn(5, d, generator=rng, dtype=torch.float64) * torch.linspace(3, 0.1, d)
+    stds = 0.1 + torch.rand(5, d, generator=rng, dtype=torch.float64)
+    truth = GaussianMixtureTeacher(means, torch.tensor([1.0, 2, 3, 4, 5]), stds=stds)
+    bed = _Testbed("hi-d", truth, truth, torch.arange(5), None, "test")
+    mean, axes = plots._principal_axes(bed)
+    monkeypatch.setattr(plots, "_DENSE_PCA_MAX_DIM", 10**9)
+    dense_mean, dense_axes = plots._principal_axes(bed)
+    np.testing.assert_allclose(mean, dense_mean)
+    # eigenvectors up to sign
+    np.testing.assert_allclose(np.abs((axes * dense_axes).sum(0)), [1.0, 1.0], atol=1e-8)
