@@ -209,6 +209,31 @@ def test_out_of_range_values_are_refused_naming_key_and_range(resolve, item, nee
     assert needle in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("preset", "item", "needle"),
+    [
+        ("autodistil-digits", "val_fraction=1", "'val_fraction' must be a number in (0, 1)"),
+        ("knfu-digits", "proxy_fraction=0", "'proxy_fraction' must be a number in (0, 1)"),
+        ("knfu-digits", "dirichlet_alpha=0", "'dirichlet_alpha' must be a number > 0"),
+        ("knfu-digits", "kmeans_quantile=1.5", "'kmeans_quantile' must be a number in [0, 1]"),
+        ("gkd-markov", "lmbda=-0.1", "'lmbda' must be a number in [0, 1]"),
+        ("gkd-markov", "beta=2", "'beta' must be a number in [0, 1]"),
+        ("minillm-markov", "mix_alpha=1.5", "'mix_alpha' must be a number in [0, 1]"),
+        ("cvdd-digits", "ipc=0", "'ipc' must be an integer >= 1"),
+        ("diswot-digits", "alpha=-1", "'alpha' must be a number in [0, 1]"),
+        ("bdkd-online-classification", "lambda_s=-1", "'lambda_s' must be a number >= 0"),
+        ("sweep-digits", "headline_temperature=0", "'headline_temperature' must be a number > 0"),
+        ("comd-digits", "noise=-0.3", "'noise' must be a number >= 0"),
+    ],
+)
+def test_kd_procedure_fractions_and_weights_are_range_checked(preset, item, needle):
+    from scoredistill.runs import FAMILIES
+
+    with pytest.raises(ConfigError) as info:
+        FAMILIES["kd-procedure"].resolve(preset, [item])
+    assert needle in str(info.value)
+
+
 def test_a_range_holds_for_optional_and_nested_values():
     assert apply_overrides(TwoPlayerConfig(), ["eval_every=0"]).eval_every == 0  # 0 = at the end
     with pytest.raises(ConfigError, match="'steps' must be an integer >= 1"):

@@ -26,6 +26,7 @@ __all__ = [
     "LearningRate",
     "NonNegativeFloat",
     "NonNegativeInt",
+    "OpenUnitFloat",
     "PositiveFloat",
     "PositiveInt",
     "Range",
@@ -81,6 +82,7 @@ NonNegativeInt = Annotated[int, Range(0)]  # counts where 0 means "none"
 PositiveFloat = Annotated[float, Range(0, open_lo=True)]  # learning rates, temperatures, stds
 NonNegativeFloat = Annotated[float, Range(0)]  # weights, clipping (0: off)
 UnitFloat = Annotated[float, Range(0, 1)]  # fractions and probabilities
+OpenUnitFloat = Annotated[float, Range(0, 1, open_lo=True, open_hi=True)]  # a split's share
 Seed = Annotated[int, Range(0, SEED_MAX)]  # every derived seed stays inside torch's range
 # Adam passes lr / (1 - beta1^t) to float32 kernels (max 3.4e38): 1e30 leaves room for any beta1
 # up to 1 - 1e-8, and is far above any rate that trains

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import LearningRate, NonNegativeInt, OpenUnitFloat, PositiveFloat, PositiveInt, Seed
 from ...kd.flops import mlp_flops, mlp_params
 from ...kd.losses import kd_loss
 from ...kd.models import MLP
@@ -62,13 +62,15 @@ class AutoDistilConfig:
     task: str = "digits"
     widths: tuple[int, ...] = (16, 32, 64, 128)
     depths: tuple[int, ...] = (1, 2)
-    shots: int = 2  # K supernets (one per depth when K = len(depths)); compared with K = 1
-    n_random: int = 2  # random sub-networks per sandwich step
+    shots: PositiveInt = 2  # K supernets (one per depth when K = len(depths)); compared with K = 1
+    n_random: NonNegativeInt = 2  # random sub-networks per sandwich step
     super_steps: PositiveInt = 400  # per supernet
     standalone_steps: PositiveInt = 300  # per sub-network trained alone
-    flops_budget: int = 20_000  # per-example FLOPs (2·MACs); the largest sub-network: 51,712
+    flops_budget: PositiveInt = (
+        20_000  # per-example FLOPs (2·MACs); the largest sub-network: 51,712
+    )
     objective: Literal["kd", "relation"] = "kd"  # supernet distillation loss (and its proxy)
-    val_fraction: float = 0.2  # of the training split, for the proxy ranking
+    val_fraction: OpenUnitFloat = 0.2  # of the training split, for the proxy ranking
     temperature: PositiveFloat = 4.0
     lr: LearningRate = 1e-2
     teacher_widths: tuple[int, ...] = (256, 256)

@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import (
+    LearningRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+)
 from ...kd.losses import kd_loss
 from ...kd.models import MLP
 from ...kd.tasks import load_task
@@ -41,15 +48,15 @@ class CoMDConfig:
     """Note d.2 item 15: 4 rounds on digits."""
 
     task: str = "digits"
-    pool_size: int = 200  # initial instruction pool (training inputs)
+    pool_size: PositiveInt = 200  # initial instruction pool (training inputs)
     rounds: PositiveInt = 4
     steps_per_round: PositiveInt = 150
     # nats: how much worse/better counts as a difference. The note's rule is "student loss
     # exceeds the teacher's" (0); at 0.1 no pool sample was ever flagged (seed 0: the student
     # fits its pool and the teacher's training CE is ~0), so the loop degenerated to plain KD
-    margin: float = 0.0
-    n_aug: int = 2  # neighbours per difficult sample
-    noise: float = 0.3  # σ of the augmentation noise (standardised pixels)
+    margin: NonNegativeFloat = 0.0
+    n_aug: NonNegativeInt = 2  # neighbours per difficult sample
+    noise: NonNegativeFloat = 0.3  # σ of the augmentation noise (standardised pixels)
     temperature: PositiveFloat = 4.0
     student_widths: tuple[int, ...] = (32,)
     teacher_widths: tuple[int, ...] = (256, 256)

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import (
+    LearningRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+)
 from ...kd.losses import kd_loss
 from ...kd.models import MLP
 from ...kd.tasks import load_task
@@ -64,20 +71,26 @@ class CVDDConfig:
 
     task: str = "digits"
     committee_widths: tuple[int, ...] = (8, 16, 32)  # first conv width of each member
-    committee_size: int = 2  # top-N members by prior (paper default N = 2)
+    committee_size: PositiveInt = 2  # top-N members by prior (paper default N = 2)
     member_steps: PositiveInt = 300
-    ipc: int = 10  # images per class
+    ipc: PositiveInt = 10  # images per class
     recover_steps: PositiveInt = 300
     recover_lr: LearningRate = 0.1
-    r_bn: float = 0.05
-    first_bn_mult: float = 10.0
-    jitter: int = 1  # max shift in pixels
-    relabel_crops: int = 0  # stored views per image; 0 or 1 = the image itself, unaugmented
-    crop_pad: int = 1  # max shift (px) of a relabel view; vacated pixels = the pixel mean
-    squeeze_pad: int = 0  # members train on batches shifted ≤ this (SRe²L teachers see crops)
+    r_bn: NonNegativeFloat = 0.05
+    first_bn_mult: NonNegativeFloat = 10.0
+    jitter: NonNegativeInt = 1  # max shift in pixels
+    relabel_crops: NonNegativeInt = (
+        0  # stored views per image; 0 or 1 = the image itself, unaugmented
+    )
+    crop_pad: NonNegativeInt = (
+        1  # max shift (px) of a relabel view; vacated pixels = the pixel mean
+    )
+    squeeze_pad: NonNegativeInt = (
+        0  # members train on batches shifted ≤ this (SRe²L teachers see crops)
+    )
     # the paper validates with a CNN (ResNet-18); "mlp" uses MLP(student_widths) on the pixels
     student: Literal["cnn", "mlp"] = "cnn"
-    student_width: int = 16  # cnn: first conv width
+    student_width: PositiveInt = 16  # cnn: first conv width
     student_widths: tuple[int, ...] = (32,)  # mlp: hidden widths
     student_steps: PositiveInt = 300
     temperature: PositiveFloat = 3.0

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import LearningRate, NonNegativeInt, PositiveFloat, PositiveInt, Seed, UnitFloat
 from ...kd.evolution import MLPSpace, evolve
 from ...kd.flops import mlp_params
 from ...kd.losses import kd_loss
@@ -81,14 +81,14 @@ class DisWOTConfig:
     steps: PositiveInt = 300  # KD steps per candidate (~30 epochs of 1257 digits at batch 128)
     lr: LearningRate = 1e-2
     temperature: PositiveFloat = 4.0
-    alpha: float = 0.5  # label-CE weight in the candidates' KD
-    n_candidates: int = 12  # first n of CANDIDATES
-    param_budget: int = 5000  # search: student parameters (the teacher has 85k)
+    alpha: UnitFloat = 0.5  # label-CE weight in the candidates' KD
+    n_candidates: PositiveInt = 12  # first n of CANDIDATES
+    param_budget: PositiveInt = 5000  # search: student parameters (the teacher has 85k)
     search_widths: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)  # per hidden layer
-    search_max_depth: int = 3  # hidden layers 1..max
-    search_population: int = 10  # regularised evolution P (Real et al.: 100)
-    search_cycles: int = 40  # C: P + C = 50 candidates scored
-    search_tournament: int = 3  # S drawn per parent (Real et al.: 25 of 100)
+    search_max_depth: PositiveInt = 3  # hidden layers 1..max
+    search_population: PositiveInt = 10  # regularised evolution P (Real et al.: 100)
+    search_cycles: NonNegativeInt = 40  # C: P + C = 50 candidates scored
+    search_tournament: PositiveInt = 3  # S drawn per parent (Real et al.: 25 of 100)
     seed: Seed = 0
     data_seed: Seed = 0
 

@@ -38,7 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import (
+    LearningRate,
+    NonNegativeFloat,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    UnitFloat,
+)
 from ...kd.losses import kd_loss
 from ...kd.models import MLP
 from ...kd.tasks import load_task
@@ -63,9 +71,11 @@ class FedConfig:
     method: Literal["local", "uniform", "knfu", "edgefd"] = "knfu"
     task: str = "digits"
     n_clients: PositiveInt = 8
-    dirichlet_alpha: float = 0.1  # label skew: 0.1 strong, 1.0 mild
-    proxy_fraction: float = 0.2  # of the training split, shared and unlabelled
-    ood_fraction: float = 0.0  # pixel-shuffled copies added to the proxy set (EdgeFD: 0.5)
+    dirichlet_alpha: PositiveFloat = 0.1  # label skew: 0.1 strong, 1.0 mild
+    proxy_fraction: OpenUnitFloat = 0.2  # of the training split, shared and unlabelled
+    ood_fraction: NonNegativeFloat = (
+        0.0  # pixel-shuffled copies added to the proxy set (EdgeFD: 0.5)
+    )
     widths: tuple[int, ...] = (32,)
     rounds: PositiveInt = 10
     local_steps: PositiveInt = 30  # CE steps per round
@@ -73,10 +83,10 @@ class FedConfig:
     batch_size: PositiveInt = 32
     lr: LearningRate = 3e-3  # Adam, kept across rounds
     temperature: PositiveFloat = 2.0
-    lam: float = 1.0  # λ, weight of the KD term
-    knfu_beta: float = 10.0  # β of the fusion softmax (paper: 10 in all experiments)
-    kmeans_k: int = 10  # EdgeFD clusters per client
-    kmeans_quantile: float = 0.95  # EdgeFD distance threshold q
+    lam: NonNegativeFloat = 1.0  # λ, weight of the KD term
+    knfu_beta: PositiveFloat = 10.0  # β of the fusion softmax (paper: 10 in all experiments)
+    kmeans_k: PositiveInt = 10  # EdgeFD clusters per client
+    kmeans_quantile: UnitFloat = 0.95  # EdgeFD distance threshold q
     # EdgeFD φ: "raw" pixels (fitted once) or "embedding" = the local MLP's last hidden layer
     filter_features: Literal["raw", "embedding"] = "raw"
     seed: Seed = 0

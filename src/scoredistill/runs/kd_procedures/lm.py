@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...config import LearningRate, PositiveInt, Seed
+from ...config import LearningRate, PositiveFloat, PositiveInt, Seed, UnitFloat
 from ...kd.losses import entropy, jsd
 from ...kd.markov import LMConfig, MarkovConfig, MarkovLanguage, TinyLM, kl_to_truth, sample_lm
 from ...kd.minillm import minillm_loss
@@ -66,17 +66,17 @@ class LMDistillConfig:
     student: LMConfig = field(default_factory=lambda: LMConfig(embed=8, hidden=16))
     # 1500 sequences: with 400 the GRU(64) teacher overfitted (KL to the truth rose from 0.44
     # at 250 steps to 1.25 at 1500); with 1500 it bottoms out near 0.22 at 500-750 steps
-    n_train: int = 1500  # training sequences sampled from the language
-    n_test: int = 1000  # held-out true sequences / model samples for the metrics
-    beta: float = 0.5  # gkd: JSD(β) (TRL default 0.5)
-    lmbda: float = 0.5  # gkd: probability of an on-policy (student-generated) batch (TRL 0.5)
-    mix_alpha: float = 0.2  # minillm: teacher share of the sampling mixture (paper 0.2)
-    ratio_clip: float = 5.0  # minillm: cap of the prefix importance weight [R]
+    n_train: PositiveInt = 1500  # training sequences sampled from the language
+    n_test: PositiveInt = 1000  # held-out true sequences / model samples for the metrics
+    beta: UnitFloat = 0.5  # gkd: JSD(β) (TRL default 0.5)
+    lmbda: UnitFloat = 0.5  # gkd: probability of an on-policy (student-generated) batch (TRL 0.5)
+    mix_alpha: UnitFloat = 0.2  # minillm: teacher share of the sampling mixture (paper 0.2)
+    ratio_clip: PositiveFloat = 5.0  # minillm: cap of the prefix importance weight [R]
     # minillm switches, named as TRL's MiniLLMConfig; gamma = 1 is the paper's undiscounted
     # return (TRL defaults to 0, where its advantage is the current token's reward alone)
     single_step_decomposition: bool = True  # minillm: exact per-step reverse KL term
     rkl_advantage: bool = True  # minillm: long-horizon policy-gradient term
-    gamma: float = 1.0  # minillm: discount of the later rewards in R_{t+1}
+    gamma: UnitFloat = 1.0  # minillm: discount of the later rewards in R_{t+1}
     length_normalization: bool = True  # minillm: R_{t+1} over the number of later tokens
     # minillm, ours (not in the paper): leave-one-out batch-mean baseline, a variance test
     advantage_baseline: Literal["none", "loo_mean"] = "none"

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import LearningRate, PositiveFloat, PositiveInt, Seed
+from ...config import LearningRate, NonNegativeFloat, PositiveFloat, PositiveInt, Seed
 from ...kd.losses import bdkd_loss, bdkd_teacher_loss, kd_loss
 from ...kd.models import MLP
 from ...kd.tasks import load_task
@@ -65,10 +65,10 @@ class OnlineConfig:
     student_widths: tuple[int, ...] = (32,)
     # T of the KL terms (DML uses 1; BD-KD's default unverified [R])
     temperature: PositiveFloat = 1.0
-    lambda_s: float = 1.0  # weight of the student's KL term
-    lambda_t: float = 1.0  # weight of the teacher's KL term
+    lambda_s: NonNegativeFloat = 1.0  # weight of the student's KL term
+    lambda_t: NonNegativeFloat = 1.0  # weight of the teacher's KL term
     bdkd_mode: Literal["hard", "soft"] = "hard"  # entropy-gap switch [R]
-    bdkd_delta: float = 2.0  # weight of the emphasised direction [R]
+    bdkd_delta: NonNegativeFloat = 2.0  # weight of the emphasised direction [R]
     # ~30 epochs of the 2100-sample classification train split at batch 128
     steps: PositiveInt = 500
     batch_size: PositiveInt = 128

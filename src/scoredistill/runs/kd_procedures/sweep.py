@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...config import LearningRate, PositiveInt, Seed
+from ...config import LearningRate, PositiveFloat, PositiveInt, Seed, UnitFloat
 from ...kd.losses import kd_loss
 from ...kd.models import MLP
 from ...kd.tasks import load_task
@@ -43,8 +43,8 @@ class SweepConfig:
     widths: tuple[int, ...] = (8, 32, 128)  # one-hidden-layer student widths
     temperatures: tuple[float, ...] = (1.0, 2.0, 5.0)
     noises: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0)  # σ of the teacher-logit noise
-    headline_temperature: float = 2.0  # the paper's best τ; metrics.json's headline cells
-    alpha: float = 0.0  # label-CE weight (0: pure KD, as in the paper's runs)
+    headline_temperature: PositiveFloat = 2.0  # the paper's best τ; metrics.json's headline cells
+    alpha: UnitFloat = 0.0  # label-CE weight (0: pure KD, as in the paper's runs)
     teacher_widths: tuple[int, ...] = (256, 256)
     teacher_steps: PositiveInt = 1000
     teacher_lr: LearningRate = 1e-3  # as runs.kd.TeacherConfig
