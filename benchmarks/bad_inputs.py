@@ -13,7 +13,7 @@ Every case runs in-process (stdout/stderr captured) and is classified as
 A few *recoveries* (a run folder damaged by a kill) must instead end with exit 0 and resume
 from the right step. The table goes to ``docs/errors.md``::
 
-    OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py [--only npz,config,...] [--verbose]
+    OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py [--only npz,diffusers,config,...] [--verbose]
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from scoredistill.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bad_diffusers_folders import DIFFUSERS  # noqa: E402
+from bad_npz_files import NPZ  # noqa: E402
 
 TINY = [  # a two-player run of seconds (ring8, MLPs of width 8)
     "train.steps=3",
@@ -66,100 +67,6 @@ class Case:
     expect: int = 2
     folder: Callable[[Path], Path] | None = None  # an existing run folder that must not change
     check: Callable[[Path], str] | None = None  # recoveries: "" when the outcome is right
-
-
-# ----------------------------------------------------------------------------- npz files
-def _npz(tmp: Path, name: str, **arrays) -> Path:
-    path = tmp / name
-    np.savez(path, **arrays)
-    return path
-
-
-def _good(tmp: Path, name: str = "good.npz") -> Path:
-    return _npz(tmp, name, means=np.eye(2), weights=np.ones(2), stds=np.ones(2))
-
-
-def _bytes(tmp: Path, name: str, data: bytes) -> Path:
-    (tmp / name).write_bytes(data)
-    return tmp / name
-
-
-def _huge_header(tmp: Path) -> Path:
-    """A zip whose ``means.npy`` declares (10^6, 10^5) float64 but holds a few bytes."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**5)}
-    )
-    with zipfile.ZipFile(tmp / "huge.npz", "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("means.npy", buf.getvalue() + bytes(64))
-        z.writestr("weights.npy", _npy(np.ones(10**6)))
-    return tmp / "huge.npz"
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
-def _zip_with_text(tmp: Path) -> Path:
-    with zipfile.ZipFile(tmp / "text-member.npz", "w") as z:
-        z.writestr("means.npy", _npy(np.eye(2)))
-        z.writestr("weights.txt", "1 1")
-    return tmp / "text-member.npz"
-
-
-def _object_member(tmp: Path) -> Path:
-    with zipfile.ZipFile(tmp / "object.npz", "w") as z:
-        buf = io.BytesIO()
-        np.save(buf, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-        z.writestr("means.npy", buf.getvalue())
-        z.writestr("weights.npy", _npy(np.ones(2)))
-    return tmp / "object.npz"
-
-
-NPZ: list[tuple[str, Callable[[Path], Path]]] = [
-    ("empty file", lambda t: _bytes(t, "empty.npz", b"")),
-    ("truncated archive", lambda t: _bytes(t, "cut.npz", _good(t).read_bytes()[:200])),
-    ("text file renamed .npz", lambda t: _bytes(t, "text.npz", b"means = [[0, 1]]\n")),
-    (".npy renamed .npz", lambda t: _bytes(t, "single.npz", _npy(np.eye(2)))),
-    ("string-typed means", lambda t: _npz(t, "s.npz", means=np.array([["a", "b"]]), weights=[1])),
-    ("missing weights", lambda t: _npz(t, "nw.npz", means=np.eye(2), stds=np.ones(2))),
-    ("object (pickled) member", _object_member),
-    ("3-D means", lambda t: _npz(t, "m3.npz", means=np.ones((2, 2, 2)), weights=np.ones(2))),
-    (
-        "NaN in means",
-        lambda t: _npz(t, "nan.npz", means=np.full((2, 2), np.nan), weights=[1, 1], stds=[1, 1]),
-    ),
-    (
-        "negative weights",
-        lambda t: _npz(t, "nw2.npz", means=np.eye(2), weights=[-1, 1], stds=[1, 1]),
-    ),
-    ("zero stds", lambda t: _npz(t, "zs.npz", means=np.eye(2), weights=[1, 1], stds=[0, 1])),
-    ("huge declared shape", _huge_header),
-    (
-        "float labels",
-        lambda t: _npz(t, "fl.npz", means=np.eye(2), weights=[1, 1], stds=[1, 1], labels=[0.0, 1]),
-    ),
-    (
-        "unknown array",
-        lambda t: _npz(t, "uk.npz", means=np.eye(2), weights=[1, 1], stds=[1, 1], extra=[1]),
-    ),
-    (
-        "complex means",
-        lambda t: _npz(t, "cx.npz", means=np.eye(2) * 1j, weights=[1, 1], stds=[1, 1]),
-    ),
-    ("zip with a text member", _zip_with_text),
-    ("a folder named x.npz", lambda t: (t / "dir.npz").mkdir() or t / "dir.npz"),
-    (
-        "non-symmetric covs",
-        lambda t: _npz(
-            t, "cv.npz", means=np.eye(2), weights=[1, 1], covs=np.array([[[1, 2], [0, 1]]] * 2)
-        ),
-    ),
-    ("inf in stds", lambda t: _npz(t, "is.npz", means=np.eye(2), weights=[1, 1], stds=[np.inf, 1])),
-    ("missing file", lambda t: t / "missing.npz"),
-]
 
 
 def _sample(testbed: str, *extra: str) -> Callable[[Path], list[str]]:
@@ -249,6 +156,7 @@ def _file(tmp: Path) -> Path:
 # ----------------------------------------------------------------------------- the cases
 def cases() -> list[Case]:
     out: list[Case] = [Case("npz", name, _npz_case(build)) for name, build in NPZ]
+    out += [Case("diffusers", name, argv) for name, argv in DIFFUSERS]
     flags = [
         ("--cfg nan", _sample("cond2d", "--cfg", "nan")),
         ("--cfg inf", _sample("cond2d", "--cfg", "inf")),

@@ -19,12 +19,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, NonNegativeFloat, PositiveInt, Range, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
@@ -40,15 +40,16 @@ BUNDLED_TEACHER = Path(__file__).resolve().parents[3] / "assets" / "teachers" / 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    steps: int = 1  # student NFE K (LCM's grid: 999 for K = 1; 999/749/499/249 for K = 4)
-    init_timestep: int = -1  # top native timestep; -1: the table's last (DMD2's 999)
-    sigma_init: float = 0.0  # > 0: start where sigma/alpha = sigma_init instead (SiD's 2.5)
+    steps: PositiveInt = 1  # student NFE K (LCM's grid: 999 for K = 1; 999/749/499/249 for K = 4)
+    # the top native timestep; -1: the table's last (DMD2's 999)
+    init_timestep: Annotated[int, Range(-1, note="-1: the table's last")] = -1
+    sigma_init: NonNegativeFloat = 0.0  # > 0: start where sigma/alpha = sigma_init (SiD's 2.5)
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    samples: int = 1000  # student and teacher draws scored at the end
+    samples: PositiveInt = 1000  # student and teacher draws scored at the end
     nfe: tuple[int, ...] = (1, 2, 4, 8)  # teacher rows of report.md (best sampler per NFE)
     samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "heun", "euler")
 
@@ -228,6 +229,10 @@ def run_unet(
             resume=resume,
             sample_real=_real_sampler(data, teacher.num_classes > 0) if needs_real else None,
         )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # training is over and rank 0 scores alone: torchmetrics' FID would otherwise gather its
+        # state from every rank of the live process group, waiting on ranks that have left
+        torch.distributed.destroy_process_group()
     if not result["is_main_process"]:  # one writer per run folder
         return {}
     ema = result["ema"]
