@@ -38,8 +38,8 @@ from pathlib import Path
 from scoredistill.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bad_diffusers_folders import DIFFUSERS  # noqa: E402
-from bad_npz_files import NPZ  # noqa: E402
+from bad_diffusers_folders import DIFFUSERS
+from bad_npz_files import NPZ
 
 TINY = [  # a two-player run of seconds (ring8, MLPs of width 8)
     "train.steps=3",
@@ -198,9 +198,15 @@ def cases() -> list[Case]:
         "kd": ["train.batch_size=0", "train.steps=-5", "n_labels=-1", "teacher.lr=-1",
                "label_noise=2", "data_seed=-1", "temperature=0"],
     }  # fmt: skip
+    procedures = {"knfu-digits": ["proxy_fraction=0", "kmeans_quantile=1.5"],
+                  "gkd-markov": ["lmbda=-0.1"], "cvdd-digits": ["ipc=0"],
+                  "autodistil-digits": ["val_fraction=1"]}  # fmt: skip
+    for preset, items in procedures.items():
+        config["kd"] += [f"--preset {preset} {item}" for item in items]
     for command, items in config.items():
         for item in items:
-            argv = [command, *_sets([item]), "--dry-run"]
+            preset = item.split()[:2] if item.startswith("--preset") else []
+            argv = [command, *preset, *_sets([item.split()[-1]]), "--dry-run"]
             out.append(Case("config", f"{command} {item}", lambda t, a=argv: [*a, "--out", str(t)]))
     outs = [
         ("sample --out under a file", lambda t: [*_sample("ring8")(t)[:-1], str(_file(t) / "o")]),
