@@ -22,8 +22,8 @@ K = 5.0  # standard deviations; with R = 10 the std itself is uncertain by ~25%,
 # eigenvalues down to 0.04) the spread ratio of 64-NFE samples is 1.005-1.011 for
 # DPM-Solver++(2M) and 1.018-1.024 for Heun against 1.000 +- 0.0025 for exact samples.
 KNOWN_BIAS = {("gmm64", "spread_ratio"): 0.015}
-ONE_SIDED = ("mmd", "sw2", "energy", "mode_tv")
-TWO_SIDED = ("spread_ratio", "logp", "class_acc")
+ONE_SIDED = ("mmd", "mmd_local", "sw2", "energy", "mode_tv")
+TWO_SIDED = ("spread_ratio", "within_3std", "logp", "class_acc")
 
 
 def _labels(tb, rng):

@@ -15,6 +15,7 @@ from scoredistill.eval.metrics import (
     default_bandwidths,
     energy_distance,
     evaluate,
+    local_bandwidths,
     mean_logp,
     mmd_rbf,
     mode_stats,
@@ -29,6 +30,8 @@ K_SIGMA = 4.0  # standard errors allowed: a two-sided normal 4-sigma miss has pr
 RING_STD = 0.05
 BASE_KEYS = {
     "mmd",
+    "mmd_local",
+    "within_3std",
     "sw2",
     "energy",
     "mode_coverage",
@@ -290,6 +293,34 @@ def test_default_bandwidths_are_multiples_of_the_median_distance():
     assert default_bandwidths(torch.tensor(y)) == pytest.approx(
         [med * f for f in (0.25, 0.5, 1, 2, 4)]
     )
+
+
+def test_local_mmd_is_the_peer_kernel_by_brute_force():
+    """``mmd_local``: kernels ``exp(-d^2 / (c m))``, c = 0.01, 0.1, 1, m the median squared
+    distance of the reference (an independent numpy computation of the textbook formula)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(41, 2)) * 1.5, rng.normal(size=(10, 2))  # 45 pairs: one median
+    m = np.median(((y[:, None] - y[None]) ** 2).sum(-1)[np.triu_indices(10, 1)])
+
+    def k(a, b):
+        d2 = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return sum(np.exp(-d2 / (c * m)) for c in (0.01, 0.1, 1.0))
+
+    def off(mat):
+        return (mat.sum() - np.trace(mat)) / (mat.shape[0] * (mat.shape[0] - 1))
+
+    expected = off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean()
+    got = mmd_rbf(torch.tensor(x), torch.tensor(y), local_bandwidths(torch.tensor(y)))
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_within_3std_of_exact_2d_samples_is_the_chi2_probability():
+    ring = _ring()
+    x = _draw(ring, 20000, 5)
+    p = 1 - math.exp(-4.5)  # P(chi2_2 <= 9)
+    got = mode_stats(ring, x)["within_3std"]
+    assert abs(got - p) <= K_SIGMA * math.sqrt(p * (1 - p) / 20000)
+    assert mode_stats(ring, x * 3.0)["within_3std"] < 0.5  # a blur is seen
 
 
 # ---------------------------------------------------------------------------- contract

@@ -37,6 +37,7 @@ from scipy.stats import chi2
 from torch import Tensor
 
 from ..teachers.analytic import GaussianMixtureTeacher
+from .metric_docs import METRIC_DOCS
 
 __all__ = [
     "METRIC_DOCS",
@@ -44,6 +45,7 @@ __all__ = [
     "default_bandwidths",
     "energy_distance",
     "evaluate",
+    "local_bandwidths",
     "mean_logp",
     "mmd_rbf",
     "mode_stats",
@@ -52,39 +54,14 @@ __all__ = [
 ]
 
 BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# issue 15's peer metric (NVIDIA FastGen's 2-D runs as reported there): kernels at 0.01, 0.1, 1 x
+# the median squared distance, fine enough to see blur inside a mode
+LOCAL_FACTORS = (0.01, 0.1, 1.0)
 ON_MODE_QUANTILE = 0.999  # exact samples are off-mode with probability 0.1%
 COVERAGE_FRACTION = 0.1  # a mode counts as covered with >= 10% of its expected on-mode count
 _BLOCK = 2**19  # pairwise entries per block: 4 MB of float64 stays in cache; 2x faster than 16 MB
 _MEDIAN_POINTS = 2048  # subsample for the median distance: ~1/sqrt(2048) = 2% off, ample for h
-_MODE_KEYS = ("mode_coverage", "mode_tv", "mode_tv_assigned", "spread_ratio")
-
-METRIC_DOCS: dict[str, str] = {
-    "mmd": "unbiased MMD^2, sum of 5 RBF bandwidths around the reference median distance; "
-    "lower is better, 0 within noise for exact samples (can be slightly negative)",
-    "sw2": "sliced Wasserstein-2 distance to the reference; lower is better",
-    "energy": "energy distance to the reference (unbiased); lower is better, 0 within noise",
-    "mode_coverage": "fraction of modes holding >= 10% of their expected on-mode samples; "
-    "higher is better, 1 ideal",
-    "mode_tv": "total variation between sample and true mode weights, off-mode mass counted "
-    "as error; lower is better",
-    "mode_tv_assigned": "total variation between the true mode weights and the fraction of "
-    "samples whose most probable component lies in each mode, off-mode samples included (mode "
-    "weights even when samples are blurred); lower is better",
-    "spread_ratio": "within-component spread, sqrt(mean Mahalanobis^2 / D); 1 is best, "
-    "< 1 mode seeking, > 1 blur",
-    "off_mode": "(mode_stats only) fraction of samples beyond the chi2(D) 0.999 quantile of "
-    "their component; lower is better, 0.001 for exact samples",
-    "logp": "mean exact log p_0(x) of the samples; higher means more mass-concentrated, "
-    "exact samples give minus the data entropy",
-    "class_acc": "fraction of samples whose exact posterior argmax class is their label; "
-    "higher is better, the Bayes accuracy for exact samples",
-    "n": "number of samples",
-    "forget_mass": "(score forgetting) fraction of samples asked for the forgotten class that "
-    "the exact posterior assigns to it; lower is better, 0 ideal",
-    "forget_to_safe": "(score forgetting) fraction of those assigned to the safe class; 1 ideal",
-    "retain_acc": "(score forgetting) class accuracy on the other labels; the teacher's Bayes "
-    "accuracy is ideal",
-}
+_MODE_KEYS = ("mode_coverage", "mode_tv", "mode_tv_assigned", "spread_ratio", "within_3std")
 
 
 def _flat64(name: str, x: Tensor) -> Tensor:
@@ -177,10 +154,14 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     return 2 * exy - exx - eyy
 
 
-def _mmd_and_energy(x: Tensor, y: Tensor, bandwidths: Sequence[float]) -> tuple[float, float]:
-    """``mmd_rbf`` and ``energy_distance`` from one pass over the pairwise distances."""
-    (kxx, kyy, kxy), (exx, eyy, exy) = _two_sample(x, y, [_rbf_sum(bandwidths), _dist_sum])
-    return kxx + kyy - 2 * kxy, 2 * exy - exx - eyy
+def _mmds_and_energy(
+    x: Tensor, y: Tensor, bandwidth_sets: Sequence[Sequence[float]]
+) -> tuple[list[float], float]:
+    """``mmd_rbf`` per bandwidth set and ``energy_distance``, from one pass over the pairs."""
+    *kernels, (exx, eyy, exy) = _two_sample(
+        x, y, [*(_rbf_sum(b) for b in bandwidth_sets), _dist_sum]
+    )
+    return [kxx + kyy - 2 * kxy for kxx, kyy, kxy in kernels], 2 * exy - exx - eyy
 
 
 def default_bandwidths(y: Tensor) -> list[float]:
@@ -188,6 +169,17 @@ def default_bandwidths(y: Tensor) -> list[float]:
 
     Above 2048 rows the median comes from a fixed (seed 0) subsample of 2048 rows.
     """
+    return [_median_distance(y) * f for f in BANDWIDTH_FACTORS]
+
+
+def local_bandwidths(y: Tensor) -> list[float]:
+    """``h`` with ``2 h^2 = c m`` for ``c`` in ``LOCAL_FACTORS`` (``m``: the median squared
+    pairwise distance of ``y``), so that the RBF kernels are ``exp(-d^2 / (c m))``."""
+    med = _median_distance(y)
+    return [med * (c / 2) ** 0.5 for c in LOCAL_FACTORS]
+
+
+def _median_distance(y: Tensor) -> float:
     y = _flat64("y", y)
     if y.shape[0] > _MEDIAN_POINTS:
         gen = torch.Generator().manual_seed(0)
@@ -197,7 +189,7 @@ def default_bandwidths(y: Tensor) -> list[float]:
     med = float(torch.pdist(y).median())
     if med <= 0:
         raise ValueError("the median pairwise distance of y is 0 (most rows coincide)")
-    return [med * f for f in BANDWIDTH_FACTORS]
+    return med
 
 
 def _quantiles(sorted_vals: Tensor, size: int) -> Tensor:
@@ -289,8 +281,8 @@ def mode_stats(
     *,
     labels: Tensor | None = None,
 ) -> dict[str, float]:
-    """``mode_coverage``, ``mode_tv``, ``mode_tv_assigned``, ``spread_ratio`` and ``off_mode``
-    (``METRIC_DOCS``)."""
+    """``mode_coverage``, ``mode_tv``, ``mode_tv_assigned``, ``spread_ratio``, ``off_mode`` and
+    ``within_3std`` (``METRIC_DOCS``)."""
     x = _flat64("x", x)
     n, dim = x.shape
     modes = _check_modes(truth, modes, x.device)
@@ -310,6 +302,7 @@ def mode_stats(
         "mode_tv_assigned": 0.5 * float((assigned - pi).abs().sum()),
         "spread_ratio": _spread_ratio(comp, d2, truth.num_components, dim),
         "off_mode": off,
+        "within_3std": float((d2 <= 9.0).double().mean()),
     }
 
 
@@ -370,8 +363,9 @@ def evaluate(
         raise ValueError(f"x must hold D = {truth.dim} values per row, got {x.shape[1]}")
     cond = _cond_labels(truth, labels, x.shape[0])
     y = _reference(truth, x, cond, reference, n_ref, seed)
-    mmd, energy = _mmd_and_energy(x, y, default_bandwidths(y))
-    out = {"mmd": mmd, "sw2": sliced_w2(x, y, seed=seed), "energy": energy}
+    (mmd, mmd_local), energy = _mmds_and_energy(x, y, [default_bandwidths(y), local_bandwidths(y)])
+    out = {"mmd": mmd, "mmd_local": mmd_local, "sw2": sliced_w2(x, y, seed=seed)}
+    out["energy"] = energy
     stats = mode_stats(truth, x, modes, labels=cond)
     out.update({key: stats[key] for key in _MODE_KEYS})
     out["logp"] = mean_logp(truth, x)

@@ -9,11 +9,13 @@ __all__ = ["baseline_markdown", "format_value"]
 
 COLUMNS = (
     ("mmd", "MMD²↓"),
+    ("mmd_local", "local MMD²↓"),
     ("sw2", "SW2↓"),
     ("energy", "energy↓"),
     ("mode_coverage", "coverage↑"),
     ("mode_tv", "mode TV↓"),
     ("spread_ratio", "spread→1"),
+    ("within_3std", "≤3σ↑"),
     ("logp", "log p↑"),
     ("class_acc", "class acc↑"),
     ("forget_mass", "forget mass↓"),
