@@ -76,7 +76,7 @@ def test_sim_small_c_is_the_euclidean_norm_distance():
 
     x = x0.clone().requires_grad_(True)
     rng = torch.Generator().manual_seed(2)
-    t = sample_t(64, teacher.schedule, (U, U), rng, dtype=F64)
+    t = sample_t(64, teacher.schedule, (U, U), rng, dtype=F64, reference=SIM().t_reference)
     x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
     f_r, f_f = teacher.denoise(x_t, t), critic.denoise(x_t, t)
     y = f_r - f_f
@@ -88,7 +88,7 @@ def test_sim_small_c_is_the_euclidean_norm_distance():
 def test_sim_large_c_expected_update_is_half_the_fisher_gradient():
     teacher, critic, m, s, mu_star, cov_star = _problem(3, seed=3)
     obj = _fixed(SIM(huber_c=1e4, loss_scale=1e4 * math.sqrt(3)))
-    alpha, sigma = _alpha_sigma(teacher.schedule, U)
+    alpha, sigma = _alpha_sigma(teacher.schedule, U, obj.t_reference)
 
     def loss(x, rng):
         return obj.generator_loss(x, None, teacher=teacher, critic=critic, rng=rng).value
@@ -121,7 +121,7 @@ def test_sim_expected_update_is_the_pseudo_huber_divergence_gradient():
     teacher, critic, m, s, mu_star, cov_star = _problem(d, seed=5)
     huber_c = 0.2  # c = 0.28 ~ |y|: the distance is far from both its L2 and L1 limits
     obj = _fixed(SIM(huber_c=huber_c))
-    alpha, sigma = _alpha_sigma(teacher.schedule, U)
+    alpha, sigma = _alpha_sigma(teacher.schedule, U, obj.t_reference)
 
     def loss(x, rng):
         return obj.generator_loss(x, None, teacher=teacher, critic=critic, rng=rng).value

@@ -33,6 +33,21 @@ def test_vp_linear_matches_ddpm_table_at_integer_steps():
     assert abs(s[0].item() - 0.01) < 1e-6  # sigma at k=0 is sqrt(beta_1) = 0.01 (reference note)
 
 
+def test_vp_scaled_linear_matches_sd_table_at_integer_steps():
+    """Stable Diffusion's scaled_linear table: betas = linspace(sqrt(0.00085), sqrt(0.012))^2
+    (diffusers ``DDPMScheduler``), log-SNR 7.07 -> -5.36 (reference note diffusers §1.1)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=F64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    k = torch.tensor([0, 1, 500, 998, 999])
+    sch = get_schedule("vp-scaled-linear")
+    a, s = sch.alpha_sigma(k.to(F64) / 999)
+    torch.testing.assert_close(a**2, abar[k], rtol=1e-10, atol=0)
+    torch.testing.assert_close(s**2, 1 - abar[k], rtol=1e-10, atol=0)
+    lam = log_snr(sch, torch.tensor([0.0, 1.0], dtype=F64))
+    assert lam[0].item() == pytest.approx(7.07, abs=0.01)
+    assert lam[1].item() == pytest.approx(-5.36, abs=0.01)
+
+
 def test_vp_cosine_table_ends():
     """squaredcos_cap_v2: betas capped at 0.999, log-SNR ends as in the reference table."""
     assert float(vp_betas("squaredcos_cap_v2").max()) <= 0.999

@@ -103,8 +103,9 @@ def test_sds_expected_update_is_minus_sigma_noisy_score(schedule):
     cov = a_ @ a_.T + 0.3 * torch.eye(3, dtype=F64)
     teacher = GaussianMixtureTeacher(mu[None], [1.0], covs=cov[None], schedule=sched)
     x0 = mu + torch.tensor([0.7, -0.4, 0.5], dtype=F64)
-    per = _per_sample_g(SDS(t_range=(U, U), guidance=1.0), x0, N_MC, 1, teacher=teacher)
-    t = sample_t(1, sched, (U, U), None, dtype=F64)
+    obj = SDS(t_range=(U, U), guidance=1.0)
+    per = _per_sample_g(obj, x0, N_MC, 1, teacher=teacher)
+    t = sample_t(1, sched, (U, U), None, dtype=F64, reference=obj.t_reference)
     alpha, sigma = (c.item() for c in sched.alpha_sigma(t))
     c_t = alpha**2 * cov + sigma**2 * torch.eye(3, dtype=F64)
     w = sigma**2 / (alpha**2 + sigma**2)
@@ -186,7 +187,12 @@ def test_csd_coefficients_reproduce_sds_and_normalise():
     cond = torch.tensor([0, 1] * 4)
     w = 7.5
     sds_coeffs = CSD(
-        cond_scale=w, null_scale=1 - w, noise_scale=-1.0, weighting="sds", grad_normalize=False
+        cond_scale=w,
+        null_scale=1 - w,
+        noise_scale=-1.0,
+        weighting="sds",
+        grad_normalize=False,
+        t_reference=SDS().t_reference,  # the same times as SDS (CSD's own steps are IF's)
     )  # the official code's comment: SDS is cond = w, null = 1 - w, noise = -1
     got = sds_coeffs.gradient(x, cond, teacher=teacher, rng=_rng(8))["g"]
     want = SDS(guidance=w).gradient(x, cond, teacher=teacher, rng=_rng(8))["g"]
@@ -210,7 +216,8 @@ def test_cds_update_is_the_closed_form_and_vanishes_at_x_t_equal_alpha_mu():
     s, d = 0.6, 4
     mu = torch.tensor([0.5, -1.0, 0.2, 0.8], dtype=F64)
     teacher = _iso(mu, s)
-    obj = CDS(guidance=1.0, t_prime_range=(0.3, 0.3), gap_range=(0.2, 0.2))  # t' = .3, t = .5
+    # t' = .3, t = .5: fractions of the teacher's own table (t_reference), so they are its t
+    obj = CDS(guidance=1.0, t_prime_range=(0.3, 0.3), gap_range=(0.2, 0.2), t_reference="vp-linear")
     noise = torch.randn(5, d, generator=_rng(9), dtype=F64)
     x = mu + torch.randn(5, d, generator=_rng(10), dtype=F64)
     parts = obj.gradient(x, None, teacher=teacher, rng=_rng(11), noise=noise)
@@ -252,7 +259,7 @@ def test_ism_expected_update_is_the_closed_form_and_zero_at_the_mean(u):
     s = 0.5
     mu = torch.tensor([1.0, -0.5, 0.3, 0.0], dtype=F64)
     teacher = _iso(mu, s)
-    obj = ISM(t_range=(u, u), guidance=1.0)
+    obj = ISM(t_range=(u, u), guidance=1.0, t_reference="vp-linear")  # fractions = the teacher's t
     x0 = mu + torch.tensor([0.4, 0.3, -0.2, 0.1], dtype=F64)
     n = 4000  # sigma_0 = 0.01 at the inversion start: SE ~ 1e-3 of the signal already
     per = _per_sample_g(obj, x0, n, 12, teacher=teacher)
@@ -265,11 +272,12 @@ def test_ism_expected_update_is_the_closed_form_and_zero_at_the_mean(u):
 # ---------------------------------------------------------------------------------- ASD
 def test_asd_update_is_the_closed_form_with_the_shifted_time():
     """g = w(t) [sigma (alpha y + sigma eps) / v |_t - (same) |_{t + Δt}], y = x - mu, with
-    Δt = 0.1 (t - t_lo) (plus_random off; fractions = t on vp-linear)."""
+    Δt = 0.1 (t - t_lo) (plus_random off; with the teacher's own table as ``t_reference`` the
+    fractions are its t)."""
     s = 0.5
     mu = torch.tensor([0.3, -0.7, 1.1], dtype=F64)
     teacher = _iso(mu, s)
-    obj = ASD(t_range=(0.2, 0.6), guidance=1.0, plus_random=False)
+    obj = ASD(t_range=(0.2, 0.6), guidance=1.0, plus_random=False, t_reference="vp-linear")
     x = mu + torch.randn(6, 3, generator=_rng(14), dtype=F64)
     parts = obj.gradient(x, None, teacher=teacher, rng=_rng(15))
     t, tp, eps = parts["t"], parts["t_plus"], parts["eps"]

@@ -10,6 +10,8 @@ integer step, EDM's ``c_noise``, ``1000 * t``) is an adapter's job.
 | vp-linear   | sqrt(sigmoid(lambda))    | sqrt(sigmoid(-lambda))    | DDPM beta table 1e-4..0.02,    |
 |             |                          |                           | lambda interpolated at k=999t  |
 | vp-cosine   | same, squaredcos_cap_v2  |                           | GLIDE cosine table, beta<=0.999|
+| vp-scaled-  | same, scaled_linear      |                           | Stable Diffusion's table,      |
+|   linear    |                          |                           | sqrt(beta) 0.00085..0.012      |
 | edm         | 1                        | Karras rho=7, 0.002..80   | uniform t = Karras' grid       |
 | rf          | 1 - t                    | t                         | rectified flow                 |
 | trigflow    | cos(pi t / 2)            | sin(pi t / 2)             | sCM's TrigFlow, angle pi t / 2 |
@@ -84,6 +86,8 @@ def vp_betas(kind: str, n: int = 1000) -> Tensor:
     """DDPM beta tables as in diffusers' ``DDPMScheduler`` (float64, shape ``(n,)``)."""
     if kind == "linear":
         return torch.linspace(1e-4, 0.02, n, dtype=torch.float64)
+    if kind == "scaled_linear":  # Stable Diffusion's scheduler_config: beta 0.00085..0.012
+        return torch.linspace(0.00085**0.5, 0.012**0.5, n, dtype=torch.float64) ** 2
     if kind == "squaredcos_cap_v2":
         s = 0.008  # GLIDE's offset, keeps beta_0 from vanishing
 
@@ -92,7 +96,9 @@ def vp_betas(kind: str, n: int = 1000) -> Tensor:
 
         u = torch.arange(n, dtype=torch.float64) / n
         return torch.clamp(1 - abar(u + 1 / n) / abar(u), max=0.999)
-    raise ValueError(f"unknown beta table {kind!r}; valid: 'linear', 'squaredcos_cap_v2'")
+    raise ValueError(
+        f"unknown beta table {kind!r}; valid: 'linear', 'scaled_linear', 'squaredcos_cap_v2'"
+    )
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,8 @@ class TrigFlowSchedule:
 SCHEDULES: dict[str, Schedule] = {
     "vp-linear": VPTableSchedule("vp-linear", "linear"),
     "vp-cosine": VPTableSchedule("vp-cosine", "squaredcos_cap_v2"),
+    # the reference of papers whose timesteps are Stable Diffusion's (SwiftBrush, threestudio)
+    "vp-scaled-linear": VPTableSchedule("vp-scaled-linear", "scaled_linear"),
     "edm": EDMSchedule(),
     "rf": RectifiedFlowSchedule(),
     "trigflow": TrigFlowSchedule(),

@@ -107,9 +107,7 @@ def _chw(shape: tuple[int, ...] | None) -> tuple[int, int, int]:
 _DENSE_PCA_MAX_DIM = 512  # above this, no (D, D) matrix is formed
 
 
-def _top2_by_subspace_iteration(
-    matvec: Any, dim: int, iters: int = 50, width: int = 6
-) -> Tensor:
+def _top2_by_subspace_iteration(matvec: Any, dim: int, iters: int = 50, width: int = 6) -> Tensor:
     """Top-2 eigenvectors ``(D, 2)`` of a symmetric PSD operator given only ``matvec``
     (``(D, m) -> (D, m)``): block power iteration, then Rayleigh-Ritz. Memory O(D · width)."""
     q = torch.randn(dim, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

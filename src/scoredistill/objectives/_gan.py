@@ -2,7 +2,8 @@
 
 DMD2 (``compute_cls_logits``, ``tianweiy/DMD2:main/edm/edm_guidance.py``) puts a classifier head
 on the fake denoiser's bottleneck; real (teacher) and generated samples are both noised at
-``t ~ U(gan_t_range)`` before classification:
+``t ~ U(gan_t_range)`` (fractions of the objective's ``t_reference``, mapped by log-SNR as every
+paper range, ``_ingredients.sample_t``) before classification:
 
     L_D = softplus(Dis(x_t^fake)) + softplus(-Dis(x_t^real))         (critic step, into the trunk)
     L_G = softplus(-Dis(x_t^fake))                                   (generator step, frozen Dis)
@@ -27,18 +28,27 @@ from ._ingredients import add_noise, frozen_params, sample_t
 __all__ = ["gan_critic_loss", "gan_generator_loss"]
 
 
-def _noised(x: Tensor, critic, t_range: tuple[float, float], rng) -> tuple[Tensor, Tensor]:
-    t = sample_t(x.shape[0], critic.schedule, t_range, rng, dtype=x.dtype, device=x.device)
+def _noised(
+    x: Tensor, critic, t_range: tuple[float, float], rng, reference: str | None
+) -> tuple[Tensor, Tensor]:
+    n, sched = x.shape[0], critic.schedule
+    t = sample_t(n, sched, t_range, rng, dtype=x.dtype, device=x.device, reference=reference)
     x_t, _, _, _ = add_noise(x, t, critic.schedule, rng)
     return x_t, t
 
 
 def gan_generator_loss(
-    x: Tensor, cond: Tensor | None, critic, *, t_range: tuple[float, float], rng
+    x: Tensor,
+    cond: Tensor | None,
+    critic,
+    *,
+    t_range: tuple[float, float],
+    rng,
+    t_reference: str | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Non-saturating ``mean_b softplus(-Dis(x_t)) * numel(x[0])``; gradients reach ``x``
     through ``x_t``, never the critic's parameters."""
-    x_t, t = _noised(x, critic, t_range, rng)
+    x_t, t = _noised(x, critic, t_range, rng, t_reference)
     with frozen_params(critic):
         logit = critic.logit(x_t, t, cond)
     value = F.softplus(-logit).mean() * x[0].numel()
@@ -53,13 +63,14 @@ def gan_critic_loss(
     *,
     t_range: tuple[float, float],
     rng,
+    t_reference: str | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """``mean softplus(Dis(x_t^fake)) + mean softplus(-Dis(x_t^real))`` on ``sg(x)`` and teacher
     samples ``real = (x_real, labels | None)``; gradients reach the head and the critic's trunk."""
     x_real, c_real = real
     n = x.shape[0]
-    x_f, t_f = _noised(x.detach(), critic, t_range, rng)
-    x_r, t_r = _noised(x_real.detach(), critic, t_range, rng)
+    x_f, t_f = _noised(x.detach(), critic, t_range, rng, t_reference)
+    x_r, t_r = _noised(x_real.detach(), critic, t_range, rng, t_reference)
     # one call for both halves: a DDP-wrapped critic sees one forward per backward
     c_all = None if cond is None else torch.cat([cond, c_real])
     logits = critic.logit(torch.cat([x_f, x_r]), torch.cat([t_f, t_r]), c_all)

@@ -3,10 +3,17 @@
 Conventions (DESIGN.md, "Diffusion conventions"):
 
 - forward process ``x_t = alpha * x + sigma * eps`` on the critic's/teacher's ``Schedule``;
-- a time range ``(lo, hi)`` is given as fractions of the schedule's sampler range
-  ``[t_min, t_max]``: ``t = t_min + (t_max - t_min) * u`` with ``u ~ U[lo, hi]``. For the VP tables
-  and EDM (``t_min = 0``, ``t_max = 1``) this is plain ``t``; for rf/trigflow it keeps
-  ``alpha > 0``, where the VE view ``x_t / alpha`` is defined. ``lo == hi`` fixes ``t``;
+- a time range ``(lo, hi)`` is a paper's range in the paper's own timesteps: fractions ``u`` of the
+  sampler range ``[t_min, t_max]`` of a *reference* schedule (an objective's ``t_reference``, the
+  schedule the paper's steps index: SD's ``vp-scaled-linear``, DDPM's ``vp-linear``, EDM's Karras
+  grid ``edm``). Each draw ``u ~ U[lo, hi]`` keeps its log-SNR on the schedule in use
+  (``ref_to_t``): ``lambda = log_snr(ref, t_ref(u))``, ``t = t_from_log_snr(schedule, lambda)``,
+  clamped to ``[t_min, t_max]``; so an objective sees the same noise levels on every schedule
+  (issue 15). On the 1000-entry tables step ``k`` is ``u = k / 999``; the papers' "2 %" is step 20,
+  ``u = 0.02`` (0.1 % apart). Without a reference ``u`` is a fraction of the schedule's own range.
+  ``lo == hi`` fixes ``t``;
+- weights ``w(t)`` are functions of the log-SNR alone (``_steps.weight``), never of the raw
+  ``sigma`` of one schedule, so they too are equal on VP and EDM at equal SNR;
 - the gradient surrogate ``0.5 * ||x - sg(x - g)||^2``, summed over non-batch dims and averaged
   over the batch, so ``d loss / d x = g / B``.
 """
@@ -21,13 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from ..parametrization import NULL_LABEL, guided
-from ..schedules import Schedule, t_from_log_snr
+from ..schedules import Schedule, get_schedule, log_snr, t_from_log_snr
 
 __all__ = [
     "GuidedView",
     "Loss",
     "add_noise",
     "bcast",
+    "check_reference",
     "denoise_pair_through_input",
     "denoising_loss",
     "drop_labels",
@@ -38,8 +46,10 @@ __all__ = [
     "mean_abs",
     "normalizer",
     "per_t_bins",
+    "ref_to_t",
     "sample_t",
     "sample_t_lognormal",
+    "sample_u",
     "surrogate_loss",
 ]
 
@@ -131,6 +141,42 @@ def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
     return 0.5 * (x - target).pow(2).flatten(1).sum(1).mean()
 
 
+def check_reference(owner: str, reference: str) -> None:
+    """Raise ``ValueError`` naming ``owner.t_reference`` unless ``reference`` is a schedule name."""
+    try:
+        get_schedule(reference)
+    except ValueError as err:
+        raise ValueError(f"{owner}.t_reference: {err}") from None
+
+
+def ref_to_t(schedule: Schedule, u: Tensor, reference: str | None = None) -> Tensor:
+    """Times on ``schedule`` with the log-SNR of the fractions ``u`` of ``reference``'s range.
+
+    ``t_ref = t_min + (t_max - t_min) u`` on the reference, ``lambda = log_snr(ref, t_ref)``,
+    ``t = t_from_log_snr(schedule, lambda)`` clamped to the schedule's ``[t_min, t_max]``. The
+    identity (no bisection) when ``reference`` is ``None`` or names ``schedule`` itself.
+    """
+    ref = schedule if reference is None else get_schedule(reference)
+    t_ref = ref.t_min + (ref.t_max - ref.t_min) * u
+    if ref == schedule:
+        return t_ref
+    lam = log_snr(ref, t_ref.to(torch.float64))
+    return t_from_log_snr(schedule, lam).clamp(schedule.t_min, schedule.t_max).to(t_ref.dtype)
+
+
+def sample_u(
+    n: int,
+    t_range: tuple[float, float],
+    rng: torch.Generator | None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``(n,)`` float64 fractions, uniform in ``t_range = (lo, hi)``, ``0 <= lo <= hi <= 1``."""
+    lo, hi = t_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range!r}")
+    return torch.rand(n, generator=rng, dtype=torch.float64, device=device) * (hi - lo) + lo
+
+
 def sample_t(
     n: int,
     schedule: Schedule,
@@ -139,13 +185,12 @@ def sample_t(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    reference: str | None = None,
 ) -> Tensor:
-    """``(n,)`` times, uniform in the fractions ``t_range`` of ``[t_min, t_max]``."""
-    lo, hi = t_range
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range!r}")
-    u = torch.rand(n, generator=rng, dtype=torch.float64, device=device) * (hi - lo) + lo
-    return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(dtype)
+    """``(n,)`` times on ``schedule``: ``u ~ U(t_range)`` on ``reference``, mapped by log-SNR
+    (``ref_to_t``; module docstring). ``reference=None``: fractions of the schedule's own range."""
+    u = sample_u(n, t_range, rng, device)
+    return ref_to_t(schedule, u, reference).to(dtype)
 
 
 def sample_t_lognormal(
@@ -188,6 +233,7 @@ def denoising_loss(
     *,
     t: Tensor | None = None,
     t_range: tuple[float, float] = (0.0, 1.0),
+    t_reference: str | None = None,
     sigma_data: float = 0.5,
     reduction: str = "mean",
 ) -> Loss:
@@ -195,13 +241,22 @@ def denoising_loss(
 
     ``L = E_t E_eps lambda(sigma/alpha) ||D(alpha sg(x) + sigma eps, t) - sg(x)||^2``.
     ``reduction="mean"`` averages over every element (EDM, DMD2); ``"sum"`` sums over non-batch
-    dims and averages over the batch (SiD). ``t`` overrides sampling from ``t_range``.
+    dims and averages over the batch (SiD). ``t`` overrides sampling from ``t_range`` (fractions
+    of ``t_reference``'s range, ``sample_t``).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     x = x.detach()
     if t is None:
-        t = sample_t(x.shape[0], critic.schedule, t_range, rng, dtype=x.dtype, device=x.device)
+        t = sample_t(
+            x.shape[0],
+            critic.schedule,
+            t_range,
+            rng,
+            dtype=x.dtype,
+            device=x.device,
+            reference=t_reference,
+        )
     x_t, _, alpha, sigma = add_noise(x, t, critic.schedule, rng)
     w = edm_weight(alpha, sigma, sigma_data)
     err = (critic.denoise(x_t, t, cond) - x).pow(2).flatten(1)
@@ -249,12 +304,17 @@ def denoise_pair_through_input(
     guidance: float,
     rng,
     guidance_fake: float = 1.0,
+    t_reference: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(f_real, f_fake)`` at ``x_t = alpha x + sigma eps`` with gradients flowing through
     ``x_t`` into ``x`` but not into either network's parameters (SiD, SIM; note b20.4).
-    ``guidance`` guides the teacher, ``guidance_fake`` the critic (1 = none)."""
-    t = sample_t(x.shape[0], teacher.schedule, t_range, rng, dtype=x.dtype, device=x.device)
-    x_t, _, _, _ = add_noise(x, t, teacher.schedule, rng)
+    ``guidance`` guides the teacher, ``guidance_fake`` the critic (1 = none); ``t_range`` is in
+    fractions of ``t_reference`` (``sample_t``)."""
+    sched = teacher.schedule
+    t = sample_t(
+        x.shape[0], sched, t_range, rng, dtype=x.dtype, device=x.device, reference=t_reference
+    )
+    x_t, _, _, _ = add_noise(x, t, sched, rng)
     with frozen_params(teacher, critic):
         f_r = guided_denoise(teacher, guidance, cond)(x_t, t, cond)
         f_f = guided_denoise(critic, guidance_fake, cond)(x_t, t, cond)

@@ -4,8 +4,9 @@ Reference note b14 writes every method as ``w(t) · Σ_i a_i P_i`` over a few de
 evaluations; this module holds the pieces that are not already in ``_ingredients``:
 
 - ``weight``: the ``w(t)`` zoo of note b0, written with the VP-equivalent
-  ``abar = alpha^2 / (alpha^2 + sigma^2)`` (= ``alpha_bar_t`` on the VP tables; on other
-  schedules it is the VP ``alpha_bar`` of the same log-SNR, so a weight follows the noise level);
+  ``abar = alpha^2 / (alpha^2 + sigma^2) = sigmoid(lambda)``, ``lambda = log(alpha^2 / sigma^2)``
+  (= ``alpha_bar_t`` on the VP tables; on other schedules the VP ``alpha_bar`` of the same
+  log-SNR), so every weight is a function of the noise level alone, equal on VP and EDM;
 - ``eps_hat``: ``eps = (x_t - alpha D) / sigma`` of a (possibly guided) denoiser;
 - ``ddim_step``: the deterministic DDIM move between two per-sample times, used forward as
   DDIM inversion (ISM) and backward as the probability-flow ODE step (CDS). With ``D`` frozen it
@@ -28,10 +29,8 @@ __all__ = [
     "ddim_step",
     "eps_hat",
     "fixed_noise",
-    "frac_to_t",
     "need_labels",
     "score_logs",
-    "t_to_frac",
     "weight",
 ]
 
@@ -39,9 +38,10 @@ WEIGHTINGS = ("sds", "uniform", "fantasia3d", "sigma_over_alpha", "sqrt_abar")
 
 
 def weight(name: str, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """``w(t)``, shape ``(B,)``: ``sds`` = 1 - abar (sigma^2 on VP), ``uniform`` = 1,
-    ``fantasia3d`` = sqrt(abar)(1 - abar), ``sigma_over_alpha`` = sigma/alpha (ISM),
-    ``sqrt_abar`` = sqrt(abar) (BSD)."""
+    """``w(t)``, shape ``(B,)``, a function of ``lambda`` only (``abar = sigmoid(lambda)``):
+    ``sds`` = 1 - abar = sigmoid(-lambda) (sigma^2 on VP; DreamFusion, ProlificDreamer, SwiftBrush),
+    ``uniform`` = 1, ``fantasia3d`` = sqrt(abar)(1 - abar), ``sigma_over_alpha`` = sigma/alpha =
+    exp(-lambda/2) (ISM), ``sqrt_abar`` = sqrt(abar) (BSD)."""
     abar = alpha**2 / (alpha**2 + sigma**2)
     if name == "sds":
         return 1 - abar
@@ -90,16 +90,6 @@ def need_labels(name: str, cond: Tensor | None) -> Tensor:
     if cond is None:
         raise ValueError(f"{name} distils the classifier eps_c - eps_∅: it needs labels (cond)")
     return cond
-
-
-def frac_to_t(schedule, u: Tensor) -> Tensor:
-    """Time at fraction ``u`` of the schedule's ``[t_min, t_max]`` (the ``t_range`` unit)."""
-    return schedule.t_min + (schedule.t_max - schedule.t_min) * u
-
-
-def t_to_frac(schedule, t: Tensor) -> Tensor:
-    """Inverse of ``frac_to_t``."""
-    return (t - schedule.t_min) / (schedule.t_max - schedule.t_min)
 
 
 def fixed_noise(x: Tensor, noise: Tensor | None, seed: int) -> Tensor:

@@ -12,9 +12,10 @@ the shifted time stands in for VSD's fine-tuned fake score:
 
 CFG (scale ``guidance``) only on the first term; the second is the plain conditional prediction
 (unconditional without labels). ``t + Δt`` is clamped to the end of the range (the second, live
-``get_t_plus`` in the official file clamps to ``T - 1``). Times are fractions of the schedule
-range, ``t_lo = t_range[0]``. The official schedule anneals ``t_range`` from (0.5, 0.98) to
-(0.02, 0.5) over 25k steps; the default is its start, the caller anneals (``dataclasses.replace``).
+``get_t_plus`` in the official file clamps to ``T - 1``). Times are fractions of SD's 1000 steps
+(``t_lo = t_range[0]``; ``Δt`` is computed there) mapped to the schedule in use by log-SNR
+(``t_reference``). The official schedule anneals ``t_range`` from (0.5, 0.98) to (0.02, 0.5) over
+25k steps; the default is its start, the caller anneals (``dataclasses.replace``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._ingredients import Loss, bcast, guided_denoise, sample_t, surrogate_loss
-from ._steps import WEIGHTINGS, eps_hat, frac_to_t, score_logs, t_to_frac, weight
+from ._ingredients import (
+    Loss,
+    bcast,
+    check_reference,
+    guided_denoise,
+    ref_to_t,
+    sample_u,
+    surrogate_loss,
+)
+from ._steps import WEIGHTINGS, eps_hat, score_logs, weight
 
 __all__ = ["ASD"]
 
@@ -35,6 +44,8 @@ class ASD:
     """Asynchronous score distillation: the teacher at ``t + Δt`` as the fake score."""
 
     t_range: tuple[float, float] = (0.5, 0.98)  # asd_sd_nerf.yaml at step 0 (-> (0.02, 0.5))
+    # the steps index Stable Diffusion's scheduler (stable_diffusion_asd_guidance.py, SD's table)
+    t_reference: str = "vp-scaled-linear"
     guidance: float = 7.5  # asd_sd_nerf.yaml, on the first term only
     plus_ratio: float = 0.1  # Δt = plus_ratio (t - t_min)
     plus_random: bool = True  # Δt scaled by u ~ U(0, 1)
@@ -43,15 +54,17 @@ class ASD:
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"ASD.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_reference("ASD", self.t_reference)
 
     def times(self, n: int, schedule, rng, *, dtype, device) -> tuple[Tensor, Tensor]:
-        """``(t, t + Δt)``, each ``(n,)``."""
-        t = sample_t(n, schedule, self.t_range, rng, dtype=dtype, device=device)
-        u_t = t_to_frac(schedule, t.to(torch.float64))
+        """``(t, t + Δt)``, each ``(n,)``; ``Δt`` in fractions of the reference's steps."""
+        u_t = sample_u(n, self.t_range, rng, device)
         shift = self.plus_ratio * (u_t - self.t_range[0])
         if self.plus_random:
             shift = shift * torch.rand(n, generator=rng, dtype=torch.float64, device=device)
-        return t, frac_to_t(schedule, (u_t + shift).clamp(max=1.0)).to(dtype)
+        u_plus = (u_t + shift).clamp(max=1.0)
+        t, t_plus = (ref_to_t(schedule, u, self.t_reference).to(dtype) for u in (u_t, u_plus))
+        return t, t_plus
 
     def gradient(self, x: Tensor, cond: Tensor | None, *, teacher, rng) -> dict[str, Tensor]:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""

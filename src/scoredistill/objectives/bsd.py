@@ -5,7 +5,7 @@ train_step_BSD``, reference note b7; paper equation number unchecked, the note r
 Two directions, a "classifier" ``c`` and a "denoise" ``d``, balanced by the min-norm point of
 their convex hull (the closed form of two-task MGDA / Frank–Wolfe), per sample:
 
-    t ~ U[2 %, 50 %],  x_t = alpha x + sigma eps
+    t ~ U{20..500} of SD's 1000 steps (mapped by log-SNR),  x_t = alpha x + sigma eps
     c = k_c (eps_c - eps_∅),   d = k_d eps_∅          ("null"; ``_auto``: d = k_d (eps_∅ - eps))
     a* = clip(<d - c, d> / ||d - c||^2, 0, 1)  = argmin_{a in [0,1]} ||a c + (1 - a) d||
     g = w(t) (a* c + (1 - a*) d),   w = sqrt(alpha_bar_t)
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..parametrization import NULL_LABEL
-from ._ingredients import Loss, bcast, sample_t, surrogate_loss
+from ._ingredients import Loss, bcast, check_reference, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, need_labels, score_logs, weight
 
 __all__ = ["BSD", "min_norm_weight"]
@@ -48,6 +48,9 @@ class BSD:
     """Balanced score distillation: MGDA min-norm mix of a classifier and a denoise direction."""
 
     t_range: tuple[float, float] = (0.02, 0.5)  # LucidDreamer base after warm-up
+    # LucidDreamer's steps (PlacidDreamer builds on it) index Stable Diffusion's DDIMScheduler
+    # (scaled_linear): EnVision-Research/LucidDreamer guidance/sd_utils.py
+    t_reference: str = "vp-scaled-linear"
     classifier_scale: float = 15.0  # k_c (train_step_BSD); 1 in the _auto variant
     denoise_term: str = "null"  # d = k_d eps_∅ ("null") or k_d (eps_∅ - eps) ("residual", _auto)
     denoise_scale: float = 1.0  # k_d: 1 (3D), 1.25 (_auto), 0.018 (2-D script)
@@ -60,6 +63,7 @@ class BSD:
             raise ValueError(
                 f"BSD.denoise_term must be one of {DENOISE_TERMS}, got {self.denoise_term!r}"
             )
+        check_reference("BSD", self.t_reference)
 
     def gradient(
         self, x: Tensor, cond: Tensor | None, *, teacher, rng, noise: Tensor | None = None
@@ -67,7 +71,8 @@ class BSD:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
         cond = need_labels("BSD", cond)
         sched = teacher.schedule
-        t = sample_t(x.shape[0], sched, self.t_range, rng, dtype=x.dtype, device=x.device)
+        n, ref = x.shape[0], self.t_reference
+        t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             a, s = sched.alpha_sigma(t)
             if noise is None:

@@ -19,7 +19,8 @@ For a Gaussian teacher ``N(mu, s^2 I)``, ``g = k (x_t - alpha_t mu)`` with
 sigma^2``: zero exactly where ``x_t = alpha_t mu``, so with one ``eps*`` a particle settles near
 ``x = mu - (sigma_t / alpha_t) eps*`` (averaged over t), far from ``mu`` at the default (early)
 times; for a point mass (``s -> 0``) the DDIM step is the exact flow and ``g ≡ 0``.
-Departures: the official anneals ``t'`` deterministically (sqrt, 700 -> 100 over 3k steps) and
+Times are fractions of SD's 1000 steps (the gap too) mapped to the schedule in use by log-SNR
+(``t_reference``). Departures: the official anneals ``t'`` deterministically (sqrt, 700 -> 100 over 3k steps) and
 the CFG (100 -> 50); here ``t'`` is uniform over that span unless the caller sets
 ``t_prime_range=(u, u)`` per step. ``eps*`` is ``noise=`` (e.g.
 ``Particles.noise``, saved with the particles) or drawn from ``noise_seed``.
@@ -32,8 +33,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._ingredients import Loss, bcast, guided_denoise, sample_t, surrogate_loss
-from ._steps import WEIGHTINGS, ddim_step, fixed_noise, frac_to_t, score_logs, t_to_frac, weight
+from ._ingredients import (
+    Loss,
+    bcast,
+    check_reference,
+    guided_denoise,
+    ref_to_t,
+    sample_u,
+    surrogate_loss,
+)
+from ._steps import WEIGHTINGS, ddim_step, fixed_noise, score_logs, weight
 
 __all__ = ["CDS"]
 
@@ -44,6 +53,8 @@ class CDS:
 
     t_prime_range: tuple[float, float] = (0.1, 0.7)  # official t' anneals 700 -> 100 of 1000
     gap_range: tuple[float, float] = (0.1, 0.3)  # t = t' + U[100, 300) / 1000 (end_gap, perturb)
+    # the steps index Stable Diffusion's scheduler (Consistent3D's stable_diffusion_guidance.py)
+    t_reference: str = "vp-scaled-linear"
     guidance: float = 101.0  # official 100 (threestudio eps_c + w'(..)), i.e. w' + 1; -> 51
     weighting: str = "uniform"  # consistency-coarse.yaml
     noise_seed: int = 0  # eps* when no ``noise=`` is given (share_noise: one tensor per run)
@@ -51,14 +62,14 @@ class CDS:
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"CDS.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_reference("CDS", self.t_reference)
 
     def times(self, n: int, schedule, rng, *, dtype, device) -> tuple[Tensor, Tensor]:
         """``(t, t')``, each ``(n,)``, with ``t - t'`` drawn from ``gap_range`` (fractions)."""
-        t_p = sample_t(n, schedule, self.t_prime_range, rng, dtype=dtype, device=device)
-        lo, hi = self.gap_range
-        gap = torch.rand(n, generator=rng, dtype=torch.float64, device=device) * (hi - lo) + lo
-        u = (t_to_frac(schedule, t_p.to(torch.float64)) + gap).clamp(max=1.0)
-        return frac_to_t(schedule, u).to(dtype), t_p
+        u_p = sample_u(n, self.t_prime_range, rng, device)
+        u = (u_p + sample_u(n, self.gap_range, rng, device)).clamp(max=1.0)
+        t, t_p = (ref_to_t(schedule, v, self.t_reference).to(dtype) for v in (u, u_p))
+        return t, t_p
 
     def gradient(
         self, x: Tensor, cond: Tensor | None, *, teacher, rng, noise: Tensor | None = None

@@ -7,12 +7,14 @@ SDS splits as ``eps_w - eps = (eps_∅ - eps) + w (eps_c - eps_∅)``; both keep
 ``eps_c - eps_∅ = -sigma ∇ log p_t(c | x_t)`` and drop the rest. CSD in the official code's
 coefficient form (its comment: SDS is ``cond = w, null = 1 - w, noise = -1``):
 
-    t ~ U[2 %, 98 %],  x_t = alpha x + sigma eps                       (fresh eps)
+    t ~ U{20..980} of DeepFloyd IF's 1000 steps,  x_t = alpha x + sigma eps   (fresh eps)
     g = w(t) (a_c eps_c + a_neg eps_neg + a_∅ eps_∅ + a_eps eps),  then g /= ||g||_2 + 1e-8
     defaults a_c = 1, a_∅ = -1 (plain classifier score), w = 1, L2 norm over the whole batch
 
 ``csd-if.yaml`` anneals ``a_∅: -1 → 0`` and ``a_neg: 0 → -1`` over 5k steps (ending at
-``eps_c - eps_neg``): the caller changes the fields per step (``dataclasses.replace``).
+``eps_c - eps_neg``): the caller changes the fields per step (``dataclasses.replace``). The
+steps are IF's (cosine table) mapped by log-SNR (``t_reference``); ``weighting`` is a function of
+the log-SNR (``_steps.weight``).
 ``eps_neg`` uses the class ``negative_label``. With the gradient normalised only the learning
 rate sets the step size.
 
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..parametrization import NULL_LABEL
-from ._ingredients import Loss, add_noise, bcast, sample_t, surrogate_loss
+from ._ingredients import Loss, add_noise, bcast, check_reference, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, fixed_noise, need_labels, score_logs, weight
 
 __all__ = ["CSD", "CSM"]
@@ -42,6 +44,9 @@ class CSD:
     """Classifier score distillation with the official coefficient vector."""
 
     t_range: tuple[float, float] = (0.02, 0.98)  # csd-if.yaml: max 0.98 (-> 0.5 at 5k steps)
+    # csd-if.yaml's guidance is DeepFloyd/IF-I-XL-v1.0, whose DDPMScheduler table is
+    # squaredcos_cap_v2 (its scheduler/scheduler_config.json)
+    t_reference: str = "vp-cosine"
     cond_scale: float = 1.0  # a_c, official default
     null_scale: float = -1.0  # a_∅, official default (annealed to 0 in csd-if.yaml)
     negative_scale: float = 0.0  # a_neg, official "uncond_scale" (annealed to -1 in csd-if.yaml)
@@ -55,12 +60,14 @@ class CSD:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.negative_scale != 0 and self.negative_label is None:
             raise ValueError("CSD.negative_scale != 0 needs negative_label (the negative class)")
+        check_reference("CSD", self.t_reference)
 
     def gradient(self, x: Tensor, cond: Tensor | None, *, teacher, rng) -> dict[str, Tensor]:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
         cond = need_labels("CSD", cond)
         sched = teacher.schedule
-        t = sample_t(x.shape[0], sched, self.t_range, rng, dtype=x.dtype, device=x.device)
+        n, ref = x.shape[0], self.t_reference
+        t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             x_t, eps, alpha, sigma = add_noise(x.detach(), t, sched, rng)
             labels = [cond, torch.full_like(cond, NULL_LABEL)]
@@ -88,6 +95,7 @@ class CSM:
     """Classifier score matching (TV-3DG): classifier term on deterministic noise. UNVERIFIED."""
 
     t_range: tuple[float, float] = (0.02, 0.98)  # UNVERIFIED: SDS's range assumed
+    t_reference: str = "vp-scaled-linear"  # UNVERIFIED: SDS's (Stable Diffusion's) steps assumed
     guidance: float = 7.5  # s on eps_c - eps_∅; UNVERIFIED (SD's usual scale assumed)
     weighting: str = "uniform"  # UNVERIFIED: CSD's choice assumed
     noise_seed: int = 0  # the deterministic eps* when no ``noise=`` is passed (UNVERIFIED rule)
@@ -95,6 +103,7 @@ class CSM:
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_reference("CSM", self.t_reference)
 
     def gradient(
         self, x: Tensor, cond: Tensor | None, *, teacher, rng, noise: Tensor | None = None
@@ -102,7 +111,8 @@ class CSM:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
         cond = need_labels("CSM", cond)
         sched = teacher.schedule
-        t = sample_t(x.shape[0], sched, self.t_range, rng, dtype=x.dtype, device=x.device)
+        n, ref = x.shape[0], self.t_reference
+        t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             alpha, sigma = sched.alpha_sigma(t)
             eps = fixed_noise(x, noise, self.noise_seed)

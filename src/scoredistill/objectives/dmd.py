@@ -1,17 +1,20 @@
 """DMD2 — Yin et al., "Improved Distribution Matching Distillation for Fast Image Synthesis", 2024.
 
 Distribution matching (DMD, Yin et al. 2023, eq. 7; DMD2 ``compute_distribution_matching_loss``,
-reference note b2). With ``x_t = alpha x + sigma eps`` and ``t`` uniform in 2–98 % of the range:
+reference note b2). With ``x_t = alpha x + sigma eps`` and ``t`` uniform in DMD2's steps 20..980 of
+its 1000-step grid (``t_reference``, mapped to the schedule in use by log-SNR):
 
     g = (D_fake(x_t) - D_real(x_t)) / w,        w = mean_pix |x - D_real(x_t)|   (per sample)
     L = 0.5 ||x - sg(x - g)||^2                 (so dL/dx = g / B)
 
 ``D_fake - D_real = (sigma^2/alpha) (s_fake - s_real)``, so ``E[(dx/dθ)^T g] (w = 1)`` is
 ``(sigma^2/alpha^2) ∇_θ KL(q_t || p_t)``; descent moves ``x`` along ``D_real - D_fake``, toward the
-teacher. ``D_real`` may use classifier-free guidance (teacher only; the fake is never guided).
-Neither denoiser gets gradients (``no_grad``). The critic learns ``D_fake`` by EDM-weighted DSM on
-``sg(x)`` over all times. DMD v1's regression term ``lambda_reg ||G(z) - y||^2`` on (noise,
-teacher-ODE output) pairs is ``regression_loss`` (MSE as in revsic/flowmodels; the paper uses LPIPS).
+teacher. There is no time weight: a denoiser is a function of ``x_t / alpha`` and the log-SNR, so
+``g`` is the same on every schedule at equal log-SNR. ``D_real`` may use classifier-free guidance
+(teacher only; the fake is never guided). Neither denoiser gets gradients (``no_grad``). The
+critic learns ``D_fake`` by EDM-weighted DSM on ``sg(x)`` over all times. DMD v1's regression
+term ``lambda_reg ||G(z) - y||^2`` on (noise, teacher-ODE output) pairs is ``regression_loss``
+(MSE as in revsic/flowmodels; the paper uses LPIPS).
 "DMD2 + GAN" (``gan_generator_weight > 0``) adds the diffusion-GAN term of ``_gan.py`` with the
 classifier head on the critic: ``+ gan_generator_weight L_G`` in the generator step and
 ``+ gan_critic_weight L_D`` (on teacher samples ``real``) in the critic step.
@@ -30,6 +33,7 @@ from ._ingredients import (
     Loss,
     add_noise,
     bcast,
+    check_reference,
     denoising_loss,
     guided_denoise,
     matching_logs,
@@ -46,6 +50,10 @@ class DMD:
     """Distribution matching distillation (DMD2 semantics by default)."""
 
     t_range: tuple[float, float] = (0.02, 0.98)  # DMD2 min/max_step_percent (b2)
+    # DMD2's EDM runs (ImageNet-64, whose defaults these are) index 1000 Karras sigmas 0.002..80,
+    # small sigma first (tianweiy/DMD2 main/edm/edm_guidance.py, karras_sigmas); its SD runs
+    # index SD's DDIMScheduler table (main/sd_guidance.py): "vp-scaled-linear"
+    t_reference: str = "edm"
     normalization: str = "per_sample"  # DMD2: w per sample; "batch" = FastVideo, "none" = w = 1
     eps: float = 0.0  # DMD2 adds none (nan_to_num instead); FastGen 1e-6, Flash 1e-5
     guidance: float = 1.0  # teacher CFG scale, 1 = none (DMD2 EDM); SD runs use e.g. 1.75–8
@@ -61,6 +69,7 @@ class DMD:
             raise ValueError(
                 f"DMD.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
             )
+        check_reference("DMD", self.t_reference)
 
     @property
     def needs_real(self) -> bool:
@@ -71,9 +80,9 @@ class DMD:
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng
     ) -> dict[str, Tensor]:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
-        t = sample_t(
-            x.shape[0], teacher.schedule, self.t_range, rng, dtype=x.dtype, device=x.device
-        )
+        n, ref = x.shape[0], self.t_reference
+        sched = teacher.schedule
+        t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             x_t, _, _, _ = add_noise(x.detach(), t, teacher.schedule, rng)
             d_real = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
@@ -93,7 +102,9 @@ class DMD:
         }
         value = surrogate_loss(x, parts["g"])
         if self.gan_generator_weight > 0:
-            gan, gan_logs = gan_generator_loss(x, cond, critic, t_range=self.gan_t_range, rng=rng)
+            gan, gan_logs = gan_generator_loss(
+                x, cond, critic, t_range=self.gan_t_range, rng=rng, t_reference=self.t_reference
+            )
             value, logs = value + self.gan_generator_weight * gan, logs | gan_logs
         return Loss(value, logs)
 
@@ -111,12 +122,15 @@ class DMD:
 def critic_with_gan(obj, x: Tensor, cond: Tensor | None, *, critic, rng, real) -> Loss:
     """``obj``'s DSM critic loss, plus its weighted discriminator loss when the GAN is on
     (shared by DMD and f-distill, whose fields carry the same names)."""
+    ref = obj.t_reference
     loss = denoising_loss(
-        critic, x, cond, rng, t_range=obj.critic_t_range, sigma_data=obj.sigma_data
+        critic, x, cond, rng, t_range=obj.critic_t_range, t_reference=ref, sigma_data=obj.sigma_data
     )
     if obj.gan_generator_weight <= 0:
         return loss
     if real is None:
         raise ValueError(f"{type(obj).__name__} with a GAN needs real=(x_real, labels) samples")
-    gan, logs = gan_critic_loss(x, cond, real, critic, t_range=obj.gan_t_range, rng=rng)
+    gan, logs = gan_critic_loss(
+        x, cond, real, critic, t_range=obj.gan_t_range, rng=rng, t_reference=ref
+    )
     return Loss(loss.value + obj.gan_critic_weight * gan, loss.logs | logs)

@@ -7,7 +7,11 @@ camera-free critic, which adds back the entropy of the rendered-view distributio
 
     eps_fake = lam eps_psi(x_t; ∅cam) + (1 - lam) eps_psi(x_t; cam)
              = eps_∅cam + (1 - lam)(eps_cam - eps_∅cam)      (threestudio s_lora = 1 - lam)
-    g = sigma^2 (eps_real,w(x_t) - eps_fake(x_t)),   L = 0.5 ||x - sg(x - g)||^2
+    g = w(lambda) (eps_real,w(x_t) - eps_fake(x_t)),   L = 0.5 ||x - sg(x - g)||^2
+
+with ProlificDreamer's ``w = 1 - alpha_bar`` (threestudio ``compute_grad_vsd``: ``w = 1 -
+alphas[t]``), i.e. ``sigmoid(-lambda)`` on every schedule (VSD's ``weighting``; the raw ``sigma^2``
+of a non-VP schedule is not it), at threestudio's SD steps mapped by log-SNR (``t_reference``).
 
 ``lam = 0`` is VSD with a camera-conditional critic, ``lam = 1`` pure entropy matching (the VSD
 critic without camera). **Camera convention**: the critic is text-agnostic (one critic per
@@ -26,16 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..parametrization import from_denoiser, guided
-from ._ingredients import (
-    Loss,
-    add_noise,
-    bcast,
-    guided_denoise,
-    matching_logs,
-    sample_t,
-    surrogate_loss,
-)
+from ..parametrization import guided
+from ._ingredients import Loss, add_noise, guided_denoise, matching_logs, surrogate_loss
 from .vsd import VSD
 
 __all__ = ["ESD"]
@@ -46,6 +42,9 @@ class ESD(VSD):
     """Entropic score distillation: VSD with a camera-CFG mix of the critic (``lam``)."""
 
     t_range: tuple[float, float] = (0.02, 0.98)  # threestudio prolificdreamer (then t_max 0.5)
+    # threestudio's steps index SD 2.1-base's scheduler (scaled_linear): models/guidance/
+    # stable_diffusion_vsd_guidance.py, min/max_step_percent over scheduler.alphas_cumprod
+    t_reference: str = "vp-scaled-linear"
     guidance: float = 7.5  # ProlificDreamer / threestudio VSD scale (diffusers convention)
     lam: float = 0.5  # ESD README: guidance_scale_lora = 0.5, i.e. lam = 1 - 0.5
     cond_drop: float = 0.1  # camera dropout in the critic step (lora_cfg_training, 10 %)
@@ -56,7 +55,7 @@ class ESD(VSD):
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
         kappa = self.scale(rng)
         sched = teacher.schedule
-        t = sample_t(x.shape[0], sched, self.t_range, rng, dtype=x.dtype, device=x.device)
+        t = self.times(x, sched, rng)
         with torch.no_grad():
             x_t, _, alpha, sigma = add_noise(x.detach(), t, sched, rng)
             d_real = guided_denoise(teacher, kappa, cond)(x_t, t, cond)
@@ -64,9 +63,7 @@ class ESD(VSD):
                 d_fake = critic.denoise(x_t, t, None)
             else:  # lam D_∅cam + (1 - lam) D_cam; affine, so the same mix in eps
                 d_fake = guided(critic.denoise, 1.0 - self.lam)(x_t, t, camera)
-            eps_real = from_denoiser(d_real, x_t, alpha, sigma, "eps")
-            eps_fake = from_denoiser(d_fake, x_t, alpha, sigma, "eps")
-            g = torch.nan_to_num(bcast(sigma, x) ** 2 * (eps_real - eps_fake))
+            g = self.update(d_real, d_fake, x_t, alpha, sigma)
         return {"g": g, "t": t, "d_real": d_real, "d_fake": d_fake, "guidance": kappa}
 
     def generator_loss(

@@ -5,7 +5,7 @@ train_step``, reference note b10; paper equation number unchecked, the note reco
 Deterministic DDIM inversion replaces SDS's random ``x_t``; the target is the teacher's own
 prediction one interval lower on the same (inverted) trajectory:
 
-    t ~ U[2 %, 50 %],  s = t - δ                                        (δ = 80 / 1000)
+    t ~ U{20..500} of SD's 1000 steps,  s = t - δ                       (δ = 80 / 1000)
     x_0' = alpha_0 x + sigma_0 eps at the range start, DDIM-inverted to x_s in steps of
       ``xs_delta_t`` (at most ``xs_inv_steps``) with the inversion denoiser D_inv
     eps_s = eps_inv(x_s, s),  x_t = alpha_t D_inv(x_s, s) + sigma_t eps_s    (one more step)
@@ -20,7 +20,9 @@ LucidDreamer's first inversion point, the schedule's least noisy time (DDPM step
 step is linear in ``y = x - alpha mu``, so ``g = w k_ts P (alpha_0 (x - mu) + sigma_0 eps)`` in
 closed form (``tests/test_score_objectives.py``); ``E g = 0`` exactly at ``x = mu``; for a point
 mass the inversion is the exact flow and ``g ≡ 0``. ``δ`` anneals from 0.1 in the official configs
-(the caller's schedule). Cost: up to ``xs_inv_steps + 1`` inversion NFE plus one guided call.
+(the caller's schedule). Every time (``t``, ``s``, the inversion grid) is a fraction of SD's steps
+mapped to the schedule in use by log-SNR (``t_reference``); ``w`` is ``exp(-lambda/2)``. Cost: up
+to ``xs_inv_steps + 1`` inversion NFE plus one guided call.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ import torch
 from torch import Tensor
 
 from ..parametrization import NULL_LABEL, guided
-from ._ingredients import Loss, bcast, guided_denoise, sample_t, surrogate_loss
-from ._steps import WEIGHTINGS, ddim_step, eps_hat, frac_to_t, score_logs, t_to_frac, weight
+from ._ingredients import (
+    Loss,
+    bcast,
+    check_reference,
+    guided_denoise,
+    ref_to_t,
+    sample_u,
+    surrogate_loss,
+)
+from ._steps import WEIGHTINGS, ddim_step, eps_hat, score_logs, weight
 
 __all__ = ["ISM"]
 
@@ -42,6 +52,9 @@ class ISM:
     """Interval score matching: DDIM-inverted ``x_s -> x_t`` and the teacher's ``eps`` at ``s``."""
 
     t_range: tuple[float, float] = (0.02, 0.5)  # after warm-up (upper bound 0.98 -> 0.5, 1.5k it)
+    # LucidDreamer's steps index Stable Diffusion's DDIMScheduler (scaled_linear):
+    # EnVision-Research/LucidDreamer guidance/sd_utils.py
+    t_reference: str = "vp-scaled-linear"
     delta_t: float = 0.08  # t - s = 80 of 1000 steps (annealed from 100)
     xs_delta_t: float = 0.2  # inversion step to x_s: 200 of 1000
     xs_inv_steps: int = 5  # at most 5 inversion steps to x_s
@@ -52,6 +65,11 @@ class ISM:
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"ISM.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_reference("ISM", self.t_reference)
+
+    def _t(self, schedule, u: Tensor, dtype: torch.dtype) -> Tensor:
+        """Times on ``schedule`` for fractions ``u`` of the reference's steps."""
+        return ref_to_t(schedule, u, self.t_reference).to(dtype)
 
     def _inversion_denoiser(self, teacher, cond: Tensor | None):
         if cond is None:
@@ -61,18 +79,18 @@ class ISM:
             return lambda x_t, t, _c: teacher.denoise(x_t, t, null)
         return guided(teacher.denoise, self.inversion_guidance)
 
-    def invert(self, x: Tensor, eps: Tensor, s: Tensor, d_inv, cond, schedule) -> Tensor:
-        """DDIM inversion of ``x`` (noised with ``eps`` at the start) to ``x_s``, per sample."""
-        u_s = t_to_frac(schedule, s.to(torch.float64))
+    def invert(self, x: Tensor, eps: Tensor, u_s: Tensor, d_inv, cond, schedule) -> Tensor:
+        """DDIM inversion of ``x`` (noised with ``eps`` at the start) to ``x_s`` at the fractions
+        ``u_s: (B,)``, per sample."""
         u = (u_s - self.xs_delta_t * self.xs_inv_steps).clamp(min=0.0)
-        t_cur = frac_to_t(schedule, u).to(x.dtype)
+        t_cur = self._t(schedule, u, x.dtype)
         a, sg = schedule.alpha_sigma(t_cur)
         x_cur = bcast(a, x) * x + bcast(sg, x) * eps
         for _ in range(self.xs_inv_steps):
             if bool((u >= u_s).all()):
                 break
             u = torch.minimum(u + self.xs_delta_t, u_s)
-            t_next = frac_to_t(schedule, u).to(x.dtype)
+            t_next = self._t(schedule, u, x.dtype)
             a2, s2 = schedule.alpha_sigma(t_next)
             x_cur = ddim_step(d_inv(x_cur, t_cur, cond), x_cur, a, sg, a2, s2)
             t_cur, a, sg = t_next, a2, s2
@@ -83,14 +101,14 @@ class ISM:
     ) -> dict[str, Tensor]:
         """The per-sample update ``g`` (``(B, *D)``) and its parts, all without gradients."""
         sched = teacher.schedule
-        t = sample_t(x.shape[0], sched, self.t_range, rng, dtype=x.dtype, device=x.device)
-        u_s = (t_to_frac(sched, t.to(torch.float64)) - self.delta_t).clamp(min=0.0)
-        s = frac_to_t(sched, u_s).to(x.dtype)
+        u_t = sample_u(x.shape[0], self.t_range, rng, x.device)
+        u_s = (u_t - self.delta_t).clamp(min=0.0)
+        t, s = self._t(sched, u_t, x.dtype), self._t(sched, u_s, x.dtype)
         d_inv = self._inversion_denoiser(teacher, cond)
         with torch.no_grad():
             if noise is None:
                 noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
-            x_s = self.invert(x.detach(), noise, s, d_inv, cond, sched)
+            x_s = self.invert(x.detach(), noise, u_s, d_inv, cond, sched)
             (a_s, s_s), (a_t, s_t) = sched.alpha_sigma(s), sched.alpha_sigma(t)
             d_s = d_inv(x_s, s, cond)
             eps_s = (x_s - bcast(a_s, x) * d_s) / bcast(s_s, x)

@@ -14,6 +14,9 @@ distribution and every other class is distilled as usual (rows of other labels g
 base method's gradient). The fake learns DSM on both kinds of sample, forget samples weighted by
 ``forget_critic_weight``. The base method is held by composition (``SiD`` by default, as in the
 official code; ``DMD`` also works: both query the teacher as ``teacher.denoise(x_t, t, cond)``).
+The official steps [38, 712] index CIFAR-10 DDPM's linear table, so the base's ``t_reference`` is
+``vp-linear``: ``sigma/alpha`` in [0.137, 13.0] on every schedule (read as fractions of EDM's
+Karras grid they would start at 0.005).
 Departures: a fixed override label (the official code also offers random other classes or a
 classifier's pseudo-label); the gradient *value* clipping at 1.0 belongs to the trainer. Without
 labels (``cond is None``) there is nothing to forget: SFD is the base method.
@@ -57,8 +60,10 @@ class SFD:
 
     forget_class: int = 0  # set per testbed: the class c_f to forget
     safe_class: int = 1  # set per testbed: the override label c_o the teacher is asked for
-    base: SiD | DMD = field(  # official: SiD, alpha 1.2, t in [38, 712] of 1000 DDPM steps
-        default_factory=lambda: SiD(sid_alpha=1.2, t_range=(0.038, 0.712))
+    # official: SiD, alpha 1.2, t in [38, 712] of CIFAR-10 DDPM's 1000 steps, i.e. indices into
+    # the linear beta table 1e-4..0.02 (DDPM/configs/cifar10_sfd.yml, functions/losses.py)
+    base: SiD | DMD = field(
+        default_factory=lambda: SiD(sid_alpha=1.2, t_range=(0.038, 0.712), t_reference="vp-linear")
     )
     forget_critic_weight: float = 0.01  # official: forget samples' coefficient in the fake DSM
 

@@ -1,7 +1,7 @@
 """SiD — Zhou et al., "Score identity Distillation", ICML 2024 (eq. 23, the generator loss;
 ``training/sid_loss.py:SID_EDMLoss.generator_loss``, reference note b4).
 
-    t ~ U[0, 0.8] (tmax = 800 of Karras' 1000 steps),  x_t = alpha x + sigma eps
+    t ~ U[0, 0.8] (tmax = 800 of Karras' 1000 steps; t_reference),  x_t = alpha x + sigma eps
     f_r = D_real(x_t),  f_f = D_fake(x_t)         (parameters frozen, x_t differentiable)
     w   = sg(mean_pix |x - f_r|).clip(1e-5)
     L_G = 100 · mean_b  sum_pix (f_r - f_f) ⊙ ((f_r - x) - sid_alpha (f_r - f_f)) / w
@@ -35,6 +35,7 @@ from ._ingredients import (
     GuidedView,
     Loss,
     bcast,
+    check_reference,
     denoise_pair_through_input,
     denoising_loss,
     drop_labels,
@@ -51,6 +52,9 @@ class SiD:
 
     sid_alpha: float = 1.2  # SiD paper and run_sid.sh (1.0 for AFHQ; 0.5 or 1 unbiased, b4)
     t_range: tuple[float, float] = (0.0, 0.8)  # tmax = 800: sigma in [0.002, ~24.4] on EDM
+    # SiD's t is the Karras ramp sigma_min = 0.002 .. sigma_max = 80, rho = 7 (mingyuanzhou/SiD
+    # training/sid_loss.py, SID_EDMLoss.generator_loss): our "edm" with uniform t
+    t_reference: str = "edm"
     normalization: str = "per_sample"  # SiD: w = mean_pix |x - f_r|; "none": w = 1
     w_min: float = 1e-5  # sid_loss.py: w.clip(min=1e-5)
     loss_scale: float = 100.0  # sid_loss.py loss_scaling_G
@@ -67,6 +71,7 @@ class SiD:
             raise ValueError(
                 f"SiD.normalization must be 'per_sample' or 'none', got {self.normalization!r}"
             )
+        check_reference("SiD", self.t_reference)
 
     def generator_loss(
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng: torch.Generator | None
@@ -81,6 +86,7 @@ class SiD:
             guidance=self.guidance,
             rng=rng,
             guidance_fake=self.guidance_fake,
+            t_reference=self.t_reference,
         )
         if self.normalization == "none":
             w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._ingredients import Loss, denoise_pair_through_input, mean_abs
+from ._ingredients import Loss, check_reference, denoise_pair_through_input, mean_abs
 from .sid import SiD
 
 __all__ = ["SIM"]
@@ -45,6 +45,7 @@ class SIM:
 
     huber_c: float = 0.03  # reconstructed: c / sqrt(dim); must be > 0 (c → 0 is ||y||, L1-like)
     t_range: tuple[float, float] = (0.0, 0.8)  # reconstructed: SiD's tmax = 800
+    t_reference: str = "edm"  # reconstructed: SiD's Karras steps (sid.py)
     loss_scale: float = 1.0  # reconstructed: d'(y) is O(1) already, so no SiD-style 100
     guidance: float = 1.0  # teacher CFG scale, 1 = none
     critic_p_mean: float = -1.2  # reconstructed: SiD fake step, ln sigma ~ N(-1.2, 1.2^2)
@@ -54,6 +55,7 @@ class SIM:
     def __post_init__(self) -> None:
         if not self.huber_c > 0:
             raise ValueError(f"SIM.huber_c must be > 0 (d'(0) is 0/0 at c = 0), got {self.huber_c}")
+        check_reference("SIM", self.t_reference)
 
     def distance(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(d(y), d'(y))`` for ``y: (B, *D)``: ``d`` is ``(B,)``, ``d'`` is ``(B, *D)``."""
@@ -73,6 +75,7 @@ class SIM:
             t_range=self.t_range,
             guidance=self.guidance,
             rng=rng,
+            t_reference=self.t_reference,
         )
         y = f_r - f_f
         d, d_prime = self.distance(y)

@@ -31,8 +31,9 @@ TESTBEDS = ("ring8", "grid25", "cond2d", "gmm64", "digits")
 _SHARP = ("ring8", "ring8-unbalanced", "grid25", "cond2d")  # mode std 0.05-0.1
 
 # SiD and SIM take gradients through the teacher's input: on the sharp 2-D mixtures times down
-# to sigma = 0.002 diverge (docs/benchmarks.md, "SiD finding"); sigma >= 0.32 converges. Their
-# critic is updated once per generator step (SiD's default), with SiD's smaller generator lr.
+# to sigma = 0.002 diverge (docs/benchmarks.md, "SiD finding"); sigma >= 0.32 converges (0.3 of
+# SiD's Karras grid, its t_reference "edm"). Their critic is updated once per generator step
+# (SiD's default), with SiD's smaller generator lr.
 _SID_LIKE = {"train.critic_updates": 1, "train.lr_generator": 1e-4}
 _SID_SHARP = {"objective.t_range": [0.3, 0.8]}
 # VSD/SwiftBrush guide with 4.5 for text prompts; the exact conditional law is the target here
@@ -83,8 +84,9 @@ def _preset(method: str, testbed: str) -> dict[str, Any]:
     out = {"testbed": testbed, **BUDGETS[testbed], **METHODS[method]}
     if method in ("sid", "sid-lsg", "sid-zerocfg", "sim") and testbed in _SHARP:
         out.update(_SID_SHARP)
-    if method == "sfd" and testbed in _SHARP:  # SFD's base is SiD
+    if method == "sfd" and testbed in _SHARP:  # SFD's base is SiD; the range is SiD's (EDM) one
         out["objective.base.t_range"] = _SID_SHARP["objective.t_range"]
+        out["objective.base.t_reference"] = "edm"
     return out
 
 
