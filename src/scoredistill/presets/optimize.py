@@ -40,15 +40,21 @@ _PARTICLES = {
     "train.eval_every": 0,
     "train.checkpoint_every": 500,
 }
+# Departure: the learned critics run at SwiftBrush's 1e-3, not ProlificDreamer's 1e-4 (the
+# loop's default); every recorded result of these presets used 1e-3 (docs/benchmarks.md), the
+# paper's rate is not measured at this budget yet
+_CRITIC_LR = {"train.lr_critic": 1e-3}
 # ProlificDreamer's 3-D VSD has a camera-conditioned critic: that is ESD with lam = 0 (esd.py)
-_VSD_3D = {"method": "esd", "objective.lam": 0.0}
+_VSD_3D = {"method": "esd", "objective.lam": 0.0, **_CRITIC_LR}
 # BSD/CSD/CSM distil eps_c - eps_∅: a camera-agnostic teacher with one prompt has no such term
 LABELLED_ONLY = ("csd", "csm", "bsd")
 VIEW_METHODS = ("sds", "vsd", "esd", "csd", "csm", "cds", "asd", "bsd", "ism")
 
 
 def _method(name: str) -> dict[str, Any]:
-    return dict(_VSD_3D) if name == "vsd" else {"method": name}
+    if name == "vsd":
+        return dict(_VSD_3D)
+    return {"method": name, **(_CRITIC_LR if name == "esd" else {})}
 
 
 def _views_presets() -> dict[str, dict[str, Any]]:
@@ -74,7 +80,9 @@ def _particle_presets() -> dict[str, dict[str, Any]]:
         base = {**_PARTICLES, "testbed": testbed}
         out[f"sds-particles-{testbed}"] = {**base, "method": "sds"}
         # the unconditional teacher has no CFG; VSD's 4.5 would only apply with labels
-        out[f"vsd-particles-{testbed}"] = {**base, "method": "vsd", "objective.guidance": 1.0}
+        out[f"vsd-particles-{testbed}"] = {
+            **base, "method": "vsd", "objective.guidance": 1.0, **_CRITIC_LR,
+        }  # fmt: skip
         out[f"vsd-exact-particles-{testbed}"] = {
             **base, "method": "vsd", "objective.guidance": 1.0, "critic.kind": "exact",
         }  # fmt: skip

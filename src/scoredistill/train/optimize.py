@@ -50,7 +50,8 @@ class OptimizeLoopConfig:
     lr_decay: bool = False  # linear decay to 0 over ``steps``
     beta1: AdamBeta = 0.9
     beta2: AdamBeta = 0.99  # threestudio's Adam betas for the geometry
-    lr_critic: LearningRate = 1e-3  # ProlificDreamer's LoRA lr
+    # ProlificDreamer's LoRA lr (threestudio configs/prolificdreamer.yaml: guidance lr 1e-4)
+    lr_critic: LearningRate = 1e-4
     critic_updates: NonNegativeInt = 1  # critic steps per source step (ProlificDreamer 1:1)
     critic_warmup: NonNegativeInt = 100  # critic steps on the initial samples before step 0
     grad_clip: NonNegativeFloat = 0.0  # max gradient norm of the source; 0 disables
