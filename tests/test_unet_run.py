@@ -13,20 +13,6 @@ import pytest
 import torch
 
 from scoredistill.cli import main
-from scoredistill.train.unet_teacher import make_unet
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> str:
-    from diffusers import DDPMPipeline, DDPMScheduler
-
-    torch.manual_seed(0)
-    unet = make_unet(8, 1, 10, channels=(16, 32), attention=False)
-    folder = tmp_path_factory.mktemp("teacher") / "pipeline"
-    DDPMPipeline(
-        unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")
-    ).save_pretrained(folder)
-    return str(folder)
 
 
 def _run(args: list[str]) -> int:

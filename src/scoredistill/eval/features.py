@@ -187,7 +187,9 @@ def knn_precision_recall(
 def _fd(feature_net: nn.Module, x: Tensor, ref: Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=feature_net)  # custom module: images pass as-is
+    # custom module: images pass as-is; no cross-process sync: under torchrun only rank 0 scores
+    # (the default sync waited for ranks that never call it: mid-training evals hung)
+    metric = FrechetInceptionDistance(feature=feature_net, sync_on_compute=False)
     metric.update(ref, real=True)
     metric.update(x, real=False)
     return float(metric.compute())
