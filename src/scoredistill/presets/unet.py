@@ -31,6 +31,8 @@ _CPU = {
 _DMD2 = {
     "method": "dmd",
     "train.critic_updates": 5,
+    "train.optimizer": "adamw",
+    "train.weight_decay": 0.01,
     "train.beta1_generator": 0.9,
     "train.beta1_critic": 0.9,
     "train.lr_generator": 2e-5,
