@@ -209,3 +209,29 @@ def test_a_bf16_teacher_gives_float32_students_and_outputs():
     assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())  # the teacher is untouched
     x = torch.randn(2, 64)
     assert teacher.denoise(x, torch.full((2,), 0.5)).dtype == torch.float32
+
+
+def test_sdpa_and_eager_attention_give_the_same_denoiser():
+    """``student.attention``: the fused SDPA kernel and the explicit softmax agree to float32
+    rounding, and the processors really change (attention blocks at the lowest level)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    from scoredistill.sources.diffusers import set_attention
+    from scoredistill.train.unet_teacher import make_unet
+
+    torch.manual_seed(0)
+    unet = make_unet(8, 1, 10, channels=(16, 32), attention=True).eval()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([10, 200, 500, 900])
+    labels = torch.tensor([0, 3, 5, 9])
+    outs = {}
+    for kind, processor in (("sdpa", AttnProcessor2_0), ("eager", AttnProcessor)):
+        assert set_attention(unet, kind) >= 1
+        assert all(
+            isinstance(m.processor, processor) for m in unet.modules() if isinstance(m, Attention)
+        )
+        with torch.no_grad():
+            outs[kind] = unet(x, t, class_labels=labels).sample
+    torch.testing.assert_close(outs["sdpa"], outs["eager"], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(outs["sdpa"], torch.zeros_like(outs["sdpa"]))
+    with pytest.raises(ValueError, match="attention must be one of"):
+        set_attention(unet, "flash")

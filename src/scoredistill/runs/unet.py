@@ -45,6 +45,8 @@ class StudentConfig:
     init_timestep: Annotated[int, Range(-1, note="-1: the table's last")] = -1
     sigma_init: NonNegativeFloat = 0.0  # > 0: start where sigma/alpha = sigma_init (SiD's 2.5)
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
+    # attention kernels of teacher, student and critic: sdpa (fused) or eager (explicit softmax)
+    attention: Literal["sdpa", "eager"] = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,13 @@ def teacher_path(cfg: UNetDistillConfig) -> Path:
 
 
 def load_teacher(cfg: UNetDistillConfig):
+    """The teacher, its attention blocks set to ``student.attention`` (copies inherit it)."""
+    from ..sources.diffusers import set_attention
     from ..teachers.diffusers import load_diffusers_teacher
 
-    return load_diffusers_teacher(teacher_path(cfg), scheduler=cfg.scheduler or None)
+    teacher = load_diffusers_teacher(teacher_path(cfg), scheduler=cfg.scheduler or None)
+    set_attention(teacher.model, cfg.student.attention)
+    return teacher
 
 
 def load_real(cfg: UNetDistillConfig, teacher) -> Any:

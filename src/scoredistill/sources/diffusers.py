@@ -44,7 +44,33 @@ from ..schedules import t_from_log_snr
 from ..teachers.diffusers import DiffusersTeacher
 from .generators import default_student_times, draw_latent
 
-__all__ = ["DiffusersCritic", "DiffusersGenerator", "lcm_timesteps", "make_diffusers_critic"]
+__all__ = [
+    "ATTENTION",
+    "DiffusersCritic",
+    "DiffusersGenerator",
+    "lcm_timesteps",
+    "make_diffusers_critic",
+    "set_attention",
+]
+
+ATTENTION = ("sdpa", "eager")
+
+
+def set_attention(model: nn.Module, kind: str) -> int:
+    """Route every diffusers ``Attention`` block of ``model`` through ``kind``: ``"sdpa"``
+    (``AttnProcessor2_0``: ``torch.nn.functional.scaled_dot_product_attention``, the fused
+    kernels) or ``"eager"`` (``AttnProcessor``: explicit softmax(QK^T)V, for debugging or
+    backends without SDPA). Returns how many blocks were set. Diffusers' own
+    ``set_attn_processor`` exists on ``UNet2DConditionModel`` but not on ``UNet2DModel``, so the
+    blocks are visited directly."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+    if kind not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {kind!r}")
+    blocks = [m for m in model.modules() if isinstance(m, Attention)]
+    for block in blocks:
+        block.set_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+    return len(blocks)
 
 
 def lcm_timesteps(top: int, steps: int) -> tuple[int, ...]:
