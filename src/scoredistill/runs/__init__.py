@@ -8,17 +8,24 @@ decides). The CLI, the bench and ``scoredistill presets`` read only these two di
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import distill, kd, kd_procedures, optimize, unet
+from . import consistency, distill, kd, kd_procedures, optimize, unet
 from .family import Family, Resolved
 
 __all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
 
 FAMILIES: dict[str, Family] = {
     f.name: f
-    for f in (distill.FAMILY, unet.FAMILY, optimize.FAMILY, kd.FAMILY, kd_procedures.FAMILY)
+    for f in (
+        distill.FAMILY,
+        unet.FAMILY,
+        consistency.FAMILY,
+        optimize.FAMILY,
+        kd.FAMILY,
+        kd_procedures.FAMILY,
+    )
 }
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "distill": ("distill", "distill-unet"),
+    "distill": ("distill", "distill-unet", "distill-consistency"),
     "optimize": ("optimize",),
     "kd": ("kd", "kd-procedure"),
 }

@@ -1,0 +1,111 @@
+"""CD: discrete consistency distillation (Song et al. 2023, "Consistency Models", Alg. 2, eq. 7)
+with LCM's skipping-step DDIM teacher solver (Luo et al. 2023, "Latent Consistency Models",
+eq. 8-9, Alg. 1).
+
+The teacher's time range ``[t_min, t_max]`` carries a sampler grid of ``grid + 1`` times
+``t_0 = t_max > ... > t_grid = t_min`` (the schedule's default spacing: Karras' on edm). A start
+index ``n`` is drawn from ``{0, k, 2k, ..., grid - k}`` (``k = skip``), ``x_0`` from the data and
+
+    x_{t_n}     = alpha_n x_0 + sigma_n eps
+    x^_{t_{n+k}} = alpha_{n+k} D + sigma_{n+k} (x_{t_n} - alpha_n D) / sigma_n,  D = D_teacher(x_{t_n}, t_n)
+    L           = d( f_theta(x_{t_n}, t_n), f_theta-(x^_{t_{n+k}}, t_{n+k}) )
+
+(one exact-for-frozen-D DDIM step per skip, eq. 8 of LCM without guidance; ``solver="exact"``
+replaces it by the exact PF-ODE map of an exact teacher, ``teachers.pf_ode``, far slower: an
+ablation without solver error). ``f_theta-`` is the target network, an EMA of the student with
+decay ``target_decay`` that the loop keeps (LCM: 0.95); ``d`` is the mean square (LCM's ``l2``
+default, a mean over the batch and the dimensions) or the pseudo-Huber ``sqrt(d^2 + c^2) - c``.
+The boundary condition ``f(x, t_min) = x`` is the student's (``c_skip``/``c_out``,
+``sources.consistency.BoundaryConsistency``).
+
+Defaults, read in ``huggingface/diffusers`` ``examples/consistency_distillation/
+train_lcm_distill_sd_wds.py``: ``num_ddim_timesteps = 50`` of 1000 (``skip = 1000 // 50 = 20``),
+``ema_decay = 0.95``, ``loss_type = "l2"``, ``huber_c = 0.001``. LCM's guidance scale embedding
+(``w ~ U[5, 15]``) is left out: the exact testbeds are distilled at their own law (w = 1).
+A ``skip`` that does not divide ``grid`` is refused: the last DDIM jump would not end on
+``t_min``, the end where the boundary condition holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
+from ..samplers import time_grid
+from ..teachers.pf_ode import pf_ode_map
+from ._ingredients import Loss
+
+__all__ = ["CD", "ddim_step"]
+
+
+@dataclass(frozen=True)
+class CD:
+    grid: PositiveInt = 1000  # teacher discretisation N (DDPM's 1000 timesteps, LCM)
+    skip: PositiveInt = 20  # LCM's skipping step k = 1000 // num_ddim_timesteps (50)
+    target_decay: UnitFloat = 0.95  # EMA decay of the target network (LCM's ema_decay)
+    distance: Literal["l2", "huber"] = "l2"  # LCM's loss_type
+    huber_c: PositiveFloat = 0.001  # LCM's huber_c
+    solver: Literal["ddim", "exact"] = "ddim"  # exact: the exact PF-ODE map (exact teachers)
+
+    def __post_init__(self) -> None:
+        if self.grid % self.skip:
+            raise ConfigError(
+                f"config key 'skip' must divide grid = {self.grid} (got "
+                f"{self.skip}): the DDIM jumps of {self.skip} grid steps would not end on "
+                f"t_min; valid: a divisor such as {_divisors(self.grid)}"
+            )
+
+    def times(self, schedule) -> Tensor:
+        """The ``grid + 1`` teacher times, ``t_max`` first (float64)."""
+        return time_grid(schedule, self.grid + 1)
+
+    def loss(
+        self,
+        x0: Tensor,
+        cond: Tensor | None,
+        *,
+        student,
+        target,
+        teacher,
+        rng: torch.Generator,
+        step: int = 0,
+    ) -> Loss:
+        """``x0: (B, D)`` data; ``student`` and ``target`` are ``f(x_t, t, cond)`` on
+        ``teacher.schedule`` (``target`` without gradients)."""
+        ts = self.times(teacher.schedule)
+        starts = torch.randint(self.grid // self.skip, (x0.shape[0],), generator=rng) * self.skip
+        t, t_next = ts[starts], ts[starts + self.skip]
+        alpha, sigma = (c.to(x0.dtype) for c in teacher.schedule.alpha_sigma(t))
+        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype)
+        x_t = alpha[:, None] * x0 + sigma[:, None] * eps
+        with torch.no_grad():
+            if self.solver == "exact":
+                x_next = pf_ode_map(teacher, x_t, t, t_next, cond=cond)
+            else:
+                x_next = ddim_step(teacher, x_t, t, t_next, cond)
+            f_target = target(x_next, t_next.to(x0.dtype), cond)
+        f = student(x_t, t.to(x0.dtype), cond)
+        diff = f - f_target
+        if self.distance == "huber":
+            per = (torch.sqrt(diff**2 + self.huber_c**2) - self.huber_c).mean(1)
+        else:
+            per = (diff**2).mean(1)
+        return Loss(per.mean(), {"distance": per.mean().item()})
+
+
+def ddim_step(teacher, x_t: Tensor, t: Tensor, t_next: Tensor, cond: Tensor | None) -> Tensor:
+    """One deterministic DDIM step per sample (Song et al. 2021, eq. 12, eta = 0), ``t, t_next:
+    (B,)``: ``x' = alpha' D + sigma' (x_t - alpha D) / sigma``."""
+    a, s = (c.to(x_t.dtype)[:, None] for c in teacher.schedule.alpha_sigma(t))
+    a2, s2 = (c.to(x_t.dtype)[:, None] for c in teacher.schedule.alpha_sigma(t_next))
+    d = teacher.denoise(x_t, t.to(x_t.dtype), cond)
+    return a2 * d + s2 * (x_t - a * d) / s
+
+
+def _divisors(n: int) -> str:
+    """A few divisors of ``n`` for the error message."""
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 50)

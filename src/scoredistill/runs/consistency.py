@@ -1,0 +1,183 @@
+"""``scoredistill distill --preset cd-ring8|scm-ring8|…``: consistency distillation runs.
+
+A run is a ``ConsistencyConfig`` (method ``cd`` or ``scm``, testbed, the objective's fields, the
+loop, the student network, the evaluation). The student is a consistency function
+(``sources.consistency``): ``BoundaryConsistency`` on the teacher's schedule for CD,
+``TrigFlowStudent`` for sCM; ``sigma_d`` is the testbed mixture's exact data std unless
+``student.sigma_data`` is set. The data the objectives noise are exact samples of the testbed.
+
+The run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``metrics.json`` (the
+EMA student's metrics at ``student.sample_steps`` at the top level, every step count of
+``eval.steps`` under ``by_steps``, the exact consistency error under ``consistency``),
+``samples.npz`` (``x: (N, D)`` at ``student.sample_steps``), ``samples.png`` and ``report.md``
+(the student's rows inside the teacher's sampler × NFE table).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PositiveFloat, PositiveInt, to_dict
+from ..config import resolve as resolve_config
+from ..io import atomic_write_json
+from ..objectives.cd import CD
+from ..objectives.scm import SCM
+from ..presets.consistency import DESCRIPTIONS, PRESETS, QUICK
+from ..train.common import JsonlLogger
+from ..train.consistency import ConsistencyLoopConfig, train_consistency
+from .family import Family, Resolved, report_section
+
+__all__ = ["FAMILY", "METHODS", "ConsistencyConfig", "EvalConfig", "StudentConfig", "run"]
+
+METHODS: dict[str, type] = {"cd": CD, "scm": SCM}
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    hidden: PositiveInt = 256
+    depth: PositiveInt = 4
+    sigma_data: PositiveFloat | None = None  # None: the testbed mixture's exact data std
+    sample_steps: PositiveInt = 2  # student steps of samples.npz (sCM's headline: 2)
+    time_scale: PositiveFloat = 1 / 64  # scm: c_noise = log(sigma) * this (sources.consistency)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    steps: tuple[PositiveInt, ...] = (1, 2, 4)  # student step counts scored at the end
+    levels: tuple[PositiveFloat, ...] = (0.1, 0.5, 2.0, 10.0)  # VE sigma of the consistency error
+    consistency_samples: PositiveInt = 500  # exact PF-ODE solves per level
+    teacher_samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "heun")
+    teacher_nfe: tuple[PositiveInt, ...] = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    method: str = "scm"
+    testbed: str = "ring8"
+    schedule: str = "edm"
+    objective: dict[str, Any] = field(default_factory=dict)
+    train: ConsistencyLoopConfig = field(default_factory=ConsistencyLoopConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def resolve(preset: str | None, sets: list[str]) -> tuple[ConsistencyConfig, Any]:
+    """Preset + ``--set`` overrides -> (validated config, objective instance)."""
+    return resolve_config(ConsistencyConfig(), PRESETS, preset, sets, METHODS)
+
+
+def _data_sampler(testbed):
+    """``(n, rng) -> (x0, labels | None)``: exact data (labels from the class prior)."""
+    from ..eval.baseline import draw_labels
+
+    def sample(n: int, rng: torch.Generator):
+        labels = draw_labels(testbed, n, rng)
+        return testbed.truth.sample(n, rng=rng, cond=labels), labels
+
+    return sample
+
+
+def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.Module:
+    from ..sources.consistency import BoundaryConsistency, TrigFlowStudent
+
+    torch.manual_seed(cfg.train.seed)
+    s, k = cfg.student, testbed.truth.num_classes
+    if cfg.method == "cd":
+        return BoundaryConsistency(
+            testbed.dim, testbed.teacher.schedule, sigma_d, hidden=s.hidden, depth=s.depth,
+            num_classes=k,
+        )  # fmt: skip
+    return TrigFlowStudent(
+        testbed.dim, sigma_d, hidden=s.hidden, depth=s.depth, num_classes=k,
+        time_scale=s.time_scale,
+    )  # fmt: skip
+
+
+def _student_draw(student, testbed, steps: int, n: int, seed: int):
+    """The fixed evaluation draw: ``(x, labels, seconds)``; the same noise for every step count."""
+    from ..eval.baseline import draw_labels
+
+    rng = torch.Generator().manual_seed(seed + 12345)
+    labels = draw_labels(testbed, n, rng)
+    z = torch.randn(n, testbed.dim, generator=rng)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = student.sample(z, labels, steps=steps, rng=rng)
+    return x, labels, time.perf_counter() - start
+
+
+def _score(student, testbed, steps: int, n: int, seed: int) -> tuple[dict, torch.Tensor, Any]:
+    from ..eval.metrics import testbed_metrics
+
+    x, labels, wall = _student_draw(student, testbed, steps, n, seed)
+    metrics = testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
+    return {**metrics, "nfe": steps, "sample_s": wall}, x, labels
+
+
+def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False) -> dict:
+    """Build, train, evaluate and write the run folder; returns the final metrics."""
+    from ..eval.consistency import consistency_errors
+    from ..teachers.testbeds import get_testbed
+    from ..teachers.trigflow import mixture_sigma_data
+    from .consistency_report import save_figure, write_report
+
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", to_dict(cfg))
+    sigma_d = cfg.student.sigma_data or mixture_sigma_data(testbed.truth)
+    student = _build_student(cfg, testbed, sigma_d)
+    n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
+    start = time.perf_counter()
+    result = train_consistency(
+        cfg.train, objective=objective, student=student, teacher=testbed.teacher,
+        sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
+        out_dir=out, resume=resume, desc=f"{cfg.method} {cfg.testbed}",
+    )  # fmt: skip
+    ema, train_s = result["ema"], time.perf_counter() - start
+    by_steps, draws = {}, {}
+    for steps in sorted({*cfg.eval.steps, k}):
+        by_steps[str(steps)], draws[steps], labels = _score(ema, testbed, steps, n, seed)
+    consistency = consistency_errors(
+        testbed, ema.at_level, cfg.eval.levels, cfg.eval.consistency_samples, seed
+    )
+    metrics = {
+        **by_steps[str(k)],
+        "wall_s": train_s,
+        "sigma_data": sigma_d,
+        "by_steps": by_steps,
+        "consistency": consistency,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
+    arrays = {"x": draws[k].numpy()} | ({"labels": labels.numpy()} if labels is not None else {})
+    np.savez(out / "samples.npz", **arrays)
+    save_figure(out / "samples.png", testbed, draws, labels, n, seed)
+    write_report(out, cfg, metrics, result["history"], testbed)
+    return metrics
+
+
+def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
+    from ..teachers.testbeds import get_testbed
+
+    cfg, objective = resolve(preset, sets)
+    get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
+    return Resolved(cfg, objective, preset)
+
+
+FAMILY = Family(
+    name="distill-consistency",
+    help="consistency distillation (CD, sCM) of a testbed's teacher into a few-step student",
+    presets=PRESETS,
+    describe=DESCRIPTIONS.__getitem__,
+    resolve=_resolve_run,
+    run=lambda r, out, resume: run(r.config, r.extra, out, resume=resume),
+    quick=lambda name: list(QUICK),
+    steps_help="student updates",
+    epilogue=report_section,
+)
