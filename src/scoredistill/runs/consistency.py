@@ -31,7 +31,8 @@ from ..objectives.scm import SCM
 from ..presets.consistency import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.consistency import ConsistencyLoopConfig, train_consistency
-from .family import Family, Resolved, report_section
+from .distill import testbed_resolver
+from .family import Family, report_section
 
 __all__ = ["FAMILY", "METHODS", "ConsistencyConfig", "EvalConfig", "StudentConfig", "run"]
 
@@ -162,20 +163,12 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     return metrics
 
 
-def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
-    from ..teachers.testbeds import get_testbed
-
-    cfg, objective = resolve(preset, sets)
-    get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
-    return Resolved(cfg, objective, preset)
-
-
 FAMILY = Family(
     name="distill-consistency",
     help="consistency distillation (CD, sCM) of a testbed's teacher into a few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
-    resolve=_resolve_run,
+    resolve=testbed_resolver(resolve),
     run=lambda r, out, resume: run(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="student updates",

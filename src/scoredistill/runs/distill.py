@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ __all__ = [
     "GeneratorConfig",
     "resolve",
     "run_distill",
+    "testbed_resolver",
 ]
 
 
@@ -359,12 +361,20 @@ def _write_report(
     (out / "report.md").write_text("\n".join(lines))
 
 
-def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
-    from ..teachers.testbeds import get_testbed
+def testbed_resolver(
+    resolve_fn: Callable[[str | None, list[str]], tuple[Any, Any]],
+) -> Callable[[str | None, list[str]], Resolved]:
+    """A family's ``resolve``: the config, then its ``testbed`` loaded so that a bad testbed
+    fails before any training (the testbed families: ``distill``, ``distill-consistency``)."""
 
-    cfg, objective = resolve(preset, sets)
-    get_testbed(cfg.testbed, schedule=cfg.schedule)  # a bad testbed fails before any training
-    return Resolved(cfg, objective, preset)
+    def resolved(preset: str | None, sets: list[str]) -> Resolved:
+        from ..teachers.testbeds import get_testbed
+
+        cfg, extra = resolve_fn(preset, sets)
+        get_testbed(cfg.testbed, schedule=cfg.schedule)
+        return Resolved(cfg, extra, preset)
+
+    return resolved
 
 
 FAMILY = Family(
@@ -372,7 +382,7 @@ FAMILY = Family(
     help="distil a one-step generator from a testbed's teacher",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
-    resolve=_resolve_run,
+    resolve=testbed_resolver(resolve),
     run=lambda r, out, resume: run_distill(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="generator updates",
