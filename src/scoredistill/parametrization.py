@@ -19,7 +19,8 @@ DreamFusion/threestudio write ``eps_c + w' (eps_c - eps_u)``, which is ``w = w' 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,10 +28,12 @@ from torch import Tensor
 __all__ = [
     "NULL_LABEL",
     "PREDICTIONS",
+    "cat_conditions",
     "cfg_combine",
     "dreamfusion_to_cfg_scale",
     "from_denoiser",
     "guided",
+    "null_condition",
     "to_denoiser",
 ]
 
@@ -133,14 +136,26 @@ def cfg_combine(uncond: Tensor, cond: Tensor, w: float | Tensor) -> Tensor:
     return uncond + w * (cond - uncond)
 
 
+def null_condition(cond: Any, null_label: int = NULL_LABEL) -> Any:
+    """The unconditional counterpart of ``cond``: labels ``(B,)`` become ``null_label``; a
+    structured condition (``teachers.diffusers_latent.TextCond``) gives its ``null_like()``."""
+    return torch.full_like(cond, null_label) if torch.is_tensor(cond) else cond.null_like()
+
+
+def cat_conditions(conds: Sequence[Any]) -> Any:
+    """Conditions stacked along the batch: ``torch.cat`` for labels, ``type(c).cat`` otherwise."""
+    return torch.cat(list(conds)) if torch.is_tensor(conds[0]) else type(conds[0]).cat(conds)
+
+
 def guided(denoise: Denoise, w: float | Tensor, null_label: int = NULL_LABEL) -> Denoise:
     """Wrap a conditional denoiser ``denoise(x_t, t, cond)`` with classifier-free guidance.
 
-    The returned callable has the same signature. ``cond`` carries integer labels ``(B,)``;
-    the unconditional branch uses ``null_label``. Both branches run in one batched call.
+    The returned callable has the same signature. ``cond`` carries integer labels ``(B,)``
+    (the unconditional branch uses ``null_label``) or a structured condition with
+    ``null_like()`` and ``cat`` (text). Both branches run in one batched call.
     """
 
-    def denoise_cfg(x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def denoise_cfg(x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("classifier-free guidance needs class labels (cond), got None")
         if not torch.is_tensor(w) and w == 1.0:
@@ -149,7 +164,7 @@ def guided(denoise: Denoise, w: float | Tensor, null_label: int = NULL_LABEL) ->
         both = denoise(
             torch.cat([x_t, x_t]),
             torch.cat([t, t]),
-            torch.cat([torch.full_like(cond, null_label), cond]),
+            cat_conditions([null_condition(cond, null_label), cond]),
         )
         return cfg_combine(both[:n], both[n:], w)
 

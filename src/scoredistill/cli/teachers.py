@@ -150,6 +150,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     class-conditional diffusers UNet on ``--data`` saved as ``OUT/pipeline``."""
     from ..train.dsm import train_learned_teacher
 
+    if args.arch == "sd":
+        return _train_sd_teacher(args)
     if args.arch == "unet":
         from ..runs.image_teacher import train_teacher
 
@@ -166,6 +168,26 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     info = train_learned_teacher(
         args.testbed, seed=args.seed, steps=args.steps or 4000, out_dir=out, progress=not args.quiet
     )
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _train_sd_teacher(args: argparse.Namespace) -> int:
+    """``--arch sd``: the tiny latent text-to-image teacher (``train.sd_teacher``)."""
+    from ..data import load_digits_images, load_image_folder
+    from ..train.sd_teacher import SDTeacherConfig, train_sd_teacher
+
+    if args.resume:
+        raise UsageError("--resume is for --arch unet; the sd teacher trains in one go")
+    data = args.data or "digits"
+    images = load_digits_images("train") if data == "digits" else load_image_folder(data)
+    if images.labels is None:
+        raise UsageError(f"--data {data}: the sd teacher's prompts need class subfolders")
+    config = SDTeacherConfig(steps=args.steps or SDTeacherConfig.steps, seed=args.seed)
+    info = train_sd_teacher(
+        images.x, images.labels, prepare_out(args), config=config, classes=images.classes,
+        progress=not args.quiet,
+    )  # fmt: skip
     print(json.dumps(info, indent=2))
     return 0
 
@@ -220,11 +242,14 @@ def add_teacher_commands(sub) -> None:
     p = sub.add_parser(
         "train-teacher", help="train a teacher: 2-D MLP (DSM) or a diffusers UNet on images"
     )
-    p.add_argument("--arch", choices=("mlp", "unet"), default="mlp", help="mlp: 2-D testbeds")
+    p.add_argument(
+        "--arch", choices=("mlp", "unet", "sd"), default="mlp",
+        help="mlp: 2-D testbeds; unet: pixel UNet; sd: latent text-to-image pipeline",
+    )  # fmt: skip
     p.add_argument("--testbed", default="moons", help="--arch mlp: the exact testbed")
-    p.add_argument("--data", default=None, help="--arch unet: digits or a folder of PNG/JPEG")
+    p.add_argument("--data", default=None, help="--arch unet/sd: digits or a PNG/JPEG folder")
     p.add_argument("--resume", action="store_true", help="--arch unet: continue in --out")
-    p.add_argument("--steps", type=positive_int, default=None, help="mlp 4000, unet 3000")
+    p.add_argument("--steps", type=positive_int, default=None, help="mlp 4000, unet 3000, sd 1700")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True)

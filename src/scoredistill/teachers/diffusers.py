@@ -155,12 +155,17 @@ class DiffusersTeacher(nn.Module):
         s = torch.sigmoid(-lam / 2)
         return 1 - s, s, s * self.num_train_timesteps
 
-    def _network(self, x_in: Tensor, timestep: Tensor, labels: Tensor | None) -> Tensor:
+    def network_condition(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
+        """The network's keyword arguments for the library condition ``cond`` (labels here;
+        ``diffusers_latent`` gives text embeddings)."""
+        return {"class_labels": self.class_labels(cond, n, device)}
+
+    def _network(self, x_in: Tensor, timestep: Tensor, condition: dict[str, Any]) -> Tensor:
         """Raw output ``(B, C, H, W)``; float tensor timesteps (a Python float is truncated, §1.2)."""
         p = next(self.model.parameters(), None)
         dtype = p.dtype if p is not None else getattr(self.model, "dtype", torch.float32)
         ts = timestep.to(torch.float64 if dtype == torch.float64 else torch.float32)
-        out = self.model(x_in.to(dtype), timestep=ts, class_labels=labels, return_dict=False)[0]
+        out = self.model(x_in.to(dtype), timestep=ts, **condition, return_dict=False)[0]
         return out[:, : self.shape[0]] if out.shape[1] == 2 * self.shape[0] else out
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -175,13 +180,14 @@ class DiffusersTeacher(nn.Module):
         alpha, sigma, timestep = self.native_level(2 * (a.log() - s.log()))
         bc = (n, 1, 1, 1)  # x_n: x_t on the native scale, x_t / sqrt(a² + s²) for VP (note §0)
         x_n = x * ((alpha**2 + sigma**2) / (a**2 + s**2)).sqrt().reshape(bc).to(out_dtype)
-        labels, kwargs = self.class_labels(cond, n, x.device), {}
+        condition, kwargs = self.network_condition(cond, n, x.device), {}
         c_in = torch.ones_like(sigma)
         if self.family == "edm":  # EDM preconditioning (Karras et al. 2022, Table 1; note §1.5)
             c_in, kwargs = (sigma**2 + self.sigma_data**2).rsqrt(), {"sigma_data": self.sigma_data}
         elif self.family == "flow":  # native alpha = 1 - s, sigma = s: x0 = x - s v (note §1.4)
             kwargs = {"d_alpha": -torch.ones_like(alpha), "d_sigma": torch.ones_like(alpha)}
-        out = self._network(x_n * c_in.reshape(bc).to(out_dtype), timestep, labels).to(out_dtype)
+        x_in = x_n * c_in.reshape(bc).to(out_dtype)
+        out = self._network(x_in, timestep, condition).to(out_dtype)
         if self.family == "edm" and self.prediction_type == "v_prediction":
             out = -out  # diffusers' EDM v-prediction is -F (c_out's sign, note §1.5)
         d = to_denoiser(out, x_n, alpha, sigma, self.prediction, **kwargs)

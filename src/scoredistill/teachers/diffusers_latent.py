@@ -1,0 +1,335 @@
+"""Latent text-to-image diffusers pipelines as teachers: ``D(z_t, t, cond)`` on VAE latents.
+
+A ``StableDiffusionPipeline``-layout folder (``unet/`` ``UNet2DConditionModel``, ``vae/``
+``AutoencoderKL`` or ``AutoencoderTiny``, ``text_encoder/`` + ``tokenizer/`` from transformers,
+``scheduler/``) becomes a teacher in **latent space**. The time conversion, input scaling and
+output → x0 are ``DiffusersTeacher``'s (reference note ``diffusers_integration.md`` §0–§1); this
+module adds only what is latent or textual:
+
+- the scaled latent ``z = (E(x) - shift) · scaling_factor`` (SD: no shift; note §4), flattened to
+  ``(B, c·h·w)`` like every library sample; ``decode`` inverts it through the VAE in float32
+  (fp16 VAEs give NaNs, note §7 pitfall 6) and clamps to [-1, 1] as the pipeline's postprocessing;
+- the condition: ``TextCond`` (prompt embeddings ``(B, L, E)`` and the null embedding that CFG's
+  unconditional branch uses: the empty prompt's, or a negative prompt's), or integer prompt ids
+  ``(B,)`` into a prompt list registered with ``set_prompt_labels`` — then ``NULL_LABEL`` is the
+  null prompt and every label-based ingredient (guidance, label dropout) works unchanged;
+- prompt embeddings are computed once per prompt text and cached (distillation is data-free on a
+  prompt list); ``encode_prompts`` mirrors ``StableDiffusionPipeline.encode_prompt`` (padding to
+  ``model_max_length``, the last hidden state, no clip skip), so the teacher sees what the
+  pipeline's UNet sees.
+
+Loading is offline (``local_files_only=True``); every problem with a folder is a one-line
+``TeacherFolderError`` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..parametrization import NULL_LABEL
+from ..schedules import Schedule
+from .diffusers import (
+    DiffusersTeacher,
+    TeacherFolderError,
+    _check_scheduler,
+    _diffusers_class,
+    _fail,
+    _read_json,
+)
+
+__all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
+
+COMPONENTS = {  # model_index.json key: the library its class must come from
+    "unet": "diffusers",
+    "vae": "diffusers",
+    "text_encoder": "transformers",
+    "tokenizer": "transformers",
+    "scheduler": "diffusers",
+}
+
+
+@dataclass(frozen=True)
+class TextCond:
+    """A text condition: ``embeds: (B, L, E)`` prompt embeddings; ``null: (1, L, E)`` the
+    unconditional embedding (empty or negative prompt) that classifier-free guidance uses;
+    ``prompts`` the B texts (or empty)."""
+
+    embeds: Tensor
+    null: Tensor
+    prompts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.embeds.dim() != 3 or tuple(self.null.shape) != (1, *self.embeds.shape[1:]):
+            got = f"embeds {tuple(self.embeds.shape)}, null {tuple(self.null.shape)}"
+            raise ValueError(f"TextCond needs embeds (B, L, E) and null (1, L, E); got {got}")
+        if self.prompts and len(self.prompts) != self.embeds.shape[0]:
+            raise ValueError(f"{len(self.prompts)} prompts for {self.embeds.shape[0]} embeddings")
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def __getitem__(self, idx: Any) -> TextCond:
+        """Rows ``idx`` (an int keeps the batch dimension)."""
+        idx = [idx] if isinstance(idx, int) else idx
+        rows = torch.arange(len(self))[idx].tolist()
+        prompts = tuple(self.prompts[i] for i in rows) if self.prompts else ()
+        return TextCond(self.embeds[rows], self.null, prompts)
+
+    def null_like(self) -> TextCond:
+        """The unconditional rows: ``null`` repeated B times (``parametrization.guided``)."""
+        return TextCond(self.null.expand_as(self.embeds), self.null)
+
+    def with_null_rows(self, mask: Tensor) -> TextCond:
+        """Rows where ``mask: (B,)`` is True replaced by ``null`` (classifier-free dropout)."""
+        m = mask.to(self.embeds.device).reshape(-1, 1, 1)
+        return TextCond(torch.where(m, self.null.to(self.embeds), self.embeds), self.null)
+
+    @staticmethod
+    def cat(conds: Sequence[TextCond]) -> TextCond:
+        """Rows of several conditions sharing one null embedding, in order."""
+        first = conds[0]
+        if any(not torch.equal(c.null, first.null) for c in conds[1:]):
+            raise ValueError("cannot concatenate TextConds with different null embeddings")
+        prompts = sum((c.prompts for c in conds), ()) if all(c.prompts for c in conds) else ()
+        return TextCond(torch.cat([c.embeds for c in conds]), first.null, prompts)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextCond:
+        dtype = dtype or self.embeds.dtype
+        return TextCond(self.embeds.to(device, dtype), self.null.to(device, dtype), self.prompts)
+
+
+def encode_text(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str]) -> Tensor:
+    """``(N, L, E)``: ``StableDiffusionPipeline.encode_prompt``'s embeddings (padded to
+    ``model_max_length``, truncated, ``text_encoder(ids)[0]``; the attention mask only where the
+    encoder's config sets ``use_attention_mask``)."""
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    use_mask = getattr(getattr(text_encoder, "config", None), "use_attention_mask", False)
+    mask = tokens.attention_mask.to(device) if use_mask else None
+    return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+class LatentDiffusersTeacher(DiffusersTeacher):
+    """A text-conditional latent teacher: ``denoise(z_t, t, cond)`` with ``z_t: (B, c·h·w)``
+    (or ``(B, c, h, w)``), ``cond`` a ``TextCond``, prompt ids ``(B,)`` (``set_prompt_labels``)
+    or None (the empty prompt). ``encode``/``decode`` map images ``(B, C, H, W)`` in [-1, 1]."""
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        scheduler: Any,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        *,
+        schedule: Schedule | None = None,
+    ) -> None:
+        super().__init__(unet, scheduler, schedule=schedule)
+        vcfg, ucfg = dict(vae.config), dict(unet.config)
+        if vcfg["latent_channels"] != self.shape[0]:
+            got = f"latent_channels={vcfg['latent_channels']}, unet in_channels={self.shape[0]}"
+            raise ValueError(f"the VAE's latents do not fit the UNet: {got}; they must be equal")
+        width = getattr(getattr(text_encoder, "config", None), "hidden_size", None)
+        if width is not None and ucfg.get("cross_attention_dim") not in (None, width):
+            got = f"hidden_size={width}, unet cross_attention_dim={ucfg['cross_attention_dim']}"
+            raise ValueError(f"the text embeddings do not fit the UNet: {got}; must be equal")
+        if next(vae.parameters()).dtype != torch.float32:  # fp16 VAEs give NaNs (§7, 6)
+            vae = vae.to(torch.float32)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scaling_factor = float(vcfg.get("scaling_factor") or 1.0)
+        self.shift_factor = float(vcfg.get("shift_factor") or 0.0)
+        f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
+        self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
+        self._cache: dict[str, Tensor] = {}
+        self.text_encoder_calls = 0  # forwards of the text encoder (the cache's test)
+        self.prompt_table: TextCond | None = None
+        self.eval()  # dropout off in every part (note §3: built models start in train mode)
+
+    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
+        """``TextCond`` for ``prompts`` (its null: ``negative_prompt``'s embedding); texts not
+        seen before are encoded in one batch without gradients and cached."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        bad = [p for p in [*prompts, negative_prompt] if not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"prompts must be strings; got {type(bad[0]).__name__} {bad[0]!r}")
+        new = list(dict.fromkeys(p for p in [negative_prompt, *prompts] if p not in self._cache))
+        if new:
+            with torch.no_grad():
+                embeds = encode_text(self.tokenizer, self.text_encoder, new)
+            self.text_encoder_calls += 1
+            self._cache.update(zip(new, embeds, strict=True))
+        stack = torch.stack([self._cache[p] for p in prompts])
+        return TextCond(stack, self._cache[negative_prompt][None], tuple(prompts))
+
+    def set_prompt_labels(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
+        """Integer ``cond`` ``i`` now means ``prompts[i]`` (``NULL_LABEL``: the null prompt), so
+        ``num_classes = len(prompts)``; returns the table."""
+        self.prompt_table = self.encode_prompts(prompts, negative_prompt)
+        self.num_classes = len(prompts)
+        return self.prompt_table
+
+    def network_condition(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
+        """``encoder_hidden_states: (n, L, E)`` for a ``TextCond``, prompt ids or None."""
+        if cond is None:
+            emb = self.encode_prompts([""]).embeds.expand(n, -1, -1)
+        elif isinstance(cond, TextCond):
+            if len(cond) not in (1, n):
+                raise ValueError(f"TextCond has {len(cond)} rows for a batch of {n}; valid: 1, {n}")
+            emb = cond.embeds.expand(n, -1, -1)
+        elif torch.is_tensor(cond) and not cond.dtype.is_floating_point:
+            emb = self._embeds_of_labels(cond.reshape(n))
+        else:
+            got = type(cond).__name__
+            raise ValueError(f"cond must be a TextCond, prompt ids (B,) or None; got {got}")
+        dtype = next(self.model.parameters()).dtype
+        return {"encoder_hidden_states": emb.to(device, dtype)}
+
+    def _embeds_of_labels(self, ids: Tensor) -> Tensor:
+        table = self.prompt_table
+        if table is None:
+            raise ValueError(
+                "integer cond needs set_prompt_labels(prompts) first; or pass a TextCond"
+            )
+        if bool(((ids < NULL_LABEL) | (ids >= len(table))).any()):
+            got = ids.unique().tolist()
+            raise ValueError(f"prompt ids must lie in [{NULL_LABEL}, {len(table) - 1}]; got {got}")
+        rows = torch.cat([table.embeds, table.null.to(table.embeds)])  # row len(table): null
+        return rows[torch.where(ids == NULL_LABEL, len(table), ids).to(rows.device)]
+
+    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Scaled latents ``(B, c·h·w)`` of images ``x: (B, C, H, W)`` in [-1, 1]: the posterior
+        mean, or a posterior sample with ``generator``; float32, differentiable in ``x``."""
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}; valid: (B, *{self.image_shape})")
+        p = next(self.vae.parameters())
+        out = self.vae.encode(x.to(p.device, torch.float32))
+        if hasattr(out, "latent_dist"):  # AutoencoderKL; AutoencoderTiny returns .latents
+            dist = out.latent_dist
+            z = dist.mean if generator is None else dist.sample(generator)
+        else:
+            z = out.latents
+        return ((z - self.shift_factor) * self.scaling_factor).reshape(x.shape[0], -1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` in [-1, 1] from latents ``z: (B, c·h·w) | (B, c, h, w)``."""
+        if z[0].numel() != self.dim:
+            raise ValueError(f"z has shape {tuple(z.shape)}; valid: (B, {self.dim})")
+        p = next(self.vae.parameters())
+        z = z.reshape(z.shape[0], *self.shape).to(p.device, torch.float32)
+        return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
+
+
+def _index(path: Path) -> tuple[Path, dict[str, Any]]:
+    """``(pipeline folder, model_index.json)``; every component present (module docstring)."""
+    if not path.is_dir():
+        raise _fail(path, "no such folder" if not path.exists() else "is a file, not a folder")
+    if not (path / "model_index.json").is_file() and (path / "pipeline").is_dir():
+        path = path / "pipeline"  # a run folder
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise _fail(index_path, "not found; a StableDiffusionPipeline folder has model_index.json")
+    index = _read_json(index_path)
+    if "unet" not in index and "transformer" in index:
+        raise _fail(
+            index_path, "a transformer pipeline (SD3, Flux) is not supported yet; valid: unet"
+        )
+    for key, library in COMPONENTS.items():
+        entry = index.get(key)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == library):
+            want = f"['{library}', CLASS]; a latent teacher needs {', '.join(COMPONENTS)}"
+            raise _fail(index_path, f"key {key!r} is {entry!r}; valid: {want}")
+        if not (path / key).is_dir():
+            raise _fail(path / key, f"no such folder, though model_index.json lists {key!r}")
+    return path, index
+
+
+def _check_configs(path: Path) -> None:
+    """The UNet takes text and the VAE's latents, before any weights are read."""
+    ucfg_path, vcfg_path = path / "unet" / "config.json", path / "vae" / "config.json"
+    for p in (ucfg_path, vcfg_path, path / "scheduler" / "scheduler_config.json"):
+        if not p.is_file():
+            raise _fail(p, "not found; every component folder holds its config")
+    ucfg, vcfg = _read_json(ucfg_path), _read_json(vcfg_path)
+    cls = _diffusers_class(ucfg_path, ucfg.get("_class_name"), "ModelMixin")
+    if "encoder_hidden_states" not in inspect.signature(cls.forward).parameters:
+        what = "takes no encoder_hidden_states; valid: UNet2DConditionModel"
+        raise _fail(ucfg_path, f"{cls.__name__} {what}")
+    if (extra := ucfg.get("addition_embed_type")) not in (None, "text"):
+        what = "needs added_cond_kwargs (SDXL-style), not supported yet; valid: null, 'text'"
+        raise _fail(ucfg_path, f"addition_embed_type {extra!r} {what}")
+    latent, inputs = vcfg.get("latent_channels"), ucfg.get("in_channels")
+    if latent != inputs:
+        what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
+        raise _fail(vcfg_path, f"{what}; the VAE's latents must be the UNet's input")
+
+
+def _load(where: Path, cls: Any, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(where, local_files_only=True, **kwargs)
+    except Exception as err:
+        raise _fail(where, f"cannot load {cls.__name__}", err) from None
+
+
+def load_latent_teacher(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    schedule: Schedule | None = None,
+) -> LatentDiffusersTeacher:
+    """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
+    holding ``pipeline/``); the UNet in ``dtype``, the VAE and text encoder in float32; frozen,
+    eval mode. Problems raise ``TeacherFolderError`` (a ``ValueError``) naming file and key."""
+    path, index = _index(Path(path))
+    _check_configs(path)
+    sched_path = path / "scheduler" / "scheduler_config.json"
+    sched_cfg = _read_json(sched_path)
+    try:
+        _check_scheduler(sched_cfg.get("_class_name"), sched_cfg)
+    except ValueError as err:
+        raise _fail(sched_path, str(err)) from None
+    sched_cls = _diffusers_class(sched_path, sched_cfg["_class_name"], "SchedulerMixin")
+    unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
+    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
+    try:
+        import transformers
+    except ImportError as err:
+        what = "text_encoder/tokenizer need the transformers package (pip install transformers)"
+        raise _fail(path / "model_index.json", what, err) from None
+    text = {}
+    for key in ("text_encoder", "tokenizer"):
+        cls = getattr(transformers, index[key][1], None)
+        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+            raise _fail(
+                path / "model_index.json", f"{key}: {index[key][1]!r} is no transformers class"
+            )
+        text[key] = _load(path / key, cls)
+    unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
+    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    try:
+        return LatentDiffusersTeacher(
+            unet.eval().requires_grad_(False),
+            vae,
+            sched_cls.from_pretrained(path / "scheduler", local_files_only=True),
+            text["text_encoder"].to(device),
+            text["tokenizer"],
+            schedule=schedule,
+        )
+    except (ValueError, TypeError, KeyError) as err:
+        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
