@@ -117,6 +117,7 @@ def test_reference_equal_to_the_schedule_is_the_identity(name):
     u = torch.rand(1000, generator=_rng(0), dtype=F64)
     want = sched.t_min + (sched.t_max - sched.t_min) * u
     assert torch.equal(ref_to_t(sched, u, name), want)  # bit-exact: no bisection on this path
+    assert torch.equal(ref_to_t(sched, u, "schedule"), want)  # "schedule": the one in use
     assert torch.equal(
         sample_t(64, sched, (0.1, 0.9), _rng(1), dtype=F64, reference=name),
         sample_t(64, sched, (0.1, 0.9), _rng(1), dtype=F64),

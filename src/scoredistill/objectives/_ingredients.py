@@ -141,12 +141,18 @@ def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
     return 0.5 * (x - target).pow(2).flatten(1).sum(1).mean()
 
 
+OWN_SCHEDULE = "schedule"  # t_reference: the schedule in use (no mapping)
+
+
 def check_reference(owner: str, reference: str) -> None:
-    """Raise ``ValueError`` naming ``owner.t_reference`` unless ``reference`` is a schedule name."""
+    """Raise ``ValueError`` naming ``owner.t_reference`` unless ``reference`` is a schedule name
+    or ``"schedule"`` (the schedule in use: fractions of the teacher's own range)."""
+    if reference == OWN_SCHEDULE:
+        return
     try:
         get_schedule(reference)
     except ValueError as err:
-        raise ValueError(f"{owner}.t_reference: {err}") from None
+        raise ValueError(f"{owner}.t_reference: {err}, or 'schedule' (the one in use)") from None
 
 
 def ref_to_t(schedule: Schedule, u: Tensor, reference: str | None = None) -> Tensor:
@@ -154,9 +160,10 @@ def ref_to_t(schedule: Schedule, u: Tensor, reference: str | None = None) -> Ten
 
     ``t_ref = t_min + (t_max - t_min) u`` on the reference, ``lambda = log_snr(ref, t_ref)``,
     ``t = t_from_log_snr(schedule, lambda)`` clamped to the schedule's ``[t_min, t_max]``. The
-    identity (no bisection) when ``reference`` is ``None`` or names ``schedule`` itself.
+    identity (no bisection) when ``reference`` is ``None``, ``"schedule"`` or names ``schedule``.
     """
-    ref = schedule if reference is None else get_schedule(reference)
+    own = reference is None or reference == OWN_SCHEDULE
+    ref = schedule if own else get_schedule(reference)
     t_ref = ref.t_min + (ref.t_max - ref.t_min) * u
     if ref == schedule:
         return t_ref
