@@ -274,6 +274,16 @@ def _check_model_class(cfg_path: Path) -> type:
     return cls
 
 
+def _scheduler_class(sched_path: Path) -> Any:
+    """The checked diffusers class of ``scheduler_config.json`` (errors name the file)."""
+    sched_cfg = _read_json(sched_path)
+    try:
+        _check_scheduler(sched_cfg.get("_class_name"), sched_cfg)
+    except ValueError as err:
+        raise _fail(sched_path, str(err)) from None
+    return _diffusers_class(sched_path, sched_cfg["_class_name"], "SchedulerMixin")
+
+
 def load_diffusers_teacher(
     path: str | Path,
     *,
@@ -289,12 +299,7 @@ def load_diffusers_teacher(
     raises ``TeacherFolderError`` (a ``ValueError``) naming the file and key."""
     model_dir, sched_dir = _folders(Path(path), scheduler)
     sched_path, cfg_path = sched_dir / "scheduler_config.json", model_dir / "config.json"
-    sched_cfg = _read_json(sched_path)
-    try:
-        _check_scheduler(sched_cfg.get("_class_name"), sched_cfg)
-    except ValueError as err:
-        raise _fail(sched_path, str(err)) from None
-    sched_cls = _diffusers_class(sched_path, sched_cfg["_class_name"], "SchedulerMixin")
+    sched_cls = _scheduler_class(sched_path)
     if not cfg_path.is_file():
         raise _fail(cfg_path, "not found; a diffusers model folder holds config.json and weights")
     cls = _check_model_class(cfg_path)

@@ -38,10 +38,10 @@ from ..schedules import Schedule
 from .diffusers import (
     DiffusersTeacher,
     TeacherFolderError,
-    _check_scheduler,
     _diffusers_class,
     _fail,
     _read_json,
+    _scheduler_class,
 )
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
@@ -299,12 +299,7 @@ def load_latent_teacher(
     path, index = _index(Path(path))
     _check_configs(path)
     sched_path = path / "scheduler" / "scheduler_config.json"
-    sched_cfg = _read_json(sched_path)
-    try:
-        _check_scheduler(sched_cfg.get("_class_name"), sched_cfg)
-    except ValueError as err:
-        raise _fail(sched_path, str(err)) from None
-    sched_cls = _diffusers_class(sched_path, sched_cfg["_class_name"], "SchedulerMixin")
+    sched_cls = _scheduler_class(sched_path)
     unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
     vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
     try:
