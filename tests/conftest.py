@@ -21,3 +21,18 @@ def teacher_dir(tmp_path_factory) -> str:
         unet=unet, scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     ).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """A tiny text-to-image teacher (``StableDiffusionPipeline`` layout: VAE, UNet2DCondition,
+    CLIP text encoder + tokenizer, DDIM) made by ``train.sd_teacher`` in a few optimizer steps:
+    random-ish weights, real classes, saved by diffusers itself."""
+    from scoredistill.data import load_digits_images
+    from scoredistill.train.sd_teacher import SDTeacherConfig, train_sd_teacher
+
+    data = load_digits_images("train")
+    out = tmp_path_factory.mktemp("sd-teacher")
+    cfg = SDTeacherConfig(steps=3, vae_steps=3, batch_size=8, seed=0)
+    train_sd_teacher(data.x[:64], data.labels[:64], out, config=cfg, progress=False)
+    return out / "pipeline"

@@ -26,15 +26,24 @@ def test_presets_of_one_family(capsys) -> None:
     assert "sds-views" in out and "dmd2-digits" not in out
 
 
+def _required(name: str, request, tmp_path) -> list[str]:
+    """What a family cannot run without: the text-to-image family's teacher and prompts."""
+    if name != "distill-sd":
+        return []
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten 3\n")
+    return [f"teacher={request.getfixturevalue('sd_folder')}", f"prompts={prompts}"]
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_every_preset_has_a_description_and_resolves(name: str) -> None:
-    family = FAMILIES[name]
+def test_every_preset_has_a_description_and_resolves(name: str, request, tmp_path) -> None:
+    family, required = FAMILIES[name], _required(name, request, tmp_path)
     for preset in family.presets:
         about = family.describe(preset)
         assert about and "\n" not in about, preset
-        resolved = family.resolve(preset, [])
+        resolved = family.resolve(preset, required)
         assert resolved.preset == preset
-        quick = family.resolve(preset, family.quick(preset))  # the smoke budget resolves too
+        quick = family.resolve(preset, [*required, *family.quick(preset)])  # smoke budget too
         assert to_dict(quick.config) != to_dict(resolved.config) or not family.quick(preset)
 
 

@@ -1,9 +1,28 @@
-"""Export a student of a diffusers teacher as a stock diffusers pipeline folder.
+"""Export a student of a diffusers teacher as stock diffusers folders.
 
-``export_pipeline`` writes ``OUT/pipeline/``: ``ConsistencyModelPipeline(unet, LCMScheduler)``,
-both stock classes, reloadable with ``DiffusionPipeline.from_pretrained(dir)`` and no code from
-the folder. Why these two reproduce ``sources.diffusers.DiffusersGenerator`` exactly (diffusers
-0.42 ``pipeline_consistency_models.py``, ``scheduling_lcm.py``):
+``export_pipeline`` writes ``OUT/pipeline/``, a stock pipeline that
+``DiffusionPipeline.from_pretrained(dir)`` reloads with no code from the folder, reproducing
+``sources.diffusers.DiffusersGenerator`` for the same ``torch.Generator`` (diffusers 0.42):
+
+- VP-table teacher (DDPM, DDIM, ...), ``UNet2DModel``, any K:
+  ``ConsistencyModelPipeline`` + ``LCMScheduler`` (below);
+- flow teacher, unconditional ``UNet2DModel``, any K: ``DDPMPipeline`` +
+  ``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``. ``DDPMPipeline`` draws
+  ``randn(shape, generator)`` (no ``init_noise_sigma``), calls ``unet(x, t)`` (no
+  ``scale_model_input``) and ``scheduler.step(out, t, x, generator=generator)``
+  (``pipeline_ddpm.py``, ``__call__``); the scheduler's step is the student's (``export_families``);
+- EDM teacher, ``UNet2DModel``, K = 1: ``ConsistencyModelPipeline`` + ``EDMEulerScheduler``
+  (``randn·init_noise_sigma``, ``unet(c_in·x, c_noise)``, one Euler step to sigma 0).
+
+``export_student`` writes ``OUT/student/`` where no stock pipeline fits: a DiT (``DiTPipeline``
+needs a VAE) or a class-conditional flow UNet (``DDPMPipeline`` passes no ``class_labels``;
+``ConsistencyModelPipeline``, which does, reads ``init_noise_sigma`` and calls
+``scale_model_input``, neither of which ``FlowMatchEulerDiscreteScheduler`` has). It holds the
+network (``unet/`` or ``transformer/``), the same stock scheduler and a README with the sampling
+loop in diffusers classes only. ``export_run`` writes whichever fits. EDM students with K > 1 are
+not exportable (``export_families``: Euler re-noises with no fresh noise).
+
+Why the VP row reproduces the student (``pipeline_consistency_models.py``, ``scheduling_lcm.py``):
 
 - the pipeline draws ``x = randn((n, C, H, W), generator) * init_noise_sigma`` (LCM: 1), the
   student's prior ``z`` drawn the same way from the same generator;
@@ -22,30 +41,42 @@ DDPM/DDIM pipelines were not usable: they pass no class labels, and DDIM re-nois
 predicted noise (``eta = 0``), not fresh noise. ``ConsistencyModelPipeline``'s docstring names
 ``CMStochasticIterativeScheduler``, but its loop only uses the generic scheduler API; it is the
 stock pipeline that passes ``class_labels`` to a ``UNet2DModel``, so class-conditional students
-export too. DiT students and EDM/flow teachers are not exportable (``ValueError``).
+export too.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .export_families import check_grid
+from .io import atomic_folder
 from .parametrization import NULL_LABEL
 from .sources.diffusers import DiffusersGenerator
 from .teachers.diffusers import DiffusersTeacher
 
-if TYPE_CHECKING:
-    from diffusers import LCMScheduler
-
-__all__ = ["export_pipeline", "sample_exported", "student_scheduler"]
+__all__ = [
+    "export_pipeline",
+    "export_run",
+    "export_student",
+    "sample_exported",
+    "stock_pipeline",
+    "student_scheduler",
+]
 
 TIMESTEP_SCALING = 1e4  # LCM's boundary blend c_skip = 0.25 / ((1e4 k)² + 0.25): < 3e-9 for k >= 1
+WHY = {  # README: why the scheduler's loop is the student's
+    "LCMScheduler": "fresh noise between steps; `timestep_scaling` is large so the scheduler "
+    "returns the network's x0",
+    "FlowMatchEulerDiscreteScheduler": "`stochastic_sampling=True`: x0 = x - sigma v, then "
+    "(1 - sigma') x0 + sigma' fresh noise",
+    "EDMEulerScheduler": "one Euler step from sigma_max to 0 returns the preconditioned x0",
+}
 
 
 def _betas(teacher: DiffusersTeacher) -> list[float]:
@@ -59,14 +90,10 @@ def _betas(teacher: DiffusersTeacher) -> list[float]:
     return (1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])).tolist()
 
 
-def student_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> LCMScheduler:
+def _lcm_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> Any:
     """The stock ``LCMScheduler`` whose ``set_timesteps(K)`` grid and table are the student's."""
     from diffusers import LCMScheduler
 
-    if generator.timesteps is None or teacher.family != "vp":
-        raise ValueError(
-            f"export needs a VP-table teacher (DDPM, DDIM, ... schedulers), not {teacher.family!r}"
-        )
     steps, n_cut = generator.nfe, generator.timesteps[0] + 1
     lcm = LCMScheduler(
         num_train_timesteps=n_cut,
@@ -87,34 +114,112 @@ def student_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) 
     return lcm
 
 
-def _readme(generator: DiffusersGenerator, teacher: DiffusersTeacher, note: str) -> str:
-    k, labels = generator.nfe, ""
-    if generator.num_classes:
-        labels = ", class_labels=[0] * 16"
-        classes = (
-            f"- Class-conditional: `class_labels` are ints in 0..{generator.num_classes - 1}"
-            f"; {teacher.null_index} is the null (unconditional) label. Always pass them: "
-            "without them the pipeline draws random labels from torch's global RNG, null included.\n"
+def student_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> Any:
+    """The stock scheduler, after ``set_timesteps(K)``, whose loop is the student's rollout:
+    ``LCMScheduler`` (VP table), ``FlowMatchEulerDiscreteScheduler`` (flow), ``EDMEulerScheduler``
+    (EDM, K = 1). ``ValueError`` when none is (EDM with K > 1) or the grids differ."""
+    if teacher.family != "vp":
+        return check_grid(teacher, generator.ts, generator.init_scale)
+    if generator.timesteps is None:
+        raise ValueError("the generator was not built from this VP teacher: it has no timesteps")
+    return _lcm_scheduler(generator, teacher)
+
+
+def stock_pipeline(model: nn.Module, teacher: DiffusersTeacher) -> tuple[str, str]:
+    """``(pipeline class name, "")`` of the stock pipeline that runs this student, or
+    ``("", why not)`` (module docstring)."""
+    from diffusers import UNet2DModel
+
+    if not isinstance(model, UNet2DModel):
+        name = type(model).__name__
+        return "", f"the stock pixel-space pipelines all take a UNet2DModel `unet`, not a {name}"
+    if teacher.family == "flow" and model.config.num_class_embeds is not None:
+        return "", (
+            "no stock pipeline passes class_labels with FlowMatchEulerDiscreteScheduler "
+            "(DDPMPipeline passes none; ConsistencyModelPipeline needs init_noise_sigma and "
+            "scale_model_input, which it lacks)"
         )
-    else:
-        classes = "- Unconditional.\n"
+    return ("DDPMPipeline" if teacher.family == "flow" else "ConsistencyModelPipeline"), ""
+
+
+def _labels_text(generator: DiffusersGenerator, teacher: DiffusersTeacher, pipe: bool) -> str:
+    if not generator.num_classes:
+        return "- Unconditional.\n"
+    always = (
+        " Always pass them: without them the pipeline draws random labels from torch's global "
+        "RNG, null included."
+    )
+    return (
+        f"- Class-conditional: `class_labels` are ints in 0..{generator.num_classes - 1}"
+        f"; {teacher.null_index} is the null (unconditional) label.{always if pipe else ''}\n"
+    )
+
+
+def _readme(
+    generator: DiffusersGenerator, teacher: DiffusersTeacher, sched: Any, how: str, note: str
+) -> str:
+    """README.md: what was trained, then ``how`` (a fenced code block) and the caveats; a
+    stock pipeline's ``how`` loads with ``DiffusionPipeline``."""
+    k, name = generator.nfe, type(sched).__name__
+    steps = [round(float(t), 4) for t in sched.timesteps]
     return (
         f"# {k}-step student distilled with scoredistill\n\n"
-        f"Trained for **K = {k}** step(s) at the teacher's timesteps {list(generator.timesteps)} "
-        f"({type(teacher.scheduler).__name__} table, prediction_type "
-        f"`{teacher.prediction_type}`).\n\n"
+        f"Trained for **K = {k}** step(s) at the network timesteps {steps} "
+        f"({type(teacher.scheduler).__name__} teacher, prediction_type "
+        f"`{teacher.prediction_type}`).\n\n{how}\n\n"
+        f"- Stock scheduler `{name}`: its loop is the student's ({WHY[name]}).\n"
+        f"- {k} step(s) only: other step counts are not what the student learned.\n"
+        "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
+        + _labels_text(generator, teacher, pipe="DiffusionPipeline" in how)
+        + (f"\n{note}\n" if note else "")
+    )
+
+
+def _pipeline_how(generator: DiffusersGenerator, pipe: str) -> str:
+    labels = ", class_labels=[0] * 16" if generator.num_classes else ""
+    return (
         "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
         "g = torch.Generator().manual_seed(0)\n"
-        f'images = pipe(batch_size=16, num_inference_steps={k}, generator=g, output_type="np"'
-        f"{labels}).images\n```\n\n"
-        "- Stock classes only: `ConsistencyModelPipeline` + `LCMScheduler` (its loop is the "
-        "student's: fresh noise between steps; `timestep_scaling` is large so the scheduler "
-        "returns the network's x0).\n"
-        f"- `num_inference_steps` must be {k}: other values are not what the student learned.\n"
-        "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1], "
-        "shape (n, H, W, C).\n" + classes + (f"\n{note}\n" if note else "")
+        f"images = pipe(batch_size=16, num_inference_steps={generator.nfe}, generator=g, "
+        f'output_type="np"{labels}).images  # (16, H, W, C)\n```\n\n'
+        f"Stock pipeline `{pipe}`."
     )
+
+
+def _student_how(generator: DiffusersGenerator, sched: Any, model: nn.Module, part: str) -> str:
+    """The sampling loop (diffusers classes only) that ``export_student``'s folder needs."""
+    c, h, w = generator.shape
+    mname, sname = type(model).__name__, type(sched).__name__
+    prior = " * sched.init_noise_sigma" if hasattr(sched, "init_noise_sigma") else ""
+    x_in = "sched.scale_model_input(x, t)" if hasattr(sched, "scale_model_input") else "x"
+    out_ch = model.config.get("out_channels") or model.config["in_channels"]
+    mean = f"[:, :{c}]  # learned sigma: keep the mean" if out_ch == 2 * c else ""
+    labels = "torch.tensor([0] * 16)" if generator.num_classes else "None"
+    return (
+        f"```python\nimport torch\nfrom diffusers import {mname}, {sname}\n\n"
+        f'net = {mname}.from_pretrained("PATH/TO/student/{part}", local_files_only=True).eval()\n'
+        f'sched = {sname}.from_pretrained("PATH/TO/student/scheduler", local_files_only=True)\n'
+        f"sched.set_timesteps({generator.nfe})\n"
+        f"g, labels = torch.Generator().manual_seed(0), {labels}\n"
+        f"x = torch.randn((16, {c}, {h}, {w}), generator=g){prior}\n"
+        "with torch.no_grad():\n"
+        "    for t in sched.timesteps:\n"
+        f"        out = net({x_in}, t.expand(16), class_labels=labels).sample{mean}\n"
+        "        x = sched.step(out, t, x, generator=g).prev_sample\n"
+        "images = (x / 2 + 0.5).clamp(0, 1)  # (16, C, H, W)\n```\n\n"
+        "No stock pipeline runs this network in pixel space, so the folder holds its parts."
+    )
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).float().eval().requires_grad_(False)
+
+
+def _checked(generator: DiffusersGenerator, teacher: DiffusersTeacher, steps: int) -> Any:
+    if steps != generator.nfe:
+        raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
+    return student_scheduler(generator, teacher)
 
 
 def export_pipeline(
@@ -125,37 +230,70 @@ def export_pipeline(
     steps: int,
     note: str = "",
 ) -> Path:
-    """Write ``out_dir/pipeline/`` (model_index.json, unet/, scheduler/, README.md) and return
-    its path. ``steps`` must equal the student's K. An existing ``pipeline/`` is replaced only
-    once the new folder is complete."""
-    from diffusers import ConsistencyModelPipeline, UNet2DModel
+    """Write ``out_dir/pipeline/`` (model_index.json, unet/, scheduler/, README.md), a stock
+    pipeline, and return its path. ``steps`` must equal the student's K. ``ValueError`` when no
+    stock scheduler or no stock pipeline reproduces the student (``export_student`` covers the
+    latter)."""
+    import diffusers
 
-    if steps != generator.nfe:
-        raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
+    sched = _checked(generator, teacher, steps)
     model = generator.denoiser.model
-    if not isinstance(model, UNet2DModel):
-        raise ValueError(
-            f"export needs a UNet2DModel student ({type(model).__name__} given): the stock "
-            "pixel-space pipelines all take a `unet`"
-        )
-    unet = copy.deepcopy(model).float().eval().requires_grad_(False)
-    pipe = ConsistencyModelPipeline(unet=unet, scheduler=student_scheduler(generator, teacher))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "pipeline"
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".pipeline."))
-    try:
+    pipe_name, why = stock_pipeline(model, teacher)
+    if not pipe_name:
+        raise ValueError(f"no stock pipeline: {why}; export_student writes OUT/student/ instead")
+    pipe = getattr(diffusers, pipe_name)(unet=_frozen(model), scheduler=sched)
+    readme = _readme(generator, teacher, sched, _pipeline_how(generator, pipe_name), note)
+    with atomic_folder(Path(out_dir) / "pipeline") as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").write_text(_readme(generator, teacher, note), encoding="utf-8")
-        if final.exists():
-            old = out_dir / f".pipeline.old.{tmp.name}"
-            final.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+    return Path(out_dir) / "pipeline"
+
+
+def export_student(
+    generator: DiffusersGenerator,
+    teacher: DiffusersTeacher,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    note: str = "",
+) -> Path:
+    """Write ``out_dir/student/``: ``unet/`` or ``transformer/`` (``save_pretrained``),
+    ``scheduler/`` (the stock scheduler of ``export_pipeline``) and README.md with the sampling
+    loop; return its path. For students no stock pipeline runs (a DiT, a class-conditional flow
+    UNet); ``ValueError`` when no stock scheduler reproduces the student."""
+    from diffusers import UNet2DModel
+
+    sched = _checked(generator, teacher, steps)
+    model = _frozen(generator.denoiser.model)
+    part = "unet" if isinstance(model, UNet2DModel) else "transformer"
+    readme = _readme(generator, teacher, sched, _student_how(generator, sched, model, part), note)
+    with atomic_folder(Path(out_dir) / "student") as tmp:
+        model.save_pretrained(tmp / part, safe_serialization=True)
+        sched.save_pretrained(tmp / "scheduler")
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+    return Path(out_dir) / "student"
+
+
+def export_run(
+    generator: DiffusersGenerator,
+    teacher: DiffusersTeacher,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    note: str = "",
+) -> Path:
+    """``export_pipeline`` where a stock pipeline runs the student (returns ``OUT/pipeline``),
+    else ``export_student`` (returns ``OUT/student``); ``ValueError`` (nothing written) when no
+    stock scheduler reproduces the student, e.g. an EDM student with K > 1."""
+    pipe_name, _ = stock_pipeline(generator.denoiser.model, teacher)
+    export = export_pipeline if pipe_name else export_student
+    return export(generator, teacher, out_dir, steps=steps, note=note)
+
+
+def _class(folder: Path, config: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, json.loads((folder / config).read_text())["_class_name"])
 
 
 @torch.no_grad()
@@ -168,24 +306,36 @@ def sample_exported(
     steps: int | None = None,
     device: str | torch.device = "cpu",
 ) -> Tensor:
-    """Samples ``(n, C, H, W)`` of an exported folder, in the data range (not clipped), from
-    plain ``UNet2DModel`` + ``LCMScheduler`` and the pipeline's loop. ``labels: (n,)`` library
-    labels (``NULL_LABEL`` -> the null row); ``steps`` defaults to the trained K."""
-    from diffusers import LCMScheduler, UNet2DModel
-
+    """Samples ``(n, C, H, W)`` of an exported ``pipeline/`` or ``student/`` folder, in the data
+    range (not clipped), from its network and scheduler classes and the pipelines' loop.
+    ``labels: (n,)`` library labels (``NULL_LABEL`` -> the null row); ``steps`` defaults to the
+    trained K where the scheduler records it (LCM), else 1 (EDM) and must be given for flow."""
     path = Path(path)
-    unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True).to(device).eval()
-    sched = LCMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-    sched.set_timesteps(steps or sched.config.original_inference_steps)
-    cfg = unet.config
-    if labels is not None and cfg.num_class_embeds is not None:
+    part = path / ("unet" if (path / "unet").is_dir() else "transformer")
+    net = _class(part, "config.json").from_pretrained(part, local_files_only=True)
+    net = net.to(device).eval()
+    sched_dir = path / "scheduler"
+    sched = _class(sched_dir, "scheduler_config.json").from_pretrained(
+        sched_dir, local_files_only=True
+    )
+    default = sched.config.get("original_inference_steps")
+    if steps is None and "stochastic_sampling" in sched.config:
+        raise ValueError(f"{path}: pass steps=K (the README names it)")
+    sched.set_timesteps(steps or default or 1)
+    cfg = net.config
+    rows = cfg.get("num_class_embeds") or cfg.get("num_embeds_ada_norm")
+    if labels is not None and rows is not None:
+        null = rows - 1 if cfg.get("num_class_embeds") else rows  # DiT: K classes, null row K
         labels = labels.to(device).long()
-        labels = torch.where(labels == NULL_LABEL, cfg.num_class_embeds - 1, labels)
-    elif cfg.num_class_embeds is not None:
+        labels = torch.where(labels == NULL_LABEL, null, labels)
+    elif rows is not None:
         raise ValueError(f"{path} holds a class-conditional student: pass labels (n,)")
     size = (cfg.sample_size,) * 2 if isinstance(cfg.sample_size, int) else cfg.sample_size
-    x = torch.randn((n, cfg.in_channels, *size), generator=rng).to(device)
-    for k in sched.timesteps:
-        out = unet(sched.scale_model_input(x, k), k, class_labels=labels).sample
-        x = sched.step(out, k, x, generator=rng).prev_sample
+    c = cfg.in_channels
+    x = torch.randn((n, c, *size), generator=rng).to(device)
+    x = x * getattr(sched, "init_noise_sigma", 1.0)
+    for t in sched.timesteps:
+        x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        out = net(x_in, t.expand(n).to(device), class_labels=labels).sample[:, :c]
+        x = sched.step(out, t, x, generator=rng).prev_sample
     return x

@@ -13,8 +13,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 __all__ = [
+    "atomic_folder",
     "atomic_write_bytes",
     "atomic_write_json",
     "check_tensor_shapes",
@@ -172,6 +175,27 @@ def check_tensor_shapes(expected: dict[str, Tensor], found: dict[str, Tensor], w
                 f"{where}: tensor {key!r} has shape {tuple(found[key].shape)}, "
                 f"expected {tuple(ref.shape)}"
             )
+
+
+@contextlib.contextmanager
+def atomic_folder(final: PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; when the block succeeds it replaces
+    ``final`` (an old ``final`` is moved aside, then removed), when it fails it is removed and
+    ``final`` is untouched. A reader sees the old folder or the complete new one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".{final.name}.old.{tmp.name}"
+            final.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def finished_run(out: PathLike) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     family = family_of(args.command, args.preset, teacher=args.teacher is not None)
     sets = family.quick(args.preset) if args.quick else []
-    for flag in ("testbed", "teacher", "scheduler"):
+    for flag in ("testbed", "teacher", "scheduler", "prompts"):
         if getattr(args, flag) is not None:
             sets.append(f"{flag}={getattr(args, flag)}")
     for flag, key in (("steps", family.steps_key), ("seed", family.seed_key)):
@@ -116,9 +116,12 @@ def _add_run_parser(sub, command: str) -> None:
     p.add_argument("--out", required=True)
     if command == "distill":
         p.add_argument("--testbed", default=None, help="swap the preset's teacher (same dimension)")
-        p.add_argument("--teacher", default=None, help="a local diffusers folder (presets *-unet)")
+        p.add_argument(
+            "--teacher", default=None, help="a local diffusers folder (presets *-unet, *-sd)"
+        )
         p.add_argument("--scheduler", default=None, help="a scheduler folder for --teacher")
-    p.set_defaults(func=cmd_run, testbed=None, teacher=None, scheduler=None)
+        p.add_argument("--prompts", default=None, help="a prompt list, one per line (presets *-sd)")
+    p.set_defaults(func=cmd_run, testbed=None, teacher=None, scheduler=None, prompts=None)
 
 
 def _family_names() -> list[str]:

@@ -8,7 +8,7 @@ decides). The CLI, the bench and ``scoredistill presets`` read only these two di
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import consistency, distill, kd, kd_procedures, optimize, unet
+from . import consistency, distill, kd, kd_procedures, optimize, sd, unet
 from .family import Family, Resolved
 
 __all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
@@ -18,6 +18,7 @@ FAMILIES: dict[str, Family] = {
     for f in (
         distill.FAMILY,
         unet.FAMILY,
+        sd.FAMILY,
         consistency.FAMILY,
         optimize.FAMILY,
         kd.FAMILY,
@@ -25,18 +26,19 @@ FAMILIES: dict[str, Family] = {
     )
 }
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "distill": ("distill", "distill-unet", "distill-consistency"),
+    "distill": ("distill", "distill-unet", "distill-sd", "distill-consistency"),
     "optimize": ("optimize",),
     "kd": ("kd", "kd-procedure"),
 }
 
 
-TEACHER_FAMILIES: dict[str, str] = {"distill": "distill-unet"}  # the family behind --teacher
+# the families behind --teacher (the first when no preset is named)
+TEACHER_FAMILIES: dict[str, tuple[str, ...]] = {"distill": ("distill-unet", "distill-sd")}
 
 
 def family_of(command: str, preset: str | None, *, teacher: bool = False) -> Family:
     """The family that runs ``preset`` under ``command``; without a preset the command's first
-    (``teacher=True``: the one that takes a diffusers folder). An unknown preset goes to the
+    (``teacher=True``: the first that takes a diffusers folder). An unknown preset goes to the
     first, whose resolver names the valid presets."""
     names = COMMANDS[command]
     if teacher and command not in TEACHER_FAMILIES:
@@ -44,10 +46,11 @@ def family_of(command: str, preset: str | None, *, teacher: bool = False) -> Fam
     found = next((FAMILIES[n] for n in names if preset in FAMILIES[n].presets), None)
     if not teacher:
         return found or FAMILIES[names[0]]
-    wanted = FAMILIES[TEACHER_FAMILIES[command]]
-    if found is not None and found is not wanted:
+    wanted = [FAMILIES[n] for n in TEACHER_FAMILIES[command]]
+    if found is not None and found not in wanted:
+        valid = ", ".join(p for f in wanted for p in f.presets)
         raise ConfigError(
             f"--teacher takes a diffusers folder, but preset {preset!r} distils an exact testbed;"
-            f" presets for --teacher: {', '.join(wanted.presets)}"
+            f" presets for --teacher: {valid}"
         )
-    return wanted
+    return found or wanted[0]

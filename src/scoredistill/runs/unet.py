@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,7 +68,7 @@ class UNetDistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, fp32 master weights
-    export: bool = True  # write OUT/pipeline/ (a stock diffusers folder)
+    export: bool = True  # write OUT/pipeline/ (a stock diffusers folder) or OUT/student/
 
 
 def teacher_path(cfg: UNetDistillConfig) -> Path:
@@ -177,6 +178,17 @@ def _build(cfg: UNetDistillConfig, teacher, gan_head: bool):
     return gen, critic
 
 
+def _warn_if_not_exportable(cfg: UNetDistillConfig, gen, teacher) -> None:
+    """Say before training, not after it, that no stock scheduler will reproduce the student."""
+    from ..export import student_scheduler
+
+    if cfg.export:
+        try:
+            student_scheduler(gen, teacher)
+        except ValueError as err:
+            warnings.warn(f"the student will not be exported: {err}", stacklevel=2)
+
+
 def param_report(cfg: UNetDistillConfig) -> dict[str, Any]:
     """``--dry-run``: parameter counts and a peak-memory estimate per network (fp32 weights;
     Adam keeps two moments and the gradient: 4 copies of a trained network, 1 of the frozen
@@ -214,6 +226,7 @@ def run_unet(
     needs_real = bool(getattr(objective, "needs_real", False))
     torch.manual_seed(cfg.train.seed)
     gen, critic = _build(cfg, teacher, needs_real)
+    _warn_if_not_exportable(cfg, gen, teacher)
     n_eval = min(cfg.eval.samples, 500)
 
     def evaluate(generator) -> dict[str, Any]:

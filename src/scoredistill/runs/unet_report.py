@@ -5,6 +5,8 @@ teacher's sampler × NFE table and its best sampler at each NFE)."""
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,17 @@ def _teacher_panel(teacher: Any, n: int, seed: int) -> tuple[torch.Tensor, torch
     return x.reshape(n, *teacher.shape), labels
 
 
+def _export_pixels(out: Path, cfg: Any, teacher: Any, ema: Any) -> str:
+    """``OUT/pipeline`` (a stock pipeline) or ``OUT/student`` (network, stock scheduler and a
+    README loop, where no stock pipeline fits: DiT, class-conditional flow)."""
+    from ..export import export_run
+
+    path = export_run(ema, teacher, out, steps=ema.nfe, note=f"scoredistill {cfg.method}")
+    if path.name == "pipeline":
+        return f"`{path}` (load with `DiffusionPipeline.from_pretrained`)"
+    return f"`{path}` (no stock pipeline runs this student; its README has the loop)"
+
+
 def write_outputs(
     out: Path,
     cfg: Any,
@@ -79,23 +92,27 @@ def write_outputs(
     metrics: dict[str, Any],
     rows: list[dict[str, Any]],
     history: list[dict[str, Any]],
+    *,
+    export: Callable[[], str] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
-    """``pipeline/`` (when ``cfg.export``), ``samples.png``, ``curves.png`` and ``report.md``."""
+    """``pipeline/`` (when ``cfg.export``), ``samples.png``, ``curves.png`` and ``report.md``.
+    ``export() -> text`` replaces the pixel pipeline export (latent teachers); ``decode`` maps
+    the teacher's samples to images (a VAE), ``x`` being images already."""
     from ..eval.plots import save_image_grid, save_training_curves
 
     exported = ""
     if cfg.export:
-        from ..export import export_pipeline
-
         try:
-            export_pipeline(ema, teacher, out, steps=ema.nfe, note=f"scoredistill {cfg.method}")
-            exported = f"`{out / 'pipeline'}` (load with `DiffusionPipeline.from_pretrained`)"
-        except ValueError as err:  # e.g. a DiT or EDM teacher: no stock pipeline reproduces it
+            exported = export() if export is not None else _export_pixels(out, cfg, teacher, ema)
+        except ValueError as err:  # e.g. an EDM student with K > 1: no stock scheduler fits
+            warnings.warn(f"export skipped: {err}", stacklevel=2)
             exported = f"not exported: {err}"
     tx, tl = _teacher_panel(teacher, 64, cfg.train.seed)
+    tx = decode(tx.flatten(1)) if decode is not None else tx
     panels = {
         "teacher (DPM-Solver++ 32 NFE)": tx,
-        f"student ({ema.nfe} NFE, EMA)": x[:64].reshape(-1, *teacher.shape),
+        f"student ({ema.nfe} NFE, EMA)": x[:64].reshape(-1, *tx.shape[1:]),
     }
     save_image_grid(panels, out / "samples.png", dict(zip(panels, (tl, labels), strict=True)))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

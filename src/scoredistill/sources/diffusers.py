@@ -18,8 +18,9 @@ input stays the stock prior ``z``. That departs from ``TeacherInitGenerator``'s 
 SiD-LSG's ``sqrt(1 - abar_k) z`` (note b5), which no stock pipeline draws (LCM's
 ``init_noise_sigma`` is 1): at k = 999 the two differ by 2e-5, at sigma_init = 2.5 the initial
 input is 8 % larger than SiD's (the marginal's std, ``sqrt(alpha² var + sigma²)``, lies between).
-Other families (EDM, flow) use ``default_student_times`` and ``x = D_θ(sigma_1 z, t_1)`` (not
-exportable).
+On a flow or EDM teacher the times and the prior are those of the stock scheduler whose loop is
+the student's rollout (``export_families.stock_grid``: flow any K, EDM K = 1); elsewhere (EDM
+K > 1) ``default_student_times`` and ``x = D_θ(sigma_1 z, t_1)`` (not exportable).
 
 ``make_diffusers_critic``: a trainable copy of the teacher as the fake-score denoiser. Its
 optional GAN logit head reads the copy's bottleneck (``mid_block``, or a DiT's middle block),
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..export_families import stock_grid
 from ..schedules import t_from_log_snr
 from ..teachers.diffusers import DiffusersTeacher
 from .generators import default_student_times, draw_latent
@@ -82,15 +84,39 @@ def lcm_timesteps(top: int, steps: int) -> tuple[int, ...]:
     return tuple(steps * stride - 1 - j * stride for j in range(steps))
 
 
+SHARED_PARTS = ("vae", "text_encoder")  # a latent teacher's frozen encoders: never copied
+
+
 def _copy(teacher: DiffusersTeacher, checkpointing: bool) -> DiffusersTeacher:
     """A trainable deep copy (float32 master weights, train mode, ``requires_grad``) of the
-    teacher, which may be held in bf16/fp16 (note §5: trainable parameters stay fp32)."""
-    net = copy.deepcopy(teacher).float().requires_grad_(True).train()
+    teacher's network, which may be held in bf16/fp16 (note §5: trainable parameters stay fp32).
+    A latent teacher's VAE and text encoder are shared, outside the copy's module tree: frozen,
+    not in its parameters or checkpoints."""
+    shared = {n: m for n, m in teacher.named_children() if n in SHARED_PARTS}
+    net = copy.deepcopy(teacher, memo={id(m): m for m in shared.values()})
+    for name, module in shared.items():
+        del net._modules[name]
+        net.__dict__[name] = module
+    net = net.float().requires_grad_(True).train()
     if checkpointing:
         if not getattr(net.model, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(net.model).__name__} does not support gradient checkpointing")
         net.model.enable_gradient_checkpointing()
     return net
+
+
+def _player(teacher: DiffusersTeacher, checkpointing: bool, denoiser: nn.Module | None):
+    """The player's denoiser: ``denoiser`` when given (a LoRA view on the teacher's base,
+    ``sources.lora``), else a full trainable copy."""
+    if denoiser is None:
+        return _copy(teacher, checkpointing)
+    if checkpointing:
+        raise ValueError(
+            "gradient checkpointing is not available with LoRA players on a shared base: the "
+            "recomputation would run whichever adapter is on; set student.gradient_checkpointing"
+            "=false"
+        )
+    return denoiser
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -114,16 +140,18 @@ class DiffusersGenerator(nn.Module):
         init_timestep: int | None = None,
         sigma_init: float | None = None,
         gradient_checkpointing: bool = False,
+        denoiser: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if init_timestep is not None and sigma_init is not None:
             raise ValueError("give init_timestep or sigma_init, not both")
         if sigma_init is not None and not sigma_init > 0:
             raise ValueError(f"sigma_init must be > 0 (a VE level sigma/alpha), got {sigma_init}")
-        self.denoiser = _copy(teacher, gradient_checkpointing)
+        self.denoiser = _player(teacher, gradient_checkpointing, denoiser)
         self.dim, self.num_classes, self.shape = teacher.dim, teacher.num_classes, teacher.shape
         schedule = teacher.schedule
         self.timesteps: tuple[int, ...] | None = None
+        stock: tuple[list[float], float] | None = None
         if teacher.family == "vp":
             lam = teacher.native_schedule._lam
             if sigma_init is not None:  # sigma/alpha = exp(-lambda/2) nearest sigma_init
@@ -137,14 +165,18 @@ class DiffusersGenerator(nn.Module):
             raise ValueError(
                 f"init_timestep/sigma_init need a VP-table teacher, not {teacher.family!r}"
             )
-        else:
-            ts = list(default_student_times(schedule, steps))
+        else:  # flow, EDM: the exported scheduler's grid and prior, else the sampler's grid
+            stock = stock_grid(teacher, steps)
+            ts = list(default_student_times(schedule, steps)) if stock is None else stock[0]
         self.ts = tuple(ts)
         a, s = schedule.alpha_sigma(torch.tensor(self.ts, dtype=torch.float64))
         self.alphas, self.sigmas = tuple(a.tolist()), tuple(s.tolist())
-        # native prior z (VP: x_t / sqrt(a² + s²) = z) or the library's sigma_1 z
+        # native prior z (VP: x_t / sqrt(a² + s²) = z), the stock scheduler's (flow, EDM K = 1)
+        # or the library's sigma_1 z
         vp = self.timesteps is not None
         self.init_scale = math.hypot(self.alphas[0], self.sigmas[0]) if vp else self.sigmas[0]
+        if stock is not None:
+            self.init_scale = stock[1]
 
     @staticmethod
     def _native_t(teacher: DiffusersTeacher, k: int) -> float:
@@ -257,9 +289,15 @@ class DiffusersCritic(nn.Module):
     ``logit(x_t, t, c) -> (B,)`` from the optional head on its bottleneck (module docstring).
     ``forward(x_t, t, c, output="denoise" | "logit")`` routes both (DDP wraps ``forward``)."""
 
-    def __init__(self, teacher: DiffusersTeacher, *, gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        teacher: DiffusersTeacher,
+        *,
+        gradient_checkpointing: bool = False,
+        denoiser: nn.Module | None = None,
+    ) -> None:
         super().__init__()
-        self.denoiser = _copy(teacher, gradient_checkpointing)
+        self.denoiser = _player(teacher, gradient_checkpointing, denoiser)
         self.dim, self.num_classes, self.shape = teacher.dim, teacher.num_classes, teacher.shape
         self.head: nn.Module | None = None
 
@@ -321,8 +359,11 @@ def make_diffusers_critic(
     logit_head: bool = False,
     head_width: int = 256,
     gradient_checkpointing: bool = False,
+    denoiser: nn.Module | None = None,
 ) -> DiffusersCritic:
-    """A trainable copy of ``teacher`` as the critic (equal to the teacher at init), with DMD2's
-    logit head on its bottleneck when ``logit_head``; the teacher is left untouched."""
-    critic = DiffusersCritic(teacher, gradient_checkpointing=gradient_checkpointing)
+    """A trainable copy of ``teacher`` (or ``denoiser``, a LoRA view) as the critic (equal to
+    the teacher at init), with DMD2's logit head on its bottleneck when ``logit_head``."""
+    critic = DiffusersCritic(
+        teacher, gradient_checkpointing=gradient_checkpointing, denoiser=denoiser
+    )
     return critic.attach_logit_head(head_width) if logit_head else critic

@@ -1,0 +1,132 @@
+"""Export a student of a text-to-image latent teacher: a full pipeline or a LoRA file.
+
+- **Full student** → ``OUT/pipeline/``: ``StableDiffusionPipeline`` with the teacher's VAE, text
+  encoder and tokenizer, the student's UNet and the stock ``LCMScheduler`` of
+  ``export.student_scheduler`` (the student's grid and table). The pipeline's loop (diffusers
+  0.42 ``pipeline_stable_diffusion.py``) draws ``randn * init_noise_sigma`` (LCM: 1) latents,
+  calls ``unet(scale_model_input(x) = x, k, encoder_hidden_states)`` and
+  ``LCMScheduler.step(..., generator=)`` (``prepare_extra_step_kwargs`` passes the generator),
+  which returns the network's x0 and re-noises with fresh noise between steps: the student's
+  rollout (``sources.diffusers``), so the same ``torch.Generator`` seed gives the same latents.
+  ``guidance_scale`` must be 1 (no CFG at sampling): the distilled student has the teacher's
+  guidance built in.
+- **LoRA student** → ``OUT/lora/``: ``pytorch_lora_weights.safetensors`` written by
+  ``StableDiffusionPipeline.save_lora_weights`` (keys in diffusers' layout, no PEFT prefix; the
+  ``LoraConfig`` as metadata so ``lora_alpha`` reloads), ``scheduler/`` (the LCM config) and a
+  README: ``pipe = DiffusionPipeline.from_pretrained(TEACHER); pipe.load_lora_weights(OUT/lora);
+  pipe.scheduler = LCMScheduler.from_pretrained(OUT/lora/scheduler)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from .export import student_scheduler
+from .io import atomic_folder
+from .sources.diffusers import DiffusersGenerator
+from .sources.lora import AdapterView, lora_state_dict
+
+__all__ = ["export_latent_student", "lora_readme", "pipeline_readme"]
+
+_LOAD = (
+    "import torch\nfrom diffusers import DiffusionPipeline, LCMScheduler\n\n"
+    "g = torch.Generator().manual_seed(0)\n"
+)
+
+
+def _call(k: int, prompt: str) -> str:
+    return (
+        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, guidance_scale=1.0, "
+        'generator=g, output_type="np").images\n'
+    )
+
+
+def pipeline_readme(generator: DiffusersGenerator, prompt: str, note: str = "") -> str:
+    k = generator.nfe
+    return (
+        f"# {k}-step text-to-image student distilled with scoredistill\n\n"
+        f"Trained for **K = {k}** step(s) at the teacher's timesteps "
+        f"{list(generator.timesteps or ())}.\n\n```python\n{_LOAD}"
+        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
+        f"{_call(k, prompt)}```\n\n"
+        "- Stock classes: `StableDiffusionPipeline` + `LCMScheduler` (fresh noise between "
+        "steps; the scheduler returns the network's x0).\n"
+        "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student; a larger "
+        "value would apply CFG a second time.\n"
+        f"- `num_inference_steps` must be {k}.\n" + (f"\n{note}\n" if note else "")
+    )
+
+
+def lora_readme(generator: DiffusersGenerator, prompt: str, note: str = "") -> str:
+    k = generator.nfe
+    return (
+        f"# {k}-step LoRA student distilled with scoredistill\n\n"
+        "A LoRA on the teacher's UNet. Load it into the **teacher's** pipeline and use the "
+        "scheduler saved here (the student's grid):\n\n"
+        f"```python\n{_LOAD}"
+        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/TEACHER", local_files_only=True)\n'
+        'pipe.load_lora_weights("PATH/TO/lora")\n'
+        'pipe.scheduler = LCMScheduler.from_pretrained("PATH/TO/lora/scheduler")\n'
+        f"{_call(k, prompt)}```\n\n"
+        "- `pytorch_lora_weights.safetensors`: diffusers' key layout (no PEFT "
+        "`base_model.model.` prefix); the LoRA config (rank, alpha) is in its metadata.\n"
+        "- `guidance_scale=1.0` and `num_inference_steps` = "
+        f"{k}, as the student was trained.\n" + (f"\n{note}\n" if note else "")
+    )
+
+
+def _scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
+    """``export.student_scheduler`` with ``steps_offset = 1``: ``LCMScheduler`` ignores it, and
+    ``StableDiffusionPipeline.__init__`` rewrites (with a warning) any other value."""
+    sched = student_scheduler(generator, teacher)
+    sched.register_to_config(steps_offset=1)
+    return sched
+
+
+def _full(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = copy.deepcopy(generator.denoiser.model).float().eval().requires_grad_(False)
+    if any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
+        raise ValueError("the full student carries LoRA layers: build it before any adapter")
+    pipe = StableDiffusionPipeline(
+        vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
+        unet=unet, scheduler=_scheduler(generator, teacher), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").write_text(pipeline_readme(generator, prompt, note), encoding="utf-8")
+
+
+def _lora(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
+    from diffusers import StableDiffusionPipeline
+
+    weights, meta = lora_state_dict(generator.denoiser)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=weights, unet_lora_adapter_metadata=meta, safe_serialization=True
+    )
+    _scheduler(generator, teacher).save_pretrained(folder / "scheduler")
+    (folder / "README.md").write_text(lora_readme(generator, prompt, note), encoding="utf-8")
+
+
+def export_latent_student(
+    generator: DiffusersGenerator,
+    teacher: Any,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    prompt: str = "a prompt",
+    note: str = "",
+) -> Path:
+    """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) atomically
+    and return it; ``steps`` must equal the student's K; ``prompt`` goes in the README."""
+    if steps != generator.nfe:
+        raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
+    is_lora = isinstance(generator.denoiser, AdapterView)
+    final = Path(out_dir) / ("lora" if is_lora else "pipeline")
+    with atomic_folder(final) as tmp:
+        (_lora if is_lora else _full)(generator, teacher, tmp, prompt, note)
+    return final

@@ -1,0 +1,271 @@
+"""``scoredistill distill --teacher SD_DIR --prompts FILE``: a text-to-image teacher distilled.
+
+The teacher is a local ``StableDiffusionPipeline``-layout folder (``teachers.diffusers_latent``);
+prompts are the condition: prompt ``i`` of the list is label ``i`` and the empty (or negative)
+prompt the null label, so guidance and every objective run unchanged on latents. The student
+and the critic are full trainable copies of the teacher's UNet or LoRA adapters on the
+teacher's own base (``sources.lora``: one UNet in memory for teacher, critic and student).
+The run folder keeps the distill contract: ``samples.npz`` holds the decoded images ``x:
+(N, C·H·W)`` in [-1, 1] (and ``latents``); ``OUT/pipeline`` (full student) or ``OUT/lora``
+(LoRA student) load with stock diffusers (``export_latent``). Metrics: when the decoded images
+are 8×8 and every prompt names one digit (the bundled digits teacher), the digits feature
+network scores FD, precision/recall and prompt accuracy (a CLIP-score analogue).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, NonNegativeFloat, PositiveInt, to_dict
+from ..config import resolve as resolve_config
+from ..io import atomic_write_json
+from ..objectives import OBJECTIVES
+from ..parametrization import guided
+from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
+from ..train.common import JsonlLogger
+from ..train.two_player import TwoPlayerConfig, train_two_player
+from .family import Family, Resolved, report_section
+from .unet import _label_sampler, student_draw
+
+__all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
+
+
+@dataclass(frozen=True)
+class LoraPlayer:
+    lora: bool = False  # a LoRA adapter on the teacher's base instead of a full copy
+    lora_rank: PositiveInt = 64
+    lora_alpha: NonNegativeFloat = 0.0  # 0: equal to the rank (scale 1)
+
+
+@dataclass(frozen=True)
+class SDStudentConfig(LoraPlayer):
+    steps: PositiveInt = 1  # student NFE K (LCM's grid on the teacher's table)
+    attention: Literal["sdpa", "eager"] = "sdpa"
+
+
+@dataclass(frozen=True)
+class SDEvalConfig:
+    samples: PositiveInt = 256  # student and teacher draws scored at the end
+    nfe: tuple[int, ...] = (1, 2, 4, 8)  # teacher rows (best sampler per NFE, same guidance)
+    samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "euler")
+
+
+@dataclass(frozen=True)
+class SDDistillConfig:
+    method: str = "vsd"
+    teacher: str = ""  # a local StableDiffusionPipeline-layout folder (required)
+    prompts: str = ""  # a text file, one prompt per line (required)
+    negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    objective: dict[str, Any] = field(default_factory=dict)
+    train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
+    student: SDStudentConfig = field(default_factory=SDStudentConfig)
+    critic: LoraPlayer = field(default_factory=LoraPlayer)
+    eval: SDEvalConfig = field(default_factory=SDEvalConfig)
+    export: bool = True  # write OUT/pipeline (full student) or OUT/lora (LoRA student)
+
+
+def read_prompts(path: str) -> list[str]:
+    """The non-blank lines of ``path``, stripped; a missing or empty file is a ``ConfigError``."""
+    if not path:
+        raise ConfigError("config key 'prompts': pass --prompts FILE (one prompt per line)")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config key 'prompts': {p} is not a file")
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config key 'prompts': {p} is not UTF-8 text ({err})") from None
+    prompts = [ln for ln in lines if ln]
+    if not prompts:
+        raise ConfigError(f"config key 'prompts': {p} holds no prompt (one per line)")
+    return prompts
+
+
+def load_teacher(cfg: SDDistillConfig):
+    """The latent teacher with the prompt list as its labels."""
+    from ..sources.diffusers import set_attention
+    from ..teachers.diffusers_latent import load_latent_teacher
+
+    if not cfg.teacher:
+        raise ConfigError("config key 'teacher': pass --teacher DIR (a StableDiffusionPipeline)")
+    prompts = read_prompts(cfg.prompts)
+    teacher = load_latent_teacher(cfg.teacher)
+    teacher.set_prompt_labels(prompts, cfg.negative_prompt)
+    set_attention(teacher.model, cfg.student.attention)
+    return teacher
+
+
+def _check(cfg: SDDistillConfig, objective: Any) -> None:
+    guidance = float(getattr(objective, "guidance", 1.0))
+    if cfg.negative_prompt and guidance == 1.0:
+        raise ConfigError(
+            "config key 'negative_prompt': it acts only through guidance, and "
+            f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
+        )
+    lora = cfg.student.lora or cfg.critic.lora
+    if lora and cfg.train.parallel == "fsdp2":
+        raise ConfigError(
+            "config key 'train.parallel': fsdp2 cannot shard LoRA players on a shared base; "
+            "use ddp or full players (student.lora=false, critic.lora=false)"
+        )
+
+
+def build_players(cfg: SDDistillConfig, teacher: Any):
+    """``(generator, critic)``: full copies first (a copy made after an adapter would carry
+    it), then LoRA adapters on the teacher's base."""
+    from ..sources.diffusers import DiffusersGenerator, make_diffusers_critic
+    from ..sources.lora import AdapterView, add_lora
+
+    def view(name: str, player: LoraPlayer) -> AdapterView | None:
+        if not player.lora:
+            return None
+        add_lora(teacher.model, name, player.lora_rank, player.lora_alpha or None)
+        return AdapterView(teacher, name)
+
+    gen = None if cfg.student.lora else DiffusersGenerator(teacher, steps=cfg.student.steps)
+    critic = None if cfg.critic.lora else make_diffusers_critic(teacher)
+    if gen is None:
+        gen = DiffusersGenerator(
+            teacher, steps=cfg.student.steps, denoiser=view("student", cfg.student)
+        )
+    if critic is None:
+        critic = make_diffusers_critic(teacher, denoiser=view("critic", cfg.critic))
+    return gen, critic
+
+
+def prompt_digits(prompts: list[str]) -> torch.Tensor | None:
+    """The digit each prompt names, when every prompt names exactly one; else None."""
+    found = [re.findall(r"(?<![\w.])(\d)(?![\w.])", p) for p in prompts]
+    return torch.tensor([int(d[0]) for d in found]) if all(len(d) == 1 for d in found) else None
+
+
+def _scorer(teacher: Any):
+    """``score(teacher, z, labels, seed)`` on decoded latents (the run's metric contract)."""
+    digits = prompt_digits(list(teacher.prompt_table.prompts))
+    scorable = teacher.image_shape == (1, 8, 8) and digits is not None
+
+    def score(_teacher: Any, z: torch.Tensor, labels: torch.Tensor | None, seed: int):
+        if not scorable:
+            return {"n": int(z.shape[0])}
+        from ..eval.features import image_metrics
+
+        with torch.no_grad():
+            images = teacher.decode(z)
+        y = None if labels is None else digits[labels.clamp(min=0)]
+        return image_metrics(images, y, seed=seed)
+
+    return score
+
+
+class _Guided:
+    """The teacher sampled with the objective's guidance (a fair teacher row)."""
+
+    def __init__(self, teacher: Any, w: float) -> None:
+        self._teacher, self.denoise = teacher, guided(teacher.denoise, w)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._teacher, name)
+
+
+def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False):
+    """Load, train, evaluate, export and write the run folder; returns the final metrics."""
+    from ..eval.image_baseline import best_rows, image_rows
+    from ..export_latent import export_latent_student
+    from .unet_report import write_outputs
+
+    teacher = load_teacher(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", to_dict(cfg))
+    torch.manual_seed(cfg.train.seed)
+    gen, critic = build_players(cfg, teacher)
+    score, seed = _scorer(teacher), cfg.train.seed
+
+    def evaluate(generator) -> dict[str, Any]:
+        z, labels, _ = student_draw(generator, teacher, min(cfg.eval.samples, 256), seed)
+        return score(teacher, z, labels, seed)
+
+    start = time.perf_counter()
+    result = train_two_player(
+        cfg.train, objective=objective, generator=gen, critic=critic, teacher=teacher,
+        sample_latent=lambda n, rng: gen.sample_latent(n, rng),
+        sample_cond=_label_sampler(teacher), evaluate=evaluate, out_dir=out, resume=resume,
+    )  # fmt: skip
+    if not result["is_main_process"]:
+        return {}
+    ema = result["ema"]
+    z, labels, sample_s = student_draw(ema, teacher, cfg.eval.samples, seed)
+    with torch.no_grad():
+        x = teacher.decode(z).flatten(1)
+    trainable = {
+        "student": sum(p.numel() for p in gen.parameters()),
+        "critic": sum(p.numel() for p in critic.parameters()),
+    }
+    metrics = {
+        **score(teacher, z, labels, seed + 1), "nfe": ema.nfe,
+        "wall_s": time.perf_counter() - start, "sample_s": sample_s,
+        "trainable_params": trainable, "guidance": float(getattr(objective, "guidance", 1.0)),
+    }  # fmt: skip
+    teacher_view = _Guided(teacher, metrics["guidance"])
+    rows = image_rows(teacher_view, cfg.eval.samplers, cfg.eval.nfe, cfg.eval.samples, seed, score)
+    metrics["teacher_best"] = best_rows(rows, cfg.eval.nfe)
+    atomic_write_json(out / "metrics.json", metrics)
+    JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
+    arrays = {"x": x.numpy(), "latents": z.numpy()}
+    np.savez(
+        out / "samples.npz", **arrays, **({"labels": labels.numpy()} if labels is not None else {})
+    )
+
+    def export() -> str:
+        prompt = teacher.prompt_table.prompts[0]
+        path = export_latent_student(ema, teacher, out, steps=ema.nfe, prompt=prompt)
+        return f"`{path}` (see its README.md)"
+
+    write_outputs(
+        out, cfg, teacher_view, ema, x, labels, metrics, rows, result["history"],
+        export=export, decode=teacher.decode,
+    )  # fmt: skip
+    return metrics
+
+
+def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
+    cfg, objective = resolve_config(SDDistillConfig(), PRESETS, preset, sets, OBJECTIVES)
+    _check(cfg, objective)
+    load_teacher(cfg)  # a bad folder or prompt file fails before any training
+    return Resolved(cfg, objective, preset)
+
+
+def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
+    """``--dry-run``: trainable parameters per player and weight+optimizer memory (fp32; Adam:
+    weights, gradient and two moments per trained value; the frozen parts once)."""
+    teacher = load_teacher(cfg)
+    parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
+    frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    gen, critic = build_players(cfg, teacher)
+    trained = {
+        "student": sum(p.numel() for p in gen.parameters()),
+        "critic": sum(p.numel() for p in critic.parameters()),
+    }
+    mib = {k: round(4 * 4 * v / 2**20, 2) for k, v in trained.items()}
+    mib["frozen teacher parts"] = round(4 * sum(frozen.values()) / 2**20, 2)
+    return {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
+
+
+FAMILY = Family(
+    name="distill-sd",
+    help="distil a text-to-image latent teacher (StableDiffusionPipeline folder) on prompts",
+    presets=PRESETS,
+    describe=DESCRIPTIONS.__getitem__,
+    resolve=_resolve_run,
+    run=lambda r, out, resume: run_sd(r.config, r.extra, out, resume=resume),
+    quick=lambda name: list(QUICK),
+    steps_help="generator updates",
+    epilogue=report_section,
+    dry_run=lambda r: {"networks": param_report(r.config)},
+)

@@ -1,0 +1,116 @@
+"""Text-to-image students against stock diffusers: LoRA views on one base, and the exports.
+
+(a) ``sources.lora``: an adapter leaves the teacher unchanged while off; a view's parameters are
+its adapter's only; a frozen view gets no gradient although PEFT switches it on; a deep copy
+(the loop's EMA) is a second adapter on the same base with equal outputs. (b) a full student
+exported as ``OUT/pipeline`` and a LoRA student as ``OUT/lora`` reproduce the student's latents
+through plain ``DiffusionPipeline.from_pretrained`` (+ ``load_lora_weights``) with the same
+``torch.Generator`` seed, for K = 1 and 2.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from scoredistill.export_latent import export_latent_student
+from scoredistill.sources.diffusers import DiffusersGenerator, make_diffusers_critic
+from scoredistill.sources.lora import AdapterView, add_lora
+from scoredistill.teachers.diffusers_latent import load_latent_teacher
+
+PROMPTS = ["a handwritten 3", "a bold handwritten 7"]
+IDS = torch.tensor([0, 1, 1, 0])
+
+
+def _teacher(folder):
+    teacher = load_latent_teacher(folder)
+    teacher.set_prompt_labels(PROMPTS)
+    return teacher
+
+
+def _nudge(params, scale: float, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def _student(gen: DiffusersGenerator, seed: int = 0) -> torch.Tensor:
+    rng = torch.Generator().manual_seed(seed)
+    z = gen.sample_latent(len(IDS), rng)
+    with torch.no_grad():
+        return gen(z, IDS, rng=rng)
+
+
+def _pipeline_latents(pipe, steps: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [PROMPTS[i] for i in IDS.tolist()]
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=1.0, generator=g,
+               output_type="latent").images  # fmt: skip
+    return out.flatten(1)
+
+
+def test_adapter_view_shares_the_base_and_keeps_the_teacher(sd_folder):
+    teacher = _teacher(sd_folder)
+    x, t = torch.randn(4, teacher.dim), torch.full((4,), 0.6, dtype=torch.float64)
+    before = teacher.denoise(x, t, IDS)
+    add_lora(teacher.model, "critic", rank=4)
+    view = AdapterView(teacher, "critic")
+    critic = make_diffusers_critic(teacher, denoiser=view)
+    n_lora = sum(p.numel() for p in view.lora)
+    assert sum(p.numel() for p in critic.parameters()) == n_lora > 0
+    assert not any(p.requires_grad for p in teacher.model.parameters() if p not in set(view.lora))
+    torch.testing.assert_close(view.denoise(x, t, IDS), before)  # B = 0 at init
+    _nudge(view.lora, 0.05)
+    assert (view.denoise(x, t, IDS) - before).abs().max() > 1e-4
+    torch.testing.assert_close(teacher.denoise(x, t, IDS), before, rtol=0, atol=0)  # off again
+    critic.requires_grad_(False)  # as the loop freezes the critic for the generator step
+    view.denoise(x, t, IDS).square().sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in view.lora)
+    ema = copy.deepcopy(view)
+    assert ema.name != view.name and ema.teacher is teacher
+    torch.testing.assert_close(ema.denoise(x, t, IDS), view.denoise(x, t, IDS))
+    _nudge(view.lora, 0.05, seed=2)
+    assert (ema.denoise(x, t, IDS) - view.denoise(x, t, IDS)).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [1, 2])
+def test_full_student_is_a_stock_sd_pipeline(sd_folder, tmp_path, steps):
+    from diffusers import DiffusionPipeline
+
+    teacher = _teacher(sd_folder)
+    gen = DiffusersGenerator(teacher, steps=steps)
+    assert sum(p.numel() for p in gen.parameters()) == sum(
+        p.numel() for p in teacher.model.parameters()
+    )  # the UNet copy only: VAE and text encoder are shared, frozen
+    _nudge(gen.parameters(), 0.01)
+    path = export_latent_student(gen, teacher, tmp_path, steps=steps, prompt=PROMPTS[0])
+    assert path.name == "pipeline" and (path / "README.md").is_file()
+    pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    torch.testing.assert_close(_pipeline_latents(pipe, steps), _student(gen), atol=2e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lora_student_loads_into_the_teacher_pipeline(sd_folder, tmp_path, steps):
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    teacher = _teacher(sd_folder)
+    add_lora(teacher.model, "student", rank=4, alpha=6.0)  # alpha != rank: metadata matters
+    view = AdapterView(teacher, "student")
+    _nudge(view.lora, 0.05)
+    gen = DiffusersGenerator(teacher, steps=steps, denoiser=view)
+    path = export_latent_student(gen, teacher, tmp_path, steps=steps, prompt=PROMPTS[0])
+    assert path.name == "lora"
+    with safe_open(path / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("unet.") and "base_model" not in k for k in keys)
+    pipe = DiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
+    pipe.load_lora_weights(path)
+    pipe.scheduler = LCMScheduler.from_pretrained(path / "scheduler")
+    torch.testing.assert_close(_pipeline_latents(pipe, steps), _student(gen), atol=2e-5, rtol=0)
