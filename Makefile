@@ -42,7 +42,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
 test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -112,10 +113,13 @@ def guided_denoise(net, guidance: float | Tensor, cond: Tensor | None):
     return guided(net.denoise, guidance)
 
 
-def drop_labels(cond: Tensor, p: float, rng: torch.Generator | None) -> Tensor:
-    """Labels replaced by ``NULL_LABEL`` with probability ``p`` each (classifier-free training)."""
+def drop_labels(cond: Any, p: float, rng: torch.Generator | None) -> Any:
+    """Labels replaced by ``NULL_LABEL`` with probability ``p`` each (classifier-free training);
+    a text condition (``TextCond``) gets its null embedding in the dropped rows."""
     if p <= 0:
         return cond
+    if not torch.is_tensor(cond):
+        return cond.with_null_rows(torch.rand(len(cond), generator=rng) < p)
     drop = torch.rand(cond.shape, generator=rng, device=cond.device) < p
     return torch.where(drop, torch.full_like(cond, NULL_LABEL), cond)
 

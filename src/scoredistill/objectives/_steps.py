@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..parametrization import from_denoiser
+from ..parametrization import cat_conditions, from_denoiser
 from ._ingredients import bcast, per_t_bins
 
 __all__ = [
@@ -78,7 +78,7 @@ def class_eps(teacher, x_t: Tensor, t: Tensor, alpha, sigma, labels: list[Tensor
         teacher.denoise,
         torch.cat([x_t] * n),
         torch.cat([t] * n),
-        torch.cat(labels),
+        cat_conditions(labels),
         torch.cat([alpha] * n),
         torch.cat([sigma] * n),
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..parametrization import NULL_LABEL
+from ..parametrization import null_condition
 from ._ingredients import Loss, bcast, check_reference, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, need_labels, score_logs, weight
 
@@ -78,9 +78,7 @@ class BSD:
             if noise is None:
                 noise = torch.randn(x.shape, generator=rng, dtype=x.dtype, device=x.device)
             x_t = bcast(a, x) * x.detach() + bcast(s, x) * noise
-            eps_c, eps_0 = class_eps(
-                teacher, x_t, t, a, s, [cond, torch.full_like(cond, NULL_LABEL)]
-            )
+            eps_c, eps_0 = class_eps(teacher, x_t, t, a, s, [cond, null_condition(cond)])
             c = self.classifier_scale * (eps_c - eps_0)
             d = self.denoise_scale * (eps_0 - noise if self.denoise_term == "residual" else eps_0)
             a_star = min_norm_weight(c, d)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..parametrization import NULL_LABEL
+from ..parametrization import null_condition
 from ._ingredients import Loss, add_noise, bcast, check_reference, sample_t, surrogate_loss
 from ._steps import WEIGHTINGS, class_eps, fixed_noise, need_labels, score_logs, weight
 
@@ -70,7 +70,7 @@ class CSD:
         t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             x_t, eps, alpha, sigma = add_noise(x.detach(), t, sched, rng)
-            labels = [cond, torch.full_like(cond, NULL_LABEL)]
+            labels = [cond, null_condition(cond)]
             if self.negative_scale != 0:
                 labels.append(torch.full_like(cond, self.negative_label))
             preds = class_eps(teacher, x_t, t, alpha, sigma, labels)
@@ -117,7 +117,7 @@ class CSM:
             alpha, sigma = sched.alpha_sigma(t)
             eps = fixed_noise(x, noise, self.noise_seed)
             x_t = bcast(alpha, x) * x.detach() + bcast(sigma, x) * eps
-            labels = [cond, torch.full_like(cond, NULL_LABEL)]
+            labels = [cond, null_condition(cond)]
             eps_c, eps_0 = class_eps(teacher, x_t, t, alpha, sigma, labels)
             w = weight(self.weighting, alpha, sigma)
             g = torch.nan_to_num(bcast(w, x) * self.guidance * (eps_c - eps_0))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..parametrization import NULL_LABEL, guided
+from ..parametrization import guided, null_condition
 from ._ingredients import (
     Loss,
     bcast,
@@ -75,7 +75,7 @@ class ISM:
         if cond is None:
             return teacher.denoise
         if self.inversion_guidance == 0.0:
-            null = torch.full_like(cond, NULL_LABEL)
+            null = null_condition(cond)
             return lambda x_t, t, _c: teacher.denoise(x_t, t, null)
         return guided(teacher.denoise, self.inversion_guidance)
 

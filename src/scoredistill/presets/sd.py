@@ -58,13 +58,33 @@ _DMD2 = {
     "train.grad_clip": 10.0,
     "objective.guidance": 1.75,
 }
+# SiD-LSG on SD 1.5 (``mingyuanzhou/SiD-LSG`` run_sid.sh 'sd1.5'): LSG with kappa1 = kappa2 =
+# kappa3 = kappa4 = 2, alpha 1, init_timestep 625, Adam, lr = glr = 1e-6, full UNets, batch
+# 512; SiD's Adam betas (0, 0.999). The time range is read on the teacher's own (SD) table, as
+# SiD-LSG reads SD's. Departure: lr 5e-5 (the pixel sid-unet preset's CPU rate).
+_SID_LSG = {
+    "method": "sid",
+    "train.critic_updates": 1,
+    "train.beta1_generator": 0.0,
+    "train.beta1_critic": 0.0,
+    "train.lr_generator": 5e-5,
+    "train.lr_critic": 5e-5,
+    "student.init_timestep": 625,
+    "objective.sid_alpha": 1.0,
+    "objective.guidance": 2.0,
+    "objective.guidance_fake": 2.0,
+    "objective.guidance_critic": 2.0,
+    "objective.t_reference": "schedule",
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "swiftbrush-sd": {**_CPU, **_SWIFTBRUSH},
     "dmd2-sd": {**_CPU, **_DMD2},
+    "sid-lsg-sd": {**_CPU, **_SID_LSG},
 }
 DESCRIPTIONS: dict[str, str] = {
     "swiftbrush-sd": "SwiftBrush (VSD): one-step LoRA student + LoRA critic on one base, CFG 4.5",
     "dmd2-sd": "DMD2 one-step full student and full fake UNet, CFG 1.75 (SD 1.5 recipe)",
+    "sid-lsg-sd": "SiD-LSG one-step student, long and short guidance 2, from timestep 625",
 }
 QUICK = [
     "train.steps=3",

@@ -18,12 +18,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, NonNegativeFloat, PositiveInt, to_dict
+from ..config import ConfigError, NonNegativeFloat, PositiveInt, Range, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
@@ -47,6 +47,8 @@ class LoraPlayer:
 @dataclass(frozen=True)
 class SDStudentConfig(LoraPlayer):
     steps: PositiveInt = 1  # student NFE K (LCM's grid on the teacher's table)
+    # the top native timestep; -1: the table's last (DMD2's 999; SiD-LSG: 625)
+    init_timestep: Annotated[int, Range(-1, note="-1: the table's last")] = -1
     attention: Literal["sdpa", "eager"] = "sdpa"
 
 
@@ -60,8 +62,8 @@ class SDEvalConfig:
 @dataclass(frozen=True)
 class SDDistillConfig:
     method: str = "vsd"
-    teacher: str = ""  # a local StableDiffusionPipeline-layout folder (required)
-    prompts: str = ""  # a text file, one prompt per line (required)
+    teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
+    prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
     objective: dict[str, Any] = field(default_factory=dict)
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
@@ -71,10 +73,26 @@ class SDDistillConfig:
     export: bool = True  # write OUT/pipeline (full student) or OUT/lora (LoRA student)
 
 
+BUNDLED_SD = Path(__file__).resolve().parents[3] / "assets" / "teachers" / "digits-sd"
+
+
+def sd_paths(cfg: SDDistillConfig) -> tuple[Path, str]:
+    """``(teacher folder, prompt file)``: the given ones, else the bundled digits teacher and
+    its 30 prompts (``assets/teachers/digits-sd``)."""
+    if cfg.teacher:
+        if not cfg.prompts:
+            raise ConfigError("config key 'prompts': pass --prompts FILE (one prompt per line)")
+        return Path(cfg.teacher), cfg.prompts
+    if not (BUNDLED_SD / "pipeline").is_dir():
+        raise ConfigError(
+            f"no bundled text-to-image teacher at {BUNDLED_SD}; pass --teacher DIR --prompts "
+            "FILE, or train one: scoredistill train-teacher --arch sd --data digits --out DIR"
+        )
+    return BUNDLED_SD / "pipeline", cfg.prompts or str(BUNDLED_SD / "prompts.txt")
+
+
 def read_prompts(path: str) -> list[str]:
     """The non-blank lines of ``path``, stripped; a missing or empty file is a ``ConfigError``."""
-    if not path:
-        raise ConfigError("config key 'prompts': pass --prompts FILE (one prompt per line)")
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config key 'prompts': {p} is not a file")
@@ -93,10 +111,9 @@ def load_teacher(cfg: SDDistillConfig):
     from ..sources.diffusers import set_attention
     from ..teachers.diffusers_latent import load_latent_teacher
 
-    if not cfg.teacher:
-        raise ConfigError("config key 'teacher': pass --teacher DIR (a StableDiffusionPipeline)")
-    prompts = read_prompts(cfg.prompts)
-    teacher = load_latent_teacher(cfg.teacher)
+    folder, prompt_file = sd_paths(cfg)
+    prompts = read_prompts(prompt_file)
+    teacher = load_latent_teacher(folder)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
     set_attention(teacher.model, cfg.student.attention)
     return teacher
@@ -129,12 +146,12 @@ def build_players(cfg: SDDistillConfig, teacher: Any):
         add_lora(teacher.model, name, player.lora_rank, player.lora_alpha or None)
         return AdapterView(teacher, name)
 
-    gen = None if cfg.student.lora else DiffusersGenerator(teacher, steps=cfg.student.steps)
+    s = cfg.student
+    top = {"steps": s.steps, "init_timestep": None if s.init_timestep < 0 else s.init_timestep}
+    gen = None if s.lora else DiffusersGenerator(teacher, **top)
     critic = None if cfg.critic.lora else make_diffusers_critic(teacher)
     if gen is None:
-        gen = DiffusersGenerator(
-            teacher, steps=cfg.student.steps, denoiser=view("student", cfg.student)
-        )
+        gen = DiffusersGenerator(teacher, **top, denoiser=view("student", s))
     if critic is None:
         critic = make_diffusers_critic(teacher, denoiser=view("critic", cfg.critic))
     return gen, critic

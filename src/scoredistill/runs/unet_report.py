@@ -143,4 +143,5 @@ def write_outputs(
 
 
 def teacher_path_text(cfg: Any) -> str:
-    return cfg.teacher or "bundled digits UNet"
+    bundled = "bundled digits text-to-image teacher" if hasattr(cfg, "prompts") else None
+    return cfg.teacher or bundled or "bundled digits UNet"
