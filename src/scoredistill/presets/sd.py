@@ -96,4 +96,5 @@ QUICK = [
     "eval.samples=32",
     "eval.nfe=[1, 2]",
     'eval.samplers=["ddim"]',
+    "eval.panel_nfe=2",
 ]

@@ -107,4 +107,5 @@ QUICK = [
     "eval.samples=64",
     "eval.nfe=[1, 2]",
     'eval.samplers=["ddim"]',
+    "eval.panel_nfe=2",
 ]

@@ -57,6 +57,7 @@ class SDEvalConfig:
     samples: PositiveInt = 256  # student and teacher draws scored at the end
     nfe: tuple[int, ...] = (1, 2, 4, 8)  # teacher rows (best sampler per NFE, same guidance)
     samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "euler")
+    panel_nfe: PositiveInt = 32  # the teacher's picture in samples.png (DPM-Solver++(2M))
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class EvalConfig:
     samples: PositiveInt = 1000  # student and teacher draws scored at the end
     nfe: tuple[int, ...] = (1, 2, 4, 8)  # teacher rows of report.md (best sampler per NFE)
     samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "heun", "euler")
+    panel_nfe: PositiveInt = 32  # the teacher's picture in samples.png (DPM-Solver++(2M))
 
 
 @dataclass(frozen=True)

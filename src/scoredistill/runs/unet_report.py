@@ -60,14 +60,16 @@ def _table(metrics: dict[str, Any], rows: list[dict[str, Any]], floor: dict[str,
     return "\n".join(lines)
 
 
-def _teacher_panel(teacher: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _teacher_panel(
+    teacher: Any, n: int, seed: int, nfe: int = 32
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     from ..eval.image_baseline import draw_labels
     from ..samplers import sample
 
     rng = torch.Generator().manual_seed(seed + 999)
     labels = draw_labels(teacher, n, rng)
     with torch.no_grad():
-        x, _ = sample(teacher, "dpmpp-2m", 32, n, rng=rng, cond=labels)
+        x, _ = sample(teacher, "dpmpp-2m", nfe, n, rng=rng, cond=labels)
     return x.reshape(n, *teacher.shape), labels
 
 
@@ -108,10 +110,11 @@ def write_outputs(
         except ValueError as err:  # e.g. an EDM student with K > 1: no stock scheduler fits
             warnings.warn(f"export skipped: {err}", stacklevel=2)
             exported = f"not exported: {err}"
-    tx, tl = _teacher_panel(teacher, 64, cfg.train.seed)
+    panel_nfe = cfg.eval.panel_nfe
+    tx, tl = _teacher_panel(teacher, 64, cfg.train.seed, panel_nfe)
     tx = decode(tx.flatten(1)) if decode is not None else tx
     panels = {
-        "teacher (DPM-Solver++ 32 NFE)": tx,
+        f"teacher (DPM-Solver++ {panel_nfe} NFE)": tx,
         f"student ({ema.nfe} NFE, EMA)": x[:64].reshape(-1, *tx.shape[1:]),
     }
     save_image_grid(panels, out / "samples.png", dict(zip(panels, (tl, labels), strict=True)))
