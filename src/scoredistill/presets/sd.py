@@ -57,11 +57,14 @@ _DMD2 = {
     "train.lr_critic": 2e-5,
     "train.grad_clip": 10.0,
     "objective.guidance": 1.75,
+    # DMD2's SD runs draw min/max_step_percent 0.02/0.98 of SD's own 1000-step table (the
+    # objective's default reference is its ImageNet Karras table)
+    "objective.t_reference": "vp-scaled-linear",
 }
 # SiD-LSG on SD 1.5 (``mingyuanzhou/SiD-LSG`` run_sid.sh 'sd1.5'): LSG with kappa1 = kappa2 =
 # kappa3 = kappa4 = 2, alpha 1, init_timestep 625, Adam, lr = glr = 1e-6, full UNets, batch
-# 512; SiD's Adam betas (0, 0.999). The time range is read on the teacher's own (SD) table, as
-# SiD-LSG reads SD's. Departure: lr 5e-5 (the pixel sid-unet preset's CPU rate).
+# 512; SiD's Adam betas (0, 0.999). Its time range is in SD's steps (t_reference: SD's table).
+# Departure: lr 5e-5 (the pixel sid-unet preset's CPU rate).
 _SID_LSG = {
     "method": "sid",
     "train.critic_updates": 1,
@@ -74,7 +77,7 @@ _SID_LSG = {
     "objective.guidance": 2.0,
     "objective.guidance_fake": 2.0,
     "objective.guidance_critic": 2.0,
-    "objective.t_reference": "schedule",
+    "objective.t_reference": "vp-scaled-linear",
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "swiftbrush-sd": {**_CPU, **_SWIFTBRUSH},
