@@ -2,7 +2,10 @@
 
 Each method is a frozen dataclass of its hyperparameters with
 ``generator_loss(x, cond, *, teacher, critic, rng) -> Loss`` and
-``critic_loss(x, cond, *, critic, rng) -> Loss``; networks come in as arguments.
+``critic_loss(x, cond, *, critic, rng) -> Loss``; networks come in as arguments. The consistency
+methods (``CONSISTENCY_OBJECTIVES``, the loop ``train.consistency``) instead take data ``x0`` and
+the student: ``loss(x0, cond, *, student, target, teacher, rng, step) -> Loss``; rCM adds a
+critic (``critic=``, ``critic_loss``).
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 from ._ingredients import Loss
 from .asd import ASD
 from .bsd import BSD
+from .cd import CD
 from .cds import CDS
 from .csd import CSD, CSM
 from .dmd import DMD
 from .esd import ESD
 from .fdistill import FDistill
 from .ism import ISM
+from .rcm import RCM
+from .scm import SCM
 from .sds import SDS
 from .sfd import SFD
 from .sid import SiD
@@ -25,13 +31,17 @@ from .vsd import VSD
 __all__ = [
     "ASD",
     "BSD",
+    "CD",
     "CDS",
+    "CONSISTENCY_OBJECTIVES",
     "CSD",
     "CSM",
     "DMD",
     "ESD",
     "ISM",
     "OBJECTIVES",
+    "RCM",
+    "SCM",
     "SCORE_OBJECTIVES",
     "SDS",
     "SFD",
@@ -62,3 +72,5 @@ SCORE_OBJECTIVES: dict[str, type] = {
     "bsd": BSD,
     "ism": ISM,
 }
+
+CONSISTENCY_OBJECTIVES: dict[str, type] = {"cd": CD, "scm": SCM, "rcm": RCM}

@@ -1,18 +1,19 @@
 """Consistency-distillation presets ``<method>-<testbed>`` (family ``distill-consistency``).
 
 A preset is a method's settings (``METHODS``) on a testbed's CPU budget (``BUDGETS``). Paper
-defaults stay in the objectives (``objectives/cd.py``, ``objectives/scm.py``) and the loop; every
+defaults stay in the objectives (``objectives/cd.py``, ``scm.py``, ``rcm.py``) and the loop; every
 value that differs is set here with the reason. Budgets were measured with ``OMP_NUM_THREADS=1``
 on a shared 2-core machine (CPU time, final evaluation included; ``docs/consistency.md``):
 2000 steps of ``scm-ring8`` take 3.4 CPU-minutes (the forward-mode JVP is 2/3 of a step),
-``cd-ring8`` 2.4; the grid25 presets cost the same (same network, same batch).
+``cd-ring8`` 2.4, ``rcm-ring8`` 8.9 (1500 of its steps carry 4 critic steps and 1-4-step
+simulations); the grid25 presets cost the same (same network, same batch).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BUDGETS", "DESCRIPTIONS", "METHODS", "PRESETS", "QUICK"]
+__all__ = ["BUDGETS", "DESCRIPTIONS", "METHODS", "PRESETS", "QUICK", "quick"]
 
 _TWO_D = {
     "train.steps": 2000,
@@ -24,6 +25,15 @@ _TWO_D = {
     "train.lr": 1e-3,
 }
 BUDGETS: dict[str, dict[str, Any]] = {"ring8": _TWO_D, "grid25": _TWO_D}
+
+_SCM_STUDENT = {
+    "train.optimizer": "radam",
+    "train.beta1": 0.9,
+    "train.beta2": 0.99,
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 0.0,
+    "train.lr": 3e-4,
+}
 
 METHODS: dict[str, dict[str, Any]] = {
     # LCM's optimizer (diffusers train_lcm_distill_sd_wds.py): AdamW (0.9, 0.999), weight decay
@@ -41,22 +51,42 @@ METHODS: dict[str, dict[str, Any]] = {
     # stay below 0.2); lr 3e-4, not the budget's 1e-3: on ring8 1e-3 reached 2-step MMD^2 0.0019
     # at step 1000 and drifted to 0.046 by 2000 (normalised tangents keep the step size up);
     # 3e-4 reached 0.0016 at 2000 and was still improving (docs/consistency.md)
-    "scm": {
-        "method": "scm",
-        "train.optimizer": "radam",
-        "train.beta1": 0.9,
-        "train.beta2": 0.99,
-        "train.weight_decay": 0.0,
-        "train.grad_clip": 0.0,
-        "objective.tangent_warmup_steps": 500,
-        "train.lr": 3e-4,
+    "scm": {"method": "scm", **_SCM_STUDENT, "objective.tangent_warmup_steps": 500},
+    # rCM (NVlabs/rcm): 100 L_sCM + L_DMD on the student's 1-4-step samples, 4 critic updates
+    # per student update, DMD and critic after the tangent warm-up (objectives/rcm.py). The
+    # student keeps scm's settings, so rcm-<tb> against scm-<tb> isolates the DMD term (rCM's
+    # student AdamW (0, 0.999) is not used). Critic: rCM's AdamW (0, 0.999), weight decay 0.01
+    # (the loop's defaults) at the two-player loop's critic rate 1e-3, not rCM's 0.2x the
+    # student's (4e-7 vs 2e-6): a CPU budget's critic must track a student that moves fast.
+    # Critic batches of 256, half the student's (rCM: equal): a budget, the 4 critic steps with
+    # their 1-4-step simulations would otherwise cost 2.5x the sCM step. Weights L_sCM +
+    # 0.01 L_DMD, rCM's 100:1 ratio at scale 1: RAdam's first steps (before its variance
+    # rectification, ~5 steps) are not scale-invariant, and 100 L_sCM made the pure-sCM warm-up
+    # differ from scm-<tb>'s (ring8, step 500: MMD^2 0.40 vs 0.57); at scale 1 it is the same run.
+    # On 2-D data this ratio leaves DMD ~0.5 % of the student's gradient: ring8 1-step MMD^2
+    # 0.138 -> 0.035; objective.dmd_weight=1 reaches 0.0014 but costs the 2-4-step samples
+    "rcm": {
+        "method": "rcm",
+        **_SCM_STUDENT,
+        "objective.scm.tangent_warmup_steps": 500,
+        "objective.scm_weight": 1.0,
+        "objective.dmd_weight": 0.01,
+        "train.critic_updates": 4,
+        "train.critic_batch_size": 256,
+        "train.lr_critic": 1e-3,
     },
 }
 
-_GRID: dict[str, tuple[str, ...]] = {"cd": ("ring8", "grid25"), "scm": ("ring8", "grid25")}
+_GRID: dict[str, tuple[str, ...]] = {
+    "cd": ("ring8", "grid25"),
+    "scm": ("ring8", "grid25"),
+    "rcm": ("ring8", "grid25"),
+}
 _ABOUT: dict[str, str] = {
     "cd": "CD (Song et al. 2023) with LCM's skipping-step DDIM solver and EMA target",
     "scm": "sCM (Lu & Song 2024): continuous-time CD in TrigFlow, JVP tangent, 2-step samples",
+    "rcm": "rCM (Zheng et al. 2025): sCM + DMD (100:1) on 1-4-step student samples, fake-score "
+    "critic 4:1, 2-step samples",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,4 +110,12 @@ QUICK = [
     "eval.consistency_samples=64",
     "eval.levels=[0.5,5.0]",
     "eval.teacher_nfe=[1,2,4]",
+    "critic.hidden=64",
+    "critic.init_steps=20",
+    "critic.init_batch=256",
 ]
+
+
+def quick(name: str) -> list[str]:
+    """``--quick`` overrides of preset ``name`` (rCM: the DMD term from step 10, so it runs)."""
+    return QUICK + (["objective.dmd_start=10"] if name.startswith("rcm-") else [])

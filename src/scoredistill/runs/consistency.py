@@ -1,10 +1,12 @@
-"""``scoredistill distill --preset cd-ring8|scm-ring8|…``: consistency distillation runs.
+"""``scoredistill distill --preset cd-ring8|scm-ring8|rcm-ring8|…``: consistency distillation runs.
 
-A run is a ``ConsistencyConfig`` (method ``cd`` or ``scm``, testbed, the objective's fields, the
-loop, the student network, the evaluation). The student is a consistency function
+A run is a ``ConsistencyConfig`` (method ``cd``, ``scm`` or ``rcm``, testbed, the objective's
+fields, the loop, the student network, the evaluation). The student is a consistency function
 (``sources.consistency``): ``BoundaryConsistency`` on the teacher's schedule for CD,
-``TrigFlowStudent`` for sCM; ``sigma_d`` is the testbed mixture's exact data std unless
+``TrigFlowStudent`` for sCM and rCM; ``sigma_d`` is the testbed mixture's exact data std unless
 ``student.sigma_data`` is set. The data the objectives noise are exact samples of the testbed.
+rCM's critic is the distill family's MLP denoiser (``critic.*``), fitted to the teacher by DSM
+first (``train.dsm.init_critic_from_teacher``: rCM copies the teacher into its fake score).
 
 The run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``metrics.json`` (the
 EMA student's metrics at ``student.sample_steps`` at the top level, every step count of
@@ -26,17 +28,16 @@ import torch
 from ..config import PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
-from ..objectives.cd import CD
-from ..objectives.scm import SCM
-from ..presets.consistency import DESCRIPTIONS, PRESETS, QUICK
+from ..objectives import CONSISTENCY_OBJECTIVES
+from ..presets.consistency import DESCRIPTIONS, PRESETS, quick
 from ..train.common import JsonlLogger
 from ..train.consistency import ConsistencyLoopConfig, train_consistency
-from .distill import testbed_resolver
+from .distill import CriticConfig, testbed_resolver
 from .family import Family, report_section
 
 __all__ = ["FAMILY", "METHODS", "ConsistencyConfig", "EvalConfig", "StudentConfig", "run"]
 
-METHODS: dict[str, type] = {"cd": CD, "scm": SCM}
+METHODS: dict[str, type] = CONSISTENCY_OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ConsistencyConfig:
     train: ConsistencyLoopConfig = field(default_factory=ConsistencyLoopConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)  # rcm only
 
 
 def resolve(preset: str | None, sets: list[str]) -> tuple[ConsistencyConfig, Any]:
@@ -98,6 +100,29 @@ def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.
         testbed.dim, sigma_d, hidden=s.hidden, depth=s.depth, num_classes=k,
         time_scale=s.time_scale,
     )  # fmt: skip
+
+
+def _build_critic(cfg: ConsistencyConfig, testbed) -> tuple[torch.nn.Module, dict]:
+    """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM."""
+    from ..sources.critic import make_critic
+    from ..train.dsm import init_critic_from_teacher
+
+    torch.manual_seed(cfg.train.seed + 1)
+    c, sample = cfg.critic, _data_sampler(testbed)
+    critic = make_critic(
+        testbed.dim, schedule=testbed.teacher.schedule, num_classes=testbed.truth.num_classes,
+        hidden=c.hidden, depth=c.depth,
+    )  # fmt: skip
+
+    def teacher_sample(n: int, rng: torch.Generator):
+        x, labels = sample(n, rng)
+        return (x, labels) if labels is not None else x
+
+    init = init_critic_from_teacher(
+        critic, teacher_sample, steps=c.init_steps, batch_size=c.init_batch, lr=c.init_lr,
+        seed=cfg.train.seed,
+    )  # fmt: skip
+    return critic, init
 
 
 def _student_draw(student, testbed, steps: int, n: int, seed: int):
@@ -135,10 +160,11 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     start = time.perf_counter()
+    critic, init = _build_critic(cfg, testbed) if hasattr(objective, "critic_loss") else (None, {})
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
         sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
-        out_dir=out, resume=resume, desc=f"{cfg.method} {cfg.testbed}",
+        out_dir=out, resume=resume, desc=f"{cfg.method} {cfg.testbed}", critic=critic,
     )  # fmt: skip
     ema, train_s = result["ema"], time.perf_counter() - start
     by_steps, draws = {}, {}
@@ -153,7 +179,7 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
         "sigma_data": sigma_d,
         "by_steps": by_steps,
         "consistency": consistency,
-    }
+    } | ({"critic_init": init} if init else {})
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
     arrays = {"x": draws[k].numpy()} | ({"labels": labels.numpy()} if labels is not None else {})
@@ -165,12 +191,12 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
 
 FAMILY = Family(
     name="distill-consistency",
-    help="consistency distillation (CD, sCM) of a testbed's teacher into a few-step student",
+    help="consistency distillation (CD, sCM, rCM) of a testbed's teacher into a few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=testbed_resolver(resolve),
     run=lambda r, out, resume: run(r.config, r.extra, out, resume=resume),
-    quick=lambda name: list(QUICK),
+    quick=quick,
     steps_help="student updates",
     epilogue=report_section,
 )
