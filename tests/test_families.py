@@ -27,8 +27,8 @@ def test_presets_of_one_family(capsys) -> None:
 
 
 def _required(name: str, request, tmp_path) -> list[str]:
-    """What a family cannot run without: the text-to-image family's teacher and prompts."""
-    if name != "distill-sd":
+    """What a family cannot run without: the text-to-image families' teacher and prompts."""
+    if name not in ("distill-sd", "optimize-sd"):
         return []
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten 3\n")

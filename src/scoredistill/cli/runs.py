@@ -116,10 +116,10 @@ def _add_run_parser(sub, command: str) -> None:
     p.add_argument("--out", required=True)
     if command == "distill":
         p.add_argument("--testbed", default=None, help="swap the preset's teacher (same dimension)")
-        p.add_argument(
-            "--teacher", default=None, help="a local diffusers folder (presets *-unet, *-sd)"
-        )
         p.add_argument("--scheduler", default=None, help="a scheduler folder for --teacher")
+    if command in ("distill", "optimize"):
+        kinds = "presets *-unet, *-sd" if command == "distill" else "presets *-sd"
+        p.add_argument("--teacher", default=None, help=f"a local diffusers folder ({kinds})")
         p.add_argument("--prompts", default=None, help="a prompt list, one per line (presets *-sd)")
     p.set_defaults(func=cmd_run, testbed=None, teacher=None, scheduler=None, prompts=None)
 

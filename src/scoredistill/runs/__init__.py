@@ -8,7 +8,7 @@ decides). The CLI, the bench and ``scoredistill presets`` read only these two di
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import consistency, distill, kd, kd_procedures, optimize, sd, unet
+from . import consistency, distill, kd, kd_procedures, optimize, optimize_sd, sd, unet
 from .family import Family, Resolved
 
 __all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
@@ -21,19 +21,23 @@ FAMILIES: dict[str, Family] = {
         sd.FAMILY,
         consistency.FAMILY,
         optimize.FAMILY,
+        optimize_sd.FAMILY,
         kd.FAMILY,
         kd_procedures.FAMILY,
     )
 }
 COMMANDS: dict[str, tuple[str, ...]] = {
     "distill": ("distill", "distill-unet", "distill-sd", "distill-consistency"),
-    "optimize": ("optimize",),
+    "optimize": ("optimize", "optimize-sd"),
     "kd": ("kd", "kd-procedure"),
 }
 
 
 # the families behind --teacher (the first when no preset is named)
-TEACHER_FAMILIES: dict[str, tuple[str, ...]] = {"distill": ("distill-unet", "distill-sd")}
+TEACHER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "distill": ("distill-unet", "distill-sd"),
+    "optimize": ("optimize-sd",),
+}
 
 
 def family_of(command: str, preset: str | None, *, teacher: bool = False) -> Family:

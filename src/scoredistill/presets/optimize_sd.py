@@ -1,0 +1,91 @@
+"""Presets ``<method>-sd`` for ``scoredistill optimize --teacher DIR --prompts FILE``.
+
+Score distillation as optimization with a text-to-image latent prior: ``N`` latent particles
+(DreamFusion's image-as-parameters, in latent space as threestudio's 2-D playground
+``2dplayground.ipynb`` with ``mode='latent'``), particle ``i`` prompted by prompt ``i mod P``.
+Paper defaults are cited beside each value; departures carry their reason. Budgets are sized for
+the bundled digits teacher (a ~0.8M-parameter UNet on 4×4×4 latents, 30 prompts) on 2 CPU cores:
+each preset fits in about 3 minutes. On a real SD checkpoint the cited budgets apply (``--set``).
+
+ESD has no preset: its camera is a second condition of the critic beside the text (threestudio's
+LoRA UNet takes ``class_labels=camera`` *and* the prompt), and here the critic's one label slot
+is the prompt. ESD with prompt ids as cameras would mix in the *null-prompt* critic, the fake
+score of every prompt's particles together: entropy across prompts, not across the views of one
+prompt, so another method than the paper's (``runs.optimize_sd`` refuses ``lam > 0``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DESCRIPTIONS", "PRESETS", "QUICK"]
+
+# Both presets: latents ~ N(0, I) (threestudio 2dplayground.ipynb and yuanzhi-zhu/
+# prolific_dreamer2d, an unofficial 2-D ProlificDreamer, both in latent mode), Adam with torch's
+# betas (0.9, 0.999), every particle every step. Departure: N = 60 particles (2 per prompt of the
+# digits teacher) updated together, where the references optimise one image (or 16) per prompt.
+_LATENT = {
+    "source.n_particles": 60,
+    "source.init_std": 1.0,
+    "train.batch_size": 0,
+    "train.beta1": 0.9,
+    "train.beta2": 0.999,
+    "train.eval_every": 100,
+    "train.checkpoint_every": 100,
+    "train.log_every": 10,
+}
+# DreamFusion (Poole et al. 2023): guidance w' = 100 in eps_c + w'(eps_c - eps_∅), t ~ U(0.02,
+# 0.98), w(t) = 1 - alpha_bar: the SDS objective's own defaults (objectives/sds.py; 101 in this
+# library's D_∅ + w (D_c - D_∅) convention). Optimizer of threestudio's 2dplayground.ipynb (latent
+# SDS at guidance_scale 100): AdamW lr 1e-1 with weight decay 0 (= Adam), 1000 steps, cosine
+# schedule with 100 warm-up steps over 1.5 x 1000. Departures: 600 steps (the CPU budget) and a
+# linear decay to 0 (the loop's rate is a function of the step, so resume stays bit-exact).
+_SDS = {
+    "method": "sds",
+    "objective.guidance": 101.0,
+    "train.lr": 0.1,
+    "train.lr_decay": True,
+    "train.steps": 600,
+}
+# ProlificDreamer (Wang et al. 2023), threestudio configs/prolificdreamer.yaml and
+# models/guidance/stable_diffusion_vsd_guidance.py: teacher CFG 7.5 (diffusers convention),
+# the LoRA branch unguided (guidance_scale_lora 1): ESD with lam = 0, as the optimize family's
+# 3-D VSD; LoRA lr 1e-4 (guidance lr), one LoRA step per particle step (lambda_lora 1), LoRA
+# rank 4 at scale 1 (diffusers' LoRAAttnProcessor default, no network_alpha), on the teacher's
+# own UNet (pretrained_model_name_or_path_lora = the teacher: one model), t ~ U(0.02, 0.98)
+# (max_step_percent_annealed 0.98), LoRA steps t ~ U{0..999}; no critic warm-up (the LoRA starts
+# as the teacher, B = 0). Particles: prolific_dreamer2d's README commands, Adam lr 0.03 constant
+# (use_scheduler false), 500 steps for one particle, 1500 for 16. Departures: 200 steps (the CPU
+# budget: a VSD step costs 3 SDS steps) and objective.cond_drop 0, since threestudio's 10 %
+# dropout (lora_cfg_training) drops the camera, never the text, and the label here is the text.
+_VSD = {
+    "method": "esd",
+    "objective.lam": 0.0,
+    "objective.guidance": 7.5,
+    "objective.cond_drop": 0.0,
+    "train.lr": 0.03,
+    "train.lr_decay": False,
+    "train.lr_critic": 1e-4,
+    "train.critic_updates": 1,
+    "train.critic_warmup": 0,
+    "critic.lora_rank": 4,
+    "critic.lora_alpha": 4.0,
+    "train.steps": 200,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "sds-sd": {**_LATENT, **_SDS},
+    "vsd-sd": {**_LATENT, **_VSD},
+}
+DESCRIPTIONS: dict[str, str] = {
+    "sds-sd": "SDS (DreamFusion) on latent particles of a text-to-image teacher, CFG 100",
+    "vsd-sd": "VSD (ProlificDreamer) on latent particles, CFG 7.5, LoRA critic on the teacher",
+}
+# ``--quick``: seconds per run; checks that the run works, not the numbers
+QUICK = [
+    "train.steps=3",
+    "source.n_particles=16",
+    "train.eval_every=0",
+    "train.checkpoint_every=1000",
+    "train.log_every=1",
+    "train.critic_warmup=1",
+]

@@ -1,0 +1,258 @@
+"""``scoredistill optimize --teacher SD_DIR --prompts FILE``: score distillation as optimization
+with a text-to-image latent prior.
+
+The source is ``N`` latent particles ``theta: (N, c·h·w)`` (DreamFusion's image-as-parameters,
+in the VAE's latent space); particle ``i`` is prompted by prompt ``i mod P`` of the list, passed
+as prompt ids (``teachers.diffusers_latent.set_prompt_labels``: ``NULL_LABEL`` is the null
+prompt), so every score objective (``objectives.SCORE_OBJECTIVES``) and its guidance run
+unchanged, in the same loop as the exact testbeds (``train.optimize``). Objectives with a critic
+(VSD, as ProlificDreamer) get a LoRA adapter on the frozen teacher's own UNet
+(``sources.lora``): one UNet in memory, the adapter's weights the only trained critic weights,
+the teacher's answers unchanged (adapters rest off).
+
+Outputs in ``--out``: ``samples.npz`` (``x``: decoded images ``(N, C·H·W)`` in [-1, 1],
+``latents``, ``labels`` = prompt ids), ``metrics.json`` (digits FD / precision / recall / prompt
+accuracy of the decoded particles when the teacher is the digits kind, ``runs.sd``'s scorer;
+else ``n``), ``report.md``, ``samples.png`` (initial and final particles), checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, NonNegativeFloat, PositiveInt, to_dict
+from ..config import resolve as resolve_config
+from ..io import atomic_write_json
+from ..objectives import SCORE_OBJECTIVES
+from ..presets.optimize_sd import DESCRIPTIONS, PRESETS, QUICK
+from ..train.common import JsonlLogger
+from ..train.optimize import Batch, OptimizeLoopConfig, optimize
+from .family import Family, Resolved
+from .optimize import _accepts, _needs_critic
+from .sd import _scorer, read_prompts, sd_paths
+
+__all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
+
+REPORT_KEYS = ("fd", "precision", "recall", "class_acc")
+
+
+@dataclass(frozen=True)
+class LatentParticlesConfig:
+    n_particles: PositiveInt = 60  # N; particle i is prompted by prompt i mod P
+    init_std: NonNegativeFloat = 1.0  # start at N(0, init_std^2 I) in the scaled latent space
+
+
+@dataclass(frozen=True)
+class LoraCriticConfig:
+    # ProlificDreamer's LoRA (threestudio stable_diffusion_vsd_guidance.py: LoRAAttnProcessor
+    # with diffusers' default rank 4 and no network_alpha, i.e. scale 1)
+    lora_rank: PositiveInt = 4
+    lora_alpha: NonNegativeFloat = 0.0  # 0: equal to the rank (scale 1)
+
+
+@dataclass(frozen=True)
+class OptimizeSDConfig:
+    method: str = "sds"
+    teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
+    prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
+    negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    objective: dict[str, Any] = field(default_factory=dict)
+    train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
+    source: LatentParticlesConfig = field(default_factory=LatentParticlesConfig)
+    critic: LoraCriticConfig = field(default_factory=LoraCriticConfig)
+
+
+def load_teacher(cfg: OptimizeSDConfig):
+    """The latent teacher with the prompt list as its labels (``runs.sd``'s paths and checks)."""
+    from ..teachers.diffusers_latent import load_latent_teacher
+
+    folder, prompt_file = sd_paths(cfg)
+    prompts = read_prompts(prompt_file)
+    teacher = load_latent_teacher(folder)
+    teacher.set_prompt_labels(prompts, cfg.negative_prompt)
+    return teacher
+
+
+def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
+    guidance = float(getattr(objective, "guidance", 1.0))
+    if cfg.negative_prompt and guidance == 1.0:
+        raise ConfigError(
+            "config key 'negative_prompt': it acts only through guidance, and "
+            f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
+        )
+    if _accepts(objective, "camera") and float(getattr(objective, "lam", 0.0)) != 0.0:
+        raise ConfigError(
+            f"config key 'objective.lam': {objective.lam} needs a camera condition, and a "
+            "text-to-image critic's only label is the prompt; valid: 0 (ProlificDreamer's VSD)"
+        )
+
+
+def resolve(preset: str | None, sets: list[str]) -> tuple[OptimizeSDConfig, Any]:
+    """Preset + ``--set`` overrides -> (validated config, objective); a bad folder or prompt file
+    fails here, before any work."""
+    cfg, objective = resolve_config(OptimizeSDConfig(), PRESETS, preset, sets, SCORE_OBJECTIVES)
+    _check(cfg, objective)
+    load_teacher(cfg)
+    return cfg, objective
+
+
+def _lora_critic(cfg: OptimizeSDConfig, teacher: Any):
+    """ProlificDreamer's critic: adapter ``critic`` on the teacher's UNet (``B = 0``: it starts
+    as the teacher), seen through ``DiffusersCritic`` (its parameters: the adapter's only)."""
+    from ..sources.diffusers import make_diffusers_critic
+    from ..sources.lora import AdapterView, add_lora
+
+    torch.manual_seed(cfg.train.seed)  # the adapter's A matrices
+    add_lora(teacher.model, "critic", cfg.critic.lora_rank, cfg.critic.lora_alpha or None)
+    return make_diffusers_critic(teacher, denoiser=AdapterView(teacher, "critic"))
+
+
+def build_task(cfg: OptimizeSDConfig, objective: Any, teacher: Any) -> dict[str, Any]:
+    """The particles, their prompt ids, the critic (or None), ``draw`` and ``evaluate``."""
+    from ..sources.particles import Particles
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    n, prompts = cfg.source.n_particles, teacher.num_classes
+    particles = Particles(n, (teacher.dim,), init_std=cfg.source.init_std, rng=gen)
+    labels = torch.arange(n) % prompts
+    camera = _accepts(objective, "camera")  # ESD at lam = 0: the critic's label is the prompt
+    fixed_noise = hasattr(objective, "noise_seed")
+    critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+
+    def draw(rng: torch.Generator) -> Batch:
+        b = cfg.train.batch_size
+        idx = torch.arange(n) if b in (0, n) else torch.randperm(n, generator=rng)[:b]
+        extra: dict[str, Any] = {"camera": labels[idx]} if camera else {}
+        if fixed_noise:
+            extra["noise"] = particles.noise[idx]
+        return Batch(particles(idx), labels[idx], labels[idx], extra)
+
+    score, seed = _scorer(teacher), cfg.train.seed + 1
+    evaluate = lambda p: score(teacher, p.theta.detach(), labels, seed)  # noqa: E731
+    return {"source": particles, "labels": labels, "critic": critic, "draw": draw,
+            "evaluate": evaluate}  # fmt: skip
+
+
+def run_optimize_sd(
+    cfg: OptimizeSDConfig, objective: Any, out: Path, resume: bool = False
+) -> dict[str, Any]:
+    """Load, optimise, evaluate and write the run folder; returns the final metrics."""
+    teacher = load_teacher(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", to_dict(cfg))
+    task = build_task(cfg, objective, teacher)
+    particles, labels = task["source"], task["labels"]
+    initial_theta = particles.theta.detach().clone()
+    initial_path = out / "initial.json"
+    if not initial_path.exists():
+        atomic_write_json(initial_path, task["evaluate"](particles))
+    start = time.perf_counter()
+    result = optimize(
+        cfg.train, source=particles, objective=objective, teacher=teacher, draw=task["draw"],
+        evaluate=task["evaluate"], out_dir=out, resume=resume, critic=task["critic"],
+    )  # fmt: skip
+    critic = task["critic"]
+    metrics = {
+        **task["evaluate"](particles), "wall_s": time.perf_counter() - start,
+        "steps": cfg.train.steps, "guidance": float(getattr(objective, "guidance", 1.0)),
+        "trainable_params": {
+            "particles": particles.theta.numel(),
+            "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
+        },
+        "initial": json.loads(initial_path.read_text()),
+    }  # fmt: skip
+    atomic_write_json(out / "metrics.json", metrics)
+    JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
+    z = particles.theta.detach()
+    with torch.no_grad():
+        images, before = teacher.decode(z), teacher.decode(initial_theta)
+    np.savez(
+        out / "samples.npz", x=images.flatten(1).numpy(), latents=z.numpy(), labels=labels.numpy()
+    )
+    _save_grid(out, cfg, images, before, labels)
+    _write_report(out, cfg, teacher, metrics, result["history"])
+    return metrics
+
+
+def _name(cfg: OptimizeSDConfig) -> str:
+    """The method as a reader knows it: ESD here always has lam = 0 (``_check``), i.e. VSD."""
+    return "vsd (esd, lam = 0)" if cfg.method == "esd" else cfg.method
+
+
+def _save_grid(out: Path, cfg: OptimizeSDConfig, images, before, labels) -> Path:
+    from ..eval.plots import save_image_grid
+
+    n = len(images)
+    panels = {"initial latents, decoded": before, f"{_name(cfg)}: {n} particles": images}
+    return save_image_grid(
+        panels, out / "samples.png", {k: labels for k in panels}, per_panel=min(n, 64)
+    )
+
+
+def _write_report(
+    out: Path, cfg: OptimizeSDConfig, teacher: Any, metrics: dict[str, Any], history: list[dict]
+) -> None:
+    """``report.md``: the run, the metric table over steps and what the figure shows."""
+    from ..eval.report import format_value
+
+    rows = [{"step": 0, **metrics["initial"]}, *history, {"step": cfg.train.steps, **metrics}]
+    keys = [k for k in REPORT_KEYS if k in metrics]
+    prompts = teacher.prompt_table.prompts
+    critic = (
+        f"LoRA rank {cfg.critic.lora_rank}" if metrics["trainable_params"]["critic"] else "none"
+    )
+    lines = [
+        f"# {_name(cfg)} on {cfg.source.n_particles} latent particles",
+        "",
+        f"Teacher `{sd_paths(cfg)[0]}`, {len(prompts)} prompts (particle i: prompt i mod "
+        f"{len(prompts)}; first: {prompts[0]!r}); guidance {metrics['guidance']:g}.",
+        "",
+        f"Objective: `{cfg.objective}`; critic: {critic}.",
+        "",
+    ]
+    if keys:  # digits-like teacher: the decoded particles scored against held-out digits
+        lines += ["| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+        lines += [
+            f"| {r['step']} | " + " | ".join(format_value(r.get(k, "")) for k in keys) + " |"
+            for r in rows
+        ]
+        lines += ["", "class_acc: the digits classifier's agreement with each prompt's digit."]
+    lines += [
+        "",
+        f"Wall time {metrics['wall_s']:.1f} s for {cfg.train.steps} steps. Figure: "
+        "`samples.png` (decoded particles before and after, sorted by prompt).",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def param_report(cfg: OptimizeSDConfig, objective: Any) -> dict[str, Any]:
+    """``--dry-run``: the frozen teacher's parts and the trained parameters (particles, LoRA)."""
+    teacher = load_teacher(cfg)
+    parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
+    frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+    trained = {
+        "particles": cfg.source.n_particles * teacher.dim,
+        "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
+    }
+    return {"frozen_params": frozen, "trainable_params": trained}
+
+
+FAMILY = Family(
+    name="optimize-sd",
+    help="score distillation as optimization of latent particles under a text-to-image teacher",
+    presets=PRESETS,
+    describe=DESCRIPTIONS.__getitem__,
+    resolve=lambda preset, sets: Resolved(*resolve(preset, sets), preset),
+    run=lambda r, out, resume: run_optimize_sd(r.config, r.extra, out, resume=resume),
+    quick=lambda name: list(QUICK),
+    steps_help="particle updates",
+    dry_run=lambda r: {"networks": param_report(r.config, r.extra)},
+)
