@@ -36,3 +36,11 @@ def sd_folder(tmp_path_factory):
     cfg = SDTeacherConfig(steps=3, vae_steps=3, batch_size=8, seed=0)
     train_sd_teacher(data.x[:64], data.labels[:64], out, config=cfg, progress=False)
     return out / "pipeline"
+
+
+@pytest.fixture
+def prompts(tmp_path) -> str:
+    """A prompt file for ``sd_folder``: two prompts, a blank line and padding (both stripped)."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("a handwritten 3\n\n  a bold handwritten 7  \n")
+    return str(path)

@@ -19,15 +19,7 @@ from safetensors.torch import load_file
 from scoredistill.cli import main
 from scoredistill.runs import optimize_sd
 
-PROMPTS = "a handwritten 3\n\n  a bold handwritten 7  \n"
 N_QUICK = 16  # presets.optimize_sd.QUICK: source.n_particles
-
-
-@pytest.fixture
-def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text(PROMPTS)
-    return str(path)
 
 
 def _args(preset, sd_folder, prompts, out, *extra):

@@ -16,15 +16,6 @@ from safetensors.torch import load_file
 from scoredistill.cli import main
 from scoredistill.runs.sd import prompt_digits
 
-PROMPTS = "a handwritten 3\n\n  a bold handwritten 7  \n"
-
-
-@pytest.fixture
-def prompts(tmp_path):
-    path = tmp_path / "prompts.txt"
-    path.write_text(PROMPTS)
-    return str(path)
-
 
 def _args(preset, sd_folder, prompts, out, *extra):
     return ["distill", "--preset", preset, "--teacher", str(sd_folder), "--prompts", prompts,
