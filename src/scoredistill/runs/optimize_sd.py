@@ -36,7 +36,7 @@ from ..train.common import JsonlLogger
 from ..train.optimize import Batch, OptimizeLoopConfig, optimize
 from .family import Family, Resolved
 from .optimize import _accepts, _needs_critic
-from .sd import _scorer, read_prompts, sd_paths
+from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
 
 __all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
 
@@ -81,12 +81,7 @@ def load_teacher(cfg: OptimizeSDConfig):
 
 
 def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
-    guidance = float(getattr(objective, "guidance", 1.0))
-    if cfg.negative_prompt and guidance == 1.0:
-        raise ConfigError(
-            "config key 'negative_prompt': it acts only through guidance, and "
-            f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
-        )
+    check_negative_prompt(cfg, objective)
     if _accepts(objective, "camera") and float(getattr(objective, "lam", 0.0)) != 0.0:
         raise ConfigError(
             f"config key 'objective.lam': {objective.lam} needs a camera condition, and a "

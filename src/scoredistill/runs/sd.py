@@ -120,13 +120,18 @@ def load_teacher(cfg: SDDistillConfig):
     return teacher
 
 
-def _check(cfg: SDDistillConfig, objective: Any) -> None:
+def check_negative_prompt(cfg: Any, objective: Any) -> None:
+    """A negative prompt acts only through guidance: refused when ``objective.guidance`` is 1."""
     guidance = float(getattr(objective, "guidance", 1.0))
     if cfg.negative_prompt and guidance == 1.0:
         raise ConfigError(
             "config key 'negative_prompt': it acts only through guidance, and "
             f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
         )
+
+
+def _check(cfg: SDDistillConfig, objective: Any) -> None:
+    check_negative_prompt(cfg, objective)
     lora = cfg.student.lora or cfg.critic.lora
     if lora and cfg.train.parallel == "fsdp2":
         raise ConfigError(
