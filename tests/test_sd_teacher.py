@@ -18,10 +18,12 @@ from torch import nn
 from scoredistill.cli import main
 from scoredistill.data import load_digits_images
 from scoredistill.train.sd_teacher import (
+    PromptTable,
     SDTeacherConfig,
     digit_prompts,
     fit_text_unet,
     fit_vae,
+    make_clip_text,
     make_text_unet,
     make_vae,
     prompt_table,
@@ -79,6 +81,41 @@ def test_the_two_stages_train_and_scale_latents_to_unit_variance():
     assert math.isfinite(unet_info["unet_final_loss"]) and not ema.training
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
     assert all(not p.requires_grad for p in ema.parameters())
+
+
+def test_the_text_encoder_trains_with_the_unet_and_ends_at_its_ema():
+    """LDM's joint τθ: the encoder's weights move, end frozen, and equal the EMA of the raw
+    weights after each optimiser step, replayed here from a recording (global step hook)."""
+    pytest.importorskip("transformers")
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from scoredistill.train.common import ema_decay
+
+    data = load_digits_images("train")
+    x, labels = data.x[:32], data.labels[:32]
+    cfg = SDTeacherConfig(steps=5, vae_steps=2, batch_size=8, seed=0)
+    torch.manual_seed(0)
+    vae, unet = make_vae(1, cfg), make_text_unet(4, cfg)
+    tokenizer, encoder = make_clip_text(cfg)
+    weight = encoder.get_parameter("final_layer_norm.weight")
+    raw = [weight.detach().clone()]
+    rng = torch.Generator().manual_seed(0)
+    fit_vae(vae, x, cfg, rng, progress=False)
+    ids, _, texts = prompt_table(digit_prompts(x, labels), lambda p: torch.zeros(len(p)))
+    table = PromptTable(tokenizer, encoder, texts)
+    handle = register_optimizer_step_post_hook(lambda *_: raw.append(weight.detach().clone()))
+    try:
+        fit_text_unet(unet, vae, x, ids, table, cfg, rng, progress=False)
+    finally:
+        handle.remove()
+    assert len(raw) == cfg.steps + 1 and not torch.equal(raw[-1], raw[0])
+    ema = raw[0].clone()
+    for step in range(cfg.steps):  # the loop's ramped half-life
+        decay = ema_decay(max(min(cfg.ema_halflife_steps, 0.05 * (step + 1)), 1e-8))
+        ema.lerp_(raw[step + 1], 1 - decay)
+    torch.testing.assert_close(weight, ema, rtol=0, atol=1e-7)
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    assert table().shape == (len(texts) + 1, cfg.max_length, cfg.text_width)
 
 
 def test_cli_refuses_resume_and_unlabelled_data(tmp_path, capsys):

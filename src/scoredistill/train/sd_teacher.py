@@ -7,11 +7,13 @@ Three parts, as in SD (Rombach et al. 2022), trained in two stages:
    digits do not need). ``scaling_factor = 1 / std(z)`` over the training latents, as SD's
    0.18215 was chosen, so the diffusion model sees unit-variance latents.
 2. Text: a char-level ``CLIPTokenizer`` (the 256 byte-level symbols, their ``</w>`` forms,
-   ``<|startoftext|>`` and ``<|endoftext|>``, no merges; reference note §3) and a **frozen,
-   randomly initialised** ``CLIPTextModel``. SD keeps its text encoder frozen too; the prompts
-   here are a closed set of 31 texts, which a random encoder maps to distinct embeddings, and the
-   UNet learns to read them through cross-attention. Training the encoder would only move the
-   target the UNet chases; its embeddings are computed once, as a table, before stage 3.
+   ``<|startoftext|>`` and ``<|endoftext|>``, no merges; reference note §3) and a randomly
+   initialised ``CLIPTextModel`` **trained jointly with the UNet** in stage 3, as LDM trains its
+   transformer text encoder τθ with the UNet (Rombach et al. 2022, Eq. 3, Sec. 4.3.1). SD keeps a
+   *pretrained* CLIP frozen; a *random* frozen CLIP here carried too little of the digit (its
+   causal attention averages the digit's token into the shared "a handwritten " prefix: the
+   teacher reached prompt accuracy 0.14-0.25, chance 0.1; docs/text_to_image.md), so
+   ``train_text_encoder=False`` keeps that variant for comparison only.
 3. ``UNet2DConditionModel`` with cross-attention on those embeddings: DDPM ε-prediction
    (Ho et al. 2020, Eq. 14) ``‖ε − ε_θ(√ᾱ_t·z0 + √(1−ᾱ_t)·ε, t, c)‖²``, ``z0 = z·scaling_factor``,
    ``t ~ U{0, …, 999}``, SD's ``scaled_linear`` β table (0.00085 → 0.012) so that time ranges
@@ -55,6 +57,7 @@ __all__ = [
     "make_clip_text",
     "make_text_unet",
     "make_vae",
+    "PromptTable",
     "prompt_table",
     "train_sd_teacher",
 ]
@@ -80,6 +83,7 @@ class SDTeacherConfig:
     text_layers: int = 2
     max_length: int = 32  # tokens: "a bold handwritten 7" is 17 characters + 2 specials
     prompt_dropout: float = 0.1  # empty prompt, for classifier-free guidance
+    train_text_encoder: bool = True  # LDM's joint τθ; False: random frozen CLIP (reads poorly)
     ema_halflife_steps: float = 500.0  # ramped as the pixel teacher's: ≤ 5 % of steps done
     weight_decay: float = 0.01
     seed: int = 0
@@ -165,6 +169,19 @@ def make_clip_text(cfg: SDTeacherConfig) -> tuple[Any, Any]:
     return tokenizer, encoder.eval().requires_grad_(False)
 
 
+class PromptTable(nn.Module):
+    """``forward() -> (P + 1, L, E)``: the distinct training prompts, then the empty one, through
+    a text encoder that ``fit_text_unet`` trains with the UNet (``encode_text``: the pipeline's
+    own embedding path, so the saved pipeline sees what the UNet was trained on)."""
+
+    def __init__(self, tokenizer: Any, encoder: nn.Module, texts: Sequence[str]) -> None:
+        super().__init__()
+        self.encoder, self.tokenizer, self.texts = encoder, tokenizer, [*texts, ""]
+
+    def forward(self) -> Tensor:
+        return encode_text(self.tokenizer, self.encoder, self.texts)
+
+
 def _adamw(module: nn.Module, lr: float, cfg: SDTeacherConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
@@ -205,22 +222,26 @@ def fit_text_unet(
     vae: nn.Module,
     images: Tensor,
     prompt_ids: Tensor,
-    table: Tensor,
+    table: Tensor | PromptTable,
     cfg: SDTeacherConfig,
     rng: torch.Generator,
     progress: bool,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Stage 3: ``prompt_ids: (N,)`` index ``table: (P + 1, L, E)`` whose last row is the empty
-    prompt. Returns the EMA UNet (eval, frozen) and the final loss."""
+    """Stage 3: ``prompt_ids: (N,)`` index the rows of ``table`` (``(P + 1, L, E)``, last row
+    the empty prompt). A ``PromptTable`` trains with the UNet (one optimiser, one EMA) and ends
+    holding its EMA weights, frozen; a tensor stays fixed. Returns the EMA UNet (eval, frozen)
+    and the final loss."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, **SD_BETAS, clip_sample=False)
     with torch.no_grad():
         dist = vae.encode(images).latent_dist
     mean, std, sf = dist.mean, dist.std, vae.config.scaling_factor
-    ema, opt, losses = copy.deepcopy(unet).requires_grad_(False), _adamw(unet, cfg.lr, cfg), []
-    null = table.shape[0] - 1
-    unet.train()
+    joint = isinstance(table, PromptTable)
+    model = nn.ModuleDict({"unet": unet, **({"text": table.encoder} if joint else {})})
+    model.requires_grad_(True).train()
+    ema, opt, losses = copy.deepcopy(model).requires_grad_(False), _adamw(model, cfg.lr, cfg), []
+    null = len(table.texts) - 1 if joint else table.shape[0] - 1
     for step in tqdm(range(cfg.steps), disable=not progress, desc="unet"):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg.steps)
@@ -229,19 +250,23 @@ def fit_text_unet(
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng)) * sf
         t = torch.randint(1000, (cfg.batch_size,), generator=rng)
         eps = torch.randn(z0.shape, generator=rng)
-        context = table[torch.where(drop, null, prompt_ids[idx])]
+        rows = table() if joint else table
+        context = rows[torch.where(drop, null, prompt_ids[idx])]
         pred = unet(scheduler.add_noise(z0, eps, t), t, encoder_hidden_states=context).sample
         loss = (pred - eps).square().mean()
         check_finite(loss, step, "text UNet loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        check_finite(nn.utils.clip_grad_norm_(unet.parameters(), 1.0), step, "gradient norm")
+        check_finite(nn.utils.clip_grad_norm_(model.parameters(), 1.0), step, "gradient norm")
         opt.step()
         halflife = max(min(cfg.ema_halflife_steps, 0.05 * (step + 1)), 1e-8)
-        ema_update(ema, unet, ema_decay(halflife))
+        ema_update(ema, model, ema_decay(halflife))
         losses.append(loss.item())
+    if joint:
+        table.encoder.load_state_dict(ema["text"].state_dict())
+        table.encoder.eval().requires_grad_(False)
     window = losses[-max(1, cfg.steps // 20) :]
-    return ema.eval(), {"unet_final_loss": sum(window) / len(window)}
+    return ema["unet"].eval(), {"unet_final_loss": sum(window) / len(window)}
 
 
 def prompt_table(
@@ -311,6 +336,8 @@ def train_sd_teacher(
     ids, table, texts = prompt_table(
         digit_prompts(x, labels, classes), lambda p: encode_text(tokenizer, text_encoder, p)
     )
+    if cfg.train_text_encoder:
+        table = PromptTable(tokenizer, text_encoder, texts)  # text_encoder ends at its EMA
     ema, unet_info = fit_text_unet(unet, vae, x, ids, table, cfg, rng, progress)
     parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": ema}
     path = _save_pipeline(parts, out)
