@@ -5,7 +5,8 @@ Each method is a frozen dataclass of its hyperparameters with
 ``critic_loss(x, cond, *, critic, rng) -> Loss``; networks come in as arguments. The consistency
 methods (``CONSISTENCY_OBJECTIVES``, the loop ``train.consistency``) instead take data ``x0`` and
 the student: ``loss(x0, cond, *, student, target, teacher, rng, step) -> Loss``; rCM adds a
-critic (``critic=``, ``critic_loss``).
+critic (``critic=``, ``critic_loss``). Sampling-step-aware objectives (``step_aware``: TDM, Phased
+DMD) also get the few-step student's ``step`` and ``student_times`` from the two-player loop.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from .dmd import DMD
 from .esd import ESD
 from .fdistill import FDistill
 from .ism import ISM
+from .phased_dmd import PhasedDMD
 from .rcm import RCM
 from .scm import SCM
 from .sds import SDS
 from .sfd import SFD
 from .sid import SiD
 from .sim import SIM
+from .tdm import TDM
 from .vsd import VSD
 
 __all__ = [
@@ -46,9 +49,11 @@ __all__ = [
     "SDS",
     "SFD",
     "SIM",
+    "TDM",
     "VSD",
     "FDistill",
     "Loss",
+    "PhasedDMD",
     "SiD",
 ]
 
@@ -59,6 +64,8 @@ OBJECTIVES: dict[str, type] = {
     "fdistill": FDistill,
     "sim": SIM,
     "sfd": SFD,
+    "tdm": TDM,
+    "phased_dmd": PhasedDMD,
 }
 
 SCORE_OBJECTIVES: dict[str, type] = {

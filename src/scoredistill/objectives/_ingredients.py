@@ -51,7 +51,9 @@ __all__ = [
     "sample_t",
     "sample_t_lognormal",
     "sample_u",
+    "student_fractions",
     "surrogate_loss",
+    "t_to_ref",
 ]
 
 
@@ -173,6 +175,28 @@ def ref_to_t(schedule: Schedule, u: Tensor, reference: str | None = None) -> Ten
         return t_ref
     lam = log_snr(ref, t_ref.to(torch.float64))
     return t_from_log_snr(schedule, lam).clamp(schedule.t_min, schedule.t_max).to(t_ref.dtype)
+
+
+def t_to_ref(schedule: Schedule, t: float, reference: str | None = None) -> float:
+    """The fraction ``u`` of ``reference``'s range whose time has the log-SNR of ``t`` on
+    ``schedule``: the inverse of ``ref_to_t``, clamped to [0, 1]."""
+    own = reference is None or reference == OWN_SCHEDULE
+    ref = schedule if own else get_schedule(reference)
+    t_ref = torch.tensor(float(t), dtype=torch.float64)
+    if ref != schedule:
+        t_ref = t_from_log_snr(ref, log_snr(schedule, t_ref))
+    return min(max(float((t_ref - ref.t_min) / (ref.t_max - ref.t_min)), 0.0), 1.0)
+
+
+def student_fractions(
+    schedule: Schedule, student_times: tuple[float, ...] | None, reference: str | None = None
+) -> tuple[float, ...]:
+    """A few-step student's times ``t_1 > ... > t_K`` as fractions of ``reference``'s steps
+    (``t_to_ref``), then 0.0 for clean data: step ``k`` (1-based) spans ``(u[k], u[k-1])``.
+    Without times (a one-step student) ``(1.0, 0.0)``: the whole range (TDM, Phased DMD)."""
+    if not student_times:
+        return (1.0, 0.0)
+    return (*(t_to_ref(schedule, t, reference) for t in student_times), 0.0)
 
 
 def sample_u(

@@ -47,6 +47,27 @@ _DMD2_OPT = {
     "train.beta1_critic": 0.9,
     "train.weight_decay": 0.01,
 }
+# TDM and Phased DMD train 4-step students on the library's default student grid, as dmd2-4step
+# (departure: TDM's demo uses k * 900/4 - 1 on PixArt's 1000-step table, Phased DMD a shifted flow
+# grid); comparing the three on one grid isolates the objective
+_FOUR_STEP = {"generator.kind": "few_step", "generator.steps": 4}
+# TDM's demo (Luo-Yihong/TDM train_tdm_demo.py, README command): one fake update per student update,
+# AdamW betas (0, 0.95) with weight decay 1e-2 for both, student lr = fake lr / 5, max_grad_norm 1.
+# Departures: rates 2e-4 / 1e-3, not 4e-6 / 2e-5 (an MLP from scratch in 1500 CPU steps, not a
+# pretrained PixArt: the loop's critic rate with TDM's 1:5 ratio); constant, not cosine with
+# restarts; the clip applies to both players (the demo clips the student only); the EMA is
+# scored, as in every preset (the README run has no EMA)
+_TDM_OPT = {
+    "train.critic_updates": 1,
+    "train.optimizer": "adamw",
+    "train.beta1_generator": 0.0,
+    "train.beta1_critic": 0.0,
+    "train.beta2": 0.95,
+    "train.weight_decay": 0.01,
+    "train.grad_clip": 1.0,
+    "train.lr_generator": 2e-4,
+    "train.lr_critic": 1e-3,
+}
 # VSD/SwiftBrush guide with 4.5 for text prompts; the exact conditional law is the target here
 _NO_CFG = {"objective.guidance": 1.0}
 
@@ -77,6 +98,14 @@ METHODS: dict[str, dict[str, Any]] = {
     "fdistill-js": {"method": "fdistill", "objective.divergence": "js"},
     "fdistill-sh": {"method": "fdistill", "objective.divergence": "sh"},
     "sfd": {"method": "sfd", "train.critic_updates": 1},
+    "tdm": {"method": "tdm", **_FOUR_STEP, **_TDM_OPT},
+    "phased-dmd": {
+        "method": "phased_dmd",
+        **_DMD2_OPT,
+        **_FOUR_STEP,
+        "generator.experts": 2,  # LightX2V: student + student_2, one per region (phase)
+        "objective.phases": 2,  # match_timestep splits the 4 steps 2 + 2 (must lie on the grid)
+    },
 }
 
 _GRID: dict[str, tuple[str, ...]] = {
@@ -94,6 +123,8 @@ _GRID: dict[str, tuple[str, ...]] = {
     "fdistill-js": (*TESTBEDS, "ring8-unbalanced"),
     "fdistill-sh": ("ring8-unbalanced",),
     "sfd": ("cond2d", "digits"),  # SFD forgets a class: conditional testbeds only
+    "tdm": TESTBEDS,  # run so far: ring8 (the others resolve; every method covers the five)
+    "phased-dmd": TESTBEDS,
 }
 
 
@@ -126,6 +157,8 @@ _ABOUT: dict[str, str] = {
     "fdistill-js": "f-distill with Jensen-Shannon",
     "fdistill-sh": "f-distill with squared Hellinger",
     "sfd": "SFD (Chen et al. 2025) forgetting, SiD base: the forgotten class answered by the safe class",
+    "tdm": "TDM (Luo et al. 2025): 4-step student, each step matched in its own trajectory interval",
+    "phased-dmd": "Phased DMD (Fan et al. 2025): 4 steps in 2 phases, one expert each, subinterval SM",
 }
 DESCRIPTIONS: dict[str, str] = {
     f"{m}-{tb}": f"{_ABOUT[m]}; on {tb}" for m, testbeds in _GRID.items() for tb in testbeds

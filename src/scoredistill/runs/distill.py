@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ __all__ = [
 class GeneratorConfig:
     kind: Literal["one_step", "few_step", "conv"] = "one_step"  # conv: image testbeds only
     steps: PositiveInt = 4  # few_step: student NFE K (DMD2's 4-step SDXL schedule)
+    experts: PositiveInt = 1  # few_step: one network per phase of steps/experts (Phased DMD)
     hidden: PositiveInt = 256
     depth: PositiveInt = 3
     channels: PositiveInt = 32  # conv: feature maps (~0.1 s per 256-batch step on 2 cores at 8x8)
@@ -158,14 +160,19 @@ def _evaluator(testbed, objective: Any, n: int, seed: int):
 def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
     from ..sources.conv import ConvGenerator
     from ..sources.critic import make_critic
+    from ..sources.experts import phased_student
     from ..sources.generators import FewStepGenerator, OneStepGenerator
     from ..train.dsm import init_critic_from_teacher
 
     torch.manual_seed(cfg.train.seed)
     k = testbed.truth.num_classes
     g = cfg.generator
+    if g.experts > 1 and (g.kind != "few_step" or g.steps % g.experts):
+        raise ConfigError("generator.experts > 1 needs kind=few_step and steps a multiple of it")
     if g.kind == "few_step":
-        gen = FewStepGenerator.from_mlp(
+        phased = partial(phased_student, experts=g.experts)
+        make = FewStepGenerator.from_mlp if g.experts == 1 else phased
+        gen = make(
             testbed.dim,
             testbed.teacher.schedule,
             steps=g.steps,

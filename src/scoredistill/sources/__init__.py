@@ -7,6 +7,7 @@ Every source is an ``nn.Module`` whose ``forward`` returns flattened samples (DD
 from __future__ import annotations
 
 from .critic import copy_teacher_as_critic, make_critic
+from .experts import PhaseExperts, phased_student
 from .generators import (
     FewStepGenerator,
     OneStepGenerator,
@@ -18,9 +19,11 @@ from .generators import (
 __all__ = [
     "FewStepGenerator",
     "OneStepGenerator",
+    "PhaseExperts",
     "TeacherInitGenerator",
     "copy_teacher_as_critic",
     "default_student_times",
     "draw_latent",
     "make_critic",
+    "phased_student",
 ]

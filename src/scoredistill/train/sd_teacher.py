@@ -50,6 +50,7 @@ from .common import check_finite, ema_decay, ema_update
 from .unet_teacher import _lr_factor
 
 __all__ = [
+    "PromptTable",
     "SDTeacherConfig",
     "digit_prompts",
     "fit_text_unet",
@@ -57,7 +58,6 @@ __all__ = [
     "make_clip_text",
     "make_text_unet",
     "make_vae",
-    "PromptTable",
     "prompt_table",
     "train_sd_teacher",
 ]

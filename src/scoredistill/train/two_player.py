@@ -124,6 +124,14 @@ def _generate(
     return gen(z, c) if k is None else gen(z, c, rng=rng, k=k)
 
 
+def _student_step(objective: Any, generator: nn.Module, k: int | None) -> dict[str, Any]:
+    """What a sampling-step-aware objective (``step_aware``: TDM, Phased DMD) is told about the
+    sample it gets: the few-step student's ``step`` k and ``student_times``; others get nothing."""
+    if k is None or not getattr(objective, "step_aware", False):
+        return {}
+    return {"step": k, "student_times": tuple(generator.ts)}
+
+
 def _batch(sample_latent, sample_cond, n: int, rng: torch.Generator):
     z = sample_latent(n, rng)
     return z, (sample_cond(n, rng) if sample_cond is not None else None)
@@ -194,15 +202,21 @@ def train_two_player(
             z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
             with torch.no_grad():
                 x = _generate(gen, z, c, k, rng)
-            real = {"real": sample_real(cfg.batch_size, rng)} if needs_real else {}
-            loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng, **real)
+            kw = {"real": sample_real(cfg.batch_size, rng)} if needs_real else {}
+            kw |= _student_step(objective, generator, k)
+            loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng, **kw)
             check_finite(loss_c.value, step, "critic loss")
             logs["critic_grad_norm"] = _step(loss_c.value, opt_c, crit, cfg.grad_clip, acc)
         k = generator.draw_step(step_rng) if few_step else None
         z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
         crit.requires_grad_(False)
         loss_g = objective.generator_loss(
-            _generate(gen, z, c, k, rng), c, teacher=teacher, critic=critic_call, rng=rng
+            _generate(gen, z, c, k, rng),
+            c,
+            teacher=teacher,
+            critic=critic_call,
+            rng=rng,
+            **_student_step(objective, generator, k),
         )
         if extra_generator_loss is not None:
             extra = extra_generator_loss(gen, rng)
