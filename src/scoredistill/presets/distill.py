@@ -68,6 +68,16 @@ _TDM_OPT = {
     "train.lr_generator": 2e-4,
     "train.lr_critic": 1e-3,
 }
+# MSD (Song et al. 2024, arXiv 2410.23274): DMD2's objective and optimiser, one one-step student
+# per block of consecutive classes. The paper's K is 4 same-sized students (ImageNet-64, COCO);
+# cond2d has 2 classes, so K = 2 there (one student per class), digits takes the paper's 4
+# (classes 0-2, 3-5, 6-7, 8-9). Same-sized: each student is the single student's MLP (the
+# comparison the paper's "same-sized" rows make, against dmd2-<testbed>). Departures: fresh MLP
+# students, not teacher copies, so the paper's TSM pretraining of smaller students has nothing to
+# replace and is not run; no ADM (GAN) stage; one batch of train.batch_size rows per step shared
+# by the students (each sees about B/K rows), one conditional critic for all of them (its target
+# given c is the owning student's fake score), and the gradient clip taken over all students
+_MSD_STUDENTS = {"cond2d": 2, "digits": 4}
 # VSD/SwiftBrush guide with 4.5 for text prompts; the exact conditional law is the target here
 _NO_CFG = {"objective.guidance": 1.0}
 
@@ -99,6 +109,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "fdistill-sh": {"method": "fdistill", "objective.divergence": "sh"},
     "sfd": {"method": "sfd", "train.critic_updates": 1},
     "tdm": {"method": "tdm", **_FOUR_STEP, **_TDM_OPT},
+    "msd": {"method": "dmd", **_DMD2_OPT},  # + generator.students per testbed (_MSD_STUDENTS)
     "phased-dmd": {
         "method": "phased_dmd",
         **_DMD2_OPT,
@@ -125,6 +136,7 @@ _GRID: dict[str, tuple[str, ...]] = {
     "sfd": ("cond2d", "digits"),  # SFD forgets a class: conditional testbeds only
     "tdm": TESTBEDS,  # run so far: ring8 (the others resolve; every method covers the five)
     "phased-dmd": TESTBEDS,
+    "msd": tuple(_MSD_STUDENTS),  # routes by class: conditional testbeds only; digits not run yet
 }
 
 
@@ -135,6 +147,8 @@ def _preset(method: str, testbed: str) -> dict[str, Any]:
     if method == "sfd" and testbed in _SHARP:  # SFD's base is SiD; the range is SiD's (EDM) one
         out["objective.base.t_range"] = _SID_SHARP["objective.t_range"]
         out["objective.base.t_reference"] = "edm"
+    if method == "msd":
+        out["generator.students"] = _MSD_STUDENTS[testbed]
     return out
 
 
@@ -159,6 +173,8 @@ _ABOUT: dict[str, str] = {
     "sfd": "SFD (Chen et al. 2025) forgetting, SiD base: the forgotten class answered by the safe class",
     "tdm": "TDM (Luo et al. 2025): 4-step student, each step matched in its own trajectory interval",
     "phased-dmd": "Phased DMD (Fan et al. 2025): 4 steps in 2 phases, one expert each, subinterval SM",
+    "msd": "MSD (Song et al. 2024): DMD2 with K same-sized one-step students, one per block of "
+    "classes (K = 2 on cond2d, the paper's 4 on digits)",
 }
 DESCRIPTIONS: dict[str, str] = {
     f"{m}-{tb}": f"{_ABOUT[m]}; on {tb}" for m, testbeds in _GRID.items() for tb in testbeds

@@ -13,20 +13,20 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, LearningRate, NonNegativeInt, PositiveInt, to_dict
+from ..config import ConfigError, LearningRate, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
+from .distill_generator import GeneratorConfig, check_generator, make_generator
 from .family import Family, Resolved, report_section
 
 __all__ = [
@@ -39,17 +39,6 @@ __all__ = [
     "run_distill",
     "testbed_resolver",
 ]
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    kind: Literal["one_step", "few_step", "conv"] = "one_step"  # conv: image testbeds only
-    steps: PositiveInt = 4  # few_step: student NFE K (DMD2's 4-step SDXL schedule)
-    experts: PositiveInt = 1  # few_step: one network per phase of steps/experts (Phased DMD)
-    hidden: PositiveInt = 256
-    depth: PositiveInt = 3
-    channels: PositiveInt = 32  # conv: feature maps (~0.1 s per 256-batch step on 2 cores at 8x8)
-    blocks: NonNegativeInt = 2  # conv: residual blocks
 
 
 @dataclass(frozen=True)
@@ -158,40 +147,15 @@ def _evaluator(testbed, objective: Any, n: int, seed: int):
 
 
 def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
-    from ..sources.conv import ConvGenerator
     from ..sources.critic import make_critic
-    from ..sources.experts import phased_student
-    from ..sources.generators import FewStepGenerator, OneStepGenerator
     from ..train.dsm import init_critic_from_teacher
 
     torch.manual_seed(cfg.train.seed)
-    k = testbed.truth.num_classes
-    g = cfg.generator
-    if g.experts > 1 and (g.kind != "few_step" or g.steps % g.experts):
-        raise ConfigError("generator.experts > 1 needs kind=few_step and steps a multiple of it")
-    if g.kind == "few_step":
-        phased = partial(phased_student, experts=g.experts)
-        make = FewStepGenerator.from_mlp if g.experts == 1 else phased
-        gen = make(
-            testbed.dim,
-            testbed.teacher.schedule,
-            steps=g.steps,
-            hidden=g.hidden,
-            depth=g.depth,
-            num_classes=k,
-        )
-    elif g.kind == "conv":
-        if testbed.image_shape is None:
-            raise ConfigError(f"generator.kind=conv needs an image testbed; {testbed.name} is not")
-        gen = ConvGenerator(
-            testbed.image_shape, channels=g.channels, blocks=g.blocks, num_classes=k
-        )
-    else:
-        gen = OneStepGenerator(testbed.dim, hidden=g.hidden, depth=g.depth, num_classes=k)
+    gen = make_generator(cfg.generator, testbed)
     critic = make_critic(
         testbed.dim,
         schedule=testbed.teacher.schedule,
-        num_classes=k,
+        num_classes=testbed.truth.num_classes,
         hidden=cfg.critic.hidden,
         depth=cfg.critic.depth,
     )
@@ -370,15 +334,19 @@ def _write_report(
 
 def testbed_resolver(
     resolve_fn: Callable[[str | None, list[str]], tuple[Any, Any]],
+    check: Callable[[Any, Any], None] | None = None,
 ) -> Callable[[str | None, list[str]], Resolved]:
-    """A family's ``resolve``: the config, then its ``testbed`` loaded so that a bad testbed
-    fails before any training (the testbed families: ``distill``, ``distill-consistency``)."""
+    """A family's ``resolve``: the config, then its ``testbed`` loaded (and ``check(cfg, testbed)``
+    run) so that a bad testbed or a setting it cannot take fails before any training (the testbed
+    families: ``distill``, ``distill-consistency``)."""
 
     def resolved(preset: str | None, sets: list[str]) -> Resolved:
         from ..teachers.testbeds import get_testbed
 
         cfg, extra = resolve_fn(preset, sets)
-        get_testbed(cfg.testbed, schedule=cfg.schedule)
+        testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+        if check is not None:
+            check(cfg, testbed)
         return Resolved(cfg, extra, preset)
 
     return resolved
@@ -389,7 +357,7 @@ FAMILY = Family(
     help="distil a one-step generator from a testbed's teacher",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
-    resolve=testbed_resolver(resolve),
+    resolve=testbed_resolver(resolve, lambda cfg, testbed: check_generator(cfg.generator, testbed)),
     run=lambda r, out, resume: run_distill(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="generator updates",

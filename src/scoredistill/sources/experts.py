@@ -8,6 +8,9 @@ step of the next expert (LightX2V's ``match_step_index``). ``phased_student`` bu
 ``FewStepGenerator`` over fresh MLP experts, one per phase of ``steps / experts`` consecutive
 steps. Under DDP the idle experts get no gradient in a step, which DDP's default
 (``find_unused_parameters=False``) refuses: experts are for single-process runs for now.
+
+``route(idx, experts, *args)`` is the dispatch both routers share: each expert runs once, on its
+own rows. ``PhaseExperts`` keys it by time, ``multi_student.MultiStudent`` (MSD) by condition.
 """
 
 from __future__ import annotations
@@ -22,7 +25,27 @@ from ..schedules import Schedule, get_schedule
 from ..teachers.neural import MLPDenoiserNet, NeuralDenoiser
 from .generators import FewStepGenerator, default_student_times
 
-__all__ = ["PhaseExperts", "phased_student"]
+__all__ = ["PhaseExperts", "phased_student", "route"]
+
+
+def route(idx: Tensor, experts: Sequence[nn.Module], *args: Tensor | None) -> Tensor:
+    """``out[i] = experts[idx[i]](*args)[i]``, each expert called once on its rows only.
+
+    ``idx: (B,)`` expert indices; ``args`` are row-aligned ``(B, ...)`` tensors or None (passed
+    through). When every row has one expert (a student step, one partition) that expert gets the
+    whole batch as given: no gather, bit for bit its own output. Experts without rows are not
+    called, so they get no gradient."""
+    first = int(idx[0])
+    if bool((idx == first).all()):
+        return experts[first](*args)
+    out = None
+    for j, expert in enumerate(experts):
+        rows = (idx == j).nonzero(as_tuple=True)[0]
+        if rows.numel():
+            y = expert(*(None if a is None else a[rows] for a in args))
+            out = y.new_zeros((idx.shape[0], *y.shape[1:])) if out is None else out
+            out = out.index_copy(0, rows, y.to(out.dtype))
+    return out
 
 
 class PhaseExperts(nn.Module):
@@ -49,16 +72,7 @@ class PhaseExperts(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``D(x_t, t, cond)`` of each sample's expert; ``x_t: (B, *D)``, ``t: (B,)`` or scalar."""
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
-        idx = self.phase(t)
-        if bool((idx == idx[0]).all()):  # one phase (a student step): no gather, cond untouched
-            return self.experts[int(idx[0])](x_t, t, cond)
-        out = torch.zeros_like(x_t)
-        for j, expert in enumerate(self.experts):
-            rows = (idx == j).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                c = None if cond is None else cond[rows]
-                out = out.index_copy(0, rows, expert(x_t[rows], t[rows], c).to(out.dtype))
-        return out
+        return route(self.phase(t), self.experts, x_t, t, cond)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self(x_t, t, cond)
