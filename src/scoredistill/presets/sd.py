@@ -79,15 +79,26 @@ _SID_LSG = {
     "objective.guidance_critic": 2.0,
     "objective.t_reference": "vp-scaled-linear",
 }
+# Few-step SiD's Zero-CFG (Zhou, Gu, Wang 2025, arXiv 2505.12674, abstract): "disables CFG in
+# the teacher and removes text conditioning in the fake score network" (κ4 = 1, κ2 = κ3 = 0; the
+# fake's own DSM unguided, κ1 = 1, with SiD-LSG's 10 % prompt dropout so its unconditional branch
+# is learned). The rest is sid-lsg-sd's (one step: the few-step mixture is not in this family).
+_ZERO_CFG = {
+    "objective.guidance": 1.0,
+    "objective.guidance_fake": 0.0,
+    "objective.guidance_critic": 1.0,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "swiftbrush-sd": {**_CPU, **_SWIFTBRUSH},
     "dmd2-sd": {**_CPU, **_DMD2},
     "sid-lsg-sd": {**_CPU, **_SID_LSG},
+    "sid-zerocfg-sd": {**_CPU, **_SID_LSG, **_ZERO_CFG},
 }
 DESCRIPTIONS: dict[str, str] = {
     "swiftbrush-sd": "SwiftBrush (VSD): one-step LoRA student + LoRA critic on one base, CFG 4.5",
     "dmd2-sd": "DMD2 one-step full student and full fake UNet, CFG 1.75 (SD 1.5 recipe)",
     "sid-lsg-sd": "SiD-LSG one-step student, long and short guidance 2, from timestep 625",
+    "sid-zerocfg-sd": "SiD one-step student with Zero-CFG: teacher unguided, fake unconditional",
 }
 QUICK = [
     "train.steps=3",
