@@ -19,48 +19,20 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from scoredistill.objectives import DMD, PhasedDMD
 from scoredistill.objectives.phased_dmd import subinterval_target
 from scoredistill.parametrization import from_denoiser
 from scoredistill.schedules import get_schedule, log_snr, t_from_log_snr
 from scoredistill.sources.experts import PhaseExperts, phased_student
-from scoredistill.teachers.analytic import GaussianMixtureTeacher
+from step_aware_helpers import F64, TS, ModuleDenoiser, Recorder
+from step_aware_helpers import exact_pair as _pair
+from step_aware_helpers import generator_grad as _grad
+from step_aware_helpers import inputs as _x
 
-F64 = torch.float64
-TS = (1.0, 0.75, 0.5, 0.25)  # a 4-step student on edm; with reference edm fractions = times
 EDM_PDMD = PhasedDMD(t_reference="edm")  # two phases: steps 1-2 above s = 0.5, steps 3-4 below
 K_SE = 5.0  # |mean| <= 5 standard errors: two-sided p ~ 6e-7 per check
 N_MC = 200_000  # 2-D Gaussians: SE ~ 0.2 % of the O(1) terms, well under a second
-
-
-def _pair(schedule: str = "edm"):
-    means = torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=F64)
-    teacher = GaussianMixtureTeacher(means, [0.5, 0.5], stds=[0.3, 0.4], schedule=schedule)
-    critic = GaussianMixtureTeacher(means + 0.3, [0.4, 0.6], stds=[0.5, 0.35], schedule=schedule)
-    return teacher, critic
-
-
-def _x(n: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, generator=g, dtype=F64) * 0.8
-
-
-def _grad(obj, x, teacher, critic, seed: int, **step) -> torch.Tensor:
-    x = x.detach().clone().requires_grad_(True)
-    rng = torch.Generator().manual_seed(seed)
-    obj.generator_loss(x, None, teacher=teacher, critic=critic, rng=rng, **step).value.backward()
-    return x.grad
-
-
-class Recorder:
-    def __init__(self, net) -> None:
-        self.net, self.schedule, self.ts = net, net.schedule, []
-
-    def denoise(self, x_t, t, cond=None):
-        self.ts.append(t.detach().clone())
-        return self.net.denoise(x_t, t, cond)
 
 
 # ------------------------------------------------------------------------- reduction to DMD
@@ -229,16 +201,6 @@ def test_exact_critic_gives_a_zero_update(k):
 
 
 # ------------------------------------------------------------------------- contract, experts
-class ModuleDenoiser(nn.Module):
-    def __init__(self, exact) -> None:
-        super().__init__()
-        self.exact, self.schedule = exact, exact.schedule
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def denoise(self, x_t, t, cond=None):
-        return self.exact.denoise(x_t, t, cond) + self.dummy * x_t
-
-
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_contract_gradients_reach_the_step_expert_only(k):
     torch.manual_seed(0)

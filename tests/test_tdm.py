@@ -16,50 +16,24 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from scoredistill.objectives import DMD, TDM
 from scoredistill.schedules import get_schedule
 from scoredistill.sources.critic import make_critic
 from scoredistill.sources.generators import FewStepGenerator, OneStepGenerator
-from scoredistill.teachers.analytic import GaussianMixtureTeacher
 from scoredistill.train.two_player import TwoPlayerConfig, train_two_player
-
-F64 = torch.float64
-# a 4-step student on edm with edm as the reference: fractions equal times, so the intervals are
-# written by hand (step k spans (TS[k], TS[k-1]), TS[4] = 0)
-TS = (1.0, 0.75, 0.5, 0.25)
-EDM_TDM = TDM(t_reference="edm", distance="mse")
-
-
-def _pair(schedule: str = "edm", dtype: torch.dtype = F64):
-    means = torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=dtype)
-    teacher = GaussianMixtureTeacher(means, [0.5, 0.5], stds=[0.3, 0.4], schedule=schedule)
-    critic = GaussianMixtureTeacher(means + 0.3, [0.4, 0.6], stds=[0.5, 0.35], schedule=schedule)
-    return teacher, critic
+from step_aware_helpers import F64, TS, ModuleDenoiser, Recorder, inputs
+from step_aware_helpers import exact_pair as _pair
+from step_aware_helpers import generator_grad as _grad
 
 
 def _x(n: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 2, generator=g, dtype=F64) * 0.8).requires_grad_(True)
+    return inputs(n, seed).requires_grad_(True)
 
 
-def _grad(obj, x, teacher, critic, seed: int, **step) -> torch.Tensor:
-    x = x.detach().clone().requires_grad_(True)
-    rng = torch.Generator().manual_seed(seed)
-    obj.generator_loss(x, None, teacher=teacher, critic=critic, rng=rng, **step).value.backward()
-    return x.grad
-
-
-class Recorder:
-    """A denoiser that records every time it is asked at."""
-
-    def __init__(self, net) -> None:
-        self.net, self.schedule, self.ts = net, net.schedule, []
-
-    def denoise(self, x_t, t, cond=None):
-        self.ts.append(t.detach().clone())
-        return self.net.denoise(x_t, t, cond)
+# a 4-step student on edm with edm as the reference: fractions equal times, so the intervals are
+# written by hand (step k spans (TS[k], TS[k-1]), TS[4] = 0)
+EDM_TDM = TDM(t_reference="edm", distance="mse")
 
 
 # ------------------------------------------------------------------------- reduction to DMD
@@ -157,18 +131,6 @@ def test_critic_loss_is_min_snr_weighted_x0_mse(u):
 
 
 # ------------------------------------------------------------------------- contract
-class ModuleDenoiser(nn.Module):
-    """An exact denoiser behind an ``nn.Module`` with one dummy parameter (to watch .grad)."""
-
-    def __init__(self, exact) -> None:
-        super().__init__()
-        self.exact, self.schedule = exact, exact.schedule
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def denoise(self, x_t, t, cond=None):
-        return self.exact.denoise(x_t, t, cond) + self.dummy * x_t
-
-
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_contract_gradients_reach_the_student_only(k):
     torch.manual_seed(0)
