@@ -42,7 +42,7 @@ from ._ingredients import (
     surrogate_loss,
 )
 
-__all__ = ["DMD", "critic_with_gan"]
+__all__ = ["DMD", "critic_with_gan", "dmd_update"]
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,8 @@ class DMD:
         t = sample_t(n, sched, self.t_range, rng, dtype=x.dtype, device=x.device, reference=ref)
         with torch.no_grad():
             x_t, _, _, _ = add_noise(x.detach(), t, teacher.schedule, rng)
-            d_real = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
-            d_fake = critic.denoise(x_t, t, cond)
-            w = normalizer(x, d_real, self.normalization, self.eps)
-            g = torch.nan_to_num((d_fake - d_real) / bcast(w, x))
-        return {"g": g, "t": t, "w": w, "x_t": x_t, "d_real": d_real, "d_fake": d_fake}
+        parts = dmd_update(x, x_t, t, cond, teacher=teacher, critic=critic, objective=self)
+        return {**parts, "t": t, "x_t": x_t}
 
     def generator_loss(
         self, x: Tensor, cond: Tensor | None, *, teacher, critic, rng: torch.Generator | None
@@ -117,6 +114,21 @@ class DMD:
         """DMD v1: ``regression_weight * mean ||x - y||^2`` against teacher-ODE outputs ``y``."""
         mse = (x - x_ode_target.detach()).pow(2).mean()
         return Loss(self.regression_weight * mse, {"regression_mse": mse.item()})
+
+
+def dmd_update(
+    x: Tensor, x_t: Tensor, t: Tensor, cond: Tensor | None, *, teacher, critic, objective
+) -> dict[str, Tensor]:
+    """DMD's normalised update at given ``(x_t, t)`` (module docstring), without gradients:
+    ``g = (D_fake - D_real^κ) / w`` with ``w`` from ``objective``'s ``normalization`` and ``eps``
+    and κ its ``guidance``. Shared by DMD, TDM and Phased DMD, which differ in where ``x_t``
+    and ``t`` come from."""
+    with torch.no_grad():
+        d_real = guided_denoise(teacher, objective.guidance, cond)(x_t, t, cond)
+        d_fake = critic.denoise(x_t, t, cond)
+        w = normalizer(x, d_real, objective.normalization, objective.eps)
+        g = torch.nan_to_num((d_fake - d_real) / bcast(w, x))
+    return {"g": g, "w": w, "d_real": d_real, "d_fake": d_fake}
 
 
 def critic_with_gan(obj, x: Tensor, cond: Tensor | None, *, critic, rng, real) -> Loss:

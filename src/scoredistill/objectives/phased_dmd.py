@@ -45,13 +45,12 @@ from ._ingredients import (
     Loss,
     bcast,
     check_reference,
-    guided_denoise,
     matching_logs,
-    normalizer,
     sample_t,
     student_fractions,
     surrogate_loss,
 )
+from .dmd import dmd_update
 
 __all__ = ["PhasedDMD", "subinterval_target"]
 
@@ -148,12 +147,9 @@ class PhasedDMD:
         with torch.no_grad():
             fw = self._forward(x.detach(), teacher.schedule, step, student_times, rng)
             x_t, t = fw["x_t"], fw["t"]
-            d_real = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
-            d_fake = critic.denoise(x_t, t, cond)
-            w = normalizer(x, d_real, self.normalization, self.eps)
-            g = torch.nan_to_num((d_fake - d_real) / bcast(w, x))
-        parts = {"g": g, "t": t, "d_real": d_real, "d_fake": d_fake}
-        return Loss(surrogate_loss(x, g), {**matching_logs(parts), "w": w.mean().item()})
+        parts = dmd_update(x, x_t, t, cond, teacher=teacher, critic=critic, objective=self)
+        logs = {**matching_logs(parts | {"t": t}), "w": parts["w"].mean().item()}
+        return Loss(surrogate_loss(x, parts["g"]), logs)
 
     def critic_loss(
         self,

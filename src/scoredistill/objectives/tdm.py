@@ -38,15 +38,13 @@ from ._ingredients import (
     NORMALIZATIONS,
     Loss,
     add_noise,
-    bcast,
     check_reference,
-    guided_denoise,
     matching_logs,
-    normalizer,
     sample_t,
     student_fractions,
     surrogate_loss,
 )
+from .dmd import dmd_update
 
 __all__ = ["DISTANCES", "TDM"]
 
@@ -111,12 +109,9 @@ class TDM:
         t = self.score_times(x, teacher.schedule, step, student_times, rng)
         with torch.no_grad():
             x_t, _, _, _ = add_noise(x.detach(), t, teacher.schedule, rng)
-            d_real = guided_denoise(teacher, self.guidance, cond)(x_t, t, cond)
-            d_fake = critic.denoise(x_t, t, cond)
-            w = normalizer(x, d_real, self.normalization, self.eps)
-            delta = torch.nan_to_num(d_fake - d_real)
-            g = torch.nan_to_num((d_fake - d_real) / bcast(w, x))
-        return {"delta": delta, "g": g, "t": t, "w": w, "d_real": d_real, "d_fake": d_fake}
+        parts = dmd_update(x, x_t, t, cond, teacher=teacher, critic=critic, objective=self)
+        delta = torch.nan_to_num(parts["d_fake"] - parts["d_real"])
+        return {**parts, "delta": delta, "t": t}
 
     def generator_loss(
         self,
