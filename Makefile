@@ -42,7 +42,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
 test: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -q --durations=25
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -265,7 +265,8 @@ def test_kd_runs_on_two_cpu_processes_under_torchrun(tmp_path: Path):
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "scoredistill", "kd", "--preset", "kd-digits"]
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "scoredistill", "kd"]
+    cmd += ["--preset", "kd-digits"]
     cmd += ["--steps", "20", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -267,7 +267,7 @@ def test_torchrun_resume_equals_an_uninterrupted_run(tmp_path: Path):
     sets = ["train.batch_size=32", "critic.init_steps=3", "train.eval_every=0", "critic.hidden=16",
             "generator.hidden=16", "train.eval_samples=100", "train.critic_updates=1",
             "train.checkpoint_every=2"]  # fmt: skip
-    base = [torchrun, "--nproc_per_node", "2", "-m", "scoredistill", "distill", "--preset",
+    base = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "scoredistill", "distill", "--preset",
             "dmd2-ring8", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
     for steps, out, extra in ((4, "full", []), (2, "cut", []), (4, "cut", ["--resume"])):
         cmd = [*base, "--steps", str(steps), *extra, "--out", str(tmp_path / out)]

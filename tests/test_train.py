@@ -170,6 +170,7 @@ def test_two_cpu_processes_under_torchrun(tmp_path: Path):
     sets += ["train.eval_samples=100", "train.critic_updates=1", "train.checkpoint_every=2"]
     cmd = [
         torchrun,
+        "--standalone",
         "--nproc_per_node",
         "2",
         "-m",
@@ -207,7 +208,7 @@ def test_torchrun_update_equals_one_process_with_the_whole_batch(tmp_path: Path)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None
     for cmd in (
-        [torchrun, "--nproc_per_node", "2", str(script), str(tmp_path)],
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
         [sys.executable, str(script), str(tmp_path)],
     ):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)

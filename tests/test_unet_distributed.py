@@ -76,7 +76,8 @@ def test_ddp_and_fsdp2_updates_equal_one_process_with_the_whole_batch(teacher_di
     from scoredistill.teachers.diffusers import load_diffusers_teacher
 
     script = str(SCRIPTS / "unet_parallel_update.py")
-    _run([_torchrun(), "--nproc_per_node", "2", script, teacher_dir, str(tmp_path), "ddp", "fsdp2"])
+    run2 = [_torchrun(), "--standalone", "--nproc_per_node", "2"]
+    _run([*run2, script, teacher_dir, str(tmp_path), "ddp", "fsdp2"])
     _run([sys.executable, script, teacher_dir, str(tmp_path), "ddp"])
     one = load_safetensors(tmp_path / "ddp-rank0-of-1")
     start = load_diffusers_teacher(teacher_dir).state_dict()
@@ -95,7 +96,7 @@ def _distill(teacher: str, mode: str, out: Path, extra: tuple[str, ...] = ()) ->
     sets = ["train.batch_size=4", "train.critic_updates=1", "train.eval_every=0",
             "train.checkpoint_every=2", "eval.samples=16", "eval.nfe=[1]",
             'eval.samplers=["ddim"]', f"train.parallel={mode}"]  # fmt: skip
-    cmd = [_torchrun(), "--nproc_per_node", "2", "-m", "scoredistill", "distill", "--teacher",
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "scoredistill", "distill", "--teacher",
            teacher, "--preset", "dmd2-unet", "--steps", "4", *extra]  # fmt: skip
     _run([*cmd, *[a for s in sets for a in ("--set", s)], "--out", str(out)])
 
