@@ -56,7 +56,7 @@ class SDStudentConfig(LoraPlayer):
 class SDEvalConfig:
     samples: PositiveInt = 256  # student and teacher draws scored at the end
     nfe: tuple[int, ...] = (1, 2, 4, 8)  # teacher rows (best sampler per NFE, same guidance)
-    samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "euler")
+    samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "heun", "euler")  # the brief's four
     panel_nfe: PositiveInt = 32  # the teacher's picture in samples.png (DPM-Solver++(2M))
 
 
@@ -197,9 +197,18 @@ class _Guided:
         return getattr(self._teacher, name)
 
 
+def teacher_rows(cfg: SDDistillConfig, teacher: Any, guidance: float) -> list[dict[str, Any]]:
+    """The teacher's rows at the run's guidance: every sampler x grid x NFE of ``cfg.eval``,
+    seed-paired with the student's draws (``cfg.train.seed``)."""
+    from ..eval.image_baseline import image_rows
+
+    view, ev = _Guided(teacher, guidance), cfg.eval
+    return image_rows(view, ev.samplers, ev.nfe, ev.samples, cfg.train.seed, _scorer(teacher))
+
+
 def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False):
     """Load, train, evaluate, export and write the run folder; returns the final metrics."""
-    from ..eval.image_baseline import best_rows, image_rows
+    from ..eval.image_baseline import best_rows
     from ..export_latent import export_latent_student
     from .unet_report import write_outputs
 
@@ -236,7 +245,7 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
         "trainable_params": trainable, "guidance": float(getattr(objective, "guidance", 1.0)),
     }  # fmt: skip
     teacher_view = _Guided(teacher, metrics["guidance"])
-    rows = image_rows(teacher_view, cfg.eval.samplers, cfg.eval.nfe, cfg.eval.samples, seed, score)
+    rows = teacher_rows(cfg, teacher, metrics["guidance"])
     metrics["teacher_best"] = best_rows(rows, cfg.eval.nfe)
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
