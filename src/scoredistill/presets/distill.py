@@ -78,6 +78,11 @@ _TDM_OPT = {
 # by the students (each sees about B/K rows), one conditional critic for all of them (its target
 # given c is the owning student's fake score), and the gradient clip taken over all students
 _MSD_STUDENTS = {"cond2d": 2, "digits": 4}
+# DisBack (Zhang et al. 2024, SYZhang0805/DisBack) on DMD2: the path s_0 .. s_4 recorded by 600 DSM
+# steps on the initial generator's samples, s_3, s_2, s_1 each the target for a sixth of the steps,
+# then the teacher. The release gives no path length or stage-2 schedule (departures, measured in
+# docs/consistency.md); the recording's batch and lr are the critic's teacher fit's
+_DISBACK = {"backtrack.nodes": 4, "backtrack.record_steps": 600, "backtrack.fraction": 0.5}
 # VSD/SwiftBrush guide with 4.5 for text prompts; the exact conditional law is the target here
 _NO_CFG = {"objective.guidance": 1.0}
 
@@ -109,6 +114,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "fdistill-sh": {"method": "fdistill", "objective.divergence": "sh"},
     "sfd": {"method": "sfd", "train.critic_updates": 1},
     "tdm": {"method": "tdm", **_FOUR_STEP, **_TDM_OPT},
+    "disback": {"method": "dmd", **_DMD2_OPT, **_DISBACK},
     "msd": {"method": "dmd", **_DMD2_OPT},  # + generator.students per testbed (_MSD_STUDENTS)
     "phased-dmd": {
         "method": "phased_dmd",
@@ -136,6 +142,7 @@ _GRID: dict[str, tuple[str, ...]] = {
     "sfd": ("cond2d", "digits"),  # SFD forgets a class: conditional testbeds only
     "tdm": TESTBEDS,  # run so far: ring8 (the others resolve; every method covers the five)
     "phased-dmd": TESTBEDS,
+    "disback": TESTBEDS,  # run so far: ring8
     "msd": tuple(_MSD_STUDENTS),  # routes by class: conditional testbeds only; digits not run yet
 }
 
@@ -173,6 +180,8 @@ _ABOUT: dict[str, str] = {
     "sfd": "SFD (Chen et al. 2025) forgetting, SiD base: the forgotten class answered by the safe class",
     "tdm": "TDM (Luo et al. 2025): 4-step student, each step matched in its own trajectory interval",
     "phased-dmd": "Phased DMD (Fan et al. 2025): 4 steps in 2 phases, one expert each, subinterval SM",
+    "disback": "DisBack (Zhang et al. 2024): DMD2 distilled back along the recorded teacher-to-"
+    "student score path, then toward the teacher",
     "msd": "MSD (Song et al. 2024): DMD2 with K same-sized one-step students, one per block of "
     "classes (K = 2 on cond2d, the paper's 4 on digits)",
 }
@@ -189,4 +198,5 @@ QUICK = [
     "critic.init_steps=60",
     "train.eval_samples=1000",
     "train.ema_halflife=10",  # the default 100-step half-life would hide a 60-step run
+    "backtrack.record_steps=40",  # DisBack's path (unused where backtrack.nodes = 0)
 ]

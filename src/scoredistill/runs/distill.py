@@ -25,6 +25,7 @@ from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
+from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .distill_generator import GeneratorConfig, check_generator, make_generator
 from .family import Family, Resolved, report_section
@@ -61,6 +62,7 @@ class DistillConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     regression_pairs: PositiveInt = 4096  # DMD v1: teacher-ODE (noise, sample) pairs, drawn once
     regression_nfe: PositiveInt = 64  # DPM-Solver++(2M) evaluations per pair
+    backtrack: BacktrackConfig = field(default_factory=BacktrackConfig)  # DisBack (train.disback)
 
 
 def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
@@ -195,12 +197,13 @@ def run_distill(
     evaluate = _evaluator(testbed, objective, cfg.train.eval_samples, cfg.train.seed)
     initial = _initial_metrics(out, gen, evaluate)
     start = time.perf_counter()
+    teacher = _backtrack_path(cfg, testbed, gen, critic) if cfg.backtrack.nodes else None
     result = train_two_player(
         cfg.train,
         objective=objective,
         generator=gen,
         critic=critic,
-        teacher=testbed.teacher,
+        teacher=teacher or testbed.teacher,
         sample_latent=lambda n, rng: gen.sample_latent(n, rng),
         sample_cond=_label_sampler(testbed),
         evaluate=evaluate,
@@ -244,6 +247,28 @@ def run_distill(
     save_training_curves(records, out / "curves.png")
     _write_report(out, cfg, metrics, result["history"], init, _placement(testbed, cfg, metrics))
     return metrics
+
+
+def _backtrack_path(cfg: DistillConfig, testbed, gen, critic) -> TeacherPath:
+    """DisBack's stage 1 on the initial generator; ``critic`` (the teacher copy) becomes ``s_N``.
+
+    Deterministic from the seed, so a resumed run records the same path again."""
+    label = _label_sampler(testbed)
+
+    @torch.no_grad()
+    def sample_generator(n: int, rng: torch.Generator):
+        z = gen.sample_latent(n, rng)
+        c = label(n, rng) if label is not None else None
+        x = gen(z, c)  # a few-step generator: its full rollout
+        return (x, c) if c is not None else x
+
+    bt = cfg.backtrack
+    path = record_degradation(
+        critic, sample_generator, bt, batch_size=cfg.critic.init_batch, seed=cfg.train.seed
+    )
+    critic.load_state_dict(path[-1].state_dict())
+    per_node = int(bt.fraction * cfg.train.steps) // (bt.nodes - 1)
+    return TeacherPath(testbed.teacher, path, per_node)
 
 
 PREVIEW_TIMES = (0.15, 0.4, 0.7)  # fractions of the sampler's time range

@@ -132,6 +132,12 @@ def _student_step(objective: Any, generator: nn.Module, k: int | None) -> dict[s
     return {"step": k, "student_times": tuple(generator.ts)}
 
 
+def _target(teacher: Any, step: int) -> Any:
+    """The teacher of generator step ``step``: a path (DisBack's ``TeacherPath``) names one per
+    step through ``at(step)``; any other teacher is its own target."""
+    return teacher.at(step) if hasattr(teacher, "at") else teacher
+
+
 def _batch(sample_latent, sample_cond, n: int, rng: torch.Generator):
     z = sample_latent(n, rng)
     return z, (sample_cond(n, rng) if sample_cond is not None else None)
@@ -213,7 +219,7 @@ def train_two_player(
         loss_g = objective.generator_loss(
             _generate(gen, z, c, k, rng),
             c,
-            teacher=teacher,
+            teacher=_target(teacher, step),
             critic=critic_call,
             rng=rng,
             **_student_step(objective, generator, k),
