@@ -8,7 +8,7 @@ decides). The CLI, the bench and ``scoredistill presets`` read only these two di
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import consistency, distill, kd, kd_procedures, optimize, optimize_sd, sd, unet
+from . import consistency, distill, kd, kd_procedures, optimize, optimize_sd, sd, systems, unet
 from .family import Family, Resolved
 
 __all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
@@ -20,6 +20,7 @@ FAMILIES: dict[str, Family] = {
         unet.FAMILY,
         sd.FAMILY,
         consistency.FAMILY,
+        systems.FAMILY,
         optimize.FAMILY,
         optimize_sd.FAMILY,
         kd.FAMILY,
@@ -27,7 +28,7 @@ FAMILIES: dict[str, Family] = {
     )
 }
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "distill": ("distill", "distill-unet", "distill-sd", "distill-consistency"),
+    "distill": ("distill", "distill-unet", "distill-sd", "distill-consistency", "distill-system"),
     "optimize": ("optimize", "optimize-sd"),
     "kd": ("kd", "kd-procedure"),
 }

@@ -274,10 +274,11 @@ class FewStepGenerator(nn.Module):
         where = rng.device if rng is not None else "cpu"
         return int(torch.randint(1, self.nfe + 1, (), generator=rng, device=where))
 
-    def _noised(self, x: Tensor, k: int, rng: torch.Generator | None) -> Tensor:
-        """``alpha_k x + sigma_k eps`` at student time ``t_k`` (1-based), fresh ``eps``."""
+    def _noised(self, x: Tensor, k: int, rng: torch.Generator | None, scale: float = 1.0) -> Tensor:
+        """``alpha_k x + scale sigma_k eps`` at student time ``t_k`` (1-based), fresh ``eps``."""
         alpha, sigma = self._alpha_sigma(k, x)
-        return alpha * x + sigma * draw_latent(x.shape[0], self.dim, rng, x.dtype, x.device)
+        eps = draw_latent(x.shape[0], self.dim, rng, x.dtype, x.device)
+        return alpha * x + scale * sigma * eps
 
     def _alpha_sigma(self, k: int, x: Tensor) -> tuple[Tensor, Tensor]:
         a, s = self.denoiser.schedule.alpha_sigma(self._t(k, x))
@@ -293,22 +294,26 @@ class FewStepGenerator(nn.Module):
         *,
         rng: torch.Generator | None = None,
         k: int | None = None,
+        noise_scale: float = 1.0,
     ) -> Tensor:
         """``z: (B, dim)``, ``cond: (B,)`` or None -> ``x: (B, dim)``.
 
         ``k=None``: the full K-step rollout (every call records gradients if enabled).
         ``k`` in ``1..K``: backward simulation; only the ``k``-th call records gradients.
         ``rng`` draws the re-noising noise (None: torch's global generator).
+        ``noise_scale`` (γ) multiplies the input noise ``sigma_1 z`` and every re-noising
+        ``sigma_k eps``: inference-time noise modulation (SiD-Protein, Xie et al. 2025, its
+        ``generate_multistep``: ``x_t = interpolate(γ x_0, x_g, t)``, γ = 0.45); 1 in training.
         """
         last = self.nfe if k is None else int(k)
         if not 1 <= last <= self.nfe:
             raise ValueError(f"k must lie in 1..{self.nfe} (the number of steps), got {k}")
         z = z.reshape(z.shape[0], self.dim)
-        x_t = self._alpha_sigma(1, z)[1] * z
+        x_t = noise_scale * self._alpha_sigma(1, z)[1] * z
         with torch.set_grad_enabled(torch.is_grad_enabled() and k is None):
             for j in range(1, last):
                 x = self.denoiser(x_t, self._t(j, x_t), cond)
-                x_t = self._noised(x, j + 1, rng)
+                x_t = self._noised(x, j + 1, rng, noise_scale)
         return self.denoiser(x_t, self._t(last, x_t), cond)
 
     def backward_simulation(

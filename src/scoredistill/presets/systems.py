@@ -1,0 +1,75 @@
+"""Presets of the seed systems (``scoredistill distill --preset NAME``, issue 14).
+
+``SYSTEM_PRESETS`` maps a preset to a plain dict: ``"system"`` names the entry of
+``runs.systems.SYSTEMS`` (its config dataclass, runner and report), the other keys are config
+fields, and ``"quick"`` holds the overrides of the seconds-long smoke variant (``--quick``).
+``DESCRIPTIONS`` has one line per preset. Every hyperparameter attributed to a paper cites it
+in the system's config; departures are fields with their reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DESCRIPTIONS", "SYSTEM_PRESETS"]
+
+_DD2_QUICK = {
+    "steps": 20,
+    "init_steps": 20,
+    "critic_init_steps": 5,
+    "batch_size": 32,
+    "eval_samples": 256,
+    "hidden": 32,
+    "critic_hidden": 32,
+}
+
+_DIFFPROTECT_QUICK = {
+    "steps": 3,
+    "n_protect": 16,
+    "vae_steps": 30,
+    "denoiser_steps": 10,
+    "strengths": [0.2],
+    "sdedit_draws": 1,
+    "ddim_steps": 20,
+}
+
+_SID_PROTEIN_QUICK = {
+    "steps": 4,
+    "init_steps": 5,
+    "batch_size": 32,
+    "hidden": 32,
+    "eval_samples": 64,
+    "teacher_nfes": [1, 400],
+    "student_steps": 4,
+}
+
+_DPO_QUICK = {
+    "steps": 4,
+    "batch_size": 16,
+    "hidden": 16,
+    "eval_conditions": 64,
+    "mmd_conditions": 3,
+    "mmd_samples": 8,
+    "checkpoint_every": 2,
+}
+
+SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
+    "dpo-completion": {"system": "dpo", "quick": _DPO_QUICK},
+    "sid-protein": {"system": "sid_protein", "quick": _SID_PROTEIN_QUICK},
+    "diffprotect-digits": {"system": "diffprotect", "quick": _DIFFPROTECT_QUICK},
+    "dd2-markov": {"system": "dd2", "quick": _DD2_QUICK},
+    "dd2-markov-prefix-grad": {"system": "dd2", "prefix_grad": True, "quick": _DD2_QUICK},
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "dpo-completion": "Distillation-DPO: one-step digit completion (top half observed, exact "
+    "conditional teacher), winner/loser fake critics vs DMD without preferences",
+    "sid-protein": "SiD-Protein: 1- and 16-step SiD generators of ideal 16-residue Ca backbones "
+    "(exact mixture teacher), re-noised at inference with scale gamma, vs the teacher's DDIM",
+    "diffprotect-digits": "Diff-Protect: L-inf PGD protection of digits against SDEdit on a VAE "
+    "latent with an exact mixture prior; SDS(+/-) through the encoder only vs AdvDM(+/-)",
+    "dd2-markov": "DD2: one-step student of an exact AR model over continuous Markov tokens, "
+    "DMD per position on a stop-gradient prefix, vs AR and independent sampling",
+    "dd2-markov-prefix-grad": "DD2 as dd2-markov, with gradients through the prefix "
+    "(the teacher's conditional log-density differentiated in the prefix)",
+}
