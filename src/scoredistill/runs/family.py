@@ -18,12 +18,28 @@ A family is a plain record of functions, registered in :data:`scoredistill.runs.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Family", "Resolved", "report_section"]
+import torch
+
+from ..config import ConfigError, preset_items, resolve, to_dict
+from ..io import atomic_write_json
+
+__all__ = [
+    "Experiment",
+    "Family",
+    "Resolved",
+    "preset_quick",
+    "report_section",
+    "resolve_experiment",
+    "run_experiment",
+    "single_thread",
+]
 
 
 @dataclass(frozen=True)
@@ -58,3 +74,66 @@ def report_section(out: Path, heading: str = "## Where the student lands") -> st
     text = report.read_text() if report.exists() else ""
     at = text.find(heading)
     return text[at:] if at >= 0 else ""
+
+
+# ---------------------------------------------------------------- experiment families
+# KD procedures and seed systems are families whose presets each name one *experiment*: a
+# config type, a runner and a report. These helpers are their shared resolve / run / quick.
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A run whose work is one function: its config type, ``run(cfg, out, resume) -> metrics``
+    and ``report(cfg, metrics) -> markdown``."""
+
+    config: type
+    run: Callable[[Any, Path, bool], dict[str, Any]]
+    report: Callable[[Any, dict[str, Any]], str]
+
+
+def single_thread() -> None:
+    """Pin torch (and OpenMP children) to one thread: the CPU budget is one core per run."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    torch.set_num_threads(1)
+
+
+def preset_quick(presets: Mapping[str, Mapping[str, Any]], name: str) -> list[str]:
+    """Preset ``name``'s smoke overrides (its ``"quick"`` dict) as ``key=value`` strings."""
+    return preset_items(dict(presets.get(name, {}).get("quick", {})))
+
+
+def resolve_experiment(
+    presets: Mapping[str, Mapping[str, Any]],
+    experiments: Mapping[str, Experiment],
+    kind: str,
+    name: str | None,
+    sets: list[str],
+) -> Resolved:
+    """Preset ``name`` (whose ``kind`` key names its entry of ``experiments``) + ``key=value``
+    sets -> the validated config; ``extra`` is the :class:`Experiment`."""
+    if name not in presets:
+        raise ConfigError(f"unknown {kind} preset {name!r}; valid: {', '.join(sorted(presets))}")
+    preset = presets[name]
+    experiment = experiments[preset[kind]]
+    fields = {k: v for k, v in preset.items() if k not in (kind, "quick")}
+    cfg, _ = resolve(experiment.config(), {name: fields}, name, sets)
+    return Resolved(cfg, experiment, name)
+
+
+def run_experiment(resolved: Resolved, out: Path, resume: bool = False) -> dict[str, Any]:
+    """Run a resolved experiment into ``out``: ``config.json``, then its work, then
+    ``metrics.json`` (with ``preset`` and ``wall_s``) and ``report.md``; returns the metrics."""
+    cfg, experiment, name = resolved.config, resolved.extra, resolved.preset
+    single_thread()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {"preset": name, **to_dict(cfg)})
+    start = time.perf_counter()
+    metrics = experiment.run(cfg, out, resume)
+    metrics = {"preset": name, **metrics, "wall_s": time.perf_counter() - start}
+    atomic_write_json(out / "metrics.json", metrics)
+    (out / "report.md").write_text(
+        experiment.report(cfg, metrics) + f"\nWall time {metrics['wall_s']:.1f} s.\n"
+    )
+    return metrics

@@ -12,18 +12,13 @@ counterparts, ``wall_s``) and ``report.md`` (plus PNGs where a procedure draws o
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import ConfigError, preset_items, resolve, to_dict
-from ...io import atomic_write_json
+from ...config import ConfigError
 from ...presets.kd_procedures import DESCRIPTIONS, PROCEDURE_PRESETS
-from ..family import Family, Resolved
+from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
 from . import autodistil, comd, cvdd, diswot, federated, lm, online, sweep
-from .proc_common import single_thread
 
 __all__ = [
     "FAMILY",
@@ -35,15 +30,7 @@ __all__ = [
     "run_procedure",
 ]
 
-
-@dataclass(frozen=True)
-class Procedure:
-    """One procedure: its config type, ``run(cfg, out, resume) -> metrics`` and report."""
-
-    config: type
-    run: Callable[[Any, Path, bool], dict[str, Any]]
-    report: Callable[[Any, dict[str, Any]], str]
-
+Procedure = Experiment  # one procedure: its config type, run(cfg, out, resume) and report
 
 PROCEDURES: dict[str, Procedure] = {
     "online": Procedure(online.OnlineConfig, online.procedure, online.report),
@@ -55,12 +42,11 @@ PROCEDURES: dict[str, Procedure] = {
     "comd": Procedure(comd.CoMDConfig, comd.procedure, comd.report),
     "autodistil": Procedure(autodistil.AutoDistilConfig, autodistil.procedure, autodistil.report),
 }
-_NOT_FIELDS = ("procedure", "quick")  # preset keys that are not config fields
 
 
 def quick_sets(name: str) -> list[str]:
     """Preset ``name``'s smoke overrides (its ``"quick"`` dict) as ``key=value`` strings."""
-    return preset_items(dict(PROCEDURE_PRESETS.get(name, {}).get("quick", {})))
+    return preset_quick(PROCEDURE_PRESETS, name)
 
 
 def _check_budget_keys(proc: str, cls: type, sets: list[str]) -> None:
@@ -80,33 +66,10 @@ def _check_budget_keys(proc: str, cls: type, sets: list[str]) -> None:
 def _resolve(name: str | None, sets: list[str]) -> Resolved:
     """Preset ``name`` + ``key=value`` sets -> the procedure's validated config (``extra``: the
     :class:`Procedure`)."""
-    if name not in PROCEDURE_PRESETS:
-        raise ConfigError(
-            f"unknown procedure preset {name!r}; valid: {', '.join(sorted(PROCEDURE_PRESETS))}"
-        )
-    preset = PROCEDURE_PRESETS[name]
-    proc = PROCEDURES[preset["procedure"]]
-    _check_budget_keys(preset["procedure"], proc.config, sets)
-    fields = {k: v for k, v in preset.items() if k not in _NOT_FIELDS}
-    cfg, _ = resolve(proc.config(), {name: fields}, name, sets)
-    return Resolved(cfg, proc, name)
-
-
-def _run(resolved: Resolved, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Run a resolved procedure into ``out``; returns ``metrics.json``'s dict."""
-    cfg, proc, name = resolved.config, resolved.extra, resolved.preset
-    single_thread()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {"preset": name, **to_dict(cfg)})
-    start = time.perf_counter()
-    metrics = proc.run(cfg, out, resume)
-    metrics = {"preset": name, **metrics, "wall_s": time.perf_counter() - start}
-    atomic_write_json(out / "metrics.json", metrics)
-    (out / "report.md").write_text(
-        proc.report(cfg, metrics) + f"\nWall time {metrics['wall_s']:.1f} s.\n"
-    )
-    return metrics
+    if name in PROCEDURE_PRESETS:
+        proc = PROCEDURE_PRESETS[name]["procedure"]
+        _check_budget_keys(proc, PROCEDURES[proc].config, sets)
+    return resolve_experiment(PROCEDURE_PRESETS, PROCEDURES, "procedure", name, sets)
 
 
 def resolve_procedure(name: str, sets: list[str], quick: bool = False) -> tuple[Procedure, Any]:
@@ -123,7 +86,7 @@ def run_procedure(
     Raises ``ConfigError`` (naming the key) before any work when an override is invalid.
     """
     proc, cfg = resolve_procedure(name, sets, quick)
-    return _run(Resolved(cfg, proc, name), out, resume)
+    return run_experiment(Resolved(cfg, proc, name), out, resume)
 
 
 FAMILY = Family(
@@ -132,7 +95,7 @@ FAMILY = Family(
     presets=PROCEDURE_PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=_resolve,
-    run=_run,
+    run=run_experiment,
     quick=quick_sets,
     steps_key="steps",
     seed_key="seed",

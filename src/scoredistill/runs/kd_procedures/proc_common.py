@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from ...kd.losses import ece
 from ...train.kd import KDBatch, KDTrainConfig, train_kd
+from ..family import single_thread  # re-exported: procedures pin one thread
 
 __all__ = [
     "ce_loss",
@@ -30,13 +30,6 @@ __all__ = [
     "spearman",
     "sub_rng",
 ]
-
-
-def single_thread() -> None:
-    """Pin torch (and OpenMP children) to one thread: the CPU budget is one core per run."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    torch.set_num_threads(1)
 
 
 def sub_rng(rng: torch.Generator) -> torch.Generator:
