@@ -53,7 +53,21 @@ _DPO_QUICK = {
     "checkpoint_every": 2,
 }
 
+_NASA_QUICK = {
+    "steps": 10,
+    "batch_size": 32,
+    "hidden": 16,
+    "critic_hidden": 16,
+    "samples_per_pair": 16,
+    "init_steps": 5,
+    "init_pairs": 64,
+    "init_nfe": 3,
+    "alphas": [0.5],
+    "cfg_scales": [1.0],
+}
+
 SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
+    "nasa-attrgrid": {"system": "nasa", "quick": _NASA_QUICK},
     "dpo-completion": {"system": "dpo", "quick": _DPO_QUICK},
     "sid-protein": {"system": "sid_protein", "quick": _SID_PROTEIN_QUICK},
     "diffprotect-digits": {"system": "diffprotect", "quick": _DIFFPROTECT_QUICK},
@@ -62,6 +76,8 @@ SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS: dict[str, str] = {
+    "nasa-attrgrid": "SNOOPI's NASA: negative-away steering in the cross-attention of a DMD2 "
+    "one-step student on a 4x4 attribute grid (exact restricted targets) vs output-space CFG",
     "dpo-completion": "Distillation-DPO: one-step digit completion (top half observed, exact "
     "conditional teacher), winner/loser fake critics vs DMD without preferences",
     "sid-protein": "SiD-Protein: 1- and 16-step SiD generators of ideal 16-residue Ca backbones "

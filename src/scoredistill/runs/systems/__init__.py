@@ -16,7 +16,7 @@ from typing import Any
 
 from ...presets.systems import DESCRIPTIONS, SYSTEM_PRESETS
 from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
-from . import dd2, diffprotect, dpo, sid_protein
+from . import dd2, diffprotect, dpo, nasa, sid_protein
 
 __all__ = ["FAMILY", "SYSTEMS", "System", "quick_sets", "run_system"]
 
@@ -27,6 +27,7 @@ SYSTEMS: dict[str, System] = {
     "dpo": System(dpo.DPOConfig, dpo.procedure, dpo.report),
     "diffprotect": System(diffprotect.DiffProtectConfig, diffprotect.procedure, diffprotect.report),
     "sid_protein": System(sid_protein.SiDProteinConfig, sid_protein.procedure, sid_protein.report),
+    "nasa": System(nasa.NASAConfig, nasa.procedure, nasa.report),
 }
 
 
