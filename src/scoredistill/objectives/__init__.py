@@ -20,6 +20,7 @@ from .csd import CSD, CSM
 from .dmd import DMD
 from .esd import ESD
 from .fdistill import FDistill
+from .hypersd import HyperSD
 from .ism import ISM
 from .phased_dmd import PhasedDMD
 from .rcm import RCM
@@ -52,6 +53,7 @@ __all__ = [
     "TDM",
     "VSD",
     "FDistill",
+    "HyperSD",
     "Loss",
     "PhasedDMD",
     "SiD",
@@ -80,4 +82,4 @@ SCORE_OBJECTIVES: dict[str, type] = {
     "ism": ISM,
 }
 
-CONSISTENCY_OBJECTIVES: dict[str, type] = {"cd": CD, "scm": SCM, "rcm": RCM}
+CONSISTENCY_OBJECTIVES: dict[str, type] = {"cd": CD, "scm": SCM, "rcm": RCM, "hypersd": HyperSD}

@@ -76,25 +76,37 @@ class CD:
     ) -> Loss:
         """``x0: (B, D)`` data; ``student`` and ``target`` are ``f(x_t, t, cond)`` on
         ``teacher.schedule`` (``target`` without gradients)."""
+        t, t_next, x_t, _ = self.draw(x0, teacher, rng)
+        with torch.no_grad():
+            x_next = self.solve(teacher, x_t, t, t_next, cond)
+            f_target = target(x_next, t_next.to(x0.dtype), cond)
+        f = student(x_t, t.to(x0.dtype), cond)
+        per = self.distance_per_sample(f - f_target)
+        return Loss(per.mean(), {"distance": per.mean().item()})
+
+    def draw(
+        self, x0: Tensor, teacher, rng: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(t_n, t_{n+k}, x_{t_n}, n)``: a start index ``n`` per row, its time and the next
+        solver time (float64, ``(B,)``), and the noised data ``x_{t_n}: (B, D)``."""
         ts = self.times(teacher.schedule)
         starts = torch.randint(self.grid // self.skip, (x0.shape[0],), generator=rng) * self.skip
         t, t_next = ts[starts], ts[starts + self.skip]
         alpha, sigma = (c.to(x0.dtype) for c in teacher.schedule.alpha_sigma(t))
         eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype)
-        x_t = alpha[:, None] * x0 + sigma[:, None] * eps
-        with torch.no_grad():
-            if self.solver == "exact":
-                x_next = pf_ode_map(teacher, x_t, t, t_next, cond=cond)
-            else:
-                x_next = ddim_step(teacher, x_t, t, t_next, cond)
-            f_target = target(x_next, t_next.to(x0.dtype), cond)
-        f = student(x_t, t.to(x0.dtype), cond)
-        diff = f - f_target
+        return t, t_next, alpha[:, None] * x0 + sigma[:, None] * eps, starts
+
+    def solve(self, teacher, x_t: Tensor, t: Tensor, t_next: Tensor, cond) -> Tensor:
+        """The teacher's step ``x_{t_n} -> x^_{t_{n+k}}`` (DDIM or the exact PF-ODE map)."""
+        if self.solver == "exact":
+            return pf_ode_map(teacher, x_t, t, t_next, cond=cond)
+        return ddim_step(teacher, x_t, t, t_next, cond)
+
+    def distance_per_sample(self, diff: Tensor) -> Tensor:
+        """``d`` per row of ``diff: (B, D)``: mean square or pseudo-Huber."""
         if self.distance == "huber":
-            per = (torch.sqrt(diff**2 + self.huber_c**2) - self.huber_c).mean(1)
-        else:
-            per = (diff**2).mean(1)
-        return Loss(per.mean(), {"distance": per.mean().item()})
+            return (torch.sqrt(diff**2 + self.huber_c**2) - self.huber_c).mean(1)
+        return (diff**2).mean(1)
 
 
 def ddim_step(teacher, x_t: Tensor, t: Tensor, t_next: Tensor, cond: Tensor | None) -> Tensor:

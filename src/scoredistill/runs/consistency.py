@@ -1,10 +1,10 @@
 """``scoredistill distill --preset cd-ring8|scm-ring8|rcm-ring8|…``: consistency distillation runs.
 
-A run is a ``ConsistencyConfig`` (method ``cd``, ``scm`` or ``rcm``, testbed, the objective's
-fields, the loop, the student network, the evaluation). The student is a consistency function
-(``sources.consistency``): ``BoundaryConsistency`` on the teacher's schedule for CD,
-``TrigFlowStudent`` for sCM and rCM; ``sigma_d`` is the testbed mixture's exact data std unless
-``student.sigma_data`` is set. The data the objectives noise are exact samples of the testbed.
+A run is a ``ConsistencyConfig`` (method ``cd``, ``hypersd``, ``scm`` or ``rcm``, testbed, the
+objective's fields, the loop, the student network, the evaluation). The student is a consistency
+function (``sources.consistency``): ``BoundaryConsistency`` on the teacher's schedule for CD and
+Hyper-SD, ``TrigFlowStudent`` for sCM and rCM; ``sigma_d`` is the testbed mixture's exact data
+std unless ``student.sigma_data`` is set. The data the objectives noise are exact samples of the testbed.
 rCM's critic is the distill family's MLP denoiser (``critic.*``), fitted to the teacher by DSM
 first (``train.dsm.init_critic_from_teacher``: rCM copies the teacher into its fake score).
 
@@ -91,7 +91,7 @@ def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.
 
     torch.manual_seed(cfg.train.seed)
     s, k = cfg.student, testbed.truth.num_classes
-    if cfg.method == "cd":
+    if cfg.method in ("cd", "hypersd"):
         return BoundaryConsistency(
             testbed.dim, testbed.teacher.schedule, sigma_d, hidden=s.hidden, depth=s.depth,
             num_classes=k,
@@ -191,7 +191,8 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
 
 FAMILY = Family(
     name="distill-consistency",
-    help="consistency distillation (CD, sCM, rCM) of a testbed's teacher into a few-step student",
+    help="consistency distillation (CD, Hyper-SD, sCM, rCM) of a testbed's teacher into a "
+    "few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=testbed_resolver(resolve),
