@@ -36,7 +36,13 @@ from torch import Tensor
 from ..schedules import Schedule
 from .analytic import GaussianMixtureTeacher, MixtureFormatError
 
-__all__ = ["PerSampleMixture", "PerSampleTeacher", "condition_on_coordinates", "repeat_mixture"]
+__all__ = [
+    "CoordinateConditioner",
+    "PerSampleMixture",
+    "PerSampleTeacher",
+    "condition_on_coordinates",
+    "repeat_mixture",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -154,41 +160,58 @@ def repeat_mixture(teacher: GaussianMixtureTeacher, n: int) -> PerSampleMixture:
     )
 
 
+class CoordinateConditioner:
+    """``values -> `` the exact law of the unobserved coordinates given ``x[observed] = values``.
+
+    PRML eq. 2.81-2.82 per component: only the weights and means move with the observed values,
+    so the Cholesky factor of ``S_oo``, the regression ``S_uo S_oo^{-1}`` and the conditional
+    covariances' eigen-pairs are computed once here; each call costs two batched products.
+    The returned mixture lives on the ``D - O`` remaining coordinates, in increasing index order.
+    """
+
+    def __init__(self, teacher: GaussianMixtureTeacher, observed: Tensor) -> None:
+        d = teacher.dim
+        obs = torch.as_tensor(observed, dtype=torch.long).reshape(-1)
+        if obs.numel() == 0 or obs.numel() >= d or len(set(obs.tolist())) != obs.numel():
+            raise ValueError(f"observed must be 1..{d - 1} distinct indices in [0, {d}), got {obs}")
+        if bool(((obs < 0) | (obs >= d)).any()):
+            raise ValueError(f"observed indices must lie in [0, {d})")
+        keep = torch.ones(d, dtype=torch.bool)
+        keep[obs] = False
+        un = keep.nonzero().squeeze(1)
+        cov = teacher.covariances
+        s_uo = cov[:, un][:, :, obs]
+        self.chol = torch.linalg.cholesky(cov[:, obs][:, :, obs])  # (K, O, O)
+        self.mu_o, self.mu_u = teacher.means[:, obs], teacher.means[:, un]
+        half_log_det = torch.log(torch.diagonal(self.chol, dim1=1, dim2=2)).sum(-1)  # (K,)
+        self.log_norm = torch.log(teacher.weights) - half_log_det - 0.5 * obs.numel() * _LOG_2PI
+        self.s_uo = s_uo
+        cond_cov = cov[:, un][:, :, un] - s_uo @ torch.cholesky_solve(
+            s_uo.transpose(1, 2), self.chol
+        )
+        self.eigvals, self.eigvecs = torch.linalg.eigh(0.5 * (cond_cov + cond_cov.transpose(1, 2)))
+
+    def __call__(self, values: Tensor) -> PerSampleMixture:
+        """``values: (B, O)`` -> the per-row conditional mixture."""
+        vals = values.to(torch.float64).reshape(-1, self.mu_o.shape[1])
+        diff = vals[:, None, :] - self.mu_o[None]  # (B, K, O)
+        # solve S_oo a = diff for every (b, k): a = (B, K, O)
+        sol = torch.cholesky_solve(diff.permute(1, 2, 0), self.chol).permute(2, 0, 1)
+        means = self.mu_u[None] + torch.einsum("kuo,bko->bku", self.s_uo, sol)
+        logw = self.log_norm[None] - 0.5 * (diff * sol).sum(-1)
+        logw = logw - torch.logsumexp(logw, 1, keepdim=True)
+        return PerSampleMixture(logw, means, self.eigvals, self.eigvecs)
+
+
 def condition_on_coordinates(
     teacher: GaussianMixtureTeacher, observed: Tensor, values: Tensor
 ) -> PerSampleMixture:
     """The exact law of the unobserved coordinates given ``x[observed] = values[b]`` per row.
 
-    ``observed``: ``(O,)`` coordinate indices; ``values``: ``(B, O)``. The returned mixture lives
-    on the ``D - O`` remaining coordinates, in increasing index order (PRML eq. 2.81-2.82).
+    ``observed``: ``(O,)`` coordinate indices; ``values``: ``(B, O)``. One call; build a
+    :class:`CoordinateConditioner` once to condition many batches on the same coordinates.
     """
-    d = teacher.dim
-    obs = torch.as_tensor(observed, dtype=torch.long).reshape(-1)
-    if obs.numel() == 0 or obs.numel() >= d or len(set(obs.tolist())) != obs.numel():
-        raise ValueError(f"observed must be 1..{d - 1} distinct indices in [0, {d}), got {obs}")
-    if bool(((obs < 0) | (obs >= d)).any()):
-        raise ValueError(f"observed indices must lie in [0, {d})")
-    keep = torch.ones(d, dtype=torch.bool)
-    keep[obs] = False
-    un = keep.nonzero().squeeze(1)
-    vals = values.to(torch.float64).reshape(-1, obs.numel())
-    cov = teacher.covariances
-    s_oo = cov[:, obs][:, :, obs]
-    s_uo = cov[:, un][:, :, obs]
-    s_uu = cov[:, un][:, :, un]
-    chol = torch.linalg.cholesky(s_oo)  # (K, O, O)
-    diff = vals[:, None, :] - teacher.means[None][:, :, obs]  # (B, K, O)
-    # solve S_oo a = diff for every (b, k): a = (B, K, O)
-    sol = torch.cholesky_solve(diff.permute(1, 2, 0), chol).permute(2, 0, 1)
-    means = teacher.means[None][:, :, un] + torch.einsum("kuo,bko->bku", s_uo, sol)
-    half_log_det = torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # (K,)
-    maha = (diff * sol).sum(-1)
-    log_lik = -0.5 * (maha + obs.numel() * _LOG_2PI) - half_log_det[None]
-    logw = torch.log(teacher.weights)[None] + log_lik
-    cond_cov = s_uu - s_uo @ torch.cholesky_solve(s_uo.transpose(1, 2), chol)
-    cond_cov = 0.5 * (cond_cov + cond_cov.transpose(1, 2))
-    eigvals, eigvecs = torch.linalg.eigh(cond_cov)
-    return PerSampleMixture(logw - torch.logsumexp(logw, 1, keepdim=True), means, eigvals, eigvecs)
+    return CoordinateConditioner(teacher, observed)(values)
 
 
 class PerSampleTeacher:

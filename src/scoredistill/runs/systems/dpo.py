@@ -25,7 +25,6 @@ winner-KL minus loser-KL moves samples down the log-odds of winning (objectives.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,9 @@ from ...sources.float_cond import (
     TeacherResidualDenoiser,
 )
 from ...teachers.conditional_mixture import (
+    CoordinateConditioner,
     PerSampleMixture,
     PerSampleTeacher,
-    condition_on_coordinates,
 )
 from ...teachers.testbeds import get_testbed
 from ...train.common import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -99,41 +98,22 @@ class Task:
 
 
 class HalfConditioner:
-    """``c -> condition_on_coordinates(truth, 0..31, c)`` with the value-free parts cached.
-
-    PRML eq. 2.81-2.82: only the weights and means move with ``c``; ``S_oo^{-1}``, the regression
-    ``S_uo S_oo^{-1}`` and the conditional covariances' eigen-pairs are computed once (the library
-    function recomputes them per call: 30-50 ms a batch here, against ~1 ms)."""
+    """``c -> condition_on_coordinates(truth, 0..31, c)`` through one library
+    :class:`CoordinateConditioner` (value-free parts computed once), keeping the last two
+    answers: a training step asks the same conditions up to five times."""
 
     def __init__(self, truth: Any) -> None:
-        obs, un = slice(0, HALF), slice(HALF, None)
-        cov = truth.covariances
-        s_oo_inv = torch.linalg.inv(cov[:, obs, obs])
-        self.prec, self.reg = s_oo_inv, cov[:, un, obs] @ s_oo_inv  # (K, O, O), (K, U, O)
-        self.mu_o, self.mu_u = truth.means[:, obs], truth.means[:, un]
-        self.log_norm = torch.log(truth.weights) - 0.5 * (
-            torch.logdet(cov[:, obs, obs]) + HALF * math.log(2 * math.pi)
-        )
-        self.shape = condition_on_coordinates(truth, torch.arange(HALF), self.mu_o[:1])
+        self.conditioner = CoordinateConditioner(truth, torch.arange(HALF))
         self.cache: list[tuple[Tensor, PerSampleMixture]] = []
 
     def __call__(self, c: Tensor) -> PerSampleMixture:
-        """The exact law of the bottom half given top halves ``c: (B, 32)``; the last two
-        answers are kept (a training step asks the same conditions up to five times)."""
+        """The exact law of the bottom half given top halves ``c: (B, 32)``."""
         for key, law in self.cache:
             if key.shape == c.shape and torch.equal(key, c):
                 return law
-        law = self._build(c)
+        law = self.conditioner(c)
         self.cache = [(c.detach().clone(), law), *self.cache[:1]]
         return law
-
-    def _build(self, c: Tensor) -> PerSampleMixture:
-        diff = c.double()[None, :, :] - self.mu_o[:, None, :]  # (K, B, O)
-        means = self.mu_u[None] + (diff @ self.reg.transpose(1, 2)).transpose(0, 1)
-        maha = ((diff @ self.prec) * diff).sum(-1).T  # (B, K); prec is symmetric
-        logw = self.log_norm[None] - 0.5 * maha
-        logw = logw - torch.logsumexp(logw, 1, keepdim=True)
-        return PerSampleMixture(logw, means, self.shape.eigvals, self.shape.eigvecs)
 
 
 def make_task(testbed_seed: int) -> Task:
