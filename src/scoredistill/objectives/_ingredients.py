@@ -269,7 +269,7 @@ def denoising_loss(
     t: Tensor | None = None,
     t_range: tuple[float, float] = (0.0, 1.0),
     t_reference: str | None = None,
-    sigma_data: float = 0.5,
+    sigma_data: float | None = None,
     reduction: str = "mean",
 ) -> Loss:
     """Denoising score matching of ``critic.denoise`` on ``sg(x)``, EDM-weighted on the VE view.
@@ -277,8 +277,12 @@ def denoising_loss(
     ``L = E_t E_eps lambda(sigma/alpha) ||D(alpha sg(x) + sigma eps, t) - sg(x)||^2``.
     ``reduction="mean"`` averages over every element (EDM, DMD2); ``"sum"`` sums over non-batch
     dims and averages over the batch (SiD). ``t`` overrides sampling from ``t_range`` (fractions
-    of ``t_reference``'s range, ``sample_t``).
+    of ``t_reference``'s range, ``sample_t``). ``sigma_data=None`` takes the critic's own
+    (its EDM preconditioning's ``sigma_data``; 0.5, EDM's image value, when it has none), so the
+    weighting and the network's scaling agree.
     """
+    if sigma_data is None:
+        sigma_data = float(getattr(critic, "sigma_data", 0.5))
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     x = x.detach()

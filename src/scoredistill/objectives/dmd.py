@@ -59,7 +59,7 @@ class DMD:
     guidance: float = 1.0  # teacher CFG scale, 1 = none (DMD2 EDM); SD runs use e.g. 1.75–8
     regression_weight: float = 0.0  # DMD2 drops it; DMD v1 uses lambda_reg = 0.25 (paper)
     critic_t_range: tuple[float, float] = (0.0, 1.0)  # DMD2 fake step: all sigmas (b2)
-    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    sigma_data: float | None = None  # EDM's sigma_d in the critic's weighting; None: the critic's
     gan_generator_weight: float = 0.0  # DMD2 + GAN: 3e-3 (ImageNet-64), 5e-3 (SDXL); 0 = no GAN
     gan_critic_weight: float = 1e-2  # DMD2's D loss weight (ImageNet-64, SDXL)
     gan_t_range: tuple[float, float] = (0.0, 1.0)  # diffusion_gan_max_timestep = 1000 of 1000

@@ -92,7 +92,7 @@ class FDistill:
     ratio_bins: int = 10  # FastGen ratio_normalization=True, bin_num=10 (EMA 0); 0 = off
     ratio_bin_range: tuple[float, float] = (0.002, 80.0)  # FastGen EDM min_t, max_t (t = sigma)
     critic_t_range: tuple[float, float] = (0.0, 1.0)  # the fake's DSM over all times (DMD2)
-    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    sigma_data: float | None = None  # EDM's sigma_d in the critic's weighting; None: the critic's
     gan_generator_weight: float = 5e-3  # FastGen SDXL f-distill config (mandatory > 0 there)
     gan_critic_weight: float = 1e-2  # DMD2's D loss weight, which f-distill inherits
     gan_t_range: tuple[float, float] = (0.0, 1.0)  # noise levels the discriminator sees

@@ -64,7 +64,7 @@ class SiD:
     cond_drop: float = 0.1  # label dropout of the fake's DSM when κ1 or κ2 ≠ 1 (SiD-LSG: 10 %)
     critic_p_mean: float = -1.2  # SiD fake step: ln sigma ~ N(-1.2, 1.2^2) (EDM's P_mean)
     critic_p_std: float = 1.2  # EDM's P_std
-    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    sigma_data: float | None = None  # EDM's sigma_d in the critic's weighting; None: the critic's
 
     def __post_init__(self) -> None:
         if self.normalization not in ("per_sample", "none"):

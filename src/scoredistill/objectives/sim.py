@@ -50,7 +50,7 @@ class SIM:
     guidance: float = 1.0  # teacher CFG scale, 1 = none
     critic_p_mean: float = -1.2  # reconstructed: SiD fake step, ln sigma ~ N(-1.2, 1.2^2)
     critic_p_std: float = 1.2  # EDM's P_std
-    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    sigma_data: float | None = None  # EDM's sigma_d in the critic's weighting; None: the critic's
 
     def __post_init__(self) -> None:
         if not self.huber_c > 0:

@@ -59,7 +59,7 @@ class VSD:
     guidance_range: tuple[float, float] | None = None  # PG-SB: scale ~ U(min, max) per step
     critic_t_range: tuple[float, float] = (0.0, 1.0)  # SwiftBrush LoRA step: t ~ U{0, ..., 999}
     cond_drop: float = 0.1  # SwiftBrush LoRA step: empty prompt with p = 0.1
-    sigma_data: float = 0.5  # EDM's sigma_d in the critic's weighting
+    sigma_data: float | None = None  # EDM's sigma_d in the critic's weighting; None: the critic's
 
     def __post_init__(self) -> None:
         name = type(self).__name__

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, LearningRate, PositiveInt, to_dict
+from ..config import ConfigError, LearningRate, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
@@ -27,7 +27,12 @@ from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
-from .distill_generator import GeneratorConfig, check_generator, make_generator
+from .distill_generator import (
+    GeneratorConfig,
+    check_generator,
+    make_generator,
+    teacher_init_generator,
+)
 from .family import Family, Resolved, report_section
 
 __all__ = [
@@ -49,6 +54,10 @@ class CriticConfig:
     init_steps: PositiveInt = 400  # DSM steps fitting the teacher first ("init from teacher")
     init_lr: LearningRate = 2e-3
     init_batch: PositiveInt = 1024
+    # EDM's sigma_d of the critic's preconditioning and DSM weighting (and of the objectives'
+    # critic loss, whose sigma_data None means the critic's). 0.5 is EDM's value for images in [-1, 1];
+    # None: the testbed's exact per-dimension data std, as FastGen's toy setups take it from data
+    sigma_data: PositiveFloat | None = 0.5
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
         num_classes=testbed.truth.num_classes,
         hidden=cfg.critic.hidden,
         depth=cfg.critic.depth,
+        sigma_data=critic_sigma_data(cfg.critic, testbed),
     )
     if gan_head:
         critic.attach_logit_head(cfg.critic.hidden)
@@ -178,7 +188,16 @@ def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
         seed=cfg.train.seed,
         progress=True,
     )
+    if cfg.generator.init == "teacher":
+        gen = teacher_init_generator(cfg.generator, critic)
     return gen, critic, init
+
+
+def critic_sigma_data(c: CriticConfig, testbed) -> float:
+    """``critic.sigma_data``, or (None) the testbed mixture's exact per-dimension data std."""
+    from ..teachers.trigflow import mixture_sigma_data
+
+    return c.sigma_data if c.sigma_data is not None else mixture_sigma_data(testbed.truth)
 
 
 def run_distill(
@@ -226,6 +245,7 @@ def run_distill(
         "wall_s": time.perf_counter() - start,
         "world_size": result["world_size"],
         "sample_s": sample_s,
+        "critic_sigma_data": critic.sigma_data,
         "initial": initial,
     }
     atomic_write_json(out / "metrics.json", metrics)

@@ -1,5 +1,11 @@
 """The ``distill`` family's student: ``GeneratorConfig``, its checks against the testbed, and the
-network it builds (one-step MLP, few-step with optional phase experts, conv, or MSD's students)."""
+network it builds (one-step MLP, few-step with optional phase experts, conv, or MSD's students).
+
+``init="teacher"`` starts the student from the teacher's weights, as DMD2, SiD and FastGen do. An
+exact teacher has no weights, so its stand-in is the critic's DSM fit to the teacher
+(``sources.critic``: the critic starts there for the same reason): the student is a copy of that
+fitted network, evaluated once at the VE level ``sigma_init`` (``TeacherInitGenerator``) or at the
+few-step grid (``FewStepGenerator.from_teacher``)."""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ from typing import Literal
 
 from torch import nn
 
-from ..config import ConfigError, NonNegativeInt, PositiveInt
+from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt
 
-__all__ = ["GeneratorConfig", "check_generator", "make_generator"]
+__all__ = ["GeneratorConfig", "check_generator", "make_generator", "teacher_init_generator"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,11 @@ class GeneratorConfig:
     depth: PositiveInt = 3
     channels: PositiveInt = 32  # conv: feature maps (~0.1 s per 256-batch step on 2 cores at 8x8)
     blocks: NonNegativeInt = 2  # conv: residual blocks
+    # "teacher": a copy of the critic's DSM fit to the teacher (module docstring); "scratch": fresh
+    init: Literal["scratch", "teacher"] = "scratch"
+    # init=teacher, one_step: the input's VE level sigma/alpha. DMD2's EDM runs feed sigma_max z
+    # (80, tianweiy/DMD2 main/edm: conditioning_sigma 80); SiD uses 2.5 (reference note b4)
+    sigma_init: PositiveFloat = 80.0
 
 
 def check_generator(g: GeneratorConfig, testbed) -> None:
@@ -46,6 +57,12 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
         raise ConfigError(
             f"generator.students={g.students} exceeds testbed {testbed.name}'s {classes} classes "
             f"(each student owns at least one class; valid: 1..{classes})"
+        )
+    if g.init == "teacher" and (g.kind == "conv" or g.students > 1 or g.experts > 1):
+        raise ConfigError(
+            "generator.init=teacher copies the critic's MLP denoiser: it needs generator.kind "
+            f"one_step or few_step with students=1 and experts=1 (got kind={g.kind}, "
+            f"students={g.students}, experts={g.experts})"
         )
     if g.student_hidden and g.students == 1:
         raise ConfigError("generator.student_hidden needs generator.students > 1 (else set hidden)")
@@ -80,3 +97,17 @@ def make_generator(g: GeneratorConfig, testbed) -> nn.Module:
             testbed.dim, students=g.students, num_classes=k, hidden=hidden, depth=g.depth
         )
     return OneStepGenerator(testbed.dim, hidden=g.hidden, depth=g.depth, num_classes=k)
+
+
+def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
+    """The student as a trainable copy of ``fitted`` (the critic after its DSM fit to the
+    teacher, a ``NeuralDenoiser``), without the critic's discriminator head (module docstring)."""
+    import copy
+
+    from ..sources.generators import FewStepGenerator, TeacherInitGenerator
+
+    base = copy.deepcopy(fitted)
+    base.head = None  # DMD2's GAN head belongs to the critic
+    if g.kind == "few_step":
+        return FewStepGenerator.from_teacher(base, steps=g.steps)
+    return TeacherInitGenerator(base, g.sigma_init)

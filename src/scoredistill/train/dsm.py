@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from ..parametrization import NULL_LABEL
 from ..schedules import Schedule, t_from_log_snr
 from ..teachers import testbeds
-from ..teachers.analytic import GaussianMixtureTeacher
 from ..teachers.mlp import MLPDenoiserNet
 from ..teachers.neural import NeuralDenoiser, denoiser_errors, save_learned_teacher
+from ..teachers.trigflow import mixture_sigma_data
 from .common import ema_decay, ema_update
 
 __all__ = [
@@ -136,13 +136,6 @@ def train_dsm(
     }
 
 
-def _data_std(truth: GaussianMixtureTeacher) -> float:
-    """Per-dimension standard deviation of the mixture (EDM's sigma_data), in closed form."""
-    w, mu = truth.weights, truth.means
-    second = (w * (truth.eigvals.sum(1) + mu.pow(2).sum(1))).sum()
-    return float(((second - (w @ mu).pow(2).sum()) / truth.dim).sqrt())
-
-
 def train_learned_teacher(
     testbed_name: str = "moons",
     *,
@@ -161,7 +154,9 @@ def train_learned_teacher(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = MLPDenoiserNet(truth.dim, hidden, depth, num_classes=truth.num_classes)
-    denoiser = NeuralDenoiser(net, truth.schedule, "edm", _data_std(truth), truth.num_classes)
+    denoiser = NeuralDenoiser(
+        net, truth.schedule, "edm", mixture_sigma_data(truth), truth.num_classes
+    )
 
     def sample_data(n: int, rng: torch.Generator) -> Tensor | tuple[Tensor, Tensor]:
         x, comp = truth.sample(n, rng=rng, return_components=True)

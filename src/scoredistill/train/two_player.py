@@ -73,8 +73,10 @@ class TwoPlayerConfig:
 class _DenoiserCall:
     """Expose a (possibly DDP-wrapped) denoiser module through ``.denoise`` via its forward."""
 
-    def __init__(self, module: nn.Module, schedule: Any) -> None:
+    def __init__(self, module: nn.Module, schedule: Any, sigma_data: float | None = None) -> None:
         self.module, self.schedule = module, schedule
+        if sigma_data is not None:  # the critic's preconditioning (objectives' DSM weighting)
+            self.sigma_data = sigma_data
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.module(x_t, t, cond)
@@ -177,7 +179,7 @@ def train_two_player(
     gen, crit, opt_g, opt_c = parallel.prepare_players(
         acc, cfg.parallel, generator, critic, lambda m, player: make_optimizer(cfg, m, player)
     )
-    critic_call = _DenoiserCall(crit, critic.schedule)
+    critic_call = _DenoiserCall(crit, critic.schedule, getattr(critic, "sigma_data", None))
     ckpt_dir, logger = out_dir / "checkpoints", JsonlLogger(out_dir / "metrics.jsonl")
     state = {"generator": generator, "critic": critic, "ema": ema}
     optims, rngs = {"generator": opt_g, "critic": opt_c}, {"loop": rng, "step": step_rng}

@@ -1,0 +1,132 @@
+"""The ``distill`` family's teacher-initialised student and data-derived critic sigma_data
+(issue 15's two suspected causes of the gap to FastGen's DMD2 on a ring)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scoredistill.config import ConfigError
+from scoredistill.runs.distill import (
+    _build,
+    critic_sigma_data,
+    resolve,
+)
+from scoredistill.runs.distill_generator import check_generator
+from scoredistill.teachers.testbeds import get_testbed
+
+TINY = ["critic.init_steps=2", "critic.init_batch=64", "critic.hidden=32", "critic.depth=2"]
+
+
+def test_data_sigma_is_the_mixture_std_from_samples():
+    cfg, _ = resolve("dmd2-ring8", ["critic.sigma_data=null"])
+    testbed = get_testbed("ring8")
+    x = testbed.truth.sample(200_000, rng=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sd = critic_sigma_data(cfg.critic, testbed)
+    # per-dimension std of the data, pooled over dimensions; 200k draws: standard error ~0.2 %
+    assert sd == pytest.approx(math.sqrt(x.var(0).mean().item()), rel=0.01)
+    assert critic_sigma_data(resolve("dmd2-ring8", [])[0].critic, testbed) == 0.5
+
+
+def test_teacher_init_student_is_the_fitted_critic_at_sigma_init():
+    cfg, _ = resolve(
+        "dmd2-gan-ring8", [*TINY, "generator.init=teacher", "generator.sigma_init=2.5"]
+    )
+    testbed = get_testbed("ring8")
+    gen, critic, _ = _build(cfg, testbed, gan_head=True)
+    assert critic.head is not None and gen.denoiser.head is None  # the GAN head stays with D
+    z = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    t = torch.full((16,), gen.t_init)
+    _, sigma = critic.schedule.alpha_sigma(t)
+    assert (sigma / critic.schedule.alpha_sigma(t)[0])[0].item() == pytest.approx(2.5, rel=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(gen(z), critic.denoise(sigma[:, None] * z, t), atol=1e-6)
+    # a copy: training the student leaves the critic as it was
+    critic_storage = {q.data_ptr() for q in critic.parameters()}
+    assert not any(p.data_ptr() in critic_storage for p in gen.parameters())
+
+
+def test_teacher_init_few_step_student_starts_from_the_critic():
+    cfg, _ = resolve(
+        "dmd2-4step-ring8", [*TINY, "generator.init=teacher", "critic.sigma_data=null"]
+    )
+    gen, critic, _ = _build(cfg, get_testbed("ring8"))
+    assert gen.nfe == 4
+    # ring8's per-dimension data std: radius 2 on a uniform angle, component std 0.05
+    assert gen.denoiser.sigma_data == critic.sigma_data == pytest.approx(math.sqrt(2 + 0.05**2))
+    x = torch.randn(8, 2)
+    t = torch.full((8,), 0.5)
+    with torch.no_grad():
+        assert torch.allclose(gen.denoiser.denoise(x, t), critic.denoise(x, t))
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["generator.kind=conv"],
+        ["generator.kind=few_step", "generator.experts=2"],
+    ],
+)
+def test_teacher_init_rejects_students_it_cannot_copy(sets):
+    cfg, _ = resolve("dmd2-digits", [*sets, "generator.init=teacher"])
+    with pytest.raises(ConfigError, match=r"generator\.init=teacher"):
+        check_generator(cfg.generator, get_testbed("digits"))
+
+
+def test_critic_loss_weighting_follows_the_critic_sigma_data_unless_set():
+    """EDM's weight lambda = (s^2 + sd^2) / (s sd)^2 with the critic's own sd (None), or a set one."""
+    from scoredistill.objectives._ingredients import denoising_loss
+    from scoredistill.sources.critic import make_critic
+
+    torch.manual_seed(0)
+    critic = make_critic(2, schedule="edm", hidden=16, depth=1, sigma_data=2.0)
+    x = torch.randn(64, 2, dtype=torch.float64)
+    critic = critic.double()
+    t = torch.full((64,), 0.5, dtype=torch.float64)
+
+    def loss(sd):
+        rng = torch.Generator().manual_seed(3)  # the same noise for every call
+        return denoising_loss(critic, x, None, rng, t=t, sigma_data=sd).value.item()
+
+    alpha, sigma = critic.schedule.alpha_sigma(t[:1])
+    s = (sigma / alpha).item()
+    lam = lambda sd: (s**2 + sd**2) / (s * sd) ** 2  # noqa: E731
+    assert loss(None) == pytest.approx(loss(2.0), rel=1e-12)
+    assert loss(0.5) / loss(2.0) == pytest.approx(lam(0.5) / lam(2.0), rel=1e-12)
+    assert resolve("dmd2-ring8", [])[1].sigma_data is None
+
+
+def test_the_training_loop_weights_the_critic_loss_with_the_critic_sigma_data(tmp_path):
+    """The loop hands objectives a wrapped critic; its DSM weighting must still see the critic's
+    sigma_data (a wrapper without it silently fell back to 0.5)."""
+    from scoredistill.objectives.dmd import DMD
+    from scoredistill.sources.critic import make_critic
+    from scoredistill.sources.generators import OneStepGenerator
+    from scoredistill.train.two_player import TwoPlayerConfig, train_two_player
+
+    seen: list[float | None] = []
+
+    class Recording(DMD):
+        def critic_loss(self, x, cond, *, critic, rng, real=None):
+            seen.append(getattr(critic, "sigma_data", None))
+            return super().critic_loss(x, cond, critic=critic, rng=rng, real=real)
+
+    torch.manual_seed(0)
+    testbed = get_testbed("ring8")
+    gen = OneStepGenerator(2, hidden=16, depth=1)
+    critic = make_critic(2, schedule=testbed.teacher.schedule, hidden=16, depth=1, sigma_data=1.7)
+    cfg = TwoPlayerConfig(steps=1, batch_size=8, critic_updates=1, eval_every=0, log_every=1)
+    train_two_player(
+        cfg,
+        objective=Recording(),
+        generator=gen,
+        critic=critic,
+        teacher=testbed.teacher,
+        sample_latent=lambda n, rng: gen.sample_latent(n, rng),
+        sample_cond=None,
+        evaluate=lambda g: {},
+        out_dir=tmp_path,
+    )
+    assert seen == [1.7]
