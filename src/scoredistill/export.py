@@ -37,6 +37,11 @@ Why the VP row reproduces the student (``pipeline_consistency_models.py``, ``sch
   teacher's betas cut to ``N'`` (``trained_betas``), so an intermediate top (SiD's
   ``sigma_init``) is exported too.
 
+``export_consistency_pipeline`` writes the same stock pair for a consistency student
+(``sources.diffusers_consistency.LCMConsistency``): the LCM scheduler with the student's own
+``timestep_scaling`` (LCM's 10, not 1e4: its boundary blend is part of the student) and
+``original_inference_steps`` = the training grid, so 1, 2, 4, ... steps all run.
+
 DDPM/DDIM pipelines were not usable: they pass no class labels, and DDIM re-noises with the
 predicted noise (``eta = 0``), not fresh noise. ``ConsistencyModelPipeline``'s docstring names
 ``CMStochasticIterativeScheduler``, but its loop only uses the generic scheduler API; it is the
@@ -58,9 +63,11 @@ from .export_families import check_grid
 from .io import atomic_folder
 from .parametrization import NULL_LABEL
 from .sources.diffusers import DiffusersGenerator
+from .sources.diffusers_consistency import LCMConsistency
 from .teachers.diffusers import DiffusersTeacher
 
 __all__ = [
+    "export_consistency_pipeline",
     "export_pipeline",
     "export_run",
     "export_student",
@@ -272,6 +279,52 @@ def export_student(
         sched.save_pretrained(tmp / "scheduler")
         (tmp / "README.md").write_text(readme, encoding="utf-8")
     return Path(out_dir) / "student"
+
+
+def export_consistency_pipeline(
+    student: LCMConsistency, teacher: DiffusersTeacher, out_dir: str | Path, *, note: str = ""
+) -> Path:
+    """Write ``out_dir/pipeline/``: ``ConsistencyModelPipeline`` + ``LCMScheduler`` (module
+    docstring) running ``student`` at any step count up to its ``original_steps``."""
+    from diffusers import ConsistencyModelPipeline, LCMScheduler
+
+    n = student.n_train
+    lcm = LCMScheduler(
+        num_train_timesteps=n,
+        trained_betas=_betas(teacher)[:n],
+        original_inference_steps=student.original_steps,
+        prediction_type=teacher.prediction_type,
+        clip_sample=teacher.clip_sample is not None,
+        clip_sample_range=teacher.clip_sample or 1.0,
+        timestep_scaling=student.timestep_scaling,
+    )
+    abar = torch.tensor(teacher.native_schedule.alphas_cumprod, dtype=torch.float64)
+    if not torch.allclose(lcm.alphas_cumprod.double(), abar):
+        raise ValueError("the scheduler's table differs from the teacher's: not its student")
+    pipe = ConsistencyModelPipeline(unet=_frozen(student.denoiser.model), scheduler=lcm)
+    labels = ", class_labels=[0] * 16" if student.num_classes else ""
+    grids = [f"{k}: {list(student.timesteps(k))}" for k in (1, 2, 4) if k <= student.original_steps]
+    how = (
+        "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
+        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
+        "g = torch.Generator().manual_seed(0)\n"
+        f"images = pipe(batch_size=16, num_inference_steps=4, generator=g, "
+        f'output_type="np"{labels}).images  # (16, H, W, C)\n```'
+    )
+    readme = (
+        f"# Consistency student distilled with scoredistill\n\n{how}\n\n"
+        f"- Stock `ConsistencyModelPipeline` + `LCMScheduler` (`timestep_scaling` "
+        f"{student.timestep_scaling:g}, `original_inference_steps` {student.original_steps}: "
+        "the training grid). Any `num_inference_steps` from 1 to that grid runs; "
+        f"timesteps per step count: {'; '.join(grids)}.\n"
+        "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
+        + _labels_text(student, teacher, pipe=True)  # type: ignore[arg-type]
+        + (f"\n{note}\n" if note else "")
+    )
+    with atomic_folder(Path(out_dir) / "pipeline") as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+    return Path(out_dir) / "pipeline"
 
 
 def export_run(

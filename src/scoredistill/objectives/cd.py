@@ -24,6 +24,14 @@ train_lcm_distill_sd_wds.py``: ``num_ddim_timesteps = 50`` of 1000 (``skip = 100
 (``w ~ U[5, 15]``) is left out: the exact testbeds are distilled at their own law (w = 1).
 A ``skip`` that does not divide ``grid`` is refused: the last DDIM jump would not end on
 ``t_min``, the end where the boundary condition holds.
+
+``spacing="table"`` is LCM's own grid on a teacher's discrete table of ``grid`` entries
+(``t = k / (grid - 1)``, a diffusers teacher's native schedule): the starts are the
+``DDIMSolver`` timesteps ``k = j skip - 1``, ``j = 1..grid/skip`` (19, 39, ..., 999), each jumping
+to ``k - skip`` clamped at 0 (``train_lcm_distill_sd_wds.py``: ``timesteps = start_timesteps -
+topk``, ``torch.where(timesteps < 0, 0, ...)``), so the last jump is 19 -> 0 and the boundary sits
+at ``k = 0``; these are the ``original_inference_steps = grid/skip`` timesteps of
+``LCMScheduler``.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from ..samplers import time_grid
 from ..teachers.pf_ode import pf_ode_map
 from ._ingredients import Loss
 
-__all__ = ["CD", "ddim_step"]
+__all__ = ["CD", "ddim_step", "table_times"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class CD:
     distance: Literal["l2", "huber"] = "l2"  # LCM's loss_type
     huber_c: PositiveFloat = 0.001  # LCM's huber_c
     solver: Literal["ddim", "exact"] = "ddim"  # exact: the exact PF-ODE map (exact teachers)
+    # schedule: the sampler grid (time_grid); table: LCM's grid on a table of `grid` entries
+    spacing: Literal["schedule", "table"] = "schedule"
 
     def __post_init__(self) -> None:
         if self.grid % self.skip:
@@ -61,6 +71,8 @@ class CD:
 
     def times(self, schedule) -> Tensor:
         """The ``grid + 1`` teacher times, ``t_max`` first (float64)."""
+        if self.spacing == "table":
+            return table_times(schedule, self.grid)
         return time_grid(schedule, self.grid + 1)
 
     def loss(
@@ -116,6 +128,20 @@ def ddim_step(teacher, x_t: Tensor, t: Tensor, t_next: Tensor, cond: Tensor | No
     a2, s2 = (c.to(x_t.dtype)[:, None] for c in teacher.schedule.alpha_sigma(t_next))
     d = teacher.denoise(x_t, t.to(x_t.dtype), cond)
     return a2 * d + s2 * (x_t - a * d) / s
+
+
+def table_times(schedule, grid: int) -> Tensor:
+    """LCM's ``grid + 1`` times on a discrete table of ``grid`` entries, ``t = k / (grid - 1)``:
+    ``k = grid - 1, grid - 2, ..., 0`` and a last ``0`` (LCM's clamp of ``k - skip < 0``), float64.
+    ``ValueError`` unless ``schedule`` is such a table spanning ``[0, 1]``."""
+    n = getattr(schedule, "n", None)
+    if n != grid or (schedule.t_min, schedule.t_max) != (0.0, 1.0):
+        raise ValueError(
+            f"spacing 'table' needs a schedule of {grid} table entries on t in [0, 1] (a "
+            f"diffusers teacher's native table); got n={n}, [{schedule.t_min}, {schedule.t_max}]"
+        )
+    k = (grid - 1 - torch.arange(grid + 1, dtype=torch.float64)).clamp(min=0)
+    return k / (grid - 1)
 
 
 def _divisors(n: int) -> str:

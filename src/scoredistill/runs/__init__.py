@@ -8,7 +8,18 @@ decides). The CLI, the bench and ``scoredistill presets`` read only these two di
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import consistency, distill, kd, kd_procedures, optimize, optimize_sd, sd, systems, unet
+from . import (
+    consistency,
+    consistency_unet,
+    distill,
+    kd,
+    kd_procedures,
+    optimize,
+    optimize_sd,
+    sd,
+    systems,
+    unet,
+)
 from .family import Family, Resolved
 
 __all__ = ["COMMANDS", "FAMILIES", "Family", "Resolved", "family_of"]
@@ -20,6 +31,7 @@ FAMILIES: dict[str, Family] = {
         unet.FAMILY,
         sd.FAMILY,
         consistency.FAMILY,
+        consistency_unet.FAMILY,
         systems.FAMILY,
         optimize.FAMILY,
         optimize_sd.FAMILY,
@@ -28,7 +40,14 @@ FAMILIES: dict[str, Family] = {
     )
 }
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "distill": ("distill", "distill-unet", "distill-sd", "distill-consistency", "distill-system"),
+    "distill": (
+        "distill",
+        "distill-unet",
+        "distill-sd",
+        "distill-consistency",
+        "distill-consistency-unet",
+        "distill-system",
+    ),
     "optimize": ("optimize", "optimize-sd"),
     "kd": ("kd", "kd-procedure"),
 }
@@ -36,7 +55,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 
 # the families behind --teacher (the first when no preset is named)
 TEACHER_FAMILIES: dict[str, tuple[str, ...]] = {
-    "distill": ("distill-unet", "distill-sd"),
+    "distill": ("distill-unet", "distill-sd", "distill-consistency-unet"),
     "optimize": ("optimize-sd",),
 }
 

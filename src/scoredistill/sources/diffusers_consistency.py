@@ -1,0 +1,147 @@
+"""LCM's consistency function on a trainable copy of a diffusers VP teacher (Luo et al. 2023,
+"Latent Consistency Models", eq. 9-10; the scalings of diffusers ``LCMScheduler.
+get_scalings_for_boundary_condition_discrete`` and ``train_lcm_distill_sd_wds.py``'s
+``scalings_for_boundary_conditions``)::
+
+    f_theta(x_k, k) = c_skip(k) x_k + c_out(k) D_theta(x_k, k)
+    c_skip = sigma_d^2 / ((s k)^2 + sigma_d^2),   c_out = s k / sqrt((s k)^2 + sigma_d^2)
+
+``k`` is the native (integer on the training grid) timestep, ``s = timestep_scaling`` (LCM: 10),
+``sigma_d = 0.5``, ``x_k`` the native sample (the teacher's own table: ``alpha² + sigma² = 1``) and
+``D_theta`` the copy's denoiser: the teacher's prediction type converted to x0 and clipped as its
+scheduler clips, which is what ``LCMScheduler.step`` computes from the same network output. So
+``f(x, 0) = x`` (LCM's boundary at ``k = 0``) and the network needs no change to be exported.
+
+``sample`` is ``LCMScheduler``'s multistep loop (Song et al. 2023, Alg. 1): ``x = z`` (the
+pipelines' prior, ``init_noise_sigma = 1``), ``x0 = f(x, k_j)``, then before the last step
+``x = sqrt(abar_{k_{j+1}}) x0 + sqrt(1 - abar) eps`` with fresh ``eps``; the timesteps are
+``lcm_inference_timesteps`` (``LCMScheduler.set_timesteps``), so ``export.
+export_consistency_pipeline`` writes a stock folder that reproduces it for the same generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..teachers.diffusers import DiffusersTeacher
+from .diffusers import _copy
+from .generators import draw_latent
+
+__all__ = ["SIGMA_DATA", "LCMConsistency", "LCMRollout", "lcm_inference_timesteps"]
+
+SIGMA_DATA = 0.5  # LCMScheduler's fixed sigma_data of the boundary scalings
+
+
+def lcm_inference_timesteps(n_train: int, original_steps: int, steps: int) -> tuple[int, ...]:
+    """``LCMScheduler(num_train_timesteps=n_train, original_inference_steps=original_steps)
+    .set_timesteps(steps)``: ``steps`` indices spread evenly (floor of ``linspace(0, m, steps,
+    endpoint=False)``) over the ``m = original_steps`` training timesteps ``j (n_train // m) - 1``,
+    largest first (diffusers 0.42 ``scheduling_lcm.py``)."""
+    if not 1 <= steps <= original_steps <= n_train:
+        raise ValueError(
+            f"need 1 <= steps <= original_steps <= n_train; got {steps}, {original_steps}, {n_train}"
+        )
+    stride = n_train // original_steps
+    origin = [j * stride - 1 for j in range(original_steps, 0, -1)]
+    return tuple(origin[math.floor(i * original_steps / steps)] for i in range(steps))
+
+
+class LCMConsistency(nn.Module):
+    """``forward(x_t, t, cond) -> (B, dim)``: ``f_theta`` at library time ``t`` of the teacher's
+    native table (``t = k / (N - 1)``); ``sample(z, cond, steps=, rng=)``: the LCM sampler.
+    ``original_steps``: the training grid's number of DDIM timesteps (LCM's 50 of 1000)."""
+
+    def __init__(
+        self,
+        teacher: DiffusersTeacher,
+        *,
+        original_steps: int = 50,
+        timestep_scaling: float = 10.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if teacher.family != "vp" or teacher.schedule is not teacher.native_schedule:
+            raise ValueError(
+                "LCM's consistency function needs a VP-table teacher on its own schedule "
+                f"(family 'vp', schedule=None); got family {teacher.family!r}"
+            )
+        if teacher.continuous:
+            raise ValueError("a continuous-timestep teacher has no integer LCM grid")
+        self.denoiser = _copy(teacher, gradient_checkpointing)
+        self.n_train = teacher.native_schedule.n
+        self.original_steps, self.timestep_scaling = int(original_steps), float(timestep_scaling)
+        lcm_inference_timesteps(self.n_train, self.original_steps, 1)  # checks the sizes
+        self.dim, self.num_classes, self.shape = teacher.dim, teacher.num_classes, teacher.shape
+
+    @property
+    def schedule(self):
+        return self.denoiser.schedule
+
+    def scalings(self, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``(c_skip, c_out)`` at native timesteps ``k: (B,)`` (float64)."""
+        scaled = self.timestep_scaling * k.to(torch.float64)
+        c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+        return c_skip, scaled / (scaled**2 + SIGMA_DATA**2).sqrt()
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        t64 = torch.as_tensor(t, device=x_t.device).to(torch.float64).expand(x_t.shape[0])
+        k = t64 * (self.n_train - 1)
+        c_skip, c_out = (c.to(x_t.dtype)[:, None] for c in self.scalings(k))
+        return c_skip * x_t + c_out * self.denoiser.denoise(x_t, t64, cond)
+
+    def timesteps(self, steps: int) -> tuple[int, ...]:
+        """The ``steps`` native timesteps of the sampler (``lcm_inference_timesteps``)."""
+        return lcm_inference_timesteps(self.n_train, self.original_steps, steps)
+
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """``z: (n, dim) ~ N(0, I)``: a pipeline's ``randn((n, C, H, W), generator)``."""
+        device = next(self.parameters()).device
+        return draw_latent(n, self.dim, rng, torch.float32, device)
+
+    def sample(
+        self,
+        z: Tensor,
+        cond: Tensor | None = None,
+        *,
+        steps: int = 1,
+        rng: torch.Generator | None = None,
+    ) -> Tensor:
+        """``steps``-step samples ``(B, dim)`` from ``z: (B, dim)``; ``rng`` draws the re-noising
+        noise after ``z`` (the pipeline's order)."""
+        ks = self.timesteps(steps)
+        abar = self.denoiser.native_schedule.alphas_cumprod
+        x = z.reshape(z.shape[0], self.dim)
+        for j, k in enumerate(ks):
+            t = torch.full((x.shape[0],), k / (self.n_train - 1), dtype=torch.float64)
+            x0 = self(x, t.to(x.device), cond)
+            if j + 1 == len(ks):
+                return x0
+            a = abar[ks[j + 1]]
+            eps = draw_latent(x.shape[0], self.dim, rng, x0.dtype, x0.device)
+            x = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+        raise AssertionError("unreachable: steps >= 1")
+
+
+class LCMRollout(nn.Module):
+    """A ``steps``-step sampler of an ``LCMConsistency`` with the generator interface the run
+    helpers use (``sample_latent``, ``forward(z, cond, rng=)``, ``nfe``)."""
+
+    def __init__(self, student: LCMConsistency, steps: int) -> None:
+        super().__init__()
+        self.student, self.steps = student, int(steps)
+        student.timesteps(self.steps)  # checks the step count
+
+    @property
+    def nfe(self) -> int:
+        return self.steps
+
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        return self.student.sample_latent(n, rng)
+
+    def forward(
+        self, z: Tensor, cond: Tensor | None = None, *, rng: torch.Generator | None = None
+    ) -> Tensor:
+        return self.student.sample(z, cond, steps=self.steps, rng=rng)
