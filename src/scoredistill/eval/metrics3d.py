@@ -9,6 +9,10 @@ face from both sides scores about the fraction of back-facing views in the sweep
 
 Images are in the teachers' data range ``[-1, 1]`` (``VoxelField.forward``), so PSNR uses a
 data range of 2 (the same number as PSNR of ``[0, 1]`` colours with range 1).
+
+``view_entropy`` (issue 15) measures view diversity, the quantity ESD's entropy term acts on:
+the normalised Shannon entropy of the sweep's apparent azimuths in 36 sectors of 10°. The truth
+reads 1 (every sweep view shows its own sector), "the face everywhere" about 0.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ __all__ = [
     "occupancy",
     "occupancy_iou",
     "psnr",
+    "view_entropy",
 ]
 
+VIEW_SECTORS = 36  # 10-degree sectors: one per view of the 36-camera Janus sweep
 JANUS_MAX_ERROR = 45.0  # degrees: half a quadrant, the width of DreamFusion's view sectors
 # Occupancy threshold (density per unit length; one 32^3 voxel of it absorbs 6%). The views
 # object's surface ramps over one voxel, so its occupancy barely depends on the value (2560
@@ -138,6 +144,21 @@ def _wrong_fraction(seen: Tensor, sweep: Sequence[Camera], max_error: float) -> 
     return float((circular_distance(seen, truth) > max_error).double().mean())
 
 
+def view_entropy(seen: Tensor, n_sectors: int = VIEW_SECTORS) -> float:
+    """Entropy of the apparent azimuths ``seen: (M,)`` (degrees) over ``n_sectors`` equal sectors
+    ``[360 k / n, 360 (k + 1) / n)``, divided by its largest value ``log min(n_sectors, M)``.
+
+    1: the views spread over as many sectors as there are views; 0: every view looks the same.
+    """
+    m = int(seen.numel())
+    if m < 2:
+        raise ValueError(f"view_entropy needs at least two views, got {m}")
+    k = torch.floor(torch.remainder(seen.double(), 360.0) * n_sectors / 360.0).long()
+    p = torch.bincount(k.clamp(max=n_sectors - 1), minlength=n_sectors).double() / m
+    p = p[p > 0]
+    return 0.0 + float(-(p * p.log()).sum() / math.log(min(n_sectors, m)))  # 0.0 +: no -0.0
+
+
 def metrics3d(
     field: VoxelField | RenderFn,
     testbed: Any,
@@ -145,7 +166,8 @@ def metrics3d(
     sweep: Sequence[Camera] | None = None,
     iou_threshold: float | None = None,
 ) -> dict[str, float]:
-    """``janus_rate``, ``psnr`` (held-out cameras), ``iou`` and ``front_fraction`` on ``views``.
+    """``janus_rate``, ``psnr`` (held-out cameras), ``iou``, ``front_fraction`` and
+    ``view_entropy`` on ``views``.
 
     Args:
         field: a ``VoxelField`` (or a render function: then ``iou`` is NaN).
@@ -166,4 +188,5 @@ def metrics3d(
         # views judged within 45 deg of the front: the ground truth's share is the sweep's
         # share of front views (1/4 for a uniform sweep); each extra face adds about as much
         "front_fraction": float((circular_distance(seen, torch.zeros(1)) <= 45.0).double().mean()),
+        "view_entropy": view_entropy(seen),
     }

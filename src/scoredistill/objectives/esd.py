@@ -16,7 +16,8 @@ of a non-VP schedule is not it), at threestudio's SD steps mapped by log-SNR (``
 ``lam = 0`` is VSD with a camera-conditional critic, ``lam = 1`` pure entropy matching (the VSD
 critic without camera). **Camera convention**: the critic is text-agnostic (one critic per
 prompt, as ProlificDreamer's LoRA) and its label slot carries the camera: pass integer camera bins
-(or particle indices) as ``camera: (B,)``; ``NULL_LABEL`` is "no camera". The critic must learn
+(or particle indices), or continuous azimuths for a critic built with ``azimuth_cond`` (issue 15),
+as ``camera: (B,)``; ``NULL_LABEL`` is "no camera". The critic must learn
 with camera dropout, ``critic_loss(x, camera, ...)`` inherited from ``VSD`` (``cond_drop = 0.1``,
 threestudio ``lora_cfg_training``), or ``eps_psi(·, ∅cam)`` is untrained. ``camera=None`` uses
 the camera-free critic only (then ``lam`` has no effect). The teacher is guided by ``cond``; the

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ..config import (
@@ -65,11 +66,17 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class CriticConfig:
-    kind: Literal["mlp", "exact"] = "mlp"  # exact: the particles' own mixture (particles only)
+    kind: Literal["mlp", "exact"] = "mlp"  # exact: the particles' / the field's renders' mixture
     hidden: PositiveInt = 256
     depth: PositiveInt = 3
     camera_bins: PositiveInt = 8  # 3-D critic label: nearest of 8 azimuths (45 deg apart); see docs
-    exact_std: PositiveFloat = 0.02  # exact critic: std of each particle's component
+    # 3-D critic's camera: "bins" (the label above) or "azimuth", continuous [cos, sin] features
+    # as threestudio's extrinsics embedding (issue 15; teachers.mlp.MLPDenoiserNet)
+    camera: Literal["bins", "azimuth"] = "bins"
+    exact_std: PositiveFloat = 0.02  # exact critic: std of each particle's (render's) component
+    # exact 3-D critic: cameras of its camera-free mixture, 360/M apart at a random offset per
+    # step (not checkpointed: a resumed run draws other offsets)
+    exact_views: PositiveInt = 12
     init_steps: NonNegativeInt = 0  # DSM steps fitting the critic to the teacher (0: fresh critic)
 
 
@@ -88,6 +95,7 @@ class OptimizeConfig:
     teacher: str = "biased"  # one of TEACHERS; "exact" for particle testbeds
     schedule: str = "edm"
     image_size: PositiveInt = 16  # views: render and teacher size (32 is the testbed's default)
+    kappa: NonNegativeFloat = 4.0  # views: teacher view weights exp(kappa cos az) (testbed's 4)
     objective: dict[str, Any] = field(default_factory=dict)
     train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -107,8 +115,14 @@ def _check(cfg: OptimizeConfig) -> None:
         )
     if cfg.reward.weight > 0 and not views:
         raise ConfigError("config key 'reward.weight' > 0 needs testbed=views (a view classifier)")
-    if cfg.critic.kind == "exact" and views:
-        raise ConfigError("config key 'critic.kind': exact critics exist for particles only")
+    if cfg.critic.kind == "exact" and views and cfg.critic.camera != "azimuth":
+        raise ConfigError(
+            "config key 'critic.kind': the exact 3-D critic needs critic.camera=azimuth"
+        )
+    if cfg.kappa != 4.0 and not views:
+        raise ConfigError(f"config key 'kappa': {cfg.kappa} needs testbed=views (view weights)")
+    if cfg.critic.camera == "azimuth" and not views:
+        raise ConfigError("config key 'critic.camera': 'azimuth' needs testbed=views; use 'bins'")
 
 
 def resolve(preset: str | None, sets: list[str]) -> tuple[OptimizeConfig, Any]:
@@ -133,9 +147,10 @@ def _needs_critic(objective: Any) -> bool:
     return bool(getattr(objective, "needs_critic", hasattr(objective, "critic_loss")))
 
 
-def _mlp_critic(cfg: OptimizeConfig, teacher: Any, num_classes: int):
+def _mlp_critic(cfg: OptimizeConfig, teacher: Any, num_classes: int, azimuth: bool = False):
     """A fresh MLP critic; ``critic.init_steps`` > 0 first fits it to the teacher by DSM
-    (ProlificDreamer's LoRA starts as the teacher), with uniformly drawn camera labels."""
+    (ProlificDreamer's LoRA starts as the teacher), with uniformly drawn camera labels
+    (``azimuth``: a continuous camera azimuth in degrees, uniform on [0, 360))."""
     from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
@@ -143,12 +158,14 @@ def _mlp_critic(cfg: OptimizeConfig, teacher: Any, num_classes: int):
     c = cfg.critic
     critic = make_critic(
         teacher.dim, schedule=teacher.schedule, num_classes=num_classes, hidden=c.hidden,
-        depth=c.depth,
+        depth=c.depth, azimuth_cond=azimuth,
     )  # fmt: skip
     if c.init_steps > 0:
 
         def sample(n: int, rng: torch.Generator):
             x = teacher.sample(n, rng=rng)
+            if azimuth:
+                return x, 360.0 * torch.rand(n, generator=rng)
             return (x, torch.randint(num_classes, (n,), generator=rng)) if num_classes else x
 
         init_critic_from_teacher(critic, sample, steps=c.init_steps, seed=cfg.train.seed)
@@ -171,6 +188,36 @@ def _views_labels(cfg: OptimizeConfig, testbed, az: torch.Tensor) -> torch.Tenso
     return testbed.ring_index(az) if cfg.teacher == "camera" else None
 
 
+def _marginal_reference(testbed) -> dict[str, float]:
+    """What a perfect marginal matcher reads on this teacher (``eval.janus_reference``): the
+    optimal transport of the cameras onto the view marginal, and the least Janus rate of any."""
+    from ..eval.janus_reference import least_janus_rate, ring_ot_reference
+
+    sweep = [c.azimuth for c in testbed.heldout if c.elevation == testbed.elevation]
+    ot = ring_ot_reference(testbed.kappa, testbed.ring_azimuths.numpy(), np.asarray(sweep))
+    return {f"ot_{k}": v for k, v in ot.items()} | {
+        "least_janus_rate": least_janus_rate(testbed.kappa)
+    }
+
+
+def _render_critic(cfg: OptimizeConfig, testbed, field_, schedule):
+    """``() -> RenderMixtureCritic`` of the field as it is now (``sources.critic``)."""
+    from ..sources.critic import RenderMixtureCritic
+
+    rng = torch.Generator().manual_seed(cfg.train.seed + 101)
+    m = cfg.critic.exact_views
+
+    def render(az: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return field_(testbed.cameras(az)).detach()
+
+    def critic():
+        grid = (float(torch.rand((), generator=rng, dtype=torch.float64)) + torch.arange(m)) / m
+        return RenderMixtureCritic(render, 360.0 * grid.double(), cfg.critic.exact_std, schedule)
+
+    return critic
+
+
 def _views_task(cfg: OptimizeConfig, objective: Any, testbed) -> dict[str, Any]:
     """The voxel field, its teacher, ``draw`` and ``evaluate`` on the ``views`` testbed."""
     from ..eval.metrics3d import metrics3d
@@ -186,23 +233,28 @@ def _views_task(cfg: OptimizeConfig, objective: Any, testbed) -> dict[str, Any]:
         cfg.teacher, testbed.camera_teacher
     )
     camera_critic = _accepts(objective, "camera")
-    critic = None
-    if _needs_critic(objective):
-        k = cfg.critic.camera_bins if camera_critic else teacher.num_classes
-        critic = _mlp_critic(cfg, teacher, k)
+    continuous = camera_critic and cfg.critic.camera == "azimuth"
+    critic: Any = None
+    if _needs_critic(objective) and cfg.critic.kind == "exact":
+        critic = _render_critic(cfg, testbed, field_, teacher.schedule)
+    elif _needs_critic(objective):
+        k = cfg.critic.camera_bins if camera_critic and not continuous else teacher.num_classes
+        critic = _mlp_critic(cfg, teacher, 0 if continuous else k, azimuth=continuous)
     reward = _view_classifier(cfg, testbed) if cfg.reward.weight > 0 else None
 
     def draw(rng: torch.Generator) -> Batch:
         cams = testbed.sample_cameras(cfg.train.batch_size, rng)
         az = torch.tensor([c.azimuth for c in cams], dtype=torch.float64)
         cond = _views_labels(cfg, testbed, az)
-        bins = azimuth_bins(az, cfg.critic.camera_bins)
+        bins = az.float() if continuous else azimuth_bins(az, cfg.critic.camera_bins)
         extra: dict[str, Any] = {"camera": bins} if camera_critic else {}
         if reward is not None:
             extra |= {"classifier": reward[0], "view": azimuth_bins(az, cfg.reward.bins)}
         return Batch(field_(cams, rng=rng), cond, bins if camera_critic else cond, extra)
 
     info = {"reward_classifier_acc": reward[1]} if reward is not None else {}
+    if cfg.teacher == "biased":
+        info |= _marginal_reference(testbed)
     evaluate = lambda f: metrics3d(f, testbed)  # noqa: E731
     return {"source": field_, "teacher": teacher, "critic": critic, "draw": draw,
             "evaluate": evaluate, "info": info}  # fmt: skip
@@ -266,7 +318,7 @@ def _load_testbed(cfg: OptimizeConfig):
     if cfg.testbed == "views":
         from ..teachers.views import build_views
 
-        return build_views(0, cfg.schedule, image_size=cfg.image_size)
+        return build_views(0, cfg.schedule, image_size=cfg.image_size, kappa=cfg.kappa)
     from ..teachers.testbeds import get_testbed
 
     return get_testbed(cfg.testbed, schedule=cfg.schedule)

@@ -1,6 +1,6 @@
 """The MLP behind the learned teacher and the critic: ``F(x_in, c_noise, cond)`` with a Fourier
-noise embedding and a class embedding (null class last), its last hidden layer exposed as
-``features`` for a discriminator head."""
+noise embedding and a class embedding (null class last) or a continuous camera azimuth, its last
+hidden layer exposed as ``features`` for a discriminator head."""
 
 from __future__ import annotations
 
@@ -17,24 +17,57 @@ __all__ = ["MLPDenoiserNet"]
 _FOURIER = 16  # noise-level frequencies; log(sigma/alpha) spans about [-7, 5]
 
 
+def _azimuth_features(cond: Tensor | None, n: int, x: Tensor) -> Tensor:
+    """``(n, 2)``: ``[cos az, sin az]`` of azimuths in degrees; zeros for ``NULL_LABEL`` / None."""
+    if cond is None:
+        return x.new_zeros(n, 2)
+    az = cond.to(x.device, torch.float64).reshape(n)
+    rad = torch.deg2rad(az)
+    feats = torch.stack([rad.cos(), rad.sin()], dim=1)
+    return torch.where((az == NULL_LABEL)[:, None], 0.0, feats).to(x.dtype)
+
+
 class MLPDenoiserNet(nn.Module):
     """SiLU MLP ``F(x_in: (B, *D), c_noise: (B,), cond: (B,) | None) -> (B, *D)``, prod(D) = dim.
 
     ``depth`` hidden layers of width ``hidden``; ``c_noise`` enters as ``[c, sin(f c), cos(f c)]``
     (fixed log-spaced ``f``), the class as an added embedding whose last row is the null class
     (``NULL_LABEL``; ``num_classes = 0``: unconditional). The output layer starts at zero.
+
+    ``azimuth_cond=True`` (issue 15) instead reads ``cond: (B,)`` as a camera azimuth in degrees
+    and adds ``E([cos az, sin az])``, ``E`` a Linear-SiLU-Linear embedding; ``NULL_LABEL`` rows
+    ("no camera") get ``E(0)``. This is threestudio's VSD LoRA camera condition on a ring of
+    cameras: ``camera_embedding = TimestepEmbedding(16, 1280)`` of the flattened camera-to-world
+    matrix, zeroed for classifier-free training (``stable_diffusion_vsd_guidance.py``,
+    ``lora_cfg_training``); at a fixed elevation and radius that matrix is affine in
+    ``(cos az, sin az)``.
     """
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 256,
+        depth: int = 4,
+        num_classes: int = 0,
+        azimuth_cond: bool = False,
+    ) -> None:
         super().__init__()
-        if min(dim, hidden, depth) < 1 or num_classes < 0:
-            sizes = f"{dim=}, {hidden=}, {depth=}, {num_classes=}"
-            raise ValueError(f"need dim, hidden, depth >= 1 and num_classes >= 0; got {sizes}")
+        if min(dim, hidden, depth) < 1 or num_classes < 0 or (azimuth_cond and num_classes):
+            sizes = f"{dim=}, {hidden=}, {depth=}, {num_classes=}, {azimuth_cond=}"
+            raise ValueError(
+                "need dim, hidden, depth >= 1, num_classes >= 0, and num_classes = 0 with "
+                f"azimuth_cond; got {sizes}"
+            )
         self.dim, self.hidden, self.depth, self.num_classes = dim, hidden, depth, num_classes
         freqs = math.pi * 2.0 ** torch.linspace(-2.0, 4.0, _FOURIER)  # periods 8 .. 1/8 in c_noise
         self.register_buffer("freqs", freqs, persistent=False)
         self.inp = nn.Linear(dim + 1 + 2 * _FOURIER, hidden)
         self.class_emb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        self.camera_emb = (
+            nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            if azimuth_cond
+            else None
+        )
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
@@ -57,9 +90,12 @@ class MLPDenoiserNet(nn.Module):
         c = c_noise.to(x.dtype).reshape(n, 1)
         arg = c * self.freqs.to(x.dtype)
         h = self.inp(torch.cat([x, c, arg.sin(), arg.cos()], dim=1))
-        idx = self._class_index(cond, n, x.device)
-        if self.class_emb is not None:
-            h = h + self.class_emb(idx)
+        if self.camera_emb is not None:
+            h = h + self.camera_emb(_azimuth_features(cond, n, x))
+        else:  # validates the labels even without a class embedding
+            idx = self._class_index(cond, n, x.device)
+            if self.class_emb is not None:
+                h = h + self.class_emb(idx)
         for layer in self.layers:
             h = layer(F.silu(h))
         return F.silu(h)
