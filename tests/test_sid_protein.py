@@ -23,9 +23,14 @@ from scoredistill.runs.systems.sid_protein import (
     SiDProteinConfig,
     TeacherPlusResidual,
     _ExactModule,
+    best_claims,
     claims,
+    score,
     student_sigmas,
+    teacher_grid,
+    teacher_rows,
 )
+from scoredistill.samplers import SPACINGS, sample
 from scoredistill.schedules import get_schedule
 from scoredistill.sources.generators import FewStepGenerator
 from scoredistill.teachers.backbones import (
@@ -243,6 +248,41 @@ def test_claims_read_the_rows():
     assert not claims(cfg, rows)["claim_student_close"]
 
 
+def test_teacher_best_row_is_the_best_over_samplers_and_grids():
+    cfg = SiDProteinConfig(templates=4, eval_samples=200, teacher_nfes=(2, 4, 8), grid_max_nfe=4)
+    _, t = make_templates(4, 16, seed=0, min_sep=2.5)
+    teacher, templates_a = backbone_teacher(t, 0.55), torch.from_numpy(t)
+    rows = teacher_rows(cfg, teacher_grid(cfg, teacher, templates_a))
+    # independently: every sampler on every grid, each from the runner's noise (seed + 20000)
+    cells = {}
+    for s in ("ddim", "dpmpp-2m", "heun", "euler"):
+        for g in SPACINGS:
+            for nfe in (2, 4):
+                rng = torch.Generator().manual_seed(cfg.seed + 20_000)
+                x, used = sample(teacher, s, nfe, 200, rng=rng, spacing=g)
+                cells[s, g, used] = score(cfg, x, templates_a)["designability"]
+    rng = torch.Generator().manual_seed(cfg.seed + 20_000)  # above grid_max_nfe: DDIM only
+    x, _ = sample(teacher, "ddim", 8, 200, rng=rng, spacing="logsnr")
+    cells["ddim", "logsnr", 8] = score(cfg, x, templates_a)["designability"]
+    best = {r["nfe"]: r for r in rows if r["row"].startswith("teacher best")}
+    ddim = {r["nfe"]: r for r in rows if r["row"] == "teacher DDIM"}
+    assert sorted(best) == [2, 4, 8] and sorted(ddim) == [2, 4, 8]
+    for budget, r in best.items():
+        want = max(d for (_, _, used), d in cells.items() if used <= budget)
+        assert r["designability"] == want and r["nfe_used"] <= budget
+        assert cells[r["sampler"], r["spacing"], r["nfe_used"]] == want  # the named cell won
+        assert r["designability"] >= ddim[budget]["designability"]
+    assert ddim[4]["designability"] == cells["ddim", "logsnr", 4]
+    assert best[4]["designability"] > ddim[4]["designability"]  # informative: DDIM is not it
+    # the claim against the best: the first budget within few_points of the student's 0.95
+    student = {"row": "SiD 16-step", "nfe": 16, "gamma": cfg.gamma, "designability": 0.95}
+    fake = [{"row": "teacher best (x)", "nfe": k, "designability": d}
+            for k, d in ((16, 0.80), (64, 0.91), (400, 0.96))]  # fmt: skip
+    c = best_claims(cfg, [*fake, student])
+    assert c["best_at_student_nfe"] == 0.80 and c["best_nfe_within_few_points"] == 64
+    assert c["best_nfe_reaching_student"] == 400 and not c["claim_student_close_best"]  # 64 < 320
+
+
 @pytest.mark.parametrize(
     "sets",
     [
@@ -251,6 +291,7 @@ def test_claims_read_the_rows():
         ["gammas=[0.3,1.0]"],
         ["teacher_nfes=[0]"],
         ["one_step_t=1"],
+        ['teacher_samplers=["nope"]'],
     ],
 )
 def test_bad_values_raise_config_error(sets):

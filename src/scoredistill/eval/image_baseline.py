@@ -104,16 +104,22 @@ def diffusers_ddim_rows(
 
 
 def best_rows(
-    rows: list[dict[str, Any]], budgets: Sequence[int] | None = None, key: str = "fd"
+    rows: list[dict[str, Any]],
+    budgets: Sequence[int] | None = None,
+    key: str = "fd",
+    *,
+    maximize: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """The teacher's best row (lowest ``key``) within each NFE budget: ``{budget: row}``, the
-    minimum over every sampler and grid that uses at most ``budget`` evaluations (Heun's odd
-    budgets count toward the next even one). ``budgets`` defaults to the NFEs in ``rows``."""
+    """The teacher's best row (lowest ``key``; highest with ``maximize``) within each NFE budget:
+    ``{budget: row}``, the best over every sampler and grid that uses at most ``budget``
+    evaluations (Heun's odd budgets count toward the next even one). ``budgets`` defaults to the
+    NFEs in ``rows``."""
     scored = [r for r in rows if key in r]
     budgets = sorted(set(budgets or (int(r["nfe"]) for r in scored)))
+    pick = max if maximize else min
     best: dict[str, dict[str, Any]] = {}
     for b in budgets:
         within = [r for r in scored if int(r["nfe"]) <= b]
         if within:
-            best[str(b)] = min(within, key=lambda r: r[key])
+            best[str(b)] = pick(within, key=lambda r: r[key])
     return best
