@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .unet import QUICK as UNET_QUICK
+
 __all__ = ["DESCRIPTIONS", "PRESETS", "QUICK"]
 
 _CPU = {
@@ -49,16 +51,5 @@ DESCRIPTIONS: dict[str, str] = {
     "50 of its 1000 timesteps, EMA target 0.95); 1/2/4-step samples, LCMScheduler export",
 }
 
-# ``--quick``: seconds per run; checks that the run works, not the numbers
-QUICK = [
-    "train.steps=4",
-    "train.batch_size=16",
-    "train.eval_every=0",
-    "train.checkpoint_every=1000",
-    "train.log_every=2",
-    "train.ema_halflife=1",
-    "eval.samples=64",
-    "eval.nfe=[1, 2]",
-    'eval.samplers=["ddim"]',
-    "eval.panel_nfe=2",
-]
+# ``--quick``: the distill-unet family's smoke budget (same loop and eval keys)
+QUICK = UNET_QUICK
