@@ -44,3 +44,14 @@ def prompts(tmp_path) -> str:
     path = tmp_path / "prompts.txt"
     path.write_text("a handwritten 3\n\n  a bold handwritten 7  \n")
     return str(path)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of small tensors: on a shared 2-core machine a second thread
+    only competes (grid25's denoiser took 2 s instead of 0.04 s, with the same numbers). A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield

@@ -30,13 +30,7 @@ from scoredistill.sources.critic import make_critic
 from scoredistill.teachers.views import ViewsTestbed, build_views
 from scoredistill.train.view_classifier import azimuth_bins
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _circ(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,13 +39,7 @@ F64 = torch.float64
 SD = 0.5  # sigma_data used with the hand-built mixtures below
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny nets: intra-op threads only add sync cost (10-60x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(schedule: str = "edm", labels: bool = False) -> GaussianMixtureTeacher:

@@ -26,14 +26,7 @@ from scoredistill.train.common import NonFiniteLossError
 from scoredistill.train.optimize import Batch, OptimizeLoopConfig, optimize
 from scoredistill.train.view_classifier import ViewClassifier, azimuth_bins
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: a second thread only competes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- presets

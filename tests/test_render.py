@@ -19,14 +19,7 @@ from scoredistill.scene.cameras import (
 from scoredistill.scene.field3d import VoxelField, field_grid
 from scoredistill.scene.render import ray_box, render, render_batch, render_rays
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: on a shared 2-core machine extra intra-op threads only compete."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _constant_field(g: int, sigma: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -26,14 +26,7 @@ F32_REL_TOL = 1e-4  # the issue's requirement; measured worst batch error is 1.4
 DIGITS_MIN_HELDOUT_ACC = 0.96
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors here are tiny: on a shared 2-core machine, two intra-op threads made these tests
-    up to 50x slower (grid25's denoiser: 2 s vs 0.04 s) without changing any number."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _arrays(tb: _Testbed) -> list[np.ndarray]:

@@ -29,14 +29,7 @@ from scoredistill.teachers.views import (
     views_testbed,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: on a shared 2-core machine extra intra-op threads only compete."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
