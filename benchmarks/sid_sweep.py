@@ -112,7 +112,7 @@ def main() -> None:
     a = p.parse_args()
     # each run's report.md places the student in the teacher's sampler table: ~20 s of CPU a run,
     # the same table in every cell (`scoredistill baseline --testbed ring8` prints it once)
-    distill_run._placement = lambda *_: "(teacher table skipped by benchmarks/sid_sweep.py)"
+    distill_run.placement = lambda *_: "(teacher table skipped by benchmarks/sid_sweep.py)"
     cells: dict[str, dict[str, Any]] = {}
     for rng in a.ranges:
         for alpha in a.alphas:

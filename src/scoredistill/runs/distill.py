@@ -33,6 +33,7 @@ from .distill_generator import (
     make_generator,
     teacher_init_generator,
 )
+from .distill_report import placement, save_previews, write_report
 from .family import Family, Resolved, report_section
 
 __all__ = [
@@ -260,12 +261,12 @@ def run_distill(
         labels=labels,
     )
     keep = slice(0, 512)  # enough points (and more than the 64 images a grid shows)
-    _save_previews(
+    save_previews(
         out / "previews.png", testbed, critic, x[keep], None if labels is None else labels[keep]
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     save_training_curves(records, out / "curves.png")
-    _write_report(out, cfg, metrics, result["history"], init, _placement(testbed, cfg, metrics))
+    write_report(out, cfg, metrics, result["history"], init, placement(testbed, cfg, metrics))
     return metrics
 
 
@@ -291,30 +292,6 @@ def _backtrack_path(cfg: DistillConfig, testbed, gen, critic) -> TeacherPath:
     return TeacherPath(testbed.teacher, path, per_node)
 
 
-PREVIEW_TIMES = (0.15, 0.4, 0.7)  # fractions of the sampler's time range
-
-
-def _save_previews(path: Path, testbed, critic, x: torch.Tensor, labels) -> None:
-    """``D_real`` beside ``D_fake`` on the same noised student samples at a few times: where the
-    critic still disagrees with the teacher is where the generator is pushed."""
-    from ..eval.plots import save_panels
-    from ..objectives._ingredients import add_noise, sample_t
-
-    rng = torch.Generator().manual_seed(0)
-    real, fake = (
-        {"student x": x},
-        {"exact data": testbed.truth.sample(len(x), rng=rng, cond=labels)},
-    )
-    with torch.no_grad():
-        for u in PREVIEW_TIMES:  # one row of D_real over one row of D_fake
-            t = sample_t(x.shape[0], testbed.teacher.schedule, (u, u), rng, dtype=x.dtype)
-            x_t, _, _, sigma = add_noise(x, t, testbed.teacher.schedule, rng)
-            level = f"t={t[0].item():.3g}, σ={sigma[0].item():.3g}"
-            real[f"D_real ({level})"] = testbed.teacher.denoise(x_t, t, labels)
-            fake[f"D_fake ({level})"] = critic.denoise(x_t, t, labels)
-    save_panels(testbed, real | fake, path, labels=labels)
-
-
 def _initial_metrics(out: Path, gen, evaluate) -> dict[str, float]:
     """The untrained generator's metrics, kept in ``initial.json`` (so a resumed run reports the
     same starting point)."""
@@ -325,56 +302,6 @@ def _initial_metrics(out: Path, gen, evaluate) -> dict[str, float]:
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(path, metrics)
     return metrics
-
-
-def _placement(testbed, cfg: DistillConfig, metrics: dict) -> str:
-    """The student's row inside the teacher's sampler × NFE table (same n, same seeds)."""
-    from ..eval.baseline import baseline_rows, exact_rows
-    from ..eval.report import baseline_markdown
-
-    n, seed = cfg.train.eval_samples, cfg.train.seed
-    rows, _ = baseline_rows(testbed, ("ddim", "dpmpp-2m"), (1, 2, 4, 8, 16), n, seed)
-    # the student's "wall s" is its sampling time, like the teacher rows (metrics.json's wall_s
-    # is the whole run)
-    rows.append(
-        {"sampler": f"**student ({cfg.method})**", **metrics, "wall_s": metrics["sample_s"]}
-    )
-    rows.sort(key=lambda r: (r["nfe"], r["sampler"]))
-    rows.extend(exact_rows(testbed, n, seed))
-    table = {"testbed": testbed.name, "schedule": cfg.schedule, "n": n, "seed": seed, "rows": rows}
-    return baseline_markdown(table)
-
-
-def _write_report(
-    out: Path, cfg: DistillConfig, metrics: dict, history: list, init: dict, placement: str
-) -> None:
-    from ..eval.report import COLUMNS, format_value
-
-    keys = [k for k, _ in COLUMNS if k in metrics and k != "wall_s"]
-    lines = [
-        f"# {cfg.method} on {cfg.testbed}",
-        "",
-        f"Objective: `{cfg.objective}`",
-        "",
-        "| step | " + " | ".join(keys) + " |",
-        "|---:|" + "---:|" * len(keys),
-    ]
-    for row in [{"step": 0, **metrics["initial"]}, *history, {"step": cfg.train.steps, **metrics}]:
-        lines.append(f"| {row['step']} | " + " | ".join(format_value(row[k]) for k in keys) + " |")
-    lines += [
-        "",
-        f"Wall time {metrics['wall_s']:.1f} s; student NFE {metrics['nfe']}. Compare with the teacher's "
-        f"sampler table: `scoredistill baseline --testbed {cfg.testbed}`.",
-        "",
-        f"Critic initialised by {init['steps']} DSM steps on teacher samples "
-        f"(final loss {init['final_loss']:.4g}, {init['wall_time_s']:.1f} s).",
-        "",
-        "## Where the student lands among the teacher's samplers",
-        "",
-        placement,
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(lines))
 
 
 def testbed_resolver(

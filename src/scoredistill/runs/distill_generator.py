@@ -106,8 +106,8 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
 
     from ..sources.generators import FewStepGenerator, TeacherInitGenerator
 
-    base = copy.deepcopy(fitted)
+    base = copy.deepcopy(fitted).requires_grad_(True).train()  # the one copy
     base.head = None  # DMD2's GAN head belongs to the critic
     if g.kind == "few_step":
-        return FewStepGenerator.from_teacher(base, steps=g.steps)
-    return TeacherInitGenerator(base, g.sigma_init)
+        return FewStepGenerator(base, steps=g.steps)  # uses the denoiser as given
+    return TeacherInitGenerator(base, g.sigma_init)  # copies once more (its own contract)
