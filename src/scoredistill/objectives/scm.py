@@ -16,7 +16,9 @@ teacher's PF-ODE velocity ``dx_hat/dtheta = sigma_d F_teacher`` (sCD, eq. 4) and
 ``cos(theta) df^-/dtheta``: it vanishes for the exact consistency function, so the loss does
 (``tests/test_consistency.py``). ``r`` rises linearly from 0 to 1 over ``tangent_warmup_steps``
 (tangent warm-up), ``w = 1 / sigma`` (prior weighting), ``u`` is the student's learned
-log-variance (adaptive weighting). The tangent and the loss are computed in float64.
+log-variance (adaptive weighting). The tangent and the loss are computed in float64. A student
+with a ``theta_range`` (a diffusers table network, ``sources.diffusers_consistency.
+TrigFlowLCM``) gets its angles clamped to that range: the network knows no other level.
 
 Defaults and their source (FastGen, ``NVlabs/FastGen`` ``fastgen/methods/consistency_model/
 sCM.py`` and ``fastgen/configs/methods/config_scm.py``, read for this file): ``p_mean = -1.0``,
@@ -78,6 +80,9 @@ class SCM:
             self.p_mean + self.p_std * torch.randn(n, generator=rng, dtype=torch.float64)
         )
         theta = torch.atan(sigma / sd)
+        if hasattr(student, "theta_range"):  # a table teacher's network: its trained levels
+            theta = theta.clamp(*student.theta_range)
+            sigma = sd * torch.tan(theta)
         z = sd * torch.randn(x0.shape, generator=rng, dtype=torch.float64)
         x_hat = torch.cos(theta)[:, None] * x0.double() + torch.sin(theta)[:, None] * z
         with torch.no_grad():

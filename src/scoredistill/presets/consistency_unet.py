@@ -1,5 +1,5 @@
 """Presets ``<method>-unet`` of family ``distill-consistency-unet``: consistency distillation of a
-diffusers teacher folder (``scoredistill distill --preset cd-unet --teacher DIR``).
+diffusers teacher folder (``scoredistill distill --preset cd-unet|scm-unet --teacher DIR``).
 
 The budget is sized for the bundled 0.28M-parameter 8×8 digits UNet on one core: a CD step at
 batch 32 runs the student (forward and backward), the EMA target and the teacher once each;
@@ -45,10 +45,30 @@ _CD = {
     "train.grad_clip": 1.0,
     "train.lr": 1e-4,
 }
-PRESETS: dict[str, dict[str, Any]] = {"cd-unet": {**_CPU, **_CD}}
+# sCD (FastGen ``configs/experiments/EDM/config_scd_in64.py`` on ``config_scm.py``): Adam
+# (0.9, 0.99), no weight decay, lr 7e-5, grad clip 10; the objective's defaults (objectives/
+# scm.py) keep log sigma ~ N(-1, 1.4), c = 0.1, prior and adaptive weighting. Departures: the
+# tangent warm-up spans 400 steps, a third of the budget, not 10 000 (r would stay below 0.12;
+# scm-ring8 does the same); Adam's eps stays torch's 1e-8 (FastGen: 1e-11, for fp16 AMP); no
+# inverse-square-root lr decay (FastGen: over 35 000 steps, beyond the budget); the student
+# samples on LCM's 50-step grid of the teacher's table, as the exported LCMScheduler does
+# (FastGen's 2-step sCM re-noises at sigma 0.821): one sampler for cd-unet and scm-unet
+_SCM = {
+    "method": "scm",
+    "objective.tangent_warmup_steps": 400,
+    "train.optimizer": "adamw",
+    "train.beta1": 0.9,
+    "train.beta2": 0.99,
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 10.0,
+    "train.lr": 7e-5,
+}
+PRESETS: dict[str, dict[str, Any]] = {"cd-unet": {**_CPU, **_CD}, "scm-unet": {**_CPU, **_SCM}}
 DESCRIPTIONS: dict[str, str] = {
     "cd-unet": "LCM-style consistency distillation of a diffusers teacher (skipping-step DDIM on "
     "50 of its 1000 timesteps, EMA target 0.95); 1/2/4-step samples, LCMScheduler export",
+    "scm-unet": "sCM (Lu & Song 2024) on a diffusers teacher: continuous-time CD in TrigFlow with "
+    "a forward-mode JVP through the UNet; 1/2/4-step samples, LCMScheduler export",
 }
 
 # ``--quick``: the distill-unet family's smoke budget (same loop and eval keys)

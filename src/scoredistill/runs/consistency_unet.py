@@ -1,9 +1,12 @@
-"""``scoredistill distill --preset cd-unet --teacher DIR``: consistency distillation of a diffusers
-teacher folder into a 1-4-step student exported as a stock pipeline.
+"""``scoredistill distill --preset cd-unet|scm-unet --teacher DIR``: consistency distillation of a
+diffusers teacher folder into a 1-4-step student exported as a stock pipeline.
 
 The student is LCM's consistency function on a trainable copy of the teacher's network
 (``sources.diffusers_consistency.LCMConsistency``), trained by the same CD objective as the exact
-testbeds (``objectives/cd.py``: draw, teacher DDIM solve, distance) in the same consistency loop
+testbeds (``objectives/cd.py``: draw, teacher DDIM solve, distance) or by sCM's continuous-time
+objective (``objectives/scm.py``) on the same network seen in TrigFlow coordinates
+(``TrigFlowLCM``: forward-mode JVP through the UNet, its attention made forward-AD-able by
+``forward_ad_attention``), in the same consistency loop
 (``train.consistency``: EMA target, evaluated EMA, checkpoints, ``--resume``), on the real images
 the teacher was trained on (``data``, as LCM noises real data). The teacher, the data and the
 scores are the ``distill-unet`` family's (``runs.unet``: FD, precision/recall and class accuracy
@@ -31,6 +34,7 @@ from ..config import ConfigError, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives.cd import CD
+from ..objectives.scm import SCM
 from ..presets.consistency_unet import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.consistency import ConsistencyLoopConfig, train_consistency
@@ -39,13 +43,16 @@ from .family import Family, Resolved, report_section
 
 __all__ = ["FAMILY", "METHODS", "ConsistencyUNetConfig", "EvalConfig", "StudentConfig", "run"]
 
-METHODS: dict[str, type] = {"cd": CD}
+METHODS: dict[str, type] = {"cd": CD, "scm": SCM}
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     timestep_scaling: PositiveFloat = 10.0  # LCM's c_skip/c_out scale (LCMScheduler's default)
     sample_steps: PositiveInt = 1  # steps of samples.npz and the top-level metrics
+    # scm: LCM grid size the student samples and exports on (cd: objective.grid // skip)
+    original_steps: PositiveInt = 50
+    sigma_data: PositiveFloat = 0.5  # scm: TrigFlow's sigma_d (sCM's, images in [-1, 1])
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"  # attention kernels (runs.unet.load_teacher)
 
@@ -68,7 +75,14 @@ class ConsistencyUNetConfig:
     export: bool = True  # write OUT/pipeline/
 
 
-def _check(cfg: ConsistencyUNetConfig, objective: CD, teacher) -> None:
+def _original_steps(cfg: ConsistencyUNetConfig, objective: CD | SCM) -> int:
+    """The LCM grid the student samples on: CD's solver grid, or ``student.original_steps``."""
+    if isinstance(objective, CD):
+        return objective.grid // objective.skip
+    return cfg.student.original_steps
+
+
+def _check(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> None:
     """The teacher has a table the objective's grid can be laid on, and the evaluated step counts
     fit the grid; ``ConfigError`` naming the key otherwise."""
     if teacher.family != "vp" or teacher.continuous:
@@ -76,6 +90,22 @@ def _check(cfg: ConsistencyUNetConfig, objective: CD, teacher) -> None:
             f"config key 'teacher': LCM's grid needs a VP-table teacher (DDPM, DDIM, ...), not a "
             f"{type(teacher.scheduler).__name__}"
         )
+    m = _original_steps(cfg, objective)
+    if isinstance(objective, SCM):
+        if m > teacher.native_schedule.n:
+            raise ConfigError(
+                f"config key 'student.original_steps': {m} exceeds the teacher's "
+                f"{teacher.native_schedule.n} timesteps"
+            )
+    else:
+        _check_cd(objective, teacher)
+    bad = [k for k in (*cfg.eval.steps, cfg.student.sample_steps) if k > m]
+    if bad:
+        raise ConfigError(f"config key 'eval.steps': {bad} exceed the {m} grid timesteps")
+
+
+def _check_cd(objective: CD, teacher) -> None:
+    """CD's solver grid is LCM's on the teacher's own table."""
     if objective.spacing != "table":
         raise ConfigError(
             "config key 'objective.spacing': the exported LCMScheduler runs LCM's grid on the "
@@ -87,10 +117,6 @@ def _check(cfg: ConsistencyUNetConfig, objective: CD, teacher) -> None:
             f"config key 'objective.grid' must equal the teacher's {n} timesteps (got "
             f"{objective.grid})"
         )
-    m = objective.grid // objective.skip
-    bad = [k for k in (*cfg.eval.steps, cfg.student.sample_steps) if k > m]
-    if bad:
-        raise ConfigError(f"config key 'eval.steps': {bad} exceed the {m} grid timesteps")
 
 
 def _resolve(preset: str | None, sets: list[str]) -> Resolved:
@@ -101,16 +127,23 @@ def _resolve(preset: str | None, sets: list[str]) -> Resolved:
     return Resolved(cfg, objective, preset)
 
 
-def _student(cfg: ConsistencyUNetConfig, objective: CD, teacher):
-    from ..sources.diffusers_consistency import LCMConsistency
+def _student(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher):
+    """CD: the ``LCMConsistency``; sCM: its ``TrigFlowLCM`` view (forward-AD attention when the
+    JVP is forward mode)."""
+    from ..sources.diffusers_consistency import LCMConsistency, TrigFlowLCM, forward_ad_attention
 
     torch.manual_seed(cfg.train.seed)
-    return LCMConsistency(
+    lcm = LCMConsistency(
         teacher,
-        original_steps=objective.grid // objective.skip,
+        original_steps=_original_steps(cfg, objective),
         timestep_scaling=cfg.student.timestep_scaling,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
     )
+    if isinstance(objective, CD):
+        return lcm
+    if objective.jvp == "forward":
+        forward_ad_attention(lcm.denoiser.model)
+    return TrigFlowLCM(lcm, cfg.student.sigma_data)
 
 
 def _score_steps(student, teacher, steps: int, n: int, seed: int, score_seed: int):
@@ -121,7 +154,7 @@ def _score_steps(student, teacher, steps: int, n: int, seed: int, score_seed: in
     return {**unet.score(teacher, x, labels, score_seed), "nfe": steps, "sample_s": wall}, x, labels
 
 
-def run(cfg: ConsistencyUNetConfig, objective: CD, out: Path, resume: bool = False) -> dict:
+def run(cfg: ConsistencyUNetConfig, objective: CD | SCM, out: Path, resume: bool = False) -> dict:
     """Load, train, evaluate, export and write the run folder; returns the final metrics."""
     from ..eval.image_baseline import best_rows, image_rows
     from ..export import export_consistency_pipeline
@@ -158,7 +191,8 @@ def run(cfg: ConsistencyUNetConfig, objective: CD, out: Path, resume: bool = Fal
     np.savez(out / "samples.npz", **arrays)
 
     def export() -> str:
-        path = export_consistency_pipeline(ema, teacher, out, note=f"scoredistill {cfg.method}")
+        lcm = getattr(ema, "f", ema)  # sCM's TrigFlowLCM wraps the exported LCM network
+        path = export_consistency_pipeline(lcm, teacher, out, note=f"scoredistill {cfg.method}")
         return f"`{path}` (load with `DiffusionPipeline.from_pretrained`)"
 
     rollout = LCMRollout(ema, k)
@@ -203,7 +237,7 @@ def param_report(cfg: ConsistencyUNetConfig) -> dict[str, Any]:
 
 FAMILY = Family(
     name="distill-consistency-unet",
-    help="consistency distillation (LCM-style CD) of a diffusers teacher folder into a "
+    help="consistency distillation (LCM-style CD or sCM) of a diffusers teacher folder into a "
     "1-4-step student and a stock LCM pipeline",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,

@@ -17,6 +17,18 @@ pipelines' prior, ``init_noise_sigma = 1``), ``x0 = f(x, k_j)``, then before the
 ``x = sqrt(abar_{k_{j+1}}) x0 + sqrt(1 - abar) eps`` with fresh ``eps``; the timesteps are
 ``lcm_inference_timesteps`` (``LCMScheduler.set_timesteps``), so ``export.
 export_consistency_pipeline`` writes a stock folder that reproduces it for the same generator.
+
+``TrigFlowLCM`` is sCM's view of the same consistency function (Lu & Song 2024, eq. 9 and
+Sec. 2): at the TrigFlow angle ``theta`` of the VE level ``s = sigma_d tan(theta)``,
+
+    f(x_hat, theta) = LCM's f(x_k, k),    x_k = sqrt(abar_k) x_hat / cos(theta),   k = k(s),
+    F(x_hat, theta) = (cos(theta) x_hat - f(x_hat, theta)) / (sigma_d sin(theta)),
+
+so ``cos x_hat - sin sigma_d F = f`` holds by construction and the sCM student *is* the LCM
+network: ``export_consistency_pipeline`` writes it unchanged. ``k(s)`` is the teacher table's
+fractional index at log-SNR ``-2 log s`` (``index_from_log_snr``, piecewise linear, so a
+forward-mode JVP carries ``d/dtheta`` through the time input). The angles are restricted to the
+table's range (``theta_range``): an eps-network is undefined outside what it was trained on.
 """
 
 from __future__ import annotations
@@ -30,7 +42,14 @@ from ..teachers.diffusers import DiffusersTeacher
 from .diffusers import _copy
 from .generators import draw_latent
 
-__all__ = ["SIGMA_DATA", "LCMConsistency", "LCMRollout", "lcm_inference_timesteps"]
+__all__ = [
+    "SIGMA_DATA",
+    "LCMConsistency",
+    "LCMRollout",
+    "TrigFlowLCM",
+    "forward_ad_attention",
+    "lcm_inference_timesteps",
+]
 
 SIGMA_DATA = 0.5  # LCMScheduler's fixed sigma_data of the boundary scalings
 
@@ -145,3 +164,84 @@ class LCMRollout(nn.Module):
         self, z: Tensor, cond: Tensor | None = None, *, rng: torch.Generator | None = None
     ) -> Tensor:
         return self.student.sample(z, cond, steps=self.steps, rng=rng)
+
+
+# Fourier frequencies of the log-variance head's features of c = log(s) / 4 (EDM's c_noise;
+# EDM2 puts a Fourier embedding and one linear layer on the noise level for u)
+_LOGVAR_FREQS = math.pi * 2.0 ** torch.arange(-2, 4, dtype=torch.float32)
+
+
+def _contiguous(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    return output.contiguous()
+
+
+def forward_ad_attention(model: nn.Module) -> int:
+    """Make ``model`` (a diffusers network) differentiable in forward mode: every ``Attention``
+    block runs the eager processor and returns a contiguous output. Torch's SDPA has no
+    forward-AD rule on CPU, and group norm's rule ``view``s the non-contiguous tangent the eager
+    attention returns (``docs/consistency.md``, "sCM on a diffusers UNet"); a forward hook
+    (public ``nn.Module`` API, diffusers' code untouched) returns ``output.contiguous()``. The
+    values are unchanged. Returns the number of blocks."""
+    from diffusers.models.attention_processor import Attention
+
+    from .diffusers import set_attention
+
+    count = set_attention(model, "eager")
+    for block in model.modules():
+        if isinstance(block, Attention):
+            block.register_forward_hook(_contiguous)
+    return count
+
+
+class TrigFlowLCM(nn.Module):
+    """sCM's ``F``, ``logvar`` and ``f`` on an ``LCMConsistency`` (module docstring); samples,
+    timesteps and export are the LCM network's. ``x_hat: (B, dim)``, ``theta: (B,)`` radians."""
+
+    def __init__(self, consistency: LCMConsistency, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.f, self.sigma_data = consistency, float(sigma_data)
+        self.dim, self.num_classes, self.shape = (
+            consistency.dim,
+            consistency.num_classes,
+            (consistency.shape),
+        )
+        lo, hi = consistency.denoiser.log_snr_range  # log-SNR = -2 log s
+        self.theta_range = tuple(math.atan(math.exp(-lam / 2) / sigma_data) for lam in (hi, lo))
+        self.logvar_head = nn.Linear(1 + 2 * _LOGVAR_FREQS.numel(), 1)
+        nn.init.zeros_(self.logvar_head.weight)  # u = 0 at the start (sCM's adaptive weight)
+        nn.init.zeros_(self.logvar_head.bias)
+
+    def _native(self, x_hat: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x_k, t)``: the native sample and library time ``k / (N - 1)`` at ``theta``."""
+        th = theta.to(torch.float64)
+        lam = -2 * torch.log(self.sigma_data * torch.tan(th))
+        k = self.f.denoiser.native_schedule.index_from_log_snr(lam)
+        scale = torch.sigmoid(lam).sqrt() / torch.cos(th)
+        return x_hat * scale[:, None].to(x_hat.dtype), k / (self.f.n_train - 1)
+
+    def forward(self, x_hat: Tensor, theta: Tensor, cond: Tensor | None = None) -> Tensor:
+        x_k, t = self._native(x_hat, theta)
+        return self.f(x_k, t, cond)
+
+    def F(self, x_hat: Tensor, theta: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``(cos(theta) x_hat - f) / (sigma_d sin(theta))``, ``(B, dim)``."""
+        cos, sin = (c(theta)[:, None].to(x_hat.dtype) for c in (torch.cos, torch.sin))
+        return (cos * x_hat - self(x_hat, theta, cond)) / (self.sigma_data * sin)
+
+    def logvar(self, theta: Tensor) -> Tensor:
+        """The adaptive weighting's log-variance ``u(theta)``, ``(B,)``."""
+        c = 0.25 * torch.log(self.sigma_data * torch.tan(theta.float())).reshape(-1, 1)
+        arg = c * _LOGVAR_FREQS.to(c.device)
+        return self.logvar_head(torch.cat([c, arg.sin(), arg.cos()], dim=1)).reshape(-1)
+
+    def timesteps(self, steps: int) -> tuple[int, ...]:
+        return self.f.timesteps(steps)
+
+    def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        return self.f.sample_latent(n, rng)
+
+    def sample(self, z: Tensor, cond: Tensor | None = None, *, steps: int = 1, rng=None) -> Tensor:
+        """LCM's multistep sampler (the exported pipeline's)."""
+        return self.f.sample(z, cond, steps=steps, rng=rng)
