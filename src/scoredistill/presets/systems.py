@@ -66,11 +66,14 @@ _NASA_QUICK = {
     "cfg_scales": [1.0],
 }
 
+_DIFFPROTECT_SD_QUICK = {"steps": 2, "n_images": 4, "strengths": [0.1], "inference_steps": 20}
+
 SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
     "nasa-attrgrid": {"system": "nasa", "quick": _NASA_QUICK},
     "dpo-completion": {"system": "dpo", "quick": _DPO_QUICK},
     "sid-protein": {"system": "sid_protein", "quick": _SID_PROTEIN_QUICK},
     "diffprotect-digits": {"system": "diffprotect", "quick": _DIFFPROTECT_QUICK},
+    "diffprotect-sd": {"system": "diffprotect_sd", "quick": _DIFFPROTECT_SD_QUICK},
     "dd2-markov": {"system": "dd2", "quick": _DD2_QUICK},
     "dd2-markov-prefix-grad": {"system": "dd2", "prefix_grad": True, "quick": _DD2_QUICK},
 }
@@ -84,6 +87,8 @@ DESCRIPTIONS: dict[str, str] = {
     "(exact mixture teacher), re-noised at inference with scale gamma, vs the teacher's DDIM",
     "diffprotect-digits": "Diff-Protect: L-inf PGD protection of digits against SDEdit on a VAE "
     "latent with an exact mixture prior; SDS(+/-) through the encoder only vs AdvDM(+/-)",
+    "diffprotect-sd": "Diff-Protect on the bundled SD pipeline: L-inf PGD (SDS+/-, AdvDM+/-) "
+    "through the diffusers VAE/UNet vs stock img2img mimicry (L2/PSNR, prompt accuracy)",
     "dd2-markov": "DD2: one-step student of an exact AR model over continuous Markov tokens, "
     "DMD per position on a stop-gradient prefix, vs AR and independent sampling",
     "dd2-markov-prefix-grad": "DD2 as dd2-markov, with gradients through the prefix "

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...presets.systems import DESCRIPTIONS, SYSTEM_PRESETS
 from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
-from . import dd2, diffprotect, dpo, nasa, sid_protein
+from . import dd2, diffprotect, diffprotect_sd, dpo, nasa, sid_protein
 
 __all__ = ["FAMILY", "SYSTEMS", "System", "quick_sets", "run_system"]
 
@@ -28,6 +28,9 @@ SYSTEMS: dict[str, System] = {
     "diffprotect": System(diffprotect.DiffProtectConfig, diffprotect.procedure, diffprotect.report),
     "sid_protein": System(sid_protein.SiDProteinConfig, sid_protein.procedure, sid_protein.report),
     "nasa": System(nasa.NASAConfig, nasa.procedure, nasa.report),
+    "diffprotect_sd": System(
+        diffprotect_sd.DiffProtectSDConfig, diffprotect_sd.procedure, diffprotect_sd.report
+    ),
 }
 
 
