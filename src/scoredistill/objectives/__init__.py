@@ -5,8 +5,9 @@ Each method is a frozen dataclass of its hyperparameters with
 ``critic_loss(x, cond, *, critic, rng) -> Loss``; networks come in as arguments. The consistency
 methods (``CONSISTENCY_OBJECTIVES``, the loop ``train.consistency``) instead take data ``x0`` and
 the student: ``loss(x0, cond, *, student, target, teacher, rng, step) -> Loss``; rCM adds a
-critic (``critic=``, ``critic_loss``). Sampling-step-aware objectives (``step_aware``: TDM, Phased
-DMD) also get the few-step student's ``step`` and ``student_times`` from the two-player loop.
+critic (``critic=``, ``critic_loss``), SANA-Sprint a discriminator (a head on a frozen trunk).
+Sampling-step-aware objectives (``step_aware``: TDM, Phased DMD) also get the few-step student's
+``step`` and ``student_times`` from the two-player loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .hypersd import HyperSD
 from .ism import ISM
 from .phased_dmd import PhasedDMD
 from .rcm import RCM
+from .sana_sprint import SanaSprint
 from .scm import SCM
 from .sds import SDS
 from .sfd import SFD
@@ -56,6 +58,7 @@ __all__ = [
     "HyperSD",
     "Loss",
     "PhasedDMD",
+    "SanaSprint",
     "SiD",
 ]
 
@@ -82,4 +85,10 @@ SCORE_OBJECTIVES: dict[str, type] = {
     "ism": ISM,
 }
 
-CONSISTENCY_OBJECTIVES: dict[str, type] = {"cd": CD, "scm": SCM, "rcm": RCM, "hypersd": HyperSD}
+CONSISTENCY_OBJECTIVES: dict[str, type] = {
+    "cd": CD,
+    "scm": SCM,
+    "rcm": RCM,
+    "hypersd": HyperSD,
+    "sana_sprint": SanaSprint,
+}

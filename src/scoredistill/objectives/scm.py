@@ -62,6 +62,13 @@ class SCM:
             return 1.0
         return min(1.0, step / self.tangent_warmup_steps)
 
+    def draw_angles(self, n: int, sigma_d: float, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(sigma, theta)``, float64 ``(n,)``: ``log sigma ~ N(p_mean, p_std^2)``,
+        ``theta = atan(sigma / sigma_d)`` (sCM's training-time law)."""
+        noise = torch.randn(n, generator=rng, dtype=torch.float64)
+        sigma = torch.exp(self.p_mean + self.p_std * noise)
+        return sigma, torch.atan(sigma / sigma_d)
+
     def loss(
         self,
         x0: Tensor,
@@ -76,10 +83,7 @@ class SCM:
         """``x0: (B, D)`` data, ``student`` a ``TrigFlowStudent``-like module (``F``, ``logvar``,
         ``sigma_data``); ``target`` is unused (``F^-`` is the online network, stop-grad)."""
         sd, n = student.sigma_data, x0.shape[0]
-        sigma = torch.exp(
-            self.p_mean + self.p_std * torch.randn(n, generator=rng, dtype=torch.float64)
-        )
-        theta = torch.atan(sigma / sd)
+        sigma, theta = self.draw_angles(n, sd, rng)
         if hasattr(student, "theta_range"):  # a table teacher's network: its trained levels
             theta = theta.clamp(*student.theta_range)
             sigma = sd * torch.tan(theta)

@@ -85,6 +85,28 @@ METHODS: dict[str, dict[str, Any]] = {
         "train.critic_batch_size": 256,
         "train.lr_critic": 1e-3,
     },
+    # SANA-Sprint (NVlabs/Sana train_scm_ladd.py): L_sCM + 0.5 L_adv (hinge), heads on the frozen
+    # teacher (here the DSM fit of the teacher, frozen, one logit head), G and D alternating
+    # 1 : 1, half the adversarial batch from the largest angle (objectives/sana_sprint.py).
+    # The student and its sCM term are scm's (law log sigma ~ N(-1.0, 1.4), warm-up 500, RAdam
+    # at 3e-4), not SANA's N(0.2, 1.6) and 4000 steps, so sana-sprint-<tb> against scm-<tb>
+    # isolates the adversarial term, as rcm-<tb> does the DMD term. The largest angle is the
+    # sampler's first, atan(80 / sigma_d), not pi/2: the sampler never evaluates pi/2.
+    # Discriminator head: SANA's optimizer for D is G's (CAME, betas 0.9/0.999, lr 2e-6, no
+    # weight decay); here Adam-like AdamW (0.9, 0.999), no weight decay, at the student's 3e-4
+    "sana-sprint": {
+        "method": "sana_sprint",
+        **_SCM_STUDENT,
+        "objective.scm.p_mean": -1.0,
+        "objective.scm.p_std": 1.4,
+        "objective.scm.tangent_warmup_steps": 500,
+        "objective.largest_sigma": 80.0,
+        "train.critic_updates": 1,
+        "train.lr_critic": 3e-4,
+        "train.critic_beta1": 0.9,
+        "train.critic_beta2": 0.999,
+        "train.critic_weight_decay": 0.0,
+    },
 }
 
 _GRID: dict[str, tuple[str, ...]] = {
@@ -92,6 +114,7 @@ _GRID: dict[str, tuple[str, ...]] = {
     "hypersd": ("ring8",),
     "scm": ("ring8", "grid25"),
     "rcm": ("ring8", "grid25"),
+    "sana-sprint": ("ring8", "grid25"),
 }
 _ABOUT: dict[str, str] = {
     "cd": "CD (Song et al. 2023) with LCM's skipping-step DDIM solver and EMA target",
@@ -100,6 +123,8 @@ _ABOUT: dict[str, str] = {
     "scm": "sCM (Lu & Song 2024): continuous-time CD in TrigFlow, JVP tangent, 2-step samples",
     "rcm": "rCM (Zheng et al. 2025): sCM + DMD (100:1) on 1-4-step student samples, fake-score "
     "critic 4:1, 2-step samples",
+    "sana-sprint": "SANA-Sprint (Chen et al. 2025): sCM + 0.5 hinge GAN, a head on the frozen "
+    "teacher fit, one step-adaptive student for 1-4 steps, 2-step samples",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

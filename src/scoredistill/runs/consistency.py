@@ -1,12 +1,15 @@
 """``scoredistill distill --preset cd-ring8|scm-ring8|rcm-ring8|…``: consistency distillation runs.
 
-A run is a ``ConsistencyConfig`` (method ``cd``, ``hypersd``, ``scm`` or ``rcm``, testbed, the
-objective's fields, the loop, the student network, the evaluation). The student is a consistency
-function (``sources.consistency``): ``BoundaryConsistency`` on the teacher's schedule for CD and
-Hyper-SD, ``TrigFlowStudent`` for sCM and rCM; ``sigma_d`` is the testbed mixture's exact data
-std unless ``student.sigma_data`` is set. The data the objectives noise are exact samples of the testbed.
+A run is a ``ConsistencyConfig`` (method ``cd``, ``hypersd``, ``scm``, ``rcm`` or
+``sana_sprint``, testbed, the objective's fields, the loop, the student network, the evaluation).
+The student is a consistency function (``sources.consistency``): ``BoundaryConsistency`` on the
+teacher's schedule for CD and Hyper-SD, ``TrigFlowStudent`` for sCM, rCM and SANA-Sprint;
+``sigma_d`` is the testbed mixture's exact data std unless ``student.sigma_data`` is set. The data
+the objectives noise are exact samples of the testbed.
 rCM's critic is the distill family's MLP denoiser (``critic.*``), fitted to the teacher by DSM
-first (``train.dsm.init_critic_from_teacher``: rCM copies the teacher into its fake score).
+first (``train.dsm.init_critic_from_teacher``: rCM copies the teacher into its fake score);
+SANA-Sprint's discriminator is the same fit, frozen, with a trainable logit head (its stand-in
+for heads on the frozen teacher's features).
 
 The run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``metrics.json`` (the
 EMA student's metrics at ``student.sample_steps`` at the top level, every step count of
@@ -102,8 +105,11 @@ def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.
     )  # fmt: skip
 
 
-def _build_critic(cfg: ConsistencyConfig, testbed) -> tuple[torch.nn.Module, dict]:
-    """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM."""
+def _build_critic(
+    cfg: ConsistencyConfig, testbed, head: bool = False
+) -> tuple[torch.nn.Module, dict]:
+    """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM; ``head``
+    (SANA-Sprint): that fit frozen, a trainable logit head on its last hidden layer."""
     from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
@@ -122,6 +128,8 @@ def _build_critic(cfg: ConsistencyConfig, testbed) -> tuple[torch.nn.Module, dic
         critic, teacher_sample, steps=c.init_steps, batch_size=c.init_batch, lr=c.init_lr,
         seed=cfg.train.seed,
     )  # fmt: skip
+    if head:
+        critic.requires_grad_(False).attach_logit_head(c.hidden)
     return critic, init
 
 
@@ -160,7 +168,10 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     start = time.perf_counter()
-    critic, init = _build_critic(cfg, testbed) if hasattr(objective, "critic_loss") else (None, {})
+    head = getattr(objective, "needs_logit_head", False)
+    critic, init = (
+        _build_critic(cfg, testbed, head) if hasattr(objective, "critic_loss") else (None, {})
+    )
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
         sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
@@ -191,8 +202,8 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
 
 FAMILY = Family(
     name="distill-consistency",
-    help="consistency distillation (CD, Hyper-SD, sCM, rCM) of a testbed's teacher into a "
-    "few-step student",
+    help="consistency distillation (CD, Hyper-SD, sCM, rCM, SANA-Sprint) of a testbed's teacher "
+    "into a few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=testbed_resolver(resolve),
