@@ -31,7 +31,7 @@ def _required(name: str, request, tmp_path) -> list[str]:
     if name not in ("distill-sd", "optimize-sd"):
         return []
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a handwritten 3\n")
+    prompts.write_text("a handwritten 3\na handwritten 8\n")  # sfd-sd: forget 3, safe 8
     return [f"teacher={request.getfixturevalue('sd_folder')}", f"prompts={prompts}"]
 
 

@@ -17,6 +17,9 @@ official code; ``DMD`` also works: both query the teacher as ``teacher.denoise(x
 The official steps [38, 712] index CIFAR-10 DDPM's linear table, so the base's ``t_reference`` is
 ``vp-linear``: ``sigma/alpha`` in [0.137, 13.0] on every schedule (read as fractions of EDM's
 Karras grid they would start at 0.005).
+On the text-to-image path prompt ``i`` of the list is label ``i`` (``runs/sd.py``), so the label
+override is a prompt override: the teacher gets the safe prompt's text embedding on forget rows
+(preset ``sfd-sd``, keys ``forget_prompt``/``safe_prompt``).
 Departures: a fixed override label (the official code also offers random other classes or a
 classifier's pseudo-label); the gradient *value* clipping at 1.0 belongs to the trainer. Without
 labels (``cond is None``) there is nothing to forget: SFD is the base method.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -66,6 +66,8 @@ class SDDistillConfig:
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    forget_prompt: str = ""  # method sfd: the prompt of the list to forget
+    safe_prompt: str = ""  # method sfd: the prompt of the list the teacher answers it with
     objective: dict[str, Any] = field(default_factory=dict)
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
     student: SDStudentConfig = field(default_factory=SDStudentConfig)
@@ -120,14 +122,49 @@ def load_teacher(cfg: SDDistillConfig):
     return teacher
 
 
+def teacher_guidance(objective: Any) -> float:
+    """The teacher's CFG scale: the objective's, or its base method's (SFD wraps SiD)."""
+    base = getattr(objective, "base", objective)  # SFD holds its base method (SiD) inside
+    return float(getattr(objective, "guidance", getattr(base, "guidance", 1.0)))
+
+
 def check_negative_prompt(cfg: Any, objective: Any) -> None:
     """A negative prompt acts only through guidance: refused when ``objective.guidance`` is 1."""
-    guidance = float(getattr(objective, "guidance", 1.0))
+    guidance = teacher_guidance(objective)
     if cfg.negative_prompt and guidance == 1.0:
         raise ConfigError(
             "config key 'negative_prompt': it acts only through guidance, and "
             f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
         )
+
+
+def forget_labels(cfg: SDDistillConfig, objective: Any, prompts: list[str]) -> Any:
+    """Method ``sfd``: the objective with ``forget_prompt``/``safe_prompt`` as its labels (prompt
+    ``i`` is label ``i``); other methods refuse the two keys. Errors name the key."""
+    keys = {"forget_prompt": cfg.forget_prompt, "safe_prompt": cfg.safe_prompt}
+    if cfg.method != "sfd":
+        for key, value in keys.items():
+            if value:
+                raise ConfigError(
+                    f"config key {key!r}: acts only with method sfd, not {cfg.method!r}"
+                )
+        return objective
+    ids = {}
+    for key, value in keys.items():
+        if value not in prompts:
+            listed = ", ".join(repr(p) for p in prompts[:6]) + (", ..." if len(prompts) > 6 else "")
+            raise ConfigError(
+                f"config key {key!r}: {value!r} is not in the prompt list; valid: one of {listed}"
+            )
+        ids[key] = prompts.index(value)
+    if ids["forget_prompt"] == ids["safe_prompt"]:
+        raise ConfigError("config key 'safe_prompt': must differ from forget_prompt")
+    if prompts.count(cfg.forget_prompt) > 1:  # a second label of the same text would escape
+        raise ConfigError(
+            f"config key 'forget_prompt': {cfg.forget_prompt!r} is listed "
+            f"{prompts.count(cfg.forget_prompt)} times in the prompt file; list it once"
+        )
+    return replace(objective, forget_class=ids["forget_prompt"], safe_class=ids["safe_prompt"])
 
 
 def _check(cfg: SDDistillConfig, objective: Any) -> None:
@@ -169,13 +206,53 @@ def prompt_digits(prompts: list[str]) -> torch.Tensor | None:
     return torch.tensor([int(d[0]) for d in found]) if all(len(d) == 1 for d in found) else None
 
 
+def scorable_digits(teacher: Any) -> torch.Tensor | None:
+    """The digit of each prompt when the decoded images are 8×8 digits the feature network
+    reads (the bundled teacher); else None (the run keeps samples and wall times only)."""
+    digits = prompt_digits(list(teacher.prompt_table.prompts))
+    return digits if teacher.image_shape == (1, 8, 8) else None
+
+
+def prompt_forgetting(
+    generator: Any, teacher: Any, forget: int, safe: int, n: int, seed: int
+) -> dict[str, float]:
+    """How a student answers a forgotten prompt (SFD), by the digits classifier: ``n`` draws of
+    prompt ``forget`` read as its digit (``forget_acc``) or the safe prompt's (``to_safe``);
+    ``n // 4`` draws of every other prompt read as their digits (``retain_acc``), and of those
+    naming the forgotten digit (``retain_same_digit_acc``: a leak to the concept's neighbours)."""
+    from ..eval.features import load_digits_feature_net
+
+    digits = scorable_digits(teacher)
+    if digits is None:
+        raise ValueError("prompt_forgetting needs 8x8 digit images and one digit per prompt")
+    others = torch.tensor([i for i in range(len(digits)) if i != forget])
+    labels = torch.cat([torch.full((n,), forget), others.repeat_interleave(max(1, n // 4))])
+    rng = torch.Generator().manual_seed(seed + 4242)  # its own draw, apart from student_draw's
+    with torch.no_grad():
+        z = generator(generator.sample_latent(len(labels), rng), labels, rng=rng)
+        pred = load_digits_feature_net().logits(teacher.decode(z).clamp(-1, 1)).argmax(dim=1)
+    asked, read = labels == forget, pred == digits[labels]
+    neighbours = ~asked & (digits[labels] == digits[forget])
+
+    def share(hit: torch.Tensor) -> float:
+        return float(hit.double().mean())
+
+    return {
+        "forget_acc": share(read[asked]),
+        "to_safe": share(pred[asked] == digits[safe]),
+        "retain_acc": share(read[~asked]),
+        "retain_same_digit_acc": share(read[neighbours]) if bool(neighbours.any()) else None,
+        "n_forget": n,
+        "n_retain": int((~asked).sum()),
+    }
+
+
 def _scorer(teacher: Any):
     """``score(teacher, z, labels, seed)`` on decoded latents (the run's metric contract)."""
-    digits = prompt_digits(list(teacher.prompt_table.prompts))
-    scorable = teacher.image_shape == (1, 8, 8) and digits is not None
+    digits = scorable_digits(teacher)
 
     def score(_teacher: Any, z: torch.Tensor, labels: torch.Tensor | None, seed: int):
-        if not scorable:
+        if digits is None:
             return {"n": int(z.shape[0])}
         from ..eval.features import image_metrics
 
@@ -242,8 +319,12 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     metrics = {
         **score(teacher, z, labels, seed + 1), "nfe": ema.nfe,
         "wall_s": time.perf_counter() - start, "sample_s": sample_s,
-        "trainable_params": trainable, "guidance": float(getattr(objective, "guidance", 1.0)),
+        "trainable_params": trainable, "guidance": teacher_guidance(objective),
     }  # fmt: skip
+    if hasattr(objective, "forget_class") and scorable_digits(teacher) is not None:
+        metrics["forgetting"] = prompt_forgetting(
+            ema, teacher, objective.forget_class, objective.safe_class, cfg.eval.samples, seed
+        )
     teacher_view = _Guided(teacher, metrics["guidance"])
     rows = teacher_rows(cfg, teacher, metrics["guidance"])
     metrics["teacher_best"] = best_rows(rows, cfg.eval.nfe)
@@ -266,10 +347,17 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     return metrics
 
 
-def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
+def resolve_sd(preset: str | None, sets: list[str]) -> tuple[SDDistillConfig, Any]:
+    """The typed config and objective, checked against the prompt file (no network loaded)."""
     cfg, objective = resolve_config(SDDistillConfig(), PRESETS, preset, sets, OBJECTIVES)
     _check(cfg, objective)
-    load_teacher(cfg)  # a bad folder or prompt file fails before any training
+    objective = forget_labels(cfg, objective, read_prompts(sd_paths(cfg)[1]))
+    return replace(cfg, objective=asdict(objective)), objective  # config.json: the labels
+
+
+def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
+    cfg, objective = resolve_sd(preset, sets)
+    load_teacher(cfg)  # a bad folder fails before any training
     return Resolved(cfg, objective, preset)
 
 
