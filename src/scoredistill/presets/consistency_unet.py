@@ -46,8 +46,11 @@ _CD = {
     "train.lr": 1e-4,
 }
 # sCD (FastGen ``configs/experiments/EDM/config_scd_in64.py`` on ``config_scm.py``): Adam
-# (0.9, 0.99), no weight decay, lr 7e-5, grad clip 10; the objective's defaults (objectives/
-# scm.py) keep log sigma ~ N(-1, 1.4), c = 0.1, prior and adaptive weighting. Departures: the
+# (0.9, 0.99), no weight decay, grad clip 10; the objective's defaults (objectives/scm.py) keep
+# log sigma ~ N(-1, 1.4), c = 0.1, prior and adaptive weighting. Departures: lr 2e-5, not
+# FastGen's 7e-5: at batch 32 (FastGen's batches are far larger) 7e-5 degraded seed 1 between
+# steps 800 and 1200 (2-step FD 49 -> 177) and left 3-seed 4-step FD 30.4 +- 15.5; 2e-5 gave
+# 22.9 +- 2.5 with no such drop (docs/consistency.md, "scm-unet"); the
 # tangent warm-up spans 400 steps, a third of the budget, not 10 000 (r would stay below 0.12;
 # scm-ring8 does the same); Adam's eps stays torch's 1e-8 (FastGen: 1e-11, for fp16 AMP); no
 # inverse-square-root lr decay (FastGen: over 35 000 steps, beyond the budget); the student
@@ -61,7 +64,7 @@ _SCM = {
     "train.beta2": 0.99,
     "train.weight_decay": 0.0,
     "train.grad_clip": 10.0,
-    "train.lr": 7e-5,
+    "train.lr": 2e-5,
 }
 PRESETS: dict[str, dict[str, Any]] = {"cd-unet": {**_CPU, **_CD}, "scm-unet": {**_CPU, **_SCM}}
 DESCRIPTIONS: dict[str, str] = {
