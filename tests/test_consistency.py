@@ -277,3 +277,19 @@ def test_quick_cli_run_writes_the_contract_files(tmp_path: Path) -> None:
     assert all(v["student"] >= 0 for v in metrics["consistency"].values())
     assert "teacher's best" in (out / "report.md").read_text()
     assert (out / "checkpoints" / "latest.json").is_file()
+
+
+def test_trigflow_student_is_finite_at_float32_half_pi() -> None:
+    """float32(pi/2) rounds *above* pi/2, where tan is a huge negative number: the student reads
+    its magnitude, so the top angle gives what the angle one ulp below it gives, not NaN."""
+    torch.manual_seed(0)
+    student = TrigFlowStudent(2, 0.5)
+    theta = torch.full((4,), math.pi / 2, dtype=torch.float32)
+    assert float(theta[0].double()) > math.pi / 2  # the premise
+    below = torch.nextafter(theta, torch.zeros_like(theta))
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        out, u = student(x, theta), student.logvar(theta)
+        assert torch.isfinite(out).all() and torch.isfinite(u).all()
+        assert torch.allclose(out, student(x, below), atol=1e-6)
+        assert torch.equal(u, student.logvar(below))

@@ -65,7 +65,7 @@ from ..config import NonNegativeFloat, NonNegativeInt, PositiveFloat, UnitFloat
 from ._ingredients import Loss, add_noise, frozen_params, sample_t_lognormal
 from .scm import SCM
 
-__all__ = ["SanaSprint", "below_half_pi", "hinge_critic_loss"]
+__all__ = ["SanaSprint", "hinge_critic_loss"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class SanaSprint:
             z = sd * torch.randn(x0.shape, generator=rng, dtype=torch.float64)
             cos, sin = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
             x_hat = (cos * x0.double() + sin * z).to(x0.dtype)
-            return student(x_hat, below_half_pi(theta, x0.dtype), cond)
+            return student(x_hat, theta.to(x0.dtype), cond)
 
     def logit(self, x: Tensor, cond: Tensor | None, critic, rng: torch.Generator) -> Tensor:
         """``Dis(x_D(x), theta_D)``, ``(B,)``: ``x`` noised at ``log sigma_D ~ N(d_p_mean,
@@ -171,10 +171,3 @@ def hinge_critic_loss(logit_real: Tensor, logit_fake: Tensor) -> Loss:
     acc = 0.5 * ((logit_fake < 0).float().mean() + (logit_real > 0).float().mean())
     logs = {"d_loss_real": real.item(), "d_loss_fake": fake.item(), "d_accuracy": acc.item()}
     return Loss(value, logs | {"logit_real": logit_real.mean().item()})
-
-
-def below_half_pi(theta: Tensor, dtype: torch.dtype) -> Tensor:
-    """``theta`` cast to ``dtype`` and kept below pi/2: ``float32(pi/2)`` rounds *above* pi/2,
-    where ``tan`` (the student's noise level) turns negative and its log NaN."""
-    top = torch.nextafter(torch.tensor(math.pi / 2, dtype=dtype), torch.tensor(0.0, dtype=dtype))
-    return theta.to(dtype).clamp(max=top)

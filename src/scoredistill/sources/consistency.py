@@ -96,7 +96,9 @@ class TrigFlowStudent(nn.Module):
         nn.init.zeros_(self.logvar_head.bias)
 
     def c_noise(self, theta: Tensor) -> Tensor:
-        return _c_noise(self.sigma_data * torch.tan(theta), self.time_scale)
+        # |tan|: float32(pi/2) rounds *above* pi/2, where tan is a huge negative number; its
+        # magnitude is the level there (the clamp then holds c_noise at theta = pi/2)
+        return _c_noise(self.sigma_data * torch.tan(theta).abs(), self.time_scale)
 
     def F(self, x_hat: Tensor, theta: Tensor, cond: Tensor | None = None) -> Tensor:
         """``F(x_hat / sigma_d, theta)``, the raw network output ``(B, D)``."""
