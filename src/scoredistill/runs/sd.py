@@ -113,12 +113,21 @@ def load_teacher(cfg: SDDistillConfig):
     """The latent teacher with the prompt list as its labels."""
     from ..sources.diffusers import set_attention
     from ..teachers.diffusers_latent import load_latent_teacher
+    from ..teachers.diffusers_sd3 import SD3TextEncoder
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
     teacher = load_latent_teacher(folder)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
-    set_attention(teacher.model, cfg.student.attention)
+    if isinstance(teacher.text_encoder, SD3TextEncoder):  # UNet export, VP timestep, joint attn
+        for key, got, ok in (("export", cfg.export, False),
+                             ("student.init_timestep", cfg.student.init_timestep, -1),
+                             ("student.attention", cfg.student.attention, "sdpa")):  # fmt: skip
+            if got != ok:
+                what = f"{got!r} is not supported with an SD3 teacher yet; valid: {ok!r}"
+                raise ConfigError(f"config key {key!r}: {what}")
+    else:
+        set_attention(teacher.model, cfg.student.attention)
     return teacher
 
 

@@ -27,6 +27,7 @@ import inspect
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,42 @@ def load_diffusers_teacher(
         return DiffusersTeacher(model, sched, schedule=schedule, num_classes=num_classes)
     except ValueError as err:
         raise _fail(sched_path if "prediction" in str(err) else cfg_path, str(err)) from None
+
+
+# --- folder helpers shared by the latent teachers (diffusers_latent, diffusers_sd3) ---
+
+
+def _load(where: Path, cls: Any, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(where, local_files_only=True, **kwargs)
+    except Exception as err:
+        raise _fail(where, f"cannot load {cls.__name__}", err) from None
+
+
+def check_components(path: Path, index: dict[str, Any], parts: dict[str, str]) -> None:
+    """Every ``parts`` key is ``[library, CLASS]`` in ``model_index.json`` with its folder."""
+    for key, library in parts.items():
+        entry = index.get(key)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == library):
+            want = f"['{library}', CLASS]; a latent teacher needs {', '.join(parts)}"
+            raise _fail(path / "model_index.json", f"key {key!r} is {entry!r}; valid: {want}")
+        if not (path / key).is_dir():
+            raise _fail(path / key, f"no such folder, though model_index.json lists {key!r}")
+
+
+def load_text_parts(path: Path, index: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The transformers components ``keys`` of a pipeline folder (float32, eval mode)."""
+    try:
+        import transformers
+    except ImportError as err:
+        what = "text_encoder/tokenizer need the transformers package (pip install transformers)"
+        raise _fail(path / "model_index.json", what, err) from None
+    text = {}
+    for key in keys:
+        cls = getattr(transformers, index[key][1], None)
+        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+            raise _fail(
+                path / "model_index.json", f"{key}: {index[key][1]!r} is no transformers class"
+            )
+        text[key] = _load(path / key, cls)
+    return text

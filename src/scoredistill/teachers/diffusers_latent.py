@@ -19,7 +19,8 @@ module adds only what is latent or textual:
   pipeline's UNet sees.
 
 Loading is offline (``local_files_only=True``); every problem with a folder is a one-line
-``TeacherFolderError`` naming the file and key.
+``TeacherFolderError`` naming the file and key. ``StableDiffusion3Pipeline`` folders (a
+flow-matching transformer, pooled text embeddings) load through ``diffusers_sd3``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ from .diffusers import (
     TeacherFolderError,
     _diffusers_class,
     _fail,
+    _load,
     _read_json,
     _scheduler_class,
+    check_components,
+    load_text_parts,
 )
+from .diffusers_sd3 import load_sd3_parts
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
 
@@ -59,11 +64,14 @@ COMPONENTS = {  # model_index.json key: the library its class must come from
 class TextCond:
     """A text condition: ``embeds: (B, L, E)`` prompt embeddings; ``null: (1, L, E)`` the
     unconditional embedding (empty or negative prompt) that classifier-free guidance uses;
-    ``prompts`` the B texts (or empty)."""
+    ``prompts`` the B texts (or empty); ``pooled: (B, P)`` and ``null_pooled: (1, P)`` the pooled
+    embeddings of a transformer teacher (SD3's ``pooled_projections``), or both None."""
 
     embeds: Tensor
     null: Tensor
     prompts: tuple[str, ...] = ()
+    pooled: Tensor | None = None
+    null_pooled: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.embeds.dim() != 3 or tuple(self.null.shape) != (1, *self.embeds.shape[1:]):
@@ -71,38 +79,75 @@ class TextCond:
             raise ValueError(f"TextCond needs embeds (B, L, E) and null (1, L, E); got {got}")
         if self.prompts and len(self.prompts) != self.embeds.shape[0]:
             raise ValueError(f"{len(self.prompts)} prompts for {self.embeds.shape[0]} embeddings")
+        if not _pooled_fits(self.pooled, self.null_pooled, len(self)):
+            got = f"pooled {_shape(self.pooled)}, null_pooled {_shape(self.null_pooled)}"
+            raise ValueError(
+                f"TextCond needs pooled (B, P) and null_pooled (1, P) or neither; {got}"
+            )
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
+
+    def _with(
+        self, embeds: Tensor, pooled: Tensor | None, prompts: tuple[str, ...] = ()
+    ) -> TextCond:
+        return TextCond(embeds, self.null, prompts, pooled, self.null_pooled)
 
     def __getitem__(self, idx: Any) -> TextCond:
         """Rows ``idx`` (an int keeps the batch dimension)."""
         idx = [idx] if isinstance(idx, int) else idx
         rows = torch.arange(len(self))[idx].tolist()
         prompts = tuple(self.prompts[i] for i in rows) if self.prompts else ()
-        return TextCond(self.embeds[rows], self.null, prompts)
+        return self._with(self.embeds[rows], _opt(self.pooled, lambda p: p[rows]), prompts)
 
     def null_like(self) -> TextCond:
         """The unconditional rows: ``null`` repeated B times (``parametrization.guided``)."""
-        return TextCond(self.null.expand_as(self.embeds), self.null)
+        pooled = _opt(self.null_pooled, lambda p: p.expand(len(self), -1))
+        return self._with(self.null.expand_as(self.embeds), pooled)
 
     def with_null_rows(self, mask: Tensor) -> TextCond:
         """Rows where ``mask: (B,)`` is True replaced by ``null`` (classifier-free dropout)."""
         m = mask.to(self.embeds.device).reshape(-1, 1, 1)
-        return TextCond(torch.where(m, self.null.to(self.embeds), self.embeds), self.null)
+        embeds = torch.where(m, self.null.to(self.embeds), self.embeds)
+        pooled, null_pooled = self.pooled, self.null_pooled
+        if pooled is not None and null_pooled is not None:
+            pooled = torch.where(m[:, 0], null_pooled.to(pooled), pooled)
+        return self._with(embeds, pooled)
 
     @staticmethod
     def cat(conds: Sequence[TextCond]) -> TextCond:
         """Rows of several conditions sharing one null embedding, in order."""
         first = conds[0]
-        if any(not torch.equal(c.null, first.null) for c in conds[1:]):
+        if any(not _same(c.null, first.null) or not _same(c.null_pooled, first.null_pooled)
+               for c in conds[1:]):  # fmt: skip
             raise ValueError("cannot concatenate TextConds with different null embeddings")
         prompts = sum((c.prompts for c in conds), ()) if all(c.prompts for c in conds) else ()
-        return TextCond(torch.cat([c.embeds for c in conds]), first.null, prompts)
+        pooled = None if first.pooled is None else torch.cat([c.pooled for c in conds])  # type: ignore[misc]
+        return first._with(torch.cat([c.embeds for c in conds]), pooled, prompts)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextCond:
         dtype = dtype or self.embeds.dtype
-        return TextCond(self.embeds.to(device, dtype), self.null.to(device, dtype), self.prompts)
+        move = lambda t: t.to(device, dtype)  # noqa: E731
+        pooled, null_pooled = _opt(self.pooled, move), _opt(self.null_pooled, move)
+        return TextCond(move(self.embeds), move(self.null), self.prompts, pooled, null_pooled)
+
+
+def _opt(t: Tensor | None, fn: Any) -> Tensor | None:
+    return None if t is None else fn(t)
+
+
+def _shape(t: Tensor | None) -> Any:
+    return None if t is None else tuple(t.shape)
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
+
+
+def _pooled_fits(pooled: Tensor | None, null: Tensor | None, n: int) -> bool:
+    if pooled is None or null is None:
+        return pooled is None and null is None
+    return pooled.dim() == 2 and len(pooled) == n and tuple(null.shape) == (1, pooled.shape[1])
 
 
 def encode_text(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str]) -> Tensor:
@@ -155,7 +200,7 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         self.shift_factor = float(vcfg.get("shift_factor") or 0.0)
         f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
         self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
-        self._cache: dict[str, Tensor] = {}
+        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
         self.text_encoder_calls = 0  # forwards of the text encoder (the cache's test)
         self.prompt_table: TextCond | None = None
         self.eval()  # dropout off in every part (note §3: built models start in train mode)
@@ -171,11 +216,22 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         new = list(dict.fromkeys(p for p in [negative_prompt, *prompts] if p not in self._cache))
         if new:
             with torch.no_grad():
-                embeds = encode_text(self.tokenizer, self.text_encoder, new)
+                embeds, pooled = self.encode_texts(new)
             self.text_encoder_calls += 1
-            self._cache.update(zip(new, embeds, strict=True))
-        stack = torch.stack([self._cache[p] for p in prompts])
-        return TextCond(stack, self._cache[negative_prompt][None], tuple(prompts))
+            rows = zip(embeds, [None] * len(new) if pooled is None else pooled, strict=True)
+            self._cache.update(zip(new, rows, strict=True))
+        (null, null_pooled), got = self._cache[negative_prompt], [self._cache[p] for p in prompts]
+        stack = torch.stack([e for e, _ in got])
+        pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
+        nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
+        return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1])
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor | None]:
+        """``(embeds (N, L, E), pooled (N, P) or None)`` of ``texts`` as the pipeline computes
+        them: ``encode_text``, or SD3's three encoders (``diffusers_sd3.SD3TextEncoder``)."""
+        if hasattr(self.text_encoder, "encode_texts"):
+            return self.text_encoder.encode_texts(texts)
+        return encode_text(self.tokenizer, self.text_encoder, texts), None
 
     def set_prompt_labels(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
         """Integer ``cond`` ``i`` now means ``prompts[i]`` (``NULL_LABEL``: the null prompt), so
@@ -185,22 +241,24 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         return self.prompt_table
 
     def network_condition(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
-        """``encoder_hidden_states: (n, L, E)`` for a ``TextCond``, prompt ids or None."""
+        """``encoder_hidden_states: (n, L, E)`` for a ``TextCond``, prompt ids or None (and
+        ``pooled_projections: (n, P)`` where the condition has pooled embeddings)."""
         if cond is None:
-            emb = self.encode_prompts([""]).embeds.expand(n, -1, -1)
-        elif isinstance(cond, TextCond):
-            if len(cond) not in (1, n):
-                raise ValueError(f"TextCond has {len(cond)} rows for a batch of {n}; valid: 1, {n}")
-            emb = cond.embeds.expand(n, -1, -1)
+            cond = self.encode_prompts([""])
         elif torch.is_tensor(cond) and not cond.dtype.is_floating_point:
-            emb = self._embeds_of_labels(cond.reshape(n))
-        else:
+            cond = self._rows_of_labels(cond.reshape(n))
+        elif not isinstance(cond, TextCond):
             got = type(cond).__name__
             raise ValueError(f"cond must be a TextCond, prompt ids (B,) or None; got {got}")
+        if len(cond) not in (1, n):
+            raise ValueError(f"TextCond has {len(cond)} rows for a batch of {n}; valid: 1, {n}")
         dtype = next(self.model.parameters()).dtype
-        return {"encoder_hidden_states": emb.to(device, dtype)}
+        out = {"encoder_hidden_states": cond.embeds.expand(n, -1, -1).to(device, dtype)}
+        if cond.pooled is not None:
+            out["pooled_projections"] = cond.pooled.expand(n, -1).to(device, dtype)
+        return out
 
-    def _embeds_of_labels(self, ids: Tensor) -> Tensor:
+    def _rows_of_labels(self, ids: Tensor) -> TextCond:
         table = self.prompt_table
         if table is None:
             raise ValueError(
@@ -209,8 +267,7 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         if bool(((ids < NULL_LABEL) | (ids >= len(table))).any()):
             got = ids.unique().tolist()
             raise ValueError(f"prompt ids must lie in [{NULL_LABEL}, {len(table) - 1}]; got {got}")
-        rows = torch.cat([table.embeds, table.null.to(table.embeds)])  # row len(table): null
-        return rows[torch.where(ids == NULL_LABEL, len(table), ids).to(rows.device)]
+        return table[ids.clamp(min=0).tolist()].with_null_rows(ids == NULL_LABEL)  # B rows only
 
     def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Scaled latents ``(B, c·h·w)`` of images ``x: (B, C, H, W)`` in [-1, 1]: the posterior
@@ -246,16 +303,12 @@ def _index(path: Path) -> tuple[Path, dict[str, Any]]:
         raise _fail(index_path, "not found; a StableDiffusionPipeline folder has model_index.json")
     index = _read_json(index_path)
     if "unet" not in index and "transformer" in index:
-        raise _fail(
-            index_path, "a transformer pipeline (SD3, Flux) is not supported yet; valid: unet"
-        )
-    for key, library in COMPONENTS.items():
-        entry = index.get(key)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == library):
-            want = f"['{library}', CLASS]; a latent teacher needs {', '.join(COMPONENTS)}"
-            raise _fail(index_path, f"key {key!r} is {entry!r}; valid: {want}")
-        if not (path / key).is_dir():
-            raise _fail(path / key, f"no such folder, though model_index.json lists {key!r}")
+        if index.get("_class_name") == "StableDiffusion3Pipeline" or "text_encoder_3" in index:
+            return path, index  # diffusers_sd3 checks its components
+        name, valid = index.get("_class_name"), "StableDiffusion3Pipeline or a unet/ pipeline"
+        what = "a transformer pipeline (SD3, Flux) is not supported yet"
+        raise _fail(index_path, f"{what} for _class_name {name!r}; valid: {valid}")
+    check_components(path, index, COMPONENTS)
     return path, index
 
 
@@ -279,13 +332,6 @@ def _check_configs(path: Path) -> None:
         raise _fail(vcfg_path, f"{what}; the VAE's latents must be the UNet's input")
 
 
-def _load(where: Path, cls: Any, **kwargs: Any) -> Any:
-    try:
-        return cls.from_pretrained(where, local_files_only=True, **kwargs)
-    except Exception as err:
-        raise _fail(where, f"cannot load {cls.__name__}", err) from None
-
-
 def load_latent_teacher(
     path: str | Path,
     *,
@@ -294,36 +340,30 @@ def load_latent_teacher(
     schedule: Schedule | None = None,
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
-    holding ``pipeline/``); the UNet in ``dtype``, the VAE and text encoder in float32; frozen,
-    eval mode. Problems raise ``TeacherFolderError`` (a ``ValueError``) naming file and key."""
+    holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``); the UNet in ``dtype``,
+    the VAE and text encoder in float32; frozen, eval mode. Problems raise ``TeacherFolderError``
+    (a ``ValueError``) naming file and key."""
     path, index = _index(Path(path))
-    _check_configs(path)
-    sched_path = path / "scheduler" / "scheduler_config.json"
-    sched_cls = _scheduler_class(sched_path)
-    unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
-    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-    try:
-        import transformers
-    except ImportError as err:
-        what = "text_encoder/tokenizer need the transformers package (pip install transformers)"
-        raise _fail(path / "model_index.json", what, err) from None
-    text = {}
-    for key in ("text_encoder", "tokenizer"):
-        cls = getattr(transformers, index[key][1], None)
-        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-            raise _fail(
-                path / "model_index.json", f"{key}: {index[key][1]!r} is no transformers class"
-            )
-        text[key] = _load(path / key, cls)
-    unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    if "unet" not in index:  # a StableDiffusion3Pipeline folder (_index)
+        unet, vae, sched, text_encoder = load_sd3_parts(path, index, device=device, dtype=dtype)
+        tokenizer = None  # SD3TextEncoder holds its three tokenizers
+    else:
+        _check_configs(path)
+        sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
+        unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
+        vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
+        text = load_text_parts(path, index, ("text_encoder", "tokenizer"))
+        unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
+        vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+        sched = _load(path / "scheduler", sched_cls)
+        text_encoder, tokenizer = text["text_encoder"].to(device), text["tokenizer"]
     try:
         return LatentDiffusersTeacher(
             unet.eval().requires_grad_(False),
             vae,
-            sched_cls.from_pretrained(path / "scheduler", local_files_only=True),
-            text["text_encoder"].to(device),
-            text["tokenizer"],
+            sched,
+            text_encoder,
+            tokenizer,
             schedule=schedule,
         )
     except (ValueError, TypeError, KeyError) as err:
