@@ -8,6 +8,7 @@ bit-exact resume), not quality. That the objectives move particles toward a teac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -17,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from scoredistill.cli import main
+from scoredistill.objectives import SCORE_OBJECTIVES
+from scoredistill.presets.optimize_sd import SUCCESSORS
 from scoredistill.runs import optimize_sd
 
 N_QUICK = 16  # presets.optimize_sd.QUICK: source.n_particles
@@ -62,6 +65,21 @@ def test_quick_run_writes_the_contract(preset, sd_folder, prompts, tmp_path):
     assert metrics["guidance"] == {"sds-sd": 101.0, "vsd-sd": 7.5}[preset]
     assert np.isfinite(metrics["fd"]) and 0 <= metrics["class_acc"] <= 1  # digits prompts
     assert "| step | fd |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", SUCCESSORS)
+def test_successors_run_on_latents_with_their_objectives_defaults(
+    method, sd_folder, prompts, tmp_path
+):
+    """CSD, CDS, ASD, BSD, ISM on the latent pipeline: the preset sets the loop only, so the
+    objective keeps its paper defaults, and the particles move."""
+    out = tmp_path / method
+    assert main(_args(f"{method}-sd", sd_folder, prompts, out, "--quick")) == 0
+    config = json.loads((out / "config.json").read_text())
+    defaults = json.loads(json.dumps(dataclasses.asdict(SCORE_OBJECTIVES[method]())))
+    assert config["method"] == method and config["objective"] == defaults
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["fd"]) and metrics["fd"] != metrics["initial"]["fd"]
 
 
 def test_lora_critic_is_the_only_trained_weight_and_the_teacher_is_unchanged(

@@ -10,10 +10,15 @@ unchanged, in the same loop as the exact testbeds (``train.optimize``). Objectiv
 (``sources.lora``): one UNet in memory, the adapter's weights the only trained critic weights,
 the teacher's answers unchanged (adapters rest off).
 
+``source.kind=field`` optimises a voxel field instead, rendered from ring cameras and encoded
+through the VAE, with view-dependent prompts and a camera-conditioned LoRA critic
+(``runs.optimize_sd_field``); that is where ESD (``esd-sd``) is defined.
+
 Outputs in ``--out``: ``samples.npz`` (``x``: decoded images ``(N, C·H·W)`` in [-1, 1],
-``latents``, ``labels`` = prompt ids), ``metrics.json`` (digits FD / precision / recall / prompt
-accuracy of the decoded particles when the teacher is the digits kind, ``runs.sd``'s scorer;
-else ``n``), ``report.md``, ``samples.png`` (initial and final particles), checkpoints.
+``latents``, ``labels`` = prompt ids; a field: its ring renders, ``azimuth``), ``metrics.json``
+(digits FD / precision / recall / prompt accuracy of the decoded particles when the teacher is
+the digits kind, ``runs.sd``'s scorer; else ``n``), ``report.md``, ``samples.png`` (before and
+after), checkpoints.
 """
 
 from __future__ import annotations
@@ -22,12 +27,20 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, NonNegativeFloat, PositiveInt, to_dict
+from ..config import (
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    to_dict,
+)
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import SCORE_OBJECTIVES
@@ -41,12 +54,25 @@ from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
 __all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
 
 REPORT_KEYS = ("fd", "precision", "recall", "class_acc")
+FIELD_KEYS = ("class_acc_front", "class_acc_side", "class_acc_back", "view_spread")
 
 
 @dataclass(frozen=True)
-class LatentParticlesConfig:
-    n_particles: PositiveInt = 60  # N; particle i is prompted by prompt i mod P
-    init_std: NonNegativeFloat = 1.0  # start at N(0, init_std^2 I) in the scaled latent space
+class LatentSourceConfig:
+    # "particles": N latent images; "field": one voxel field rendered and VAE-encoded
+    # (runs.optimize_sd_field, view-dependent prompts)
+    kind: Literal["particles", "field"] = "particles"
+    n_particles: PositiveInt = 60  # particles: N; particle i is prompted by prompt i mod P
+    init_std: NonNegativeFloat = 1.0  # particles: start at N(0, init_std^2 I), scaled latents
+    prompt_index: NonNegativeInt = 0  # field: the prompt (line of --prompts) it is made for
+    view_prompts: bool = True  # field: DreamFusion's ", front/side/back view" suffixes
+    resolution: PositiveInt = 16  # field: voxels per axis
+    n_samples: PositiveInt = 24  # field: samples per ray
+    init_density: PositiveFloat = 0.1  # field: almost transparent start (runs.optimize's)
+    init_noise: NonNegativeFloat = 0.1  # field: N(0, 0.1^2) on every raw value
+    background: Annotated[float, Range(0.0, 1.0)] = 0.0  # field: grey level behind the box
+    elevation: Annotated[float, Range(-89.0, 89.0)] = 15.0  # field: cameras' elevation (deg)
+    eval_views: PositiveInt = 24  # field: ring renders scored at the end (every 360/n deg)
 
 
 @dataclass(frozen=True)
@@ -65,7 +91,7 @@ class OptimizeSDConfig:
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
     objective: dict[str, Any] = field(default_factory=dict)
     train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
-    source: LatentParticlesConfig = field(default_factory=LatentParticlesConfig)
+    source: LatentSourceConfig = field(default_factory=LatentSourceConfig)
     critic: LoraCriticConfig = field(default_factory=LoraCriticConfig)
 
 
@@ -75,6 +101,10 @@ def load_teacher(cfg: OptimizeSDConfig):
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
+    if cfg.source.kind == "field":  # the field's prompt and its views (runs.optimize_sd_field)
+        from .optimize_sd_field import field_prompts
+
+        prompts = field_prompts(prompts, cfg.source)
     teacher = load_latent_teacher(folder)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
     return teacher
@@ -82,10 +112,11 @@ def load_teacher(cfg: OptimizeSDConfig):
 
 def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
-    if _accepts(objective, "camera") and float(getattr(objective, "lam", 0.0)) != 0.0:
+    lam = float(getattr(objective, "lam", 0.0))
+    if _accepts(objective, "camera") and lam != 0.0 and cfg.source.kind != "field":
         raise ConfigError(
-            f"config key 'objective.lam': {objective.lam} needs a camera condition, and a "
-            "text-to-image critic's only label is the prompt; valid: 0 (ProlificDreamer's VSD)"
+            f"config key 'objective.lam': {lam} needs cameras (source.kind=field, preset "
+            "esd-sd); on particles a critic's only label is the prompt; valid: 0 (VSD)"
         )
 
 
@@ -100,18 +131,30 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[OptimizeSDConfig, Any]
 
 def _lora_critic(cfg: OptimizeSDConfig, teacher: Any):
     """ProlificDreamer's critic: adapter ``critic`` on the teacher's UNet (``B = 0``: it starts
-    as the teacher), seen through ``DiffusersCritic`` (its parameters: the adapter's only)."""
+    as the teacher), seen through ``DiffusersCritic`` (its parameters: the adapter's only); on a
+    field, with the camera embedding of ``sources.camera_lora`` beside the adapter."""
     from ..sources.diffusers import make_diffusers_critic
     from ..sources.lora import AdapterView, add_lora
 
-    torch.manual_seed(cfg.train.seed)  # the adapter's A matrices
+    torch.manual_seed(cfg.train.seed)  # the adapter's A matrices and the camera embedding
     add_lora(teacher.model, "critic", cfg.critic.lora_rank, cfg.critic.lora_alpha or None)
+    if cfg.source.kind == "field":
+        from ..sources.camera_lora import CameraLoraCritic
+
+        return make_diffusers_critic(teacher, denoiser=CameraLoraCritic(teacher, "critic"))
     return make_diffusers_critic(teacher, denoiser=AdapterView(teacher, "critic"))
 
 
 def build_task(cfg: OptimizeSDConfig, objective: Any, teacher: Any) -> dict[str, Any]:
-    """The particles, their prompt ids, the critic (or None), ``draw`` and ``evaluate``."""
+    """The particles, their prompt ids, the critic (or None), ``draw`` and ``evaluate``; on a
+    field, ``runs.optimize_sd_field.field_task``."""
     from ..sources.particles import Particles
+
+    if cfg.source.kind == "field":
+        from .optimize_sd_field import field_task
+
+        critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+        return field_task(cfg, objective, teacher, critic)
 
     gen = torch.Generator().manual_seed(cfg.train.seed)
     n, prompts = cfg.source.n_particles, teacher.num_classes
@@ -131,8 +174,15 @@ def build_task(cfg: OptimizeSDConfig, objective: Any, teacher: Any) -> dict[str,
 
     score, seed = _scorer(teacher), cfg.train.seed + 1
     evaluate = lambda p: score(teacher, p.theta.detach(), labels, seed)  # noqa: E731
-    return {"source": particles, "labels": labels, "critic": critic, "draw": draw,
-            "evaluate": evaluate}  # fmt: skip
+
+    def pictures() -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+        z = particles.theta.detach()
+        with torch.no_grad():
+            images = teacher.decode(z)
+        return images, labels, {"latents": z.numpy(), "labels": labels.numpy()}
+
+    return {"source": particles, "critic": critic, "draw": draw, "evaluate": evaluate,
+            "pictures": pictures, "what": f"{n} latent particles"}  # fmt: skip
 
 
 def run_optimize_sd(
@@ -143,71 +193,73 @@ def run_optimize_sd(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
     task = build_task(cfg, objective, teacher)
-    particles, labels = task["source"], task["labels"]
-    initial_theta = particles.theta.detach().clone()
+    source = task["source"]
+    before = task["pictures"]()[0]
     initial_path = out / "initial.json"
     if not initial_path.exists():
-        atomic_write_json(initial_path, task["evaluate"](particles))
+        atomic_write_json(initial_path, task["evaluate"](source))
     start = time.perf_counter()
     result = optimize(
-        cfg.train, source=particles, objective=objective, teacher=teacher, draw=task["draw"],
+        cfg.train, source=source, objective=objective, teacher=teacher, draw=task["draw"],
         evaluate=task["evaluate"], out_dir=out, resume=resume, critic=task["critic"],
     )  # fmt: skip
     critic = task["critic"]
     metrics = {
-        **task["evaluate"](particles), "wall_s": time.perf_counter() - start,
+        **task["evaluate"](source), "wall_s": time.perf_counter() - start,
         "steps": cfg.train.steps, "guidance": float(getattr(objective, "guidance", 1.0)),
         "trainable_params": {
-            "particles": particles.theta.numel(),
+            cfg.source.kind: sum(p.numel() for p in source.parameters()),
             "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
         },
         "initial": json.loads(initial_path.read_text()),
     }  # fmt: skip
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
-    z = particles.theta.detach()
-    with torch.no_grad():
-        images, before = teacher.decode(z), teacher.decode(initial_theta)
-    np.savez(
-        out / "samples.npz", x=images.flatten(1).numpy(), latents=z.numpy(), labels=labels.numpy()
-    )
-    _save_grid(out, cfg, images, before, labels)
-    _write_report(out, cfg, teacher, metrics, result["history"])
+    images, labels, arrays = task["pictures"]()
+    np.savez(out / "samples.npz", x=images.flatten(1).numpy(), **arrays)
+    _save_grid(out, cfg, images, before, labels, task["what"])
+    _write_report(out, cfg, teacher, metrics, result["history"], task["what"])
     return metrics
 
 
-def _name(cfg: OptimizeSDConfig) -> str:
-    """The method as a reader knows it: ESD here always has lam = 0 (``_check``), i.e. VSD."""
-    return "vsd (esd, lam = 0)" if cfg.method == "esd" else cfg.method
+def _name(cfg: OptimizeSDConfig, objective: Any = None) -> str:
+    """The method as a reader knows it: ESD at lam = 0 is VSD."""
+    lam = dict(cfg.objective).get("lam", getattr(objective, "lam", None))
+    return "vsd (esd, lam = 0)" if cfg.method == "esd" and lam == 0 else cfg.method
 
 
-def _save_grid(out: Path, cfg: OptimizeSDConfig, images, before, labels) -> Path:
+def _save_grid(out: Path, cfg: OptimizeSDConfig, images, before, labels, what: str) -> Path:
+    """``samples.png``: the source's pictures before and after (particles sorted by prompt; a
+    field's ring renders in azimuth order)."""
     from ..eval.plots import save_image_grid
 
-    n = len(images)
-    panels = {"initial latents, decoded": before, f"{_name(cfg)}: {n} particles": images}
-    return save_image_grid(
-        panels, out / "samples.png", {k: labels for k in panels}, per_panel=min(n, 64)
-    )
+    panels = {"before": before, f"{_name(cfg)}: {what}": images}
+    sort = {k: labels for k in panels} if cfg.source.kind == "particles" else None
+    return save_image_grid(panels, out / "samples.png", sort, per_panel=min(len(images), 64))
 
 
 def _write_report(
-    out: Path, cfg: OptimizeSDConfig, teacher: Any, metrics: dict[str, Any], history: list[dict]
+    out: Path,
+    cfg: OptimizeSDConfig,
+    teacher: Any,
+    metrics: dict[str, Any],
+    history: list[dict],
+    what: str,
 ) -> None:
     """``report.md``: the run, the metric table over steps and what the figure shows."""
     from ..eval.report import format_value
 
     rows = [{"step": 0, **metrics["initial"]}, *history, {"step": cfg.train.steps, **metrics}]
-    keys = [k for k in REPORT_KEYS if k in metrics]
+    keys = [k for k in (*REPORT_KEYS, *FIELD_KEYS) if k in metrics]
     prompts = teacher.prompt_table.prompts
     critic = (
         f"LoRA rank {cfg.critic.lora_rank}" if metrics["trainable_params"]["critic"] else "none"
     )
     lines = [
-        f"# {_name(cfg)} on {cfg.source.n_particles} latent particles",
+        f"# {_name(cfg)} on {what}",
         "",
-        f"Teacher `{sd_paths(cfg)[0]}`, {len(prompts)} prompts (particle i: prompt i mod "
-        f"{len(prompts)}; first: {prompts[0]!r}); guidance {metrics['guidance']:g}.",
+        f"Teacher `{sd_paths(cfg)[0]}`, {len(prompts)} prompts (first: {prompts[0]!r}); "
+        f"guidance {metrics['guidance']:g}.",
         "",
         f"Objective: `{cfg.objective}`; critic: {critic}.",
         "",
@@ -219,10 +271,12 @@ def _write_report(
             for r in rows
         ]
         lines += ["", "class_acc: the digits classifier's agreement with each prompt's digit."]
+        if cfg.source.kind == "field":
+            lines += ["view_spread: RMS pixel distance between ring renders (0: one picture)."]
     lines += [
         "",
         f"Wall time {metrics['wall_s']:.1f} s for {cfg.train.steps} steps. Figure: "
-        "`samples.png` (decoded particles before and after, sorted by prompt).",
+        "`samples.png` (the pictures before and after).",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -233,8 +287,9 @@ def param_report(cfg: OptimizeSDConfig, objective: Any) -> dict[str, Any]:
     parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
     frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+    src = cfg.source  # a field: density + RGB per voxel (scene.field3d.VoxelField)
     trained = {
-        "particles": cfg.source.n_particles * teacher.dim,
+        src.kind: 4 * src.resolution**3 if src.kind == "field" else src.n_particles * teacher.dim,
         "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
     }
     return {"frozen_params": frozen, "trainable_params": trained}
@@ -242,7 +297,8 @@ def param_report(cfg: OptimizeSDConfig, objective: Any) -> dict[str, Any]:
 
 FAMILY = Family(
     name="optimize-sd",
-    help="score distillation as optimization of latent particles under a text-to-image teacher",
+    help="score distillation as optimization under a text-to-image teacher: latent particles or a "
+    "voxel field through the VAE",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=lambda preset, sets: Resolved(*resolve(preset, sets), preset),

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from .base import NULL_LABEL
 
-__all__ = ["MLPDenoiserNet"]
+__all__ = ["MLPDenoiserNet", "azimuth_features"]
 
 _FOURIER = 16  # noise-level frequencies; log(sigma/alpha) spans about [-7, 5]
 
 
-def _azimuth_features(cond: Tensor | None, n: int, x: Tensor) -> Tensor:
+def azimuth_features(cond: Tensor | None, n: int, x: Tensor) -> Tensor:
     """``(n, 2)``: ``[cos az, sin az]`` of azimuths in degrees; zeros for ``NULL_LABEL`` / None."""
     if cond is None:
         return x.new_zeros(n, 2)
@@ -91,7 +91,7 @@ class MLPDenoiserNet(nn.Module):
         arg = c * self.freqs.to(x.dtype)
         h = self.inp(torch.cat([x, c, arg.sin(), arg.cos()], dim=1))
         if self.camera_emb is not None:
-            h = h + self.camera_emb(_azimuth_features(cond, n, x))
+            h = h + self.camera_emb(azimuth_features(cond, n, x))
         else:  # validates the labels even without a class embedding
             idx = self._class_index(cond, n, x.device)
             if self.class_emb is not None:
