@@ -305,17 +305,6 @@ def test_sds_optimizes_latent_particles_under_sd3(sd3, tmp_path):
     assert (out / "report.md").is_file() and (out / "samples.png").is_file()
 
 
-@pytest.mark.parametrize("sd3", [True], indirect=True, ids=["t5"])
-def test_distill_refuses_unet_only_settings_in_one_line(sd3, tmp_path, capsys):
-    assert _cli("distill", "sid-lsg-sd", sd3[1], tmp_path) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # above: transformers' load bars
-    assert last.startswith("scoredistill: error: config key 'export': True is not supported")
-    assert _cli("distill", "sid-lsg-sd", sd3[1], tmp_path, "--set", "export=false") == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("scoredistill: error: config key 'student.init_timestep': 625 is")
-    assert not (tmp_path / "run").exists()  # refused before any work
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sd3", [True], indirect=True, ids=["t5"])
 def test_sid_lsg_distills_an_sd3_teacher_without_export(sd3, tmp_path):

@@ -15,15 +15,17 @@
   ``LoraConfig`` as metadata so ``lora_alpha`` reloads), ``scheduler/`` (the LCM config) and a
   README: ``pipe = DiffusionPipeline.from_pretrained(TEACHER); pipe.load_lora_weights(OUT/lora);
   pipe.scheduler = LCMScheduler.from_pretrained(OUT/lora/scheduler)``.
+- **SD3 teacher** (``StableDiffusion3Pipeline`` folder): ``export_sd3`` writes the same two
+  folders for ``StableDiffusion3Pipeline`` and ``FlowMatchEulerDiscreteScheduler``.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 from .export import student_scheduler
+from .export_sd3 import export_sd3_student, is_sd3, plain_copy
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
@@ -87,11 +89,8 @@ def _scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
 
 def _full(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
     from diffusers import StableDiffusionPipeline
-    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    unet = copy.deepcopy(generator.denoiser.model).float().eval().requires_grad_(False)
-    if any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
-        raise ValueError("the full student carries LoRA layers: build it before any adapter")
+    unet = plain_copy(generator.denoiser.model)
     pipe = StableDiffusionPipeline(
         vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
         unet=unet, scheduler=_scheduler(generator, teacher), safety_checker=None,
@@ -125,6 +124,8 @@ def export_latent_student(
     and return it; ``steps`` must equal the student's K; ``prompt`` goes in the README."""
     if steps != generator.nfe:
         raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
+    if is_sd3(teacher):
+        return export_sd3_student(generator, teacher, out_dir, prompt=prompt, note=note)
     is_lora = isinstance(generator.denoiser, AdapterView)
     final = Path(out_dir) / ("lora" if is_lora else "pipeline")
     with atomic_folder(final) as tmp:

@@ -47,7 +47,8 @@ class LoraPlayer:
 @dataclass(frozen=True)
 class SDStudentConfig(LoraPlayer):
     steps: PositiveInt = 1  # student NFE K (LCM's grid on the teacher's table)
-    # the top native timestep; -1: the table's last (DMD2's 999; SiD-LSG: 625)
+    # the top native timestep; -1: the table's last (DMD2's 999; SiD-LSG: 625); on SD3 an
+    # index of SD's table mapped by log-SNR to a flow level (export_sd3.flow_level)
     init_timestep: Annotated[int, Range(-1, note="-1: the table's last")] = -1
     attention: Literal["sdpa", "eager"] = "sdpa"
 
@@ -111,21 +112,16 @@ def read_prompts(path: str) -> list[str]:
 
 def load_teacher(cfg: SDDistillConfig):
     """The latent teacher with the prompt list as its labels."""
+    from ..export_sd3 import check_sd3_student, is_sd3
     from ..sources.diffusers import set_attention
     from ..teachers.diffusers_latent import load_latent_teacher
-    from ..teachers.diffusers_sd3 import SD3TextEncoder
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
     teacher = load_latent_teacher(folder)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
-    if isinstance(teacher.text_encoder, SD3TextEncoder):  # UNet export, VP timestep, joint attn
-        for key, got, ok in (("export", cfg.export, False),
-                             ("student.init_timestep", cfg.student.init_timestep, -1),
-                             ("student.attention", cfg.student.attention, "sdpa")):  # fmt: skip
-            if got != ok:
-                what = f"{got!r} is not supported with an SD3 teacher yet; valid: {ok!r}"
-                raise ConfigError(f"config key {key!r}: {what}")
+    if is_sd3(teacher):  # joint attention; init_timestep on SD's table
+        check_sd3_student(cfg.student.init_timestep, cfg.student.attention)
     else:
         set_attention(teacher.model, cfg.student.attention)
     return teacher
@@ -189,7 +185,8 @@ def _check(cfg: SDDistillConfig, objective: Any) -> None:
 def build_players(cfg: SDDistillConfig, teacher: Any):
     """``(generator, critic)``: full copies first (a copy made after an adapter would carry
     it), then LoRA adapters on the teacher's base."""
-    from ..sources.diffusers import DiffusersGenerator, make_diffusers_critic
+    from ..export_sd3 import student_generator
+    from ..sources.diffusers import make_diffusers_critic
     from ..sources.lora import AdapterView, add_lora
 
     def view(name: str, player: LoraPlayer) -> AdapterView | None:
@@ -200,10 +197,10 @@ def build_players(cfg: SDDistillConfig, teacher: Any):
 
     s = cfg.student
     top = {"steps": s.steps, "init_timestep": None if s.init_timestep < 0 else s.init_timestep}
-    gen = None if s.lora else DiffusersGenerator(teacher, **top)
+    gen = None if s.lora else student_generator(teacher, **top)
     critic = None if cfg.critic.lora else make_diffusers_critic(teacher)
     if gen is None:
-        gen = DiffusersGenerator(teacher, **top, denoiser=view("student", s))
+        gen = student_generator(teacher, **top, denoiser=view("student", s))
     if critic is None:
         critic = make_diffusers_critic(teacher, denoiser=view("critic", cfg.critic))
     return gen, critic

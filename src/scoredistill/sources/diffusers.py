@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -130,6 +131,8 @@ class DiffusersGenerator(nn.Module):
     ``steps`` = K; ``init_timestep`` (VP teachers) the top native timestep (default ``N - 1``);
     ``sigma_init`` the VE level that picks it instead. ``timesteps`` holds the native integer
     timesteps (None for non-VP teachers), ``ts`` the same times on ``teacher.schedule``.
+    ``grid`` (non-VP teachers): ``(times, prior scale)`` of a stock scheduler other than the
+    teacher's own (``export_sd3``: a flow student started below the top level).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class DiffusersGenerator(nn.Module):
         sigma_init: float | None = None,
         gradient_checkpointing: bool = False,
         denoiser: nn.Module | None = None,
+        grid: tuple[Sequence[float], float] | None = None,
     ) -> None:
         super().__init__()
         if init_timestep is not None and sigma_init is not None:
@@ -153,6 +157,10 @@ class DiffusersGenerator(nn.Module):
         self.timesteps: tuple[int, ...] | None = None
         stock: tuple[list[float], float] | None = None
         if teacher.family == "vp":
+            if grid is not None:
+                raise ValueError(
+                    "grid is for flow and EDM teachers; a VP student takes init_timestep"
+                )
             lam = teacher.native_schedule._lam
             if sigma_init is not None:  # sigma/alpha = exp(-lambda/2) nearest sigma_init
                 init_timestep = int((-lam / 2 - math.log(sigma_init)).abs().argmin())
@@ -166,7 +174,7 @@ class DiffusersGenerator(nn.Module):
                 f"init_timestep/sigma_init need a VP-table teacher, not {teacher.family!r}"
             )
         else:  # flow, EDM: the exported scheduler's grid and prior, else the sampler's grid
-            stock = stock_grid(teacher, steps)
+            stock = stock_grid(teacher, steps) if grid is None else (list(grid[0]), grid[1])
             ts = list(default_student_times(schedule, steps)) if stock is None else stock[0]
         self.ts = tuple(ts)
         a, s = schedule.alpha_sigma(torch.tensor(self.ts, dtype=torch.float64))
