@@ -293,3 +293,75 @@ def test_trigflow_student_is_finite_at_float32_half_pi() -> None:
         assert torch.isfinite(out).all() and torch.isfinite(u).all()
         assert torch.allclose(out, student(x, below), atol=1e-6)
         assert torch.equal(u, student.logvar(below))
+
+
+# --------------------------------------------------------- presets on cond2d, gmm64, digits
+NEW_TESTBEDS = {"cond2d": (2, 2), "gmm64": (64, 0), "digits": (64, 10)}  # (dim, classes)
+
+
+@pytest.mark.parametrize("method", ["cd", "scm", "rcm", "hypersd", "sana-sprint"])
+def test_presets_cover_cond2d_gmm64_digits(method: str) -> None:
+    """Every method has a preset on each testbed; the 64-D students are twice as wide."""
+    fam = FAMILIES["distill-consistency"]
+    for testbed, (dim, _) in NEW_TESTBEDS.items():
+        cfg = fam.resolve(f"{method}-{testbed}", []).config
+        assert cfg.testbed == testbed
+        assert cfg.student.hidden == (512 if dim == 64 else 256)
+        assert cfg.train.steps == (1500 if dim == 64 else 2000)
+    assert fam.resolve(f"{method}-ring8", []).config.student.hidden == 256  # unchanged
+
+
+# the quick run trimmed further: 5 updates, one teacher cell, one consistency level; the run's
+# wiring (labels, 64-D students, the report) is what is checked, in seconds
+_TRIM = [
+    "train.steps=5",
+    "train.eval_samples=200",
+    "eval.steps=[1,2]",
+    "eval.levels=[0.5]",
+    "eval.consistency_samples=8",
+    'eval.teacher_samplers=["ddim"]',
+    "eval.teacher_nfe=[2]",
+]
+
+
+def _trimmed_run(preset: str, out: Path) -> int:
+    sets = [a for s in _TRIM for a in ("--set", s)]
+    return main(["distill", "--preset", preset, "--quick", *sets, "--out", str(out)])
+
+
+# cond2d is slow-marked: its 2-D path is ring8's, its labels are digits' (the 15 s test budget)
+@pytest.mark.parametrize(
+    "testbed", ["digits", "gmm64", pytest.param("cond2d", marks=pytest.mark.slow)]
+)
+def test_quick_run_on_each_new_testbed(testbed: str, tmp_path: Path) -> None:
+    dim, classes = NEW_TESTBEDS[testbed]
+    out = tmp_path / "run"
+    assert _trimmed_run(f"scm-{testbed}", out) == 0
+    samples = np.load(out / "samples.npz")
+    assert samples["x"].shape == (200, dim) and np.isfinite(samples["x"]).all()
+    if classes:  # labels from the class prior: 200 draws of 10 near-equal classes miss one
+        # with probability < 10 * 0.9^200 ~ 1e-8
+        assert samples["labels"].shape == (200,)
+        assert set(samples["labels"].tolist()) == set(range(classes))
+    else:
+        assert "labels" not in samples
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["by_steps"]) == {"1", "2"} and metrics["nfe"] == 2
+    assert "teacher's best" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "preset", ["cd-cond2d", "cd-gmm64", "cd-digits", "rcm-digits", "sana-sprint-gmm64",
+               "hypersd-cond2d"],
+)  # fmt: skip
+def test_quick_run_of_the_other_methods_on_new_testbeds(preset: str, tmp_path: Path) -> None:
+    """CD's student (``BoundaryConsistency``), rCM's and SANA-Sprint's critics and Hyper-SD's
+    stages (quick: every stage runs) on the same wiring."""
+    out = tmp_path / "run"
+    assert _trimmed_run(preset, out) == 0
+    x = np.load(out / "samples.npz")["x"]
+    dim = NEW_TESTBEDS[preset.rsplit("-", 1)[1]][0]
+    assert x.shape == (200, dim) and np.isfinite(x).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(v["mmd"]) for v in metrics["by_steps"].values())
