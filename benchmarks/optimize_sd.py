@@ -9,6 +9,9 @@ RUNS/P-sS``); finished ones are read from their ``metrics.json``, so the script 
         --json benchmarks/out/optimize_sd_latent.json
     OMP_NUM_THREADS=1 python benchmarks/optimize_sd.py --runs runs/optsd --seeds 0 1 2 \\
         --presets sds-sd-field vsd-sd-field esd-sd --json benchmarks/out/optimize_sd_field.json
+    OMP_NUM_THREADS=1 python benchmarks/optimize_sd.py --runs runs/optsd --seeds 0 1 2 \\
+        --presets sds-sd-field vsd-sd-field esd-sd --set source.prompt_index=7 --tag=-p7 \\
+        --json benchmarks/out/optimize_sd_field_p7.json
 
 Latent particles are scored as decoded images (digits FD, precision, recall, prompt accuracy);
 a field by its ring renders (prompt accuracy over all views and per front/side/back sector, and
@@ -46,7 +49,7 @@ def summarise(rows: list[dict]) -> dict[str, tuple[float, float]]:
         vals = [float(r[key]) for r in rows if key in r]
         if vals:
             out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    if rows and "initial" in rows[0]:
+    if rows and "fd" in rows[0].get("initial", {}):
         out["initial_fd"] = (
             statistics.fmean(float(r["initial"].get("fd", "nan")) for r in rows),
             0.0,
@@ -67,13 +70,17 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/optsd"))
     parser.add_argument("--teacher", default="")
     parser.add_argument("--prompts", default="")
+    parser.add_argument("--set", action="append", default=[], help="passed to every run")
+    parser.add_argument("--tag", default="", help="run folders RUNS/<preset><tag>-s<seed>")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     extra = [*(["--teacher", args.teacher] if args.teacher else []),
-             *(["--prompts", args.prompts] if args.prompts else [])]  # fmt: skip
+             *(["--prompts", args.prompts] if args.prompts else []),
+             *(a for kv in args.set for a in ("--set", kv))]  # fmt: skip
     results = {}
     for preset in args.presets:
-        rows = [run_once(preset, s, args.runs / f"{preset}-s{s}", extra) for s in args.seeds]
+        folders = [args.runs / f"{preset}{args.tag}-s{s}" for s in args.seeds]
+        rows = [run_once(preset, s, f, extra) for s, f in zip(args.seeds, folders, strict=True)]
         results[preset] = {"seeds": args.seeds, "per_seed": rows, "summary": summarise(rows)}
     keys = [k for k in (*KEYS, "initial_fd") if any(k in r["summary"] for r in results.values())]
     print("| preset | " + " | ".join(keys) + " |")

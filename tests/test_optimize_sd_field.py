@@ -155,3 +155,19 @@ def test_lam_needs_a_field_and_the_field_accepts_it(sd_folder, prompts, tmp_path
     assert main(_args("esd-sd", sd_folder, prompts, tmp_path / "o", "--dry-run")) == 0
     report = json.loads(capsys.readouterr().out)["networks"]
     assert report["trainable_params"]["field"] == 4 * 16**3 and report["trainable_params"]["critic"]
+
+
+@pytest.mark.parametrize(
+    "method", ["csd", pytest.param("cds", marks=pytest.mark.slow),
+               pytest.param("asd", marks=pytest.mark.slow),
+               pytest.param("bsd", marks=pytest.mark.slow),
+               pytest.param("ism", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_the_successors_optimise_a_field_with_their_defaults(method, sd_folder, prompts, tmp_path):
+    out = tmp_path / method
+    assert main(_args(f"{method}-sd-field", sd_folder, prompts, out, "--quick")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["kind"] == "field" and config["method"] == method
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainable_params"] == {"field": 4 * 16**3, "critic": 0}
+    assert metrics["view_spread"] != metrics["initial"]["view_spread"]  # the field moved

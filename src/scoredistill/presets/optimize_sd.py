@@ -118,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sds-sd-field": {**_SDS, **_FIELD},
     "vsd-sd-field": {**_FIELD_CRITIC, **_FIELD},
     "esd-sd": {**_ESD, **_FIELD},
+    **{f"{m}-sd-field": {**_SUCCESSORS, "method": m, **_FIELD} for m in SUCCESSORS},
 }
 _ABOUT = {
     "csd": "CSD (Yu et al. 2024): the classifier score eps_c - eps_0 alone",
@@ -134,6 +135,7 @@ DESCRIPTIONS: dict[str, str] = {
     "sds-sd": "SDS (DreamFusion) on latent particles of a text-to-image teacher, CFG 100",
     "vsd-sd": "VSD (ProlificDreamer) on latent particles, CFG 7.5, LoRA critic on the teacher",
     **{f"{m}-sd": f"{_ABOUT[m]}, on latent particles" for m in SUCCESSORS},
+    **{f"{m}-sd-field": f"{_ABOUT[m]}, on a voxel field through the VAE" for m in SUCCESSORS},
 }
 # ``--quick``: seconds per run; checks that the run works, not the numbers
 QUICK = [
