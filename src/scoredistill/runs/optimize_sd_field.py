@@ -79,7 +79,7 @@ def _view_spread(images: Tensor) -> float:
     return float((d2.sum() / (n * (n - 1))).sqrt()) if n > 1 else 0.0
 
 
-def field_metrics(field_: Any, teacher: Any, cfg: Any, digits: Tensor | None, seed: int):
+def field_metrics(field_: Any, teacher: Any, cfg: Any, digits: Tensor | None):
     """Scores of the ring renders (module docstring)."""
     images, az = ring_renders(field_, teacher, cfg.source)
     views = prompt_for_azimuth(az)
@@ -119,7 +119,7 @@ def field_task(cfg: Any, objective: Any, teacher: Any, critic: Any) -> dict[str,
         return Batch(z, views, pc, {"camera": pc} if camera else {})
 
     digits = scorable_digits(teacher)
-    evaluate = lambda f: field_metrics(f, teacher, cfg, digits, cfg.train.seed + 1)  # noqa: E731
+    evaluate = lambda f: field_metrics(f, teacher, cfg, digits)  # noqa: E731
 
     def pictures() -> tuple[Tensor, Tensor, dict[str, Any]]:
         images, az = ring_renders(field_, teacher, s)
