@@ -240,10 +240,14 @@ def test_bench_onestep_writes_the_table(tmp_path, capsys):
     methods = results["testbeds"]["ring8"]["methods"]
     assert set(methods) == {"dmd2-ring8", "vsd-ring8"}
     assert all("mmd_std" in m and "initial_mmd" in m and m["nfe"] == 1 for m in methods.values())
-    assert len(results["testbeds"]["ring8"]["teacher"]) == 10  # 2 samplers x 5 NFE
+    teacher = results["testbeds"]["ring8"]["teacher"]
+    assert len(teacher["rows"]) == 4 * 5 * 4  # 4 samplers x 5 grids x NFE 1, 2, 4, 8
+    assert set(teacher["best"]) == {"mmd_local", "mmd", "sw2"}
+    assert set(teacher["best"]["mmd"]) == {"1", "2", "4", "8"}
     assert "forget_mass" in results["testbeds"]["cond2d"]["methods"]["sfd-cond2d"]
     md = (tmp_path / "results.md").read_text()
     assert "| **dmd2-ring8** | 1 |" in md and "forget mass" in md
+    assert "teacher best by mmd_local:" in md and "below best 4 / 8 NFE on" in md
     # a second call reads the finished runs back instead of training again
     mtime = (tmp_path / "runs" / "vsd-ring8-seed0" / "metrics.json").stat().st_mtime
     code, _, _ = _run([*args, "--out", str(tmp_path)], capsys)

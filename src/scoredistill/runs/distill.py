@@ -248,6 +248,7 @@ def run_distill(
         "sample_s": sample_s,
         "critic_sigma_data": critic.sigma_data,
         "initial": initial,
+        "testbed": cfg.testbed,  # as run: a --set testbed=FILE.npz overrides the preset's
     }
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
