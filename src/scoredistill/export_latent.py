@@ -17,6 +17,8 @@
   pipe.scheduler = LCMScheduler.from_pretrained(OUT/lora/scheduler)``.
 - **SD3 teacher** (``StableDiffusion3Pipeline`` folder): ``export_sd3`` writes the same two
   folders for ``StableDiffusion3Pipeline`` and ``FlowMatchEulerDiscreteScheduler``.
+- **SDXL teacher** (``StableDiffusionXLPipeline`` folder): ``export_sdxl`` writes the same two
+  folders for ``StableDiffusionXLPipeline`` with this ``LCMScheduler``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from .export import student_scheduler
 from .export_sd3 import export_sd3_student, is_sd3, plain_copy
+from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
@@ -126,6 +129,8 @@ def export_latent_student(
         raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
     if is_sd3(teacher):
         return export_sd3_student(generator, teacher, out_dir, prompt=prompt, note=note)
+    if is_sdxl(teacher):
+        return export_sdxl_student(generator, teacher, out_dir, prompt=prompt, note=note)
     is_lora = isinstance(generator.denoiser, AdapterView)
     final = Path(out_dir) / ("lora" if is_lora else "pipeline")
     with atomic_folder(final) as tmp:

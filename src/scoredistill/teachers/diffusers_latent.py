@@ -20,7 +20,10 @@ module adds only what is latent or textual:
 
 Loading is offline (``local_files_only=True``); every problem with a folder is a one-line
 ``TeacherFolderError`` naming the file and key. ``StableDiffusion3Pipeline`` folders (a
-flow-matching transformer, pooled text embeddings) load through ``diffusers_sd3``.
+flow-matching transformer, pooled text embeddings) load through ``diffusers_sd3``,
+``StableDiffusionXLPipeline`` folders (two CLIP encoders, ``added_cond_kwargs``) through
+``diffusers_sdxl``: the text encoder object names the network's pooled keyword
+(``added_cond_kwargs``) and may zero the empty negative prompt (``force_zeros_for_empty_prompt``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from .diffusers import (
     load_text_parts,
 )
 from .diffusers_sd3 import load_sd3_parts
+from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
 
@@ -65,7 +69,7 @@ class TextCond:
     """A text condition: ``embeds: (B, L, E)`` prompt embeddings; ``null: (1, L, E)`` the
     unconditional embedding (empty or negative prompt) that classifier-free guidance uses;
     ``prompts`` the B texts (or empty); ``pooled: (B, P)`` and ``null_pooled: (1, P)`` the pooled
-    embeddings of a transformer teacher (SD3's ``pooled_projections``), or both None."""
+    embeddings (SD3's ``pooled_projections``, SDXL's ``text_embeds``), or both None."""
 
     embeds: Tensor
     null: Tensor
@@ -220,15 +224,25 @@ class LatentDiffusersTeacher(DiffusersTeacher):
             self.text_encoder_calls += 1
             rows = zip(embeds, [None] * len(new) if pooled is None else pooled, strict=True)
             self._cache.update(zip(new, rows, strict=True))
-        (null, null_pooled), got = self._cache[negative_prompt], [self._cache[p] for p in prompts]
+        (null, null_pooled), got = self._null(negative_prompt), [self._cache[p] for p in prompts]
         stack = torch.stack([e for e, _ in got])
         pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
         nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
         return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1])
 
+    def _null(self, negative_prompt: str) -> tuple[Tensor, Tensor | None]:
+        """The cached null row; zeros for the empty prompt where the text encoder says so
+        (``StableDiffusionXLPipeline.encode_prompt``'s ``force_zeros_for_empty_prompt``)."""
+        null, pooled = self._cache[negative_prompt]
+        zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)
+        if zeros and negative_prompt == "":
+            return torch.zeros_like(null), _opt(pooled, torch.zeros_like)
+        return null, pooled
+
     def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor | None]:
         """``(embeds (N, L, E), pooled (N, P) or None)`` of ``texts`` as the pipeline computes
-        them: ``encode_text``, or SD3's three encoders (``diffusers_sd3.SD3TextEncoder``)."""
+        them: ``encode_text``, or SD3's three encoders (``diffusers_sd3.SD3TextEncoder``), or
+        SDXL's two (``diffusers_sdxl.SDXLTextEncoder``)."""
         if hasattr(self.text_encoder, "encode_texts"):
             return self.text_encoder.encode_texts(texts)
         return encode_text(self.tokenizer, self.text_encoder, texts), None
@@ -241,10 +255,11 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         return self.prompt_table
 
     def network_condition(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
-        """``encoder_hidden_states: (n, L, E)`` for a ``TextCond``, prompt ids or None (and
-        ``pooled_projections: (n, P)`` where the condition has pooled embeddings)."""
+        """``encoder_hidden_states: (n, L, E)`` for a ``TextCond``, prompt ids or None (the
+        null condition), and where the condition has pooled embeddings ``pooled_projections:
+        (n, P)`` (SD3) or the text encoder's ``added_cond_kwargs`` (SDXL)."""
         if cond is None:
-            cond = self.encode_prompts([""])
+            cond = self.encode_prompts([""]).null_like()
         elif torch.is_tensor(cond) and not cond.dtype.is_floating_point:
             cond = self._rows_of_labels(cond.reshape(n))
         elif not isinstance(cond, TextCond):
@@ -255,8 +270,16 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         dtype = next(self.model.parameters()).dtype
         out = {"encoder_hidden_states": cond.embeds.expand(n, -1, -1).to(device, dtype)}
         if cond.pooled is not None:
-            out["pooled_projections"] = cond.pooled.expand(n, -1).to(device, dtype)
+            out.update(self._pooled_kwargs(cond.pooled.expand(n, -1).to(device, dtype)))
         return out
+
+    def _pooled_kwargs(self, pooled: Tensor) -> dict[str, Any]:
+        """``{"pooled_projections": pooled}``, or the text encoder's own keywords for ``pooled:
+        (n, P)`` at the pixel size (``SDXLTextEncoder.added_cond_kwargs``)."""
+        added = getattr(self.text_encoder, "added_cond_kwargs", None)
+        return (
+            {"pooled_projections": pooled} if added is None else added(pooled, self.image_shape[1:])
+        )
 
     def _rows_of_labels(self, ids: Tensor) -> TextCond:
         table = self.prompt_table
@@ -302,6 +325,8 @@ def _index(path: Path) -> tuple[Path, dict[str, Any]]:
     if not index_path.is_file():
         raise _fail(index_path, "not found; a StableDiffusionPipeline folder has model_index.json")
     index = _read_json(index_path)
+    if is_sdxl_index(index):
+        return path, index  # diffusers_sdxl checks its components
     if "unet" not in index and "transformer" in index:
         if index.get("_class_name") == "StableDiffusion3Pipeline" or "text_encoder_3" in index:
             return path, index  # diffusers_sd3 checks its components
@@ -324,8 +349,9 @@ def _check_configs(path: Path) -> None:
         what = "takes no encoder_hidden_states; valid: UNet2DConditionModel"
         raise _fail(ucfg_path, f"{cls.__name__} {what}")
     if (extra := ucfg.get("addition_embed_type")) not in (None, "text"):
-        what = "needs added_cond_kwargs (SDXL-style), not supported yet; valid: null, 'text'"
-        raise _fail(ucfg_path, f"addition_embed_type {extra!r} {what}")
+        what = "needs added_cond_kwargs: valid in a StableDiffusionXLPipeline folder (with"
+        valid = "text_encoder_2, tokenizer_2); valid here: null, 'text'"
+        raise _fail(ucfg_path, f"addition_embed_type {extra!r} {what} {valid}")
     latent, inputs = vcfg.get("latent_channels"), ucfg.get("in_channels")
     if latent != inputs:
         what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
@@ -340,13 +366,17 @@ def load_latent_teacher(
     schedule: Schedule | None = None,
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
-    holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``); the UNet in ``dtype``,
+    holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``;
+    ``StableDiffusionXLPipeline``: ``diffusers_sdxl``); the UNet in ``dtype``,
     the VAE and text encoder in float32; frozen, eval mode. Problems raise ``TeacherFolderError``
     (a ``ValueError``) naming file and key."""
     path, index = _index(Path(path))
     if "unet" not in index:  # a StableDiffusion3Pipeline folder (_index)
         unet, vae, sched, text_encoder = load_sd3_parts(path, index, device=device, dtype=dtype)
         tokenizer = None  # SD3TextEncoder holds its three tokenizers
+    elif is_sdxl_index(index):
+        unet, vae, sched, text_encoder = load_sdxl_parts(path, index, device=device, dtype=dtype)
+        tokenizer = None  # SDXLTextEncoder holds its two tokenizers
     else:
         _check_configs(path)
         sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")

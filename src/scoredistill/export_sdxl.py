@@ -1,0 +1,118 @@
+"""Export a student of an SDXL teacher (``teachers.diffusers_sdxl``): a full pipeline or a LoRA.
+
+An SDXL teacher is a VP table like Stable Diffusion's, so the student's stock scheduler is the
+SD path's: ``export.student_scheduler`` (an ``LCMScheduler`` on the teacher's betas cut at the
+student's top, ``timestep_scaling = 1e4`` so each step returns the network's x0, fresh noise
+between steps). Diffusers 0.42 ``StableDiffusionXLPipeline.__call__`` runs the same loop as
+``StableDiffusionPipeline``'s (``pipeline_stable_diffusion_xl.py``): ``prepare_latents`` draws
+``randn(generator) · init_noise_sigma`` (LCM: 1), ``unet(scale_model_input(x) = x, k,
+prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": (H, W, 0, 0, H, W)})``
+with ``H, W`` the default ``unet.sample_size · vae_scale_factor``, and ``scheduler.step(...,
+generator=)`` (``prepare_extra_step_kwargs``); ``guidance_scale=1`` skips CFG. So the same
+``torch.Generator`` seed gives the student's latents (``sources.diffusers``).
+
+- **Full student** -> ``OUT/pipeline/``: ``StableDiffusionXLPipeline`` with the teacher's VAE,
+  both text encoders and tokenizers, its ``force_zeros_for_empty_prompt``, the student's UNet
+  and that scheduler (no watermarker: ``add_watermarker=False``).
+- **LoRA student** -> ``OUT/lora/``: ``pytorch_lora_weights.safetensors`` written by
+  ``StableDiffusionXLPipeline.save_lora_weights(unet_lora_layers=)`` (keys ``unet.<module>...``
+  in diffusers' layout, no PEFT ``base_model.model.`` prefix; the ``LoraConfig`` as metadata so
+  ``lora_alpha`` reloads), ``scheduler/`` and a README: load it with
+  ``pipe.load_lora_weights(OUT/lora)`` into the teacher's own pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .export import student_scheduler
+from .export_sd3 import plain_copy
+from .io import atomic_folder
+from .sources.diffusers import DiffusersGenerator
+from .sources.lora import AdapterView, lora_state_dict
+from .teachers.diffusers_sdxl import SDXLTextEncoder
+
+__all__ = ["export_sdxl_student", "is_sdxl", "readme"]
+
+_IMPORT = "import torch\nfrom diffusers import DiffusionPipeline, LCMScheduler\n\n"
+_LORA = (
+    'pipe.load_lora_weights("PATH/TO/lora")\n'
+    'pipe.scheduler = LCMScheduler.from_pretrained("PATH/TO/lora/scheduler")\n'
+)
+
+
+def is_sdxl(teacher: Any) -> bool:
+    """Whether ``teacher`` was loaded from a ``StableDiffusionXLPipeline`` folder."""
+    return isinstance(getattr(teacher, "text_encoder", None), SDXLTextEncoder)
+
+
+def readme(generator: DiffusersGenerator, prompt: str, lora: bool) -> str:
+    """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it."""
+    k = generator.nfe
+    where = "PATH/TO/TEACHER" if lora else "PATH/TO/pipeline"
+    code = (
+        f'{_IMPORT}pipe = DiffusionPipeline.from_pretrained("{where}", local_files_only=True)\n'
+        f"{_LORA if lora else ''}images = pipe([{prompt!r}] * 4, num_inference_steps={k}, "
+        'guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").images\n'
+    )
+    what = "A LoRA on the SDXL teacher's UNet" if lora else "A `StableDiffusionXLPipeline`"
+    keys = "- Keys: diffusers' `unet.` layout; rank and alpha in the metadata.\n"
+    return (
+        f"# {k}-step SDXL student distilled with scoredistill\n\n{what}, trained for **K = {k}** "
+        f"step(s) at the teacher's timesteps {list(generator.timesteps or ())}.\n\n"
+        f"```python\n{code}```\n\n"
+        "- Stock `LCMScheduler`: fresh noise between steps; `timestep_scaling` is large so the "
+        "scheduler returns the network's x0 (the student's rollout).\n"
+        "- Micro-conditioning as trained: the default height and width (the UNet's "
+        "`sample_size` x the VAE's factor), `original_size = target_size` = that size, "
+        "`crops_coords_top_left = (0, 0)`.\n"
+        "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student.\n"
+        f"- `num_inference_steps` must be {k}.\n" + (keys if lora else "")
+    )
+
+
+def _full(generator: DiffusersGenerator, teacher: Any, sched: Any, folder: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    text: SDXLTextEncoder = teacher.text_encoder
+    pipe = StableDiffusionXLPipeline(
+        vae=teacher.vae, text_encoder=text.encoders[0], text_encoder_2=text.encoders[1],
+        tokenizer=text.tokenizers[0], tokenizer_2=text.tokenizers[1],
+        unet=plain_copy(generator.denoiser.model), scheduler=sched,
+        force_zeros_for_empty_prompt=text.force_zeros_for_empty_prompt, add_watermarker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _lora(generator: DiffusersGenerator, sched: Any, folder: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    weights, meta = lora_state_dict(generator.denoiser)
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=weights, unet_lora_adapter_metadata=meta, safe_serialization=True
+    )
+    sched.save_pretrained(folder / "scheduler")
+
+
+def export_sdxl_student(
+    generator: DiffusersGenerator,
+    teacher: Any,
+    out_dir: str | Path,
+    *,
+    prompt: str = "a prompt",
+    note: str = "",
+) -> Path:
+    """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) of an SDXL
+    teacher atomically and return it (module docstring); ``prompt`` goes in the README."""
+    sched = student_scheduler(generator, teacher)
+    is_lora = isinstance(generator.denoiser, AdapterView)
+    final = Path(out_dir) / ("lora" if is_lora else "pipeline")
+    with atomic_folder(final) as tmp:
+        if is_lora:
+            _lora(generator, sched, tmp)
+        else:
+            _full(generator, teacher, sched, tmp)
+        text = readme(generator, prompt, is_lora) + (f"\n{note}\n" if note else "")
+        (tmp / "README.md").write_text(text, encoding="utf-8")
+    return final

@@ -1,0 +1,229 @@
+"""``StableDiffusionXLPipeline`` folders as latent teachers: a ``UNet2DConditionModel`` with
+SDXL's added conditions (Podell et al. 2023, "SDXL: Improving Latent Diffusion Models for
+High-Resolution Image Synthesis", §2.1 "micro-conditioning", §2.2 two text encoders).
+
+The network, its scheduler (a VP table: Euler, DDIM, ...) and the time conversion are
+``DiffusersTeacher``'s; ``diffusers_latent.load_latent_teacher`` builds a
+``LatentDiffusersTeacher`` (VAE latents, ``TextCond``, prompt cache, prompt ids) with
+``SDXLTextEncoder`` as its text encoder (composition, no subclass). What SDXL adds mirrors
+diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
+
+- ``encode_prompt``: both tokenizers pad and truncate to their ``model_max_length`` (equal);
+  ``encoder_hidden_states = cat_E(h_1[-2], h_2[-2])``, the penultimate hidden states of
+  ``text_encoder`` (``CLIPTextModel``) and ``text_encoder_2`` (``CLIPTextModelWithProjection``;
+  ``clip_skip=None``); the pooled embedding is ``text_encoder_2``'s ``text_embeds`` (output 0,
+  "ALWAYS ... the final text encoder");
+- the null condition: with ``force_zeros_for_empty_prompt`` (``model_index.json``, default
+  True) the pipeline's unconditional embeddings for an empty negative prompt are **zeros**
+  (``zero_out_negative_prompt``); the teacher's null row for ``negative_prompt=""`` is zeros
+  too (``LatentDiffusersTeacher.encode_prompts``), any other negative prompt is encoded;
+- ``_get_add_time_ids(original_size=(H, W), crops_coords_top_left=(0, 0), target_size=(H, W))``
+  with ``(H, W)`` the pixel size ``unet.sample_size · vae_scale_factor`` (``__call__``'s default
+  height and width): ``time_ids = (H, W, 0, 0, H, W)`` for every row, conditional and null;
+- ``unet(..., added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})``.
+
+Refused, each as one ``TeacherFolderError`` line: refiner layouts (``text_encoder`` null,
+``requires_aesthetics_score``), VAEs with ``latents_mean``/``latents_std`` (the pipeline then
+decodes ``z · std / scaling + mean``), widths that do not fit:
+``projection_class_embeddings_input_dim = 6 · addition_time_embed_dim + projection_dim`` and
+``cross_attention_dim = hidden_size_1 + hidden_size_2``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .diffusers import (
+    TeacherFolderError,
+    _diffusers_class,
+    _fail,
+    _load,
+    _read_json,
+    _scheduler_class,
+    check_components,
+    load_text_parts,
+)
+
+__all__ = ["SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "time_ids", "width_problem"]
+
+PARTS = {  # model_index.json key: the library its class must come from
+    "unet": "diffusers",
+    "vae": "diffusers",
+    "scheduler": "diffusers",
+    "text_encoder": "transformers",
+    "tokenizer": "transformers",
+    "text_encoder_2": "transformers",
+    "tokenizer_2": "transformers",
+}
+N_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w): _get_add_time_ids
+
+
+def is_sdxl_index(index: dict[str, Any]) -> bool:
+    """Whether ``model_index.json`` describes an SDXL UNet pipeline (class name or a second
+    text encoder beside a ``unet``)."""
+    name = str(index.get("_class_name") or "")
+    return "unet" in index and (name.startswith("StableDiffusionXL") or "text_encoder_2" in index)
+
+
+def time_ids(size: Sequence[int], n: int, device: Any = None, dtype: Any = None) -> Tensor:
+    """``(n, 6)``: ``_get_add_time_ids(original_size=size, crops_coords_top_left=(0, 0),
+    target_size=size)`` repeated for ``n`` rows (the pipeline's ``add_time_ids.repeat``)."""
+    h, w = (int(v) for v in size)
+    row = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype or torch.float32, device=device)
+    return row.expand(n, -1)
+
+
+def width_problem(hidden: Sequence[int], projection: int, ucfg: dict[str, Any]) -> str:
+    """Why the text encoders' widths do not fit the UNet ("" when they do): ``hidden`` the two
+    encoders' ``hidden_size``, ``projection`` ``text_encoder_2``'s ``projection_dim``."""
+    if (kind := ucfg.get("addition_embed_type")) != "text_time":
+        return f"addition_embed_type={kind!r}; valid in an SDXL folder: 'text_time'"
+    time_dim = ucfg.get("addition_time_embed_dim")
+    extra = ucfg.get("projection_class_embeddings_input_dim")
+    want = N_TIME_IDS * time_dim + projection if isinstance(time_dim, int) else None
+    if extra != want:
+        return (
+            f"projection_class_embeddings_input_dim={extra} but 6 * addition_time_embed_dim "
+            f"({time_dim}) + text_encoder_2 projection_dim ({projection}) = {want}; must be equal"
+        )
+    cross = ucfg.get("cross_attention_dim")
+    widths = list(cross) if isinstance(cross, (list, tuple)) else [cross]
+    if any(c != sum(hidden) for c in widths):
+        return (
+            f"cross_attention_dim={cross} but the text encoders' hidden sizes sum to "
+            f"{sum(hidden)} ({' + '.join(map(str, hidden))}); must be equal"
+        )
+    return ""
+
+
+class SDXLTextEncoder(nn.Module):
+    """The text encoder of an SDXL ``LatentDiffusersTeacher``: ``text_encoder`` (CLIP-L) and
+    ``text_encoder_2`` (CLIP-G with projection) with their tokenizers; ``encode_texts`` gives
+    ``StableDiffusionXLPipeline.encode_prompt``'s embeddings, ``added_cond_kwargs`` the UNet's
+    added conditions."""
+
+    def __init__(
+        self,
+        text_encoders: Sequence[nn.Module],
+        tokenizers: Sequence[Any],
+        unet_config: Any,
+        *,
+        force_zeros_for_empty_prompt: bool = True,  # StableDiffusionXLPipeline.__init__'s
+    ) -> None:
+        super().__init__()
+        if len(text_encoders) != 2 or len(tokenizers) != 2 or any(e is None for e in text_encoders):
+            raise ValueError("SDXL needs two text encoders and tokenizers (CLIP-L, CLIP-G)")
+        lengths = [getattr(t, "model_max_length", None) for t in tokenizers]
+        if lengths[0] != lengths[1]:
+            got = f"tokenizer {lengths[0]}, tokenizer_2 {lengths[1]}"
+            raise ValueError(f"the tokenizers' model_max_length differ ({got}); must be equal")
+        hidden = [int(e.config.hidden_size) for e in text_encoders]
+        projection = int(getattr(text_encoders[1].config, "projection_dim", 0))
+        if why := width_problem(hidden, projection, dict(unet_config)):
+            raise ValueError(why)
+        self.encoders = nn.ModuleList(text_encoders)
+        self.tokenizers = tuple(tokenizers)
+        self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``(encoder_hidden_states (N, L, E_1 + E_2), text_embeds (N, P))`` (``encode_prompt``
+        with ``clip_skip=None``: ``hidden_states[-2]`` of each encoder)."""
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+            ids = tokenizer(
+                list(texts),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
+            if out[0].dim() == 2:  # CLIPTextModelWithProjection's text_embeds: the pooled row
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        if pooled is None:
+            what = "text_encoder_2 gives no pooled text_embeds"
+            raise ValueError(f"{what}; valid: CLIPTextModelWithProjection")
+        return torch.cat(hidden, dim=-1), pooled
+
+    def added_cond_kwargs(self, pooled: Tensor, size: Sequence[int]) -> dict[str, Any]:
+        """The UNet's keyword ``added_cond_kwargs`` for ``pooled: (n, P)`` at pixel ``size``
+        ``(H, W)`` (``__call__``: ``{"text_embeds": add_text_embeds, "time_ids": add_time_ids}``)."""
+        ids = time_ids(size, pooled.shape[0], pooled.device, pooled.dtype)
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+
+
+def _config(path: Path, part: str, name: str = "config.json") -> dict[str, Any]:
+    if not (path / part / name).is_file():
+        raise _fail(path / part / name, "not found; every component folder holds its config")
+    return _read_json(path / part / name)
+
+
+def _check_index(path: Path, index: dict[str, Any]) -> None:
+    """A base SDXL layout: refiner folders (no ``text_encoder``, aesthetic score) are refused."""
+    index_path = path / "model_index.json"
+    if index.get("text_encoder") in (None, [None, None]):
+        what = "text_encoder is null (an SDXL refiner layout): not supported yet"
+        raise _fail(index_path, f"{what}; valid: a base StableDiffusionXLPipeline folder")
+    if index.get("requires_aesthetics_score"):
+        what = "requires_aesthetics_score=true (an SDXL refiner's time ids): not supported yet"
+        raise _fail(index_path, f"{what}; valid: false")
+    check_components(path, index, PARTS)
+
+
+def _check_configs(path: Path) -> None:
+    """The UNet, VAE and text widths fit, before any weights are read."""
+    ucfg_path = path / "unet" / "config.json"
+    ucfg, vcfg = _config(path, "unet"), _config(path, "vae")
+    _config(path, "scheduler", "scheduler_config.json")
+    cls = _diffusers_class(ucfg_path, ucfg.get("_class_name"), "ModelMixin")
+    if "added_cond_kwargs" not in inspect.signature(cls.forward).parameters:
+        what = "takes no added_cond_kwargs; valid: UNet2DConditionModel"
+        raise _fail(ucfg_path, f"{cls.__name__} {what}")
+    vae_path = path / "vae" / "config.json"
+    if (latent := vcfg.get("latent_channels")) != (inputs := ucfg.get("in_channels")):
+        what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
+        raise _fail(vae_path, f"{what}; the VAE's latents must be the UNet's input")
+    if bad := [k for k in ("latents_mean", "latents_std") if vcfg.get(k) is not None]:
+        what = f"{bad[0]} is set: the pipeline's decode with it is not supported yet; valid: null"
+        raise _fail(vae_path, what)
+    clips = [_config(path, k) for k in ("text_encoder", "text_encoder_2")]
+    hidden = [int(c.get("hidden_size", 0)) for c in clips]
+    if why := width_problem(hidden, int(clips[1].get("projection_dim", 0)), ucfg):
+        raise _fail(ucfg_path, why)
+
+
+def load_sdxl_parts(
+    path: Path,
+    index: dict[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, nn.Module, Any, SDXLTextEncoder]:
+    """``(unet, vae, scheduler, SDXLTextEncoder)`` of a ``StableDiffusionXLPipeline`` folder
+    whose ``model_index.json`` is ``index``, for ``diffusers_latent.load_latent_teacher``: every
+    config checked before weights load; the UNet in ``dtype``, the rest float32."""
+    _check_index(path, index)
+    _check_configs(path)
+    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
+    unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
+    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
+    text = load_text_parts(path, index, [k for k in PARTS if k.startswith(("text", "tok"))])
+    unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
+    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    try:
+        encoder = SDXLTextEncoder(
+            [text["text_encoder"].to(device), text["text_encoder_2"].to(device)],
+            [text["tokenizer"], text["tokenizer_2"]],
+            unet.config,
+            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+        )
+    except (ValueError, AttributeError) as err:
+        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+    return unet, vae, _load(path / "scheduler", sched_cls), encoder
