@@ -91,10 +91,19 @@ def main() -> None:
     p.add_argument("--teacher", default="", help="pipeline folder; default: the bundled one")
     p.add_argument("--epsilon", type=float, default=None, help="L-inf budget in [-1, 1] units")
     p.add_argument("--methods", nargs="+", default=None, help="default: all six")
+    p.add_argument(
+        "--attack-prompt",
+        default=None,
+        help="the attack's prompt; '{digit}' attacks each image under its own class's prompt",
+    )
     p.add_argument("--json", type=Path, default=OUT)
     p.add_argument("--resume", action="store_true", help="keep the seeds already in --json")
     a = p.parse_args()
-    sets = {"epsilon": a.epsilon, "methods": tuple(a.methods) if a.methods else None}
+    sets = {
+        "epsilon": a.epsilon,
+        "methods": tuple(a.methods) if a.methods else None,
+        "attack_prompt": a.attack_prompt,
+    }
     sets = {k: v for k, v in sets.items() if v is not None}
     per_seed, walls = {}, {}
     if a.resume and a.json.is_file():

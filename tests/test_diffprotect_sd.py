@@ -55,7 +55,7 @@ def digits():
     return data.x[:3], data.labels[:3]
 
 
-def _raw_terms(raw, x, seed, teacher):
+def _raw_terms(raw, x, seed, teacher, ehs=None):
     """``(z, eps_phi(z_t, t, "") - eps)`` with the same ``(t, eps)`` draws as the attacks: ``t``
     the k = 999 t fraction of the table, ``alpha, sigma`` from log-SNR interpolated linearly
     between the table's entries (the VP table convention, docs/architecture.md)."""
@@ -70,7 +70,7 @@ def _raw_terms(raw, x, seed, teacher):
     lam = lam_tab[lo] + (k - lo) * (lam_tab[lo + 1] - lam_tab[lo])
     alpha, sigma = (torch.sigmoid(lam).sqrt().float(), torch.sigmoid(-lam).sqrt().float())
     z_t = alpha[:, None, None, None] * z + sigma[:, None, None, None] * eps
-    ehs = null.expand(x.shape[0], -1, -1)
+    ehs = null.expand(x.shape[0], -1, -1) if ehs is None else ehs
     eps_phi = unet(z_t, timestep=k.float(), encoder_hidden_states=ehs).sample
     return z, eps_phi - eps
 
@@ -98,6 +98,38 @@ def test_advdm_is_the_full_autograd_gradient(teacher, raw, digits):
     sds = attack_gradient("sds-", teacher)(digits[0], torch.Generator().manual_seed(7))
     cos = torch.nn.functional.cosine_similarity(sds.flatten(), got.flatten(), dim=0)
     assert cos < 0.99  # the UNet's Jacobian is not dropped: a different direction
+
+
+def test_a_class_aware_prompt_conditions_each_image_on_its_own_class(
+    teacher, raw, sd_folder, digits
+):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    x0, y = digits
+    cfg = DiffProtectSDConfig(attack_prompt="a handwritten {digit}")
+    prompts = cfg.attack_prompts(y)
+    assert prompts == [f"a handwritten {int(d)}" for d in y] and len(set(prompts)) > 1
+    kw = {"local_files_only": True}  # the prompts encoded by transformers, not the adapter
+    tok = CLIPTokenizer.from_pretrained(sd_folder / "tokenizer", **kw)
+    text = CLIPTextModel.from_pretrained(sd_folder / "text_encoder", **kw).eval()
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        ehs = text(ids.input_ids)[0]
+    x = x0.clone().requires_grad_(True)
+    z, r = _raw_terms(raw, x, 7, teacher, ehs)
+    (want,) = torch.autograd.grad((r.detach() * z).sum(), x)
+    got = attack_gradient("sds+", teacher, prompts)(x0, torch.Generator().manual_seed(7))
+    _close(got, want)
+    generic = attack_gradient("sds+", teacher)(x0, torch.Generator().manual_seed(7))
+    assert not torch.allclose(got, generic)  # the class changed the gradient
+    with pytest.raises(ValueError, match="labels"):
+        protect(
+            x0, "sds-", teacher, DiffProtectSDConfig(steps=1, **{"attack_prompt": "a {digit}"}), 0
+        )
+    x_adv, _ = protect(
+        x0, "sds-", teacher, DiffProtectSDConfig(steps=1, attack_prompt="a {digit}"), 0, y
+    )
+    assert x_adv.shape == x0.shape
 
 
 def test_pgd_respects_the_budget_and_the_image_range(teacher, digits):
@@ -151,6 +183,7 @@ def test_seeded_determinism(teacher, sd_folder, digits):
         ("n_images", 451),
         ("step_size", 1.0),
         ("mimic_prompt", "a handwritten digit"),
+        ("attack_prompt", "a handwritten {class}"),  # the only placeholder is {digit}
     ],
 )
 def test_bad_config_names_the_key(key, value):

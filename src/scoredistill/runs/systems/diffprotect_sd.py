@@ -74,7 +74,9 @@ class DiffProtectSDConfig:
     # p_sample_ddim's default unconditional_guidance_scale = 1 (SDEdit.edit): no CFG
     guidance: NonNegativeFloat = 1.0
     # the attack's prompt: the paper's generic 'a photo' (diff_mist.py::main); departure: the
-    # empty prompt, this teacher's generic condition (trained with 10 % empty prompts)
+    # empty prompt, this teacher's generic condition (trained with 10 % empty prompts). With
+    # '{digit}' in it each image is attacked under its own class's prompt (an attacker who
+    # knows what the image shows; not in the paper)
     attack_prompt: str = ""
     mimic_prompt: str = "a handwritten {digit}"  # the bundled teacher's prompt of the class
     methods: tuple[str, ...] = METHODS
@@ -109,23 +111,41 @@ class DiffProtectSDConfig:
             raise ConfigError(
                 f"config key 'mimic_prompt' must contain '{{digit}}', got {self.mimic_prompt!r}"
             )
+        for key in ("attack_prompt", "mimic_prompt"):
+            try:
+                getattr(self, key).format(digit=0)
+            except (KeyError, IndexError, ValueError) as err:
+                raise ConfigError(
+                    f"config key {key!r}: the only placeholder allowed is '{{digit}}' ({err!r})"
+                ) from None
+
+    def attack_prompts(self, labels: Tensor) -> list[str]:
+        """The attack's prompt per image of class ``labels`` (one prompt when it names no
+        class: a single row, broadcast to the batch)."""
+        if "{digit}" not in self.attack_prompt:
+            return [self.attack_prompt]
+        return [self.attack_prompt.format(digit=int(d)) for d in labels]
 
 
 # ---------------------------------------------------------------------- the attacks
 class Prompted:
     """``teacher`` with a fixed text condition: the ``schedule`` / ``denoise`` protocol that
-    ``diffprotect_attacks`` calls with ``cond=None``."""
+    ``diffprotect_attacks`` calls with ``cond=None``. One prompt is one row, expanded to the
+    batch; B prompts condition the B images row by row."""
 
-    def __init__(self, teacher: LatentDiffusersTeacher, prompt: str) -> None:
+    def __init__(self, teacher: LatentDiffusersTeacher, prompts: str | list[str]) -> None:
         self.teacher, self.schedule = teacher, teacher.schedule
-        self.cond = teacher.encode_prompts([prompt])  # one row, expanded to the batch
+        self.cond = teacher.encode_prompts([prompts] if isinstance(prompts, str) else prompts)
 
     def denoise(self, z_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         return self.teacher.denoise(z_t, t, self.cond)
 
 
-def attack_gradient(method: str, teacher: LatentDiffusersTeacher, prompt: str = "") -> atk.GradFn:
-    """``g(x (B, C, H, W), rng) -> (B, C, H, W)`` of ``sds±`` (encoder only) or ``advdm±``."""
+def attack_gradient(
+    method: str, teacher: LatentDiffusersTeacher, prompt: str | list[str] = ""
+) -> atk.GradFn:
+    """``g(x (B, C, H, W), rng) -> (B, C, H, W)`` of ``sds±`` (encoder only) or ``advdm±``
+    under ``prompt`` (one, or one per image)."""
     kinds = {"sds": atk.sds_gradient, "advdm": atk.full_gradient}
     fn = kinds.get(method.rstrip("+-"))
     if fn is None or method[-1] not in "+-":
@@ -135,16 +155,22 @@ def attack_gradient(method: str, teacher: LatentDiffusersTeacher, prompt: str = 
 
 
 def protect(
-    x0: Tensor, method: str, teacher: LatentDiffusersTeacher, cfg: DiffProtectSDConfig, seed: int
+    x0: Tensor,
+    method: str,
+    teacher: LatentDiffusersTeacher,
+    cfg: DiffProtectSDConfig,
+    seed: int,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """``x_adv`` of ``method`` for clean images ``x0: (B, C, H, W)`` in [-1, 1], and its cost per
-    PGD step (median CPU seconds, KiB of autograd-saved activations)."""
+    """``x_adv`` of ``method`` for clean images ``x0: (B, C, H, W)`` in [-1, 1] of classes
+    ``labels`` (needed when ``cfg.attack_prompt`` names the class), and its cost per PGD step
+    (median CPU seconds, KiB of autograd-saved activations)."""
     rng = torch.Generator().manual_seed(seed)
     if method == "none":
         return x0.clone(), {}
     if method == "random":
         return atk.random_sign(x0, cfg.epsilon, rng), {}
-    grad = attack_gradient(method, teacher, cfg.attack_prompt)
+    grad = attack_gradient(method, teacher, _prompts(cfg, labels, len(x0)))
     saved = atk.saved_bytes(grad, x0, torch.Generator().manual_seed(seed))
     res = atk.pgd(
         x0,
@@ -156,6 +182,12 @@ def protect(
         rng=rng,
     )
     return res.x_adv, {"s_per_step": res.s_per_step, "saved_kib_per_step": saved / 1024}
+
+
+def _prompts(cfg: DiffProtectSDConfig, labels: Tensor | None, n: int) -> list[str]:
+    if "{digit}" in cfg.attack_prompt and (labels is None or len(labels) != n):
+        raise ValueError(f"attack_prompt {cfg.attack_prompt!r} names the class: pass {n} labels")
+    return cfg.attack_prompts(labels if labels is not None else torch.empty(0))
 
 
 # ---------------------------------------------------------------------- the mimicry
@@ -244,14 +276,13 @@ def _context(cfg: DiffProtectSDConfig) -> dict[str, Any]:
 
 def _method(ctx: dict[str, Any], cfg: DiffProtectSDConfig, m: int) -> dict[str, float | None]:
     method = METHODS[m]
-    x_adv, cost = protect(ctx["x0"], method, ctx["teacher"], cfg, 1000 * cfg.seed + 10 * m)
+    x0, y = ctx["x0"], ctx["y"]
+    x_adv, cost = protect(x0, method, ctx["teacher"], cfg, 1000 * cfg.seed + 10 * m, y)
     if method == "sds-":  # the two gradients on the same draws, on the clean images
-        x0 = ctx["x0"]
-        sds, full = (
-            attack_gradient(k, ctx["teacher"], cfg.attack_prompt) for k in ("sds-", "advdm-")
-        )
+        prompts = cfg.attack_prompts(y)
+        sds, full = (attack_gradient(k, ctx["teacher"], prompts) for k in ("sds-", "advdm-"))
         cost["cpu_time_ratio_sds_advdm"] = atk.cpu_time_ratio(sds, full, x0)
-        prior = Prompted(ctx["teacher"], cfg.attack_prompt)
+        prior = Prompted(ctx["teacher"], prompts)
         cost["sign_agreement_sds_advdm"] = atk.sign_agreement(
             x0, ctx["teacher"].encode, prior, cfg.seed
         )
