@@ -80,6 +80,8 @@ def test_successors_run_on_latents_with_their_objectives_defaults(
     assert config["method"] == method and config["objective"] == defaults
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["fd"]) and metrics["fd"] != metrics["initial"]["fd"]
+    own = getattr(SCORE_OBJECTIVES[method](), "guidance", None)  # none: no CFG scale to report
+    assert metrics["guidance"] == (None if own is None else float(own))
 
 
 def test_lora_critic_is_the_only_trained_weight_and_the_teacher_is_unchanged(

@@ -185,6 +185,17 @@ def build_task(cfg: OptimizeSDConfig, objective: Any, teacher: Any) -> dict[str,
             "pictures": pictures, "what": f"{n} latent particles"}  # fmt: skip
 
 
+def _guidance(objective: object) -> float | None:
+    """The objective's CFG scale, or None where it has none (CSD's and BSD's directions carry
+    their own scales; a 1.0 there would claim an unguided run)."""
+    g = getattr(objective, "guidance", None)
+    return None if g is None else float(g)
+
+
+def _guidance_text(g: float | None) -> str:
+    return "none (the objective has no CFG scale)" if g is None else f"{g:g}"
+
+
 def run_optimize_sd(
     cfg: OptimizeSDConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
@@ -206,7 +217,7 @@ def run_optimize_sd(
     critic = task["critic"]
     metrics = {
         **task["evaluate"](source), "wall_s": time.perf_counter() - start,
-        "steps": cfg.train.steps, "guidance": float(getattr(objective, "guidance", 1.0)),
+        "steps": cfg.train.steps, "guidance": _guidance(objective),
         "trainable_params": {
             cfg.source.kind: sum(p.numel() for p in source.parameters()),
             "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
@@ -259,7 +270,7 @@ def _write_report(
         f"# {_name(cfg)} on {what}",
         "",
         f"Teacher `{sd_paths(cfg)[0]}`, {len(prompts)} prompts (first: {prompts[0]!r}); "
-        f"guidance {metrics['guidance']:g}.",
+        f"guidance {_guidance_text(metrics['guidance'])}.",
         "",
         f"Objective: `{cfg.objective}`; critic: {critic}.",
         "",
