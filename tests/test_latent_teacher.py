@@ -315,7 +315,8 @@ DAMAGE = {  # name: (change, a regex the message must match)
     ),
     "transformer pipeline": (
         lambda d: (d / "model_index.json").write_text(json.dumps({"transformer": ["d", "X"]})),
-        r"transformer pipeline \(SD3, Flux\) is not supported yet",
+        r"transformer pipeline other than SD3/Flux is not supported yet.*valid: "
+        r"StableDiffusion3Pipeline, FluxPipeline",
     ),
     "bad scheduler": (
         lambda d: _edit_json(d / "scheduler" / "scheduler_config.json", prediction_type="flux"),

@@ -229,8 +229,8 @@ DAMAGE = {  # name: (change, a regex the message must match); both folders unles
     ),
     "flux pipeline": (
         _flux_index,
-        r"model_index.json: a transformer pipeline \(SD3, Flux\) is "
-        r"not supported yet for _class_name 'FluxPipeline'",
+        r"transformer/config.json: _class_name 'SD3Transformer2DModel' is not supported; "
+        r"valid: FluxTransformer2DModel",  # a FluxPipeline index loads as Flux (diffusers_flux)
     ),
     "dynamic shift": (
         lambda d: _edit(d / "scheduler" / "scheduler_config.json", use_dynamic_shifting=True),

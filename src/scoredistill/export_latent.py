@@ -19,6 +19,8 @@
   folders for ``StableDiffusion3Pipeline`` and ``FlowMatchEulerDiscreteScheduler``.
 - **SDXL teacher** (``StableDiffusionXLPipeline`` folder): ``export_sdxl`` writes the same two
   folders for ``StableDiffusionXLPipeline`` with this ``LCMScheduler``.
+- **Flux teacher** (``FluxPipeline`` folder): ``export_flux`` writes the same two folders for
+  ``FluxPipeline`` and ``FlowMatchEulerDiscreteScheduler`` (dynamic shift at the teacher's size).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .export import student_scheduler
+from .export_flux import export_flux_student, is_flux
 from .export_sd3 import export_sd3_student, is_sd3, plain_copy
 from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
@@ -127,6 +130,8 @@ def export_latent_student(
     and return it; ``steps`` must equal the student's K; ``prompt`` goes in the README."""
     if steps != generator.nfe:
         raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
+    if is_flux(teacher):
+        return export_flux_student(generator, teacher, out_dir, prompt=prompt, note=note)
     if is_sd3(teacher):
         return export_sd3_student(generator, teacher, out_dir, prompt=prompt, note=note)
     if is_sdxl(teacher):

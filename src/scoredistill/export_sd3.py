@@ -31,7 +31,6 @@ save_lora_weights`` (keys ``transformer.<module>.lora_A/B.weight``: PEFT's names
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,18 @@ from torch import nn
 
 from .config import ConfigError
 from .export_families import check_grid, stock_grid, why_not_stock
+from .export_flow import SD_REFERENCE, TOP_ATOL, flow_level, plain_copy, start_scheduler
+from .export_flux import is_flux
+from .export_flux import student_generator as flux_student
 from .io import atomic_folder
-from .schedules import get_schedule, log_snr
+from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
 from .teachers.diffusers_sd3 import SD3TextEncoder
 
 __all__ = [
     "SD_REFERENCE",
+    "TOP_ATOL",
     "check_sd3_student",
     "export_sd3_student",
     "flow_level",
@@ -58,38 +61,25 @@ __all__ = [
     "student_scheduler",
 ]
 
-SD_REFERENCE = "vp-scaled-linear"  # SD 1.x/2.x's table: what SiD-LSG's init_timestep indexes
-TOP_ATOL = 1e-5  # a first sigma this close to 1 is the stock grid's top (log-SNR -inf, clamped)
-
 
 def is_sd3(teacher: Any) -> bool:
     """Whether ``teacher`` was loaded from a ``StableDiffusion3Pipeline`` folder."""
     return isinstance(getattr(teacher, "text_encoder", None), SD3TextEncoder)
 
 
-def check_sd3_student(init_timestep: int, attention: str) -> None:
-    """distill-sd's limits on an SD3 teacher, as ``ConfigError`` naming the key: the starting
-    index must lie on SD's table (or be -1, the top); attention stays the transformer's own
-    ``JointAttnProcessor2_0`` (diffusers' one-stream ``AttnProcessor`` breaks it)."""
+def check_sd3_student(init_timestep: int, attention: str, family: str = "SD3") -> None:
+    """distill-sd's limits on a flow transformer teacher (SD3, Flux), as ``ConfigError`` naming
+    the key: the starting index must lie on SD's table (or be -1, the top); attention stays the
+    transformer's own joint processor (diffusers' one-stream ``AttnProcessor`` breaks SD3's, and
+    Flux's layers are not diffusers ``Attention`` modules that ``set_attention`` could reach)."""
     top = get_schedule(SD_REFERENCE).n - 1
     if init_timestep != -1 and not 1 <= init_timestep <= top:
         what = f"{init_timestep} is not an index of SD's table (read by log-SNR on SD3)"
         raise ConfigError(f"config key 'student.init_timestep': {what}; valid: -1 or 1..{top}")
     if attention != "sdpa":
-        what = f"{attention!r} is not supported with an SD3 teacher yet; valid: 'sdpa'"
+        article = "an" if family == "SD3" else "a"
+        what = f"{attention!r} is not supported with {article} {family} teacher yet; valid: 'sdpa'"
         raise ConfigError(f"config key 'student.attention': {what}")
-
-
-def flow_level(teacher: Any, init_timestep: int) -> float:
-    """The native flow level ``s`` of ``teacher`` with the log-SNR of index ``init_timestep``
-    of Stable Diffusion's table (``SD_REFERENCE``)."""
-    ref = get_schedule(SD_REFERENCE)
-    if not 1 <= init_timestep <= ref.n - 1:
-        raise ValueError(
-            f"init_timestep must lie in [1, {ref.n - 1}] (SD's table), got {init_timestep}"
-        )
-    lam = log_snr(ref, torch.tensor([init_timestep / (ref.n - 1)], dtype=torch.float64))
-    return float(teacher.native_level(lam)[1][0])
 
 
 class _Scheduled:
@@ -103,23 +93,6 @@ class _Scheduled:
         return getattr(self._teacher, name)
 
 
-def start_scheduler(teacher: Any, top: float) -> Any:
-    """The teacher's ``FlowMatchEulerDiscreteScheduler`` config started at flow level ``top``:
-    the teacher's own for ``top`` = 1, else exponential sigmas from ``sigma_max = top``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if not 0 < top <= 1 + TOP_ATOL:
-        raise ValueError(f"a flow student's first level must lie in (0, 1], got {top}")
-    if top >= 1 - TOP_ATOL:
-        return teacher.scheduler
-    cfg = dict(teacher.scheduler.config)
-    sched = FlowMatchEulerDiscreteScheduler.from_config(
-        cfg, use_exponential_sigmas=True, use_karras_sigmas=False, use_beta_sigmas=False
-    )
-    sched.register_to_config(sigma_max=float(top))  # read by _convert_to_exponential
-    return sched
-
-
 def student_generator(
     teacher: Any,
     *,
@@ -128,7 +101,10 @@ def student_generator(
     denoiser: nn.Module | None = None,
 ) -> DiffusersGenerator:
     """``DiffusersGenerator``; on a flow teacher ``init_timestep`` (SD's table index) starts it
-    at ``flow_level`` on ``start_scheduler``'s grid (module docstring)."""
+    at ``flow_level`` on ``start_scheduler``'s grid (module docstring); a Flux teacher's on
+    ``FluxPipeline``'s grid (``export_flux.student_generator``)."""
+    if is_flux(teacher):
+        return flux_student(teacher, steps=steps, init_timestep=init_timestep, denoiser=denoiser)
     if init_timestep is None or teacher.family != "flow":
         return DiffusersGenerator(
             teacher, steps=steps, init_timestep=init_timestep, denoiser=denoiser
@@ -148,16 +124,6 @@ def student_scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
     top = float(teacher.native_level(2 * (a.log() - s.log()))[1][0])
     view = _Scheduled(teacher, start_scheduler(teacher, top))
     return check_grid(view, generator.ts, generator.init_scale)
-
-
-def plain_copy(model: nn.Module) -> nn.Module:
-    """A frozen float32 deep copy of a full student's network; one carrying LoRA layers is
-    refused (an adapter added before the copy would be saved into its weights)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
-        raise ValueError("the full student carries LoRA layers: build it before any adapter")
-    return copy.deepcopy(model).float().eval().requires_grad_(False)
 
 
 _IMPORT = "import torch\nfrom diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline\n"

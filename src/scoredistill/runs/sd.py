@@ -112,6 +112,7 @@ def read_prompts(path: str) -> list[str]:
 
 def load_teacher(cfg: SDDistillConfig):
     """The latent teacher with the prompt list as its labels."""
+    from ..export_flux import is_flux
     from ..export_sd3 import check_sd3_student, is_sd3
     from ..sources.diffusers import set_attention
     from ..teachers.diffusers_latent import load_latent_teacher
@@ -120,8 +121,9 @@ def load_teacher(cfg: SDDistillConfig):
     prompts = read_prompts(prompt_file)
     teacher = load_latent_teacher(folder)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
-    if is_sd3(teacher):  # joint attention; init_timestep on SD's table
-        check_sd3_student(cfg.student.init_timestep, cfg.student.attention)
+    if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
+        family = "SD3" if is_sd3(teacher) else "Flux"
+        check_sd3_student(cfg.student.init_timestep, cfg.student.attention, family)
     else:
         set_attention(teacher.model, cfg.student.attention)
     return teacher

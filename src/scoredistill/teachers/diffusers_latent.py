@@ -24,11 +24,13 @@ flow-matching transformer, pooled text embeddings) load through ``diffusers_sd3`
 ``StableDiffusionXLPipeline`` folders (two CLIP encoders, ``added_cond_kwargs``) through
 ``diffusers_sdxl``: the text encoder object names the network's pooled keyword
 (``added_cond_kwargs``) and may zero the empty negative prompt (``force_zeros_for_empty_prompt``).
+``FluxPipeline`` folders (packed latents, dynamic shift, embedded guidance) load through
+``diffusers_flux``, whose ``FluxNetwork`` packs around the transformer and carries the
+schedule at the teacher's size. Folder indexing and SD checks: ``diffusers_folders``.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,25 +45,16 @@ from .diffusers import (
     DiffusersTeacher,
     TeacherFolderError,
     _diffusers_class,
-    _fail,
     _load,
-    _read_json,
     _scheduler_class,
-    check_components,
     load_text_parts,
 )
+from .diffusers_flux import is_flux_index, load_flux_parts
+from .diffusers_folders import check_sd_configs, index_folder
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
-
-COMPONENTS = {  # model_index.json key: the library its class must come from
-    "unet": "diffusers",
-    "vae": "diffusers",
-    "text_encoder": "transformers",
-    "tokenizer": "transformers",
-    "scheduler": "diffusers",
-}
 
 
 @dataclass(frozen=True)
@@ -315,49 +308,6 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
 
 
-def _index(path: Path) -> tuple[Path, dict[str, Any]]:
-    """``(pipeline folder, model_index.json)``; every component present (module docstring)."""
-    if not path.is_dir():
-        raise _fail(path, "no such folder" if not path.exists() else "is a file, not a folder")
-    if not (path / "model_index.json").is_file() and (path / "pipeline").is_dir():
-        path = path / "pipeline"  # a run folder
-    index_path = path / "model_index.json"
-    if not index_path.is_file():
-        raise _fail(index_path, "not found; a StableDiffusionPipeline folder has model_index.json")
-    index = _read_json(index_path)
-    if is_sdxl_index(index):
-        return path, index  # diffusers_sdxl checks its components
-    if "unet" not in index and "transformer" in index:
-        if index.get("_class_name") == "StableDiffusion3Pipeline" or "text_encoder_3" in index:
-            return path, index  # diffusers_sd3 checks its components
-        name, valid = index.get("_class_name"), "StableDiffusion3Pipeline or a unet/ pipeline"
-        what = "a transformer pipeline (SD3, Flux) is not supported yet"
-        raise _fail(index_path, f"{what} for _class_name {name!r}; valid: {valid}")
-    check_components(path, index, COMPONENTS)
-    return path, index
-
-
-def _check_configs(path: Path) -> None:
-    """The UNet takes text and the VAE's latents, before any weights are read."""
-    ucfg_path, vcfg_path = path / "unet" / "config.json", path / "vae" / "config.json"
-    for p in (ucfg_path, vcfg_path, path / "scheduler" / "scheduler_config.json"):
-        if not p.is_file():
-            raise _fail(p, "not found; every component folder holds its config")
-    ucfg, vcfg = _read_json(ucfg_path), _read_json(vcfg_path)
-    cls = _diffusers_class(ucfg_path, ucfg.get("_class_name"), "ModelMixin")
-    if "encoder_hidden_states" not in inspect.signature(cls.forward).parameters:
-        what = "takes no encoder_hidden_states; valid: UNet2DConditionModel"
-        raise _fail(ucfg_path, f"{cls.__name__} {what}")
-    if (extra := ucfg.get("addition_embed_type")) not in (None, "text"):
-        what = "needs added_cond_kwargs: valid in a StableDiffusionXLPipeline folder (with"
-        valid = "text_encoder_2, tokenizer_2); valid here: null, 'text'"
-        raise _fail(ucfg_path, f"addition_embed_type {extra!r} {what} {valid}")
-    latent, inputs = vcfg.get("latent_channels"), ucfg.get("in_channels")
-    if latent != inputs:
-        what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
-        raise _fail(vcfg_path, f"{what}; the VAE's latents must be the UNet's input")
-
-
 def load_latent_teacher(
     path: str | Path,
     *,
@@ -367,18 +317,22 @@ def load_latent_teacher(
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
     holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``;
-    ``StableDiffusionXLPipeline``: ``diffusers_sdxl``); the UNet in ``dtype``,
+    ``StableDiffusionXLPipeline``: ``diffusers_sdxl``; ``FluxPipeline``: ``diffusers_flux``,
+    its schedule ``ShiftedFlowSchedule(e^mu)`` at the VAE's ``sample_size``); the UNet in ``dtype``,
     the VAE and text encoder in float32; frozen, eval mode. Problems raise ``TeacherFolderError``
     (a ``ValueError``) naming file and key."""
-    path, index = _index(Path(path))
-    if "unet" not in index:  # a StableDiffusion3Pipeline folder (_index)
+    path, index = index_folder(Path(path))
+    if is_flux_index(index):
+        unet, vae, sched, text_encoder = load_flux_parts(path, index, device=device, dtype=dtype)
+        tokenizer = None  # FluxTextEncoder holds its two tokenizers
+    elif "unet" not in index:  # a StableDiffusion3Pipeline folder (index_folder)
         unet, vae, sched, text_encoder = load_sd3_parts(path, index, device=device, dtype=dtype)
         tokenizer = None  # SD3TextEncoder holds its three tokenizers
     elif is_sdxl_index(index):
         unet, vae, sched, text_encoder = load_sdxl_parts(path, index, device=device, dtype=dtype)
         tokenizer = None  # SDXLTextEncoder holds its two tokenizers
     else:
-        _check_configs(path)
+        check_sd_configs(path)
         sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
         unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
         vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
@@ -387,14 +341,19 @@ def load_latent_teacher(
         vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
         sched = _load(path / "scheduler", sched_cls)
         text_encoder, tokenizer = text["text_encoder"].to(device), text["tokenizer"]
+    native = getattr(unet, "native_schedule", None)  # Flux: the shift at the teacher's size
     try:
-        return LatentDiffusersTeacher(
+        teacher = LatentDiffusersTeacher(
             unet.eval().requires_grad_(False),
             vae,
             sched,
             text_encoder,
             tokenizer,
-            schedule=schedule,
+            schedule=schedule or native,
         )
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+    if native is not None:  # not the scheduler's table shift (dynamic shifting ignores it)
+        teacher.native_schedule = native
+        teacher.schedule = native if schedule is None else teacher.schedule
+    return teacher
