@@ -35,10 +35,10 @@ from torch import nn
 
 from .export_families import GRID_RTOL
 from .export_flow import flow_level, plain_copy, start_scheduler
-from .io import atomic_folder
+from .export_folder import write_student
 from .schedules import t_from_log_snr
 from .sources.diffusers import DiffusersGenerator
-from .sources.lora import AdapterView, lora_state_dict
+from .sources.lora import lora_state_dict
 from .teachers.diffusers_flux import FluxTextEncoder
 
 __all__ = [
@@ -186,13 +186,11 @@ def export_flux_student(
     """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) of a Flux
     teacher atomically and return it (module docstring); ``prompt`` goes in the README."""
     sched = student_scheduler(generator, teacher)
-    is_lora = isinstance(generator.denoiser, AdapterView)
-    final = Path(out_dir) / ("lora" if is_lora else "pipeline")
-    with atomic_folder(final) as tmp:
-        if is_lora:
-            _lora(generator, sched, tmp)
-        else:
-            _full(generator, teacher, sched, tmp)
-        text = readme(generator, teacher, sched, prompt, is_lora) + (f"\n{note}\n" if note else "")
-        (tmp / "README.md").write_text(text, encoding="utf-8")
-    return final
+    return write_student(
+        generator,
+        out_dir,
+        full=lambda tmp: _full(generator, teacher, sched, tmp),
+        lora=lambda tmp: _lora(generator, sched, tmp),
+        readme=lambda is_lora: readme(generator, teacher, sched, prompt, is_lora),
+        note=note,
+    )

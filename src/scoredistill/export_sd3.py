@@ -42,10 +42,10 @@ from .export_families import check_grid, stock_grid, why_not_stock
 from .export_flow import SD_REFERENCE, TOP_ATOL, flow_level, plain_copy, start_scheduler
 from .export_flux import is_flux
 from .export_flux import student_generator as flux_student
-from .io import atomic_folder
+from .export_folder import write_student
 from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
-from .sources.lora import AdapterView, lora_state_dict
+from .sources.lora import lora_state_dict
 from .teachers.diffusers_sd3 import SD3TextEncoder
 
 __all__ = [
@@ -198,15 +198,12 @@ def export_sd3_student(
     """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) of an SD3
     teacher atomically and return it (module docstring); ``prompt`` goes in the README."""
     sched = student_scheduler(generator, teacher)
-    is_lora = isinstance(generator.denoiser, AdapterView)
-    final = Path(out_dir) / ("lora" if is_lora else "pipeline")
-    with atomic_folder(final) as tmp:
-        if is_lora:
-            _lora(generator, sched, tmp)
-        else:
-            _full(generator, teacher, sched, tmp)
-        text = readme(generator, sched, prompt, is_lora, teacher.text_encoder.has_t5) + (
-            f"\n{note}\n" if note else ""
-        )
-        (tmp / "README.md").write_text(text, encoding="utf-8")
-    return final
+    t5 = teacher.text_encoder.has_t5
+    return write_student(
+        generator,
+        out_dir,
+        full=lambda tmp: _full(generator, teacher, sched, tmp),
+        lora=lambda tmp: _lora(generator, sched, tmp),
+        readme=lambda is_lora: readme(generator, sched, prompt, is_lora, t5),
+        note=note,
+    )

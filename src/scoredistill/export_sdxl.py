@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .export import student_scheduler
+from .export_folder import write_student
 from .export_sd3 import plain_copy
-from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
-from .sources.lora import AdapterView, lora_state_dict
+from .sources.lora import lora_state_dict
 from .teachers.diffusers_sdxl import SDXLTextEncoder
 
 __all__ = ["export_sdxl_student", "is_sdxl", "readme"]
@@ -106,13 +106,11 @@ def export_sdxl_student(
     """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) of an SDXL
     teacher atomically and return it (module docstring); ``prompt`` goes in the README."""
     sched = student_scheduler(generator, teacher)
-    is_lora = isinstance(generator.denoiser, AdapterView)
-    final = Path(out_dir) / ("lora" if is_lora else "pipeline")
-    with atomic_folder(final) as tmp:
-        if is_lora:
-            _lora(generator, sched, tmp)
-        else:
-            _full(generator, teacher, sched, tmp)
-        text = readme(generator, prompt, is_lora) + (f"\n{note}\n" if note else "")
-        (tmp / "README.md").write_text(text, encoding="utf-8")
-    return final
+    return write_student(
+        generator,
+        out_dir,
+        full=lambda tmp: _full(generator, teacher, sched, tmp),
+        lora=lambda tmp: _lora(generator, sched, tmp),
+        readme=lambda is_lora: readme(generator, prompt, is_lora),
+        note=note,
+    )
