@@ -8,7 +8,10 @@ student exported as ``OUT/pipeline`` loads with plain ``DiffusionPipeline.from_p
 with the pipeline's re-noising noise, drawn in packed order); (c) a LoRA student exported as
 ``OUT/lora`` (``transformer.``-prefixed keys) loads with ``load_lora_weights`` into the teacher's
 pipeline and reproduces the student; (d) end to end: ``distill`` with ``dmd2-sd`` (full) and
-``swiftbrush-sd`` (LoRA) on the Flux folder exports folders that redraw ``samples.npz``.
+``swiftbrush-sd`` (LoRA) on the Flux folder exports folders that redraw ``samples.npz``; (e) the
+LoRA adapts ``train_dreambooth_lora_flux.py``'s targets (both streams' attention and feed-forward,
+the single blocks' MLP): a LoRA on the context stream alone moves the student, and its exported
+keys load unchanged and reproduce it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from scoredistill.export_sd3 import student_generator
 from scoredistill.sources.lora import AdapterView, add_lora
 from scoredistill.teachers.diffusers_flux import pack, unpack
 from scoredistill.teachers.diffusers_latent import load_latent_teacher
-from test_sd3_export import SD_625_LEVEL
+from test_sd3_export import SD_625_LEVEL, _assert_loaded_as_saved
 from test_sd3_teacher import _cli
 
 IDS = torch.tensor([0, 1, 1, 0])
@@ -155,8 +158,10 @@ def test_lora_student_loads_into_the_teacher_pipeline(folder, tmp_path, steps, i
     assert path.name == "lora"
     with safe_open(path / "pytorch_lora_weights.safetensors", "pt") as f:
         keys = list(f.keys())
-    # to_q/k/v/out.0 of the joint block, to_q/k/v of the single block (no to_out): A and B
-    assert len(keys) == 2 * (4 + 3)
+    # A and B of train_dreambooth_lora_flux.py's targets: the joint block's to_q/k/v/out.0,
+    # add_q/k/v_proj, to_add_out, ff and ff_context (12); the single block's to_q/k/v (3)
+    assert len(keys) == 2 * (12 + 3)
+    assert set(keys) >= TEXT_KEYS
     blocks = ("transformer.transformer_blocks.", "transformer.single_transformer_blocks.")
     assert all(k.startswith(blocks) for k in keys)
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
@@ -165,9 +170,46 @@ def test_lora_student_loads_into_the_teacher_pipeline(folder, tmp_path, steps, i
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
     before = _stock(pipe, steps)
     pipe.load_lora_weights(path)
+    _assert_loaded_as_saved(pipe, path)
     ours = _student(gen)
     torch.testing.assert_close(_stock(pipe, steps), ours, atol=1e-4, rtol=0)
     assert (before - ours).abs().max() > 1e-2  # the LoRA changes the output as the student's
+
+
+# Flux's context stream in the joint block (attention and feed-forward)
+TEXT = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context.net.0.proj",
+        "ff_context.net.2")  # fmt: skip
+TEXT_KEYS = {f"transformer.transformer_blocks.0.{'' if m.startswith('ff') else 'attn.'}{m}"
+             f".lora_{ab}.weight" for m in TEXT for ab in "AB"}  # fmt: skip
+
+
+def test_lora_adapts_the_text_stream_and_exports_it(folder, tmp_path):
+    """The default targets hold the joint block's context stream (not the single block's MLP);
+    a LoRA nudged on the context stream alone changes the student, and the exported file
+    reproduces it (so those keys are wired)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    teacher = _teacher(folder)
+    add_lora(teacher.model, "student", rank=4)
+    names = {n.split(".lora_")[0] for n, _ in teacher.model.named_parameters() if "lora_" in n}
+    assert {k.removesuffix(".lora_A.weight") for k in TEXT_KEYS if ".lora_A." in k} <= names
+    single = "transformer.single_transformer_blocks.0."
+    assert {single + "attn.to_q", single + "attn.to_k", single + "attn.to_v"} <= names
+    assert not {single + "proj_mlp", single + "proj_out", "transformer.proj_out"} & names
+    text = [p for n, p in teacher.model.named_parameters()
+            if ".lora_B.student" in n and n.split(".lora_")[0].endswith(TEXT)]  # fmt: skip
+    assert len(text) == len(TEXT)  # B = 0 at init: only these leave the base
+    _nudge(text, 0.05)
+    gen = student_generator(teacher, steps=1, denoiser=AdapterView(teacher, "student"))
+    ours = _student(gen)
+    moved = (ours - _student(student_generator(teacher, steps=1))).abs().max()
+    assert moved > 1e-3  # the text stream alone moves it (~2e-2); 10x the atol below
+    path = export_latent_student(gen, teacher, tmp_path, steps=1, prompt=PROMPTS[0])
+    pipe = _load(folder)
+    pipe.load_lora_weights(path)
+    _assert_loaded_as_saved(pipe, path)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
+    torch.testing.assert_close(_stock(pipe, 1), ours, atol=1e-4, rtol=0)
 
 
 # --- end to end: distill-sd on a Flux folder exports what diffusers loads ---------------------

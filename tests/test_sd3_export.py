@@ -8,7 +8,10 @@ reproduce the student's latents through ``DiffusionPipeline.from_pretrained`` (+
 ``load_lora_weights`` on the teacher's pipeline) from the same initial noise, for K = 1 and 2,
 from the top (s = 1) and from 625, with and without T5; (c) a grid no stock scheduler runs is
 refused; (d) end to end (slow): ``distill --quick`` on an SD3 folder exports, and the exported
-pipeline redraws the run's own ``samples.npz`` latents.
+pipeline redraws the run's own ``samples.npz`` latents; (e) the LoRA adapts both streams of the
+joint attention (``train_dreambooth_lora_sd3.py``'s targets): a LoRA on the text stream alone
+moves the student, and its exported keys load into the pipeline unchanged and reproduce it;
+``student.lora_targets`` replaces the default, and one naming no module is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -164,14 +167,65 @@ def test_lora_student_loads_into_the_teacher_pipeline(folder, tmp_path, steps, i
     assert path.name == "lora"
     with safe_open(path / "pytorch_lora_weights.safetensors", "pt") as f:
         keys = list(f.keys())
-    assert len(keys) == 2 * 4 * 2  # A and B of to_q/k/v/out.0 in 2 blocks
+    # A and B of to_q/k/v/out.0 and add_q/k/v_proj in 2 blocks, to_add_out in block 0 (block 1
+    # is context_pre_only: no text output); train_dreambooth_lora_sd3.py's --lora_layers
+    assert len(keys) == 2 * (2 * 7 + 1)
+    assert set(keys) >= TEXT_KEYS
     assert all(k.startswith("transformer.transformer_blocks.") for k in keys)
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
     assert not any("base_model" in k or ".student." in k for k in keys)
     pipe = _load(folder, teacher)
     pipe.load_lora_weights(path)
+    _assert_loaded_as_saved(pipe, path)
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
     torch.testing.assert_close(_pipeline(pipe, steps), _student(gen), atol=1e-4, rtol=0)
+
+
+TEXT = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")  # SD3's context stream
+TEXT_KEYS = {f"transformer.transformer_blocks.0.attn.{m}.lora_{ab}.weight" for m in TEXT
+             for ab in "AB"}  # fmt: skip
+
+
+def _assert_loaded_as_saved(pipe, path) -> None:
+    """Every saved LoRA weight is in the loaded transformer, unchanged, and nothing else (no key
+    dropped as unexpected, no module adapted that the file lacks)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    (name,) = pipe.transformer.peft_config
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=name)
+    saved = {k.removeprefix("transformer."): v for k, v in
+             load_file(path / "pytorch_lora_weights.safetensors").items()}  # fmt: skip
+    assert loaded.keys() == saved.keys()
+    for k, v in saved.items():
+        torch.testing.assert_close(loaded[k], v, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("folder", [True], indirect=True, ids=["t5"])
+def test_lora_adapts_the_text_stream_and_exports_it(folder, tmp_path):
+    """The default targets hold SD3's context-stream projections; a LoRA nudged on those alone
+    changes the student, and the exported file reproduces it (so those keys are wired)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    teacher = _teacher(folder)
+    add_lora(teacher.model, "student", rank=4)
+    names = {n.split(".lora_")[0] for n, _ in teacher.model.named_parameters() if "lora_" in n}
+    assert {f"transformer_blocks.0.attn.{m}" for m in TEXT} <= names
+    assert {f"transformer_blocks.1.attn.{m}" for m in TEXT[:3]} <= names
+    text = [p for n, p in teacher.model.named_parameters()
+            if ".lora_B.student" in n and n.split(".lora_")[0].endswith(TEXT)]  # fmt: skip
+    assert len(text) == 7  # B = 0 at init: only these leave the base
+    _nudge(text, 0.05)
+    gen = student_generator(teacher, steps=1, denoiser=AdapterView(teacher, "student"))
+    ours = _student(gen)
+    base = _student(student_generator(teacher, steps=1))
+    assert (ours - base).abs().max() > 1e-3  # text stream alone moves it (~1e-2); 10x atol below
+    path = export_latent_student(gen, teacher, tmp_path, steps=1, prompt=PROMPTS[0])
+    pipe = _load(folder, teacher)
+    pipe.load_lora_weights(path)
+    _assert_loaded_as_saved(pipe, path)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
+    torch.testing.assert_close(_pipeline(pipe, 1), ours, atol=1e-4, rtol=0)
 
 
 # --- end to end: distill-sd on an SD3 folder exports what diffusers loads ---------------------
@@ -229,3 +283,27 @@ def test_distill_refuses_eager_attention_and_off_table_starts_on_sd3(folder, tmp
     assert last.endswith("config key 'student.init_timestep': 1000 is not an index of SD's table "
                          "(read by log-SNR on SD3); valid: -1 or 1..999")  # fmt: skip
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("folder", [True], indirect=True, ids=["t5"])
+def test_lora_targets_key_replaces_the_default(folder):
+    """``student.lora_targets`` / ``critic.lora_targets``: () is the family's default, a list
+    replaces it, and a list that names no module is a ``ConfigError`` naming the key."""
+    from dataclasses import replace
+
+    from scoredistill.config import ConfigError
+    from scoredistill.runs.sd import LoraPlayer, SDDistillConfig, SDStudentConfig, build_players
+
+    student = SDStudentConfig(lora=True, lora_rank=2, lora_targets=("attn.to_q",))
+    cfg = SDDistillConfig(student=student, critic=LoraPlayer(lora=True, lora_rank=2))
+    teacher = _teacher(folder)
+    build_players(cfg, teacher)
+    names = [n for n, _ in teacher.model.named_parameters() if ".lora_A." in n]
+    adapted = {who: {n.split(".lora_")[0] for n in names if f".{who}." in n}
+               for who in ("student", "critic")}  # fmt: skip
+    assert adapted["student"] == {f"transformer_blocks.{i}.attn.to_q" for i in (0, 1)}
+    assert len(adapted["critic"]) == 15  # SD3's default: both streams (the export test's count)
+    assert "transformer_blocks.0.attn.to_add_out" in adapted["critic"]
+    bad = replace(cfg, critic=LoraPlayer(lora=True, lora_targets=("attn.nope",)))
+    with pytest.raises(ConfigError, match=r"^config key 'critic.lora_targets': .*attn\.nope"):
+        build_players(bad, _teacher(folder))

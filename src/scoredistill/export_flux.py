@@ -19,10 +19,12 @@ top (``student.init_timestep``: SD's table index read by log-SNR, ``export_flow.
 **Export.** Full student -> ``OUT/pipeline/``: ``FluxPipeline`` (student transformer, the
 teacher's VAE, CLIP, T5, tokenizers, that scheduler). LoRA student -> ``OUT/lora/``:
 ``pytorch_lora_weights.safetensors`` by ``FluxPipeline.save_lora_weights`` (keys
-``transformer.<module>.lora_A/B.weight``; the ``LoraConfig`` as metadata), ``scheduler/`` and a
-README. Sample at the teacher's size (``height = width =`` the VAE's ``sample_size``) with its
-``max_sequence_length``, ``guidance_scale`` = the teacher's embedded guidance (the student was
-trained with it) and ``true_cfg_scale = 1`` (the teacher's CFG is distilled in).
+``transformer.<module>.lora_A/B.weight``; the ``LoraConfig`` as metadata; the modules those of
+``train_dreambooth_lora_flux.py``, both streams, and the single blocks' MLP: ``sources.lora``),
+``scheduler/`` and a README. Sample at the teacher's size (``height = width =`` the VAE's
+``sample_size``) with its ``max_sequence_length``, ``guidance_scale`` = the teacher's embedded
+guidance (the student was trained with it) and ``true_cfg_scale = 1`` (the teacher's CFG is
+distilled in).
 """
 
 from __future__ import annotations

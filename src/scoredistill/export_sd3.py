@@ -26,7 +26,8 @@ the teacher's VAE, CLIP-L, CLIP-G, T5 or null T5, tokenizers, that scheduler). L
 ``OUT/lora/``: ``pytorch_lora_weights.safetensors`` by ``StableDiffusion3Pipeline.
 save_lora_weights`` (keys ``transformer.<module>.lora_A/B.weight``: PEFT's names, no
 ``base_model.model.`` prefix; the ``LoraConfig`` as metadata so ``lora_alpha`` reloads),
-``scheduler/`` and a README.
+``scheduler/`` and a README. The modules are ``train_dreambooth_lora_sd3.py``'s (both streams of
+the joint attention, e.g. ``transformer_blocks.N.attn.add_q_proj``: ``sources.lora``).
 """
 
 from __future__ import annotations

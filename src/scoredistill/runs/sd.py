@@ -42,6 +42,7 @@ class LoraPlayer:
     lora: bool = False  # a LoRA adapter on the teacher's base instead of a full copy
     lora_rank: PositiveInt = 64
     lora_alpha: NonNegativeFloat = 0.0  # 0: equal to the rank (scale 1)
+    lora_targets: tuple[str, ...] = ()  # module-name suffixes; (): sources.lora.default_targets
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,11 @@ def build_players(cfg: SDDistillConfig, teacher: Any):
     from ..sources.diffusers import make_diffusers_critic
     from ..sources.lora import AdapterView, add_lora
 
-    def view(name: str, player: LoraPlayer) -> AdapterView | None:
-        if not player.lora:
-            return None
-        add_lora(teacher.model, name, player.lora_rank, player.lora_alpha or None)
+    def view(name: str, p: LoraPlayer) -> AdapterView:  # called for LoRA players only
+        try:  # lora_targets naming no module of the network
+            add_lora(teacher.model, name, p.lora_rank, p.lora_alpha or None, p.lora_targets or None)
+        except ValueError as err:
+            raise ConfigError(f"config key '{name}.lora_targets': {err}") from None
         return AdapterView(teacher, name)
 
     s = cfg.student
@@ -338,10 +340,8 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     metrics["teacher_best"] = best_rows(rows, cfg.eval.nfe)
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
-    arrays = {"x": x.numpy(), "latents": z.numpy()}
-    np.savez(
-        out / "samples.npz", **arrays, **({"labels": labels.numpy()} if labels is not None else {})
-    )
+    labelled = {"labels": labels.numpy()} if labels is not None else {}
+    np.savez(out / "samples.npz", x=x.numpy(), latents=z.numpy(), **labelled)
 
     def export() -> str:
         prompt = teacher.prompt_table.prompts[0]

@@ -21,6 +21,11 @@ parameters live inside the shared base, which is not theirs to shard).
 ``deepcopy`` of a view (the loop's EMA copy) adds an adapter ``<name>_copyN`` holding a copy
 of the weights on the same base: an EMA of a LoRA student costs LoRA weights, not a UNet.
 
+Targets (``default_targets``) are those of diffusers' own LoRA scripts for the network:
+the attention projections on a UNet (``train_text_to_image_lora.py``), both streams of the joint
+attention on SD3 (``train_dreambooth_lora_sd3.py``), attention and feed-forward of both streams
+on Flux (``train_dreambooth_lora_flux.py``, extended to the single blocks' MLP and output).
+
 Export: ``lora_state_dict`` gives diffusers' key layout (``convert_state_dict_to_diffusers``
 of ``get_peft_model_state_dict``, as diffusers' ``train_text_to_image_lora.py`` saves it; no
 PEFT ``base_model.model.`` prefix), which ``pipe.load_lora_weights(dir)`` loads.
@@ -38,17 +43,36 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FLUX_LORA_TARGETS",
     "LORA_TARGETS",
+    "SD3_LORA_TARGETS",
     "AdapterView",
     "adapter_on",
     "add_lora",
+    "default_targets",
     "lora_config",
     "lora_parameters",
     "lora_state_dict",
 ]
 
-# the attention projections diffusers' LoRA scripts adapt (train_text_to_image_lora.py)
+# PEFT matches each target as a module-name suffix. UNets: the attention projections
+# diffusers' examples/text_to_image/train_text_to_image_lora.py (and _sdxl) adapt
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# SD3: examples/dreambooth/train_dreambooth_lora_sd3.py, the --lora_layers default: the image
+# stream's (to_*) and the text stream's (add_*_proj, to_add_out) joint-attention projections
+SD3_LORA_TARGETS = (
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v",
+)  # fmt: skip
+# Flux: examples/dreambooth/train_dreambooth_lora_flux.py, the target_modules it uses when
+# --lora_layers is not given (both streams' attention and feed-forward in the joint blocks;
+# attn.to_q/k/v also hit the single blocks' attention; the single blocks' proj_mlp / proj_out
+# are not in that list)
+FLUX_LORA_TARGETS = (
+    "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+)  # fmt: skip
 _copies = itertools.count(1)
 
 
@@ -62,6 +86,21 @@ def lora_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     """The weights of adapter ``name`` in ``model`` (``lora_A``/``lora_B`` …), in module order."""
     key = f".{name}."
     return [p for n, p in model.named_parameters() if "lora_" in n and key in f".{n}."]
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The targets of diffusers' LoRA script for ``model``'s family (the constants above):
+    ``SD3_LORA_TARGETS`` on an ``SD3Transformer2DModel``, ``FLUX_LORA_TARGETS`` on a
+    ``FluxTransformer2DModel`` (also inside a wrapper such as ``FluxNetwork``), ``LORA_TARGETS``
+    otherwise (UNets)."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    for m in model.modules():
+        if isinstance(m, SD3Transformer2DModel):
+            return SD3_LORA_TARGETS
+        if isinstance(m, FluxTransformer2DModel):
+            return FLUX_LORA_TARGETS
+    return LORA_TARGETS
 
 
 def lora_config(rank: int, alpha: float | None = None, targets: Sequence[str] = LORA_TARGETS):
@@ -80,11 +119,14 @@ def add_lora(
     name: str,
     rank: int,
     alpha: float | None = None,
-    targets: Sequence[str] = LORA_TARGETS,
+    targets: Sequence[str] | None = None,
 ) -> list[nn.Parameter]:
     """Inject adapter ``name`` into ``model`` (in place) and return its trainable weights; every
-    adapter of ``model`` is left off (the base answers as before)."""
+    adapter of ``model`` is left off (the base answers as before). ``targets``: module-name
+    suffixes (PEFT's ``target_modules``); None: ``default_targets(model)``."""
     from peft import inject_adapter_in_model
+
+    targets = default_targets(model) if targets is None else tuple(targets)
 
     if any(name in getattr(m, "lora_A", {}) for m in _tuner_layers(model)):
         raise ValueError(f"the model already has an adapter named {name!r}")
