@@ -25,9 +25,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from flux_helpers import LATENT, PROMPTS, SCHEDULER, SIZE, T5_LENGTH, flux_pipe
+from folder_checks import assert_damage_refused
 from scoredistill.parametrization import guided
 from scoredistill.samplers import ddim
-from scoredistill.teachers.diffusers import TeacherFolderError
 from scoredistill.teachers.diffusers_flux import (
     FluxNetwork,
     FluxTextEncoder,
@@ -242,10 +242,4 @@ DAMAGE = {  # name: (change, a regex the message must match)
 @pytest.mark.parametrize("flux", [True], indirect=True, ids=["guidance-embeds"])
 @pytest.mark.parametrize("name", list(DAMAGE))
 def test_damaged_folders_name_the_file_and_key(flux, tmp_path, name):
-    _, folder, _ = flux
-    change, pattern = DAMAGE[name]
-    shutil.copytree(folder, tmp_path / "pipe")
-    change(tmp_path / "pipe")
-    with pytest.raises(TeacherFolderError, match=pattern) as err:
-        load_latent_teacher(tmp_path / "pipe")
-    assert "\n" not in str(err.value)
+    assert_damage_refused(flux[1], tmp_path, *DAMAGE[name])

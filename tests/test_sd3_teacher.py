@@ -26,9 +26,9 @@ from diffusers import (  # noqa: E402
     StableDiffusion3Pipeline,
 )
 
+from folder_checks import assert_damage_refused  # noqa: E402
 from scoredistill.parametrization import NULL_LABEL, guided  # noqa: E402
 from scoredistill.samplers import ddim  # noqa: E402
-from scoredistill.teachers.diffusers import TeacherFolderError  # noqa: E402
 from scoredistill.teachers.diffusers_latent import TextCond, load_latent_teacher  # noqa: E402
 from scoredistill.teachers.diffusers_schedules import ShiftedFlowSchedule  # noqa: E402
 from scoredistill.teachers.diffusers_sd3 import SD3TextEncoder, pipeline_times  # noqa: E402
@@ -269,13 +269,7 @@ DAMAGE = {  # name: (change, a regex the message must match); both folders unles
 
 @pytest.mark.parametrize("name", list(DAMAGE))
 def test_damaged_folders_name_the_file_and_key(sd3, tmp_path, name):
-    _, folder, _ = sd3
-    change, pattern = DAMAGE[name]
-    shutil.copytree(folder, tmp_path / "pipe")
-    change(tmp_path / "pipe")
-    with pytest.raises(TeacherFolderError, match=pattern) as err:
-        load_latent_teacher(tmp_path / "pipe")
-    assert "\n" not in str(err.value)
+    assert_damage_refused(sd3[1], tmp_path, *DAMAGE[name])
 
 
 # --- end to end: the optimize-sd and distill-sd families on an SD3 folder ------------------
