@@ -190,10 +190,11 @@ def test_two_cpu_processes_under_torchrun(tmp_path: Path):
 def test_few_step_generator_trains_by_backward_simulation(tmp_path: Path):
     cfg, objective = _tiny(3, ["generator.kind=few_step", "generator.steps=2"])
     metrics = run_distill(cfg, objective, tmp_path)
-    assert metrics["nfe"] == 2 and all(
+    assert metrics["nfe"] == 2 and metrics["testbed"] == cfg.testbed
+    assert all(
         isinstance(v, float)
         for k, v in metrics.items()
-        if k not in ("nfe", "world_size", "initial")
+        if k not in ("nfe", "world_size", "initial", "testbed")
     )
 
 
