@@ -14,7 +14,14 @@ from torch import nn
 
 from .schedules import get_schedule, log_snr
 
-__all__ = ["SD_REFERENCE", "TOP_ATOL", "flow_level", "plain_copy", "start_scheduler"]
+__all__ = [
+    "SD_REFERENCE",
+    "TOP_ATOL",
+    "flow_level",
+    "plain_copy",
+    "save_transformer_lora",
+    "start_scheduler",
+]
 
 SD_REFERENCE = "vp-scaled-linear"  # SD 1.x/2.x's table: what SiD-LSG's init_timestep indexes
 TOP_ATOL = 1e-5  # a first sigma this close to 1 is the stock grid's top (log-SNR -inf, clamped)
@@ -57,3 +64,25 @@ def plain_copy(model: nn.Module) -> nn.Module:
     if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         raise ValueError("the full student carries LoRA layers: build it before any adapter")
     return copy.deepcopy(model).float().eval().requires_grad_(False)
+
+
+def save_transformer_lora(
+    pipeline_cls: Any, denoiser: nn.Module, sched: Any, folder: Any, prefix: str = ""
+) -> None:
+    """``folder/pytorch_lora_weights.safetensors`` of a LoRA student on a flow transformer,
+    written by ``pipeline_cls.save_lora_weights`` (diffusers' ``transformer.`` keys, the
+    ``LoraConfig`` as metadata), and its stock scheduler in ``folder/scheduler``. ``prefix``: a
+    wrapper's module prefix to strip from the adapter's keys (``FluxNetwork``: "transformer.")."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    from .sources.lora import lora_state_dict
+
+    weights, meta = lora_state_dict(denoiser)  # lora.down/up: back to lora_A/B
+    weights = convert_unet_state_dict_to_peft(
+        {k.removeprefix(prefix): v for k, v in weights.items()}
+    )
+    pipeline_cls.save_lora_weights(
+        folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=meta,
+        safe_serialization=True,
+    )  # fmt: skip
+    sched.save_pretrained(folder / "scheduler")

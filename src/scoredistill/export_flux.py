@@ -36,11 +36,10 @@ import torch
 from torch import nn
 
 from .export_families import GRID_RTOL
-from .export_flow import flow_level, plain_copy, start_scheduler
+from .export_flow import flow_level, plain_copy, save_transformer_lora, start_scheduler
 from .export_folder import write_student
 from .schedules import t_from_log_snr
 from .sources.diffusers import DiffusersGenerator
-from .sources.lora import lora_state_dict
 from .teachers.diffusers_flux import FluxTextEncoder
 
 __all__ = [
@@ -165,16 +164,9 @@ def _full(generator: DiffusersGenerator, teacher: Any, sched: Any, folder: Path)
 
 def _lora(generator: DiffusersGenerator, sched: Any, folder: Path) -> None:
     from diffusers import FluxPipeline
-    from diffusers.utils import convert_unet_state_dict_to_peft
 
-    weights, meta = lora_state_dict(generator.denoiser)  # FluxNetwork's keys: "transformer."
-    weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
-    weights = convert_unet_state_dict_to_peft(weights)  # lora.down/up back to lora_A/B
-    FluxPipeline.save_lora_weights(
-        folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=meta,
-        safe_serialization=True,
-    )  # fmt: skip
-    sched.save_pretrained(folder / "scheduler")
+    # FluxNetwork wraps the transformer: its adapter keys start with "transformer."
+    save_transformer_lora(FluxPipeline, generator.denoiser, sched, folder, prefix="transformer.")
 
 
 def export_flux_student(

@@ -40,13 +40,19 @@ from torch import nn
 
 from .config import ConfigError
 from .export_families import check_grid, stock_grid, why_not_stock
-from .export_flow import SD_REFERENCE, TOP_ATOL, flow_level, plain_copy, start_scheduler
+from .export_flow import (
+    SD_REFERENCE,
+    TOP_ATOL,
+    flow_level,
+    plain_copy,
+    save_transformer_lora,
+    start_scheduler,
+)
 from .export_flux import is_flux
 from .export_flux import student_generator as flux_student
 from .export_folder import write_student
 from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
-from .sources.lora import lora_state_dict
 from .teachers.diffusers_sd3 import SD3TextEncoder
 
 __all__ = [
@@ -177,15 +183,8 @@ def _full(generator: DiffusersGenerator, teacher: Any, sched: Any, folder: Path)
 
 def _lora(generator: DiffusersGenerator, sched: Any, folder: Path) -> None:
     from diffusers import StableDiffusion3Pipeline
-    from diffusers.utils import convert_unet_state_dict_to_peft
 
-    weights, meta = lora_state_dict(generator.denoiser)  # lora.down/up: back to lora_A/B, the
-    weights = convert_unet_state_dict_to_peft(weights)  # names load_lora_adapter converts to
-    StableDiffusion3Pipeline.save_lora_weights(
-        folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=meta,
-        safe_serialization=True,
-    )  # fmt: skip
-    sched.save_pretrained(folder / "scheduler")
+    save_transformer_lora(StableDiffusion3Pipeline, generator.denoiser, sched, folder)
 
 
 def export_sd3_student(

@@ -27,7 +27,7 @@ import inspect
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +357,33 @@ def load_text_parts(path: Path, index: dict[str, Any], keys: Sequence[str]) -> d
             )
         text[key] = _load(path / key, cls)
     return text
+
+
+def load_pipeline_parts(
+    path: Path,
+    index: dict[str, Any],
+    network: str,
+    text_keys: Sequence[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, nn.Module, Any, dict[str, Any]]:
+    """``(network, vae, scheduler, text parts)`` of a checked latent pipeline folder: the
+    ``network`` component (``unet`` / ``transformer``) in ``dtype``, the VAE and the text parts
+    ``text_keys`` in float32; every class is resolved before any weights load."""
+    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
+    net_cls = _diffusers_class(path / network, index[network][1], "ModelMixin")
+    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
+    text = load_text_parts(path, index, text_keys)
+    net = _load(path / network, net_cls, torch_dtype=dtype).to(device)
+    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    return net, vae, _load(path / "scheduler", sched_cls), text
+
+
+def folder_text_encoder(path: Path, build: Callable[[], Any]) -> Any:
+    """``build()`` (a family's text encoder), its config mismatches as one ``TeacherFolderError``
+    line naming the folder."""
+    try:
+        return build()
+    except (ValueError, AttributeError) as err:
+        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None

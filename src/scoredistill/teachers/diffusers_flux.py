@@ -51,14 +51,11 @@ from torch import Tensor, nn
 
 from .diffusers import (
     ShiftedFlowSchedule,
-    TeacherFolderError,
-    _diffusers_class,
     _fail,
-    _load,
     _read_json,
-    _scheduler_class,
     check_components,
-    load_text_parts,
+    folder_text_encoder,
+    load_pipeline_parts,
 )
 from .diffusers_sd3 import GRID_KEYS, SCHEDULER
 
@@ -338,20 +335,17 @@ def load_flux_parts(
         raise _fail(path / "model_index.json", what)
     check_components(path, index, PARTS)
     hw = _check_configs(path)
-    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
-    tr_cls = _diffusers_class(path / "transformer", index["transformer"][1], "ModelMixin")
-    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-    text = load_text_parts(path, index, [k for k in PARTS if k.startswith(("text", "tok"))])
-    transformer = _load(path / "transformer", tr_cls, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
-    sched = _load(path / "scheduler", sched_cls)
-    try:
-        encoder = FluxTextEncoder(
+    keys = [k for k in PARTS if k.startswith(("text", "tok"))]
+    transformer, vae, sched, text = load_pipeline_parts(
+        path, index, "transformer", keys, device=device, dtype=dtype
+    )
+    encoder = folder_text_encoder(
+        path,
+        lambda: FluxTextEncoder(
             [text["text_encoder"].to(device), text["text_encoder_2"].to(device)],
             [text["tokenizer"], text["tokenizer_2"]],
             transformer.config,
-        )
-    except (ValueError, AttributeError) as err:
-        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+        ),
+    )
     network = FluxNetwork(transformer.eval().requires_grad_(False), hw, sched, guidance)
     return network, vae, sched, encoder

@@ -39,14 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diffusers import (
-    TeacherFolderError,
-    _diffusers_class,
     _fail,
-    _load,
     _read_json,
-    _scheduler_class,
     check_components,
-    load_text_parts,
+    folder_text_encoder,
+    load_pipeline_parts,
 )
 
 __all__ = ["SD3TextEncoder", "load_sd3_parts", "pipeline_times", "width_problem"]
@@ -218,20 +215,17 @@ def load_sd3_parts(
     check_components(path, index, PARTS)
     t5 = _t5_present(path, index)
     _check_configs(path, t5)
-    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
-    tr_cls = _diffusers_class(path / "transformer", index["transformer"][1], "ModelMixin")
-    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
     keys = [k for k in [*PARTS, *(T5_PARTS if t5 else ())] if k.startswith(("text", "tok"))]
-    text = load_text_parts(path, index, keys)
-    transformer = _load(path / "transformer", tr_cls, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    transformer, vae, sched, text = load_pipeline_parts(
+        path, index, "transformer", keys, device=device, dtype=dtype
+    )
     encoders = [text.get(k) for k in ("text_encoder", "text_encoder_2", "text_encoder_3")]
-    try:
-        encoder = SD3TextEncoder(
+    encoder = folder_text_encoder(
+        path,
+        lambda: SD3TextEncoder(
             [None if e is None else e.to(device) for e in encoders],
             [text.get(k) for k in ("tokenizer", "tokenizer_2", "tokenizer_3")],
             transformer.config,
-        )
-    except (ValueError, AttributeError) as err:
-        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
-    return transformer, vae, _load(path / "scheduler", sched_cls), encoder
+        ),
+    )
+    return transformer, vae, sched, encoder

@@ -40,14 +40,12 @@ import torch
 from torch import Tensor, nn
 
 from .diffusers import (
-    TeacherFolderError,
     _diffusers_class,
     _fail,
-    _load,
     _read_json,
-    _scheduler_class,
     check_components,
-    load_text_parts,
+    folder_text_encoder,
+    load_pipeline_parts,
 )
 
 __all__ = ["SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "time_ids", "width_problem"]
@@ -211,19 +209,17 @@ def load_sdxl_parts(
     config checked before weights load; the UNet in ``dtype``, the rest float32."""
     _check_index(path, index)
     _check_configs(path)
-    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
-    unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
-    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-    text = load_text_parts(path, index, [k for k in PARTS if k.startswith(("text", "tok"))])
-    unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
-    try:
-        encoder = SDXLTextEncoder(
+    keys = [k for k in PARTS if k.startswith(("text", "tok"))]
+    unet, vae, sched, text = load_pipeline_parts(
+        path, index, "unet", keys, device=device, dtype=dtype
+    )
+    encoder = folder_text_encoder(
+        path,
+        lambda: SDXLTextEncoder(
             [text["text_encoder"].to(device), text["text_encoder_2"].to(device)],
             [text["tokenizer"], text["tokenizer_2"]],
             unet.config,
             force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
-        )
-    except (ValueError, AttributeError) as err:
-        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
-    return unet, vae, _load(path / "scheduler", sched_cls), encoder
+        ),
+    )
+    return unet, vae, sched, encoder
