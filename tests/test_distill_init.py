@@ -130,3 +130,58 @@ def test_the_training_loop_weights_the_critic_loss_with_the_critic_sigma_data(tm
         out_dir=tmp_path,
     )
     assert seen == [1.7]
+
+
+@pytest.mark.parametrize("schedule", ["edm", "vp-cosine", "vp-linear"])
+def test_few_step_sigma_init_starts_the_grid_at_that_ve_level(schedule):
+    from scoredistill.schedules import get_schedule, log_snr
+    from scoredistill.sources.generators import FewStepGenerator, default_student_times
+
+    sched = get_schedule(schedule)
+    gen = FewStepGenerator.from_mlp(2, sched, steps=4, hidden=8, depth=1, sigma_init=2.5)
+    ts = torch.tensor(gen.ts, dtype=torch.float64)
+    level = torch.exp(-0.5 * log_snr(sched, ts))  # sigma / alpha at each student time
+    assert level[0].item() == pytest.approx(2.5, rel=1e-5)
+    assert bool((ts[:-1] > ts[1:]).all()) and ts[-1].item() > sched.t_min
+    # the default grid's fractions of [t_min, t_max], laid on [t_min, t_top]
+    full = torch.tensor(default_student_times(sched, 4), dtype=torch.float64)
+    frac = (full - sched.t_min) / (sched.t_max - sched.t_min)
+    torch.testing.assert_close(ts, sched.t_min + frac * (ts[0] - sched.t_min))
+    # no sigma_init: the default grid, from t_max
+    assert FewStepGenerator.from_mlp(2, sched, steps=4, hidden=8, depth=1).ts == tuple(
+        full.tolist()
+    )
+
+
+def test_few_step_sigma_init_on_edm_is_karras_grid_below_it():
+    """EDM's t is Karras' rho = 7 grid, so the compressed grid is Karras' formula from 2.5 to
+    sigma_min = 0.002 with K + 1 points (the last, sigma_min, dropped): an independent form."""
+    from scoredistill.schedules import get_schedule
+    from scoredistill.sources.generators import FewStepGenerator
+
+    sched = get_schedule("edm")
+    gen = FewStepGenerator.from_mlp(2, sched, steps=4, hidden=8, depth=1, sigma_init=2.5)
+    _, sigma = sched.alpha_sigma(torch.tensor(gen.ts, dtype=torch.float64))
+    hi, lo = 2.5 ** (1 / 7), 0.002 ** (1 / 7)
+    karras = [(hi + k / 4 * (lo - hi)) ** 7 for k in range(4)]  # 2.5, 0.739, 0.169, 0.026
+    assert sigma.tolist() == pytest.approx(karras, rel=1e-4)
+
+
+def test_few_step_teacher_copy_takes_sigma_init_and_bad_uses_are_refused():
+    from scoredistill.sources.generators import FewStepGenerator
+
+    cfg, _ = resolve(
+        "dmd2-4step-ring8", [*TINY, "generator.init=teacher", "generator.sigma_init=2.5"]
+    )
+    gen, critic, _ = _build(cfg, get_testbed("ring8"))
+    a, s = critic.schedule.alpha_sigma(torch.tensor(gen.ts[:1]))
+    assert (s / a).item() == pytest.approx(2.5, rel=1e-5)
+    with pytest.raises(ValueError, match="ts or sigma_init"):
+        FewStepGenerator(gen.denoiser, ts=(0.5, 0.2), sigma_init=2.5)
+    for preset, sets in [
+        ("dmd2-ring8", ["generator.sigma_init=2.5"]),  # a fresh one-step MLP has no noise input
+        ("phased-dmd-ring8", ["generator.sigma_init=2.5"]),  # two experts
+    ]:
+        bad, _ = resolve(preset, sets)
+        with pytest.raises(ConfigError, match=r"generator\.sigma_init"):
+            check_generator(bad.generator, get_testbed("ring8"))

@@ -19,6 +19,8 @@ from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = ["GeneratorConfig", "check_generator", "make_generator", "teacher_init_generator"]
 
+DMD2_SIGMA_MAX = 80.0  # DMD2's EDM runs: the one-step student's input is sigma_max z
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -34,9 +36,11 @@ class GeneratorConfig:
     blocks: NonNegativeInt = 2  # conv: residual blocks
     # "teacher": a copy of the critic's DSM fit to the teacher (module docstring); "scratch": fresh
     init: Literal["scratch", "teacher"] = "scratch"
-    # init=teacher, one_step: the input's VE level sigma/alpha. DMD2's EDM runs feed sigma_max z
-    # (80, tianweiy/DMD2 main/edm: conditioning_sigma 80); SiD uses 2.5 (reference note b4)
-    sigma_init: PositiveFloat = 80.0
+    # the student's first input's VE level sigma/alpha. None: DMD2's choice, sigma_max -- the
+    # one-step teacher copy is fed 80 z (tianweiy/DMD2 main/edm: conditioning_sigma 80), the
+    # few-step grid starts at t_max (t = 999); SiD uses 2.5 (reference note b4). Used by
+    # init=teacher one_step and by every few_step student (its grid then starts at that level)
+    sigma_init: PositiveFloat | None = None
 
 
 def check_generator(g: GeneratorConfig, testbed) -> None:
@@ -64,6 +68,14 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             f"one_step or few_step with students=1 and experts=1 (got kind={g.kind}, "
             f"students={g.students}, experts={g.experts})"
         )
+    if g.sigma_init is not None and not (
+        (g.kind == "few_step" and g.experts == 1) or (g.kind == "one_step" and g.init == "teacher")
+    ):
+        raise ConfigError(
+            "generator.sigma_init sets the first input's noise level of a teacher-initialised "
+            f"one-step or a single-expert few-step student (got kind={g.kind}, init={g.init}, "
+            f"experts={g.experts}); a fresh one-step MLP has no noise input"
+        )
     if g.student_hidden and g.students == 1:
         raise ConfigError("generator.student_hidden needs generator.students > 1 (else set hidden)")
 
@@ -83,9 +95,9 @@ def make_generator(g: GeneratorConfig, testbed) -> nn.Module:
             if g.experts == 1
             else partial(phased_student, experts=g.experts)
         )
-        sched = testbed.teacher.schedule
+        sched, top = testbed.teacher.schedule, {"sigma_init": g.sigma_init} if g.sigma_init else {}
         return make(
-            testbed.dim, sched, steps=g.steps, hidden=g.hidden, depth=g.depth, num_classes=k
+            testbed.dim, sched, steps=g.steps, hidden=g.hidden, depth=g.depth, num_classes=k, **top
         )
     if g.kind == "conv":
         return ConvGenerator(
@@ -109,5 +121,6 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
     base = copy.deepcopy(fitted).requires_grad_(True).train()  # the one copy
     base.head = None  # DMD2's GAN head belongs to the critic
     if g.kind == "few_step":
-        return FewStepGenerator(base, steps=g.steps)  # uses the denoiser as given
-    return TeacherInitGenerator(base, g.sigma_init)  # copies once more (its own contract)
+        return FewStepGenerator(base, steps=g.steps, sigma_init=g.sigma_init)  # base as given
+    # copies once more (its own contract)
+    return TeacherInitGenerator(base, DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init)

@@ -185,13 +185,24 @@ class TeacherInitGenerator(nn.Module):
 
 
 def default_student_times(
-    schedule: Schedule, steps: int, spacing: str | None = None
+    schedule: Schedule, steps: int, spacing: str | None = None, t_top: float | None = None
 ) -> tuple[float, ...]:
     """``steps`` decreasing times, the first ``t_max``: the sampler grid ``samplers.time_grid``
     (``spacing=None``: the schedule's default) with ``steps + 1`` points minus its last
     (``t_min``, almost clean). ``spacing="uniform"`` on a VP table gives ``999 t`` = 999, 749,
-    500, 250: DMD2's SDXL steps ``[999, 749, 499, 249]`` (note b2)."""
-    return tuple(float(t) for t in time_grid(schedule, steps + 1, spacing)[:-1])
+    500, 250: DMD2's SDXL steps ``[999, 749, 499, 249]`` (note b2).
+
+    ``t_top`` (< ``t_max``) starts the grid lower: the same grid with ``[t_min, t_max]`` mapped
+    affinely onto ``[t_min, t_top]`` (the UNet path's ``lcm_timesteps`` below a top timestep does
+    the same on the native table); on EDM, whose ``t`` is Karras' rho = 7 grid, that is the
+    Karras grid from ``sigma(t_top)`` down to ``sigma_min``."""
+    grid = time_grid(schedule, steps + 1, spacing)[:-1]
+    if t_top is not None:
+        lo, hi = schedule.t_min, schedule.t_max
+        if not lo < t_top <= hi:
+            raise ValueError(f"t_top must lie in ({lo}, {hi}], got {t_top}")
+        grid = lo + (grid - lo) * ((t_top - lo) / (hi - lo))
+    return tuple(float(t) for t in grid)
 
 
 class FewStepGenerator(nn.Module):
@@ -208,12 +219,20 @@ class FewStepGenerator(nn.Module):
     broadcast it, then call the DDP-wrapped module's forward with ``k``. ``backward_simulation``
     does the draw and the call in one go for a single process.
 
+    The times default to ``default_student_times`` from ``t_max`` (DMD2's t = 999, where an MMSE
+    denoiser returns the data mean whatever ``z``); ``sigma_init`` starts them at the VE level
+    ``sigma/alpha = sigma_init`` instead (SiD's 2.5, as ``TeacherInitGenerator`` for one step).
     The denoiser is used as given (not copied); ``from_mlp`` builds a fresh one and
     ``from_teacher`` a trainable copy of a neural teacher.
     """
 
     def __init__(
-        self, denoiser: NeuralDenoiser, *, steps: int = 4, ts: Sequence[float] | None = None
+        self,
+        denoiser: NeuralDenoiser,
+        *,
+        steps: int = 4,
+        ts: Sequence[float] | None = None,
+        sigma_init: float | None = None,
     ) -> None:
         super().__init__()
         dim = getattr(denoiser, "dim", None)
@@ -221,10 +240,13 @@ class FewStepGenerator(nn.Module):
             raise ValueError("the denoiser must say its dim (its net needs a .dim attribute)")
         self.denoiser = denoiser
         self.dim, self.num_classes = int(dim), int(getattr(denoiser, "num_classes", 0))
+        if ts is not None and sigma_init is not None:
+            raise ValueError("give ts or sigma_init, not both")
         if ts is None:
             if steps < 1:
                 raise ValueError(f"steps must be >= 1, got {steps}")
-            ts = default_student_times(denoiser.schedule, steps)
+            top = None if sigma_init is None else _t_at_ve_level(denoiser.schedule, sigma_init)
+            ts = default_student_times(denoiser.schedule, steps, t_top=top)
         ts = tuple(float(t) for t in ts)
         if (
             not ts
@@ -246,18 +268,26 @@ class FewStepGenerator(nn.Module):
         depth: int = 4,
         num_classes: int = 0,
         sigma_data: float = 0.5,
+        sigma_init: float | None = None,
     ) -> FewStepGenerator:
         """A fresh ``NeuralDenoiser(MLPDenoiserNet(...), schedule)`` as the student network."""
         net = MLPDenoiserNet(dim, hidden, depth, num_classes)
         sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-        return cls(NeuralDenoiser(net, sched, "edm", sigma_data, num_classes), steps=steps, ts=ts)
+        den = NeuralDenoiser(net, sched, "edm", sigma_data, num_classes)
+        return cls(den, steps=steps, ts=ts, sigma_init=sigma_init)
 
     @classmethod
     def from_teacher(
-        cls, teacher: NeuralDenoiser, *, steps: int = 4, ts: Sequence[float] | None = None
+        cls,
+        teacher: NeuralDenoiser,
+        *,
+        steps: int = 4,
+        ts: Sequence[float] | None = None,
+        sigma_init: float | None = None,
     ) -> FewStepGenerator:
         """A trainable deep copy of a neural teacher as the student network (DMD2)."""
-        return cls(copy.deepcopy(teacher).requires_grad_(True).train(), steps=steps, ts=ts)
+        net = copy.deepcopy(teacher).requires_grad_(True).train()
+        return cls(net, steps=steps, ts=ts, sigma_init=sigma_init)
 
     @property
     def nfe(self) -> int:
