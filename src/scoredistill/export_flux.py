@@ -22,9 +22,10 @@ teacher's VAE, CLIP, T5, tokenizers, that scheduler). LoRA student -> ``OUT/lora
 ``transformer.<module>.lora_A/B.weight``; the ``LoraConfig`` as metadata; the modules those of
 ``train_dreambooth_lora_flux.py``, both streams, and the single blocks' MLP: ``sources.lora``),
 ``scheduler/`` and a README. Sample at the teacher's size (``height = width =`` the VAE's
-``sample_size``) with its ``max_sequence_length``, ``guidance_scale`` = the teacher's embedded
-guidance (the student was trained with it) and ``true_cfg_scale = 1`` (the teacher's CFG is
-distilled in).
+``sample_size`` or the training ``resolution``; ``FluxPipeline.default_sample_size`` is a
+constant 128, so the README always passes them) with its ``max_sequence_length``,
+``guidance_scale`` = the teacher's embedded guidance (the student was trained with it) and
+``true_cfg_scale = 1`` (the teacher's CFG is distilled in).
 """
 
 from __future__ import annotations

@@ -1,17 +1,28 @@
 """The folder every latent student export writes: ``OUT/lora/`` for a LoRA student (an
 ``AdapterView`` denoiser), ``OUT/pipeline/`` for a full one, written atomically with a
-``README.md``; the family's writers (``export_sd3``, ``export_sdxl``, ``export_flux``) fill it."""
+``README.md``; the family's writers (``export_sd3``, ``export_sdxl``, ``export_flux``) fill it.
+
+A student trained at a ``resolution`` other than the teacher folder's (``teachers.diffusers_size``)
+exports a network whose config ``sample_size`` is the trained latent size: diffusers 0.42 takes
+the default ``height = width = sample_size · vae_scale_factor`` from it (``StableDiffusionPipeline.
+__call__``: ``unet.config.sample_size``; ``StableDiffusionXLPipeline`` and
+``StableDiffusion3Pipeline``: ``default_sample_size``, the UNet's or transformer's). A LoRA keeps
+the base's config, so its README says to pass ``height``/``width``; ``FluxPipeline``'s
+``default_sample_size`` is a constant (128), so Flux READMEs always pass them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView
 
-__all__ = ["write_student"]
+__all__ = ["at_trained_size", "size_note", "write_student"]
 
 
 def write_student(
@@ -32,3 +43,38 @@ def write_student(
         text = readme(is_lora) + (f"\n{note}\n" if note else "")
         (tmp / "README.md").write_text(text, encoding="utf-8")
     return final
+
+
+def _hw(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def at_trained_size(network: nn.Module, teacher: Any) -> nn.Module:
+    """``network`` (a copy of the full student's UNet or SD3 transformer) with its config's
+    ``sample_size`` set to the teacher's latent size ``teacher.shape[1:]`` where they differ
+    (module docstring); unchanged otherwise."""
+    h, w = teacher.shape[1:]
+    if _hw(network.config.sample_size) != (h, w):
+        network.register_to_config(sample_size=h if h == w else [h, w])
+    return network
+
+
+def size_note(teacher: Any, lora: bool) -> str:
+    """A README line when the teacher was trained at a size other than its folder's ("" when
+    not): what the pipeline's default size is now (full student), or the ``height``/``width``
+    to pass (LoRA)."""
+    (h, w), (H, W) = teacher.shape[1:], teacher.image_shape[1:]
+    own = _hw(teacher.model.config.sample_size)
+    if own == (h, w):
+        return ""
+    f = H // h  # pipe.vae_scale_factor
+    trained, folder = f"Trained at {H}x{W} pixels (`resolution`)", f"{own[0] * f}x{own[1] * f}"
+    if lora:
+        return (
+            f"- {trained}, not the teacher folder's default {folder}: a LoRA cannot change the "
+            f"base pipeline's default size, so pass `height={H}, width={W}` in every call."
+        )
+    return (
+        f"- {trained}: the network's `sample_size` is {h}, so the pipeline's default height "
+        f"and width are {H}x{W} (the teacher folder's: {folder})."
+    )

@@ -30,6 +30,7 @@ from typing import Any
 
 from .export import student_scheduler
 from .export_flux import export_flux_student, is_flux
+from .export_folder import at_trained_size, size_note
 from .export_sd3 import export_sd3_student, is_sd3, plain_copy
 from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
@@ -96,7 +97,7 @@ def _scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
 def _full(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
     from diffusers import StableDiffusionPipeline
 
-    unet = plain_copy(generator.denoiser.model)
+    unet = at_trained_size(plain_copy(generator.denoiser.model), teacher)
     pipe = StableDiffusionPipeline(
         vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
         unet=unet, scheduler=_scheduler(generator, teacher), safety_checker=None,
@@ -130,13 +131,14 @@ def export_latent_student(
     and return it; ``steps`` must equal the student's K; ``prompt`` goes in the README."""
     if steps != generator.nfe:
         raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
-    if is_flux(teacher):
+    if is_flux(teacher):  # its README passes height/width always
         return export_flux_student(generator, teacher, out_dir, prompt=prompt, note=note)
+    is_lora = isinstance(generator.denoiser, AdapterView)
+    note = "\n".join(n for n in (size_note(teacher, is_lora), note) if n)
     if is_sd3(teacher):
         return export_sd3_student(generator, teacher, out_dir, prompt=prompt, note=note)
     if is_sdxl(teacher):
         return export_sdxl_student(generator, teacher, out_dir, prompt=prompt, note=note)
-    is_lora = isinstance(generator.denoiser, AdapterView)
     final = Path(out_dir) / ("lora" if is_lora else "pipeline")
     with atomic_folder(final) as tmp:
         (_lora if is_lora else _full)(generator, teacher, tmp, prompt, note)

@@ -50,7 +50,7 @@ from .export_flow import (
 )
 from .export_flux import is_flux
 from .export_flux import student_generator as flux_student
-from .export_folder import write_student
+from .export_folder import at_trained_size, write_student
 from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
 from .teachers.diffusers_sd3 import SD3TextEncoder
@@ -173,7 +173,8 @@ def _full(generator: DiffusersGenerator, teacher: Any, sched: Any, folder: Path)
     text: SD3TextEncoder = teacher.text_encoder
     t5 = (text.encoders[2], text.tokenizers[2]) if text.has_t5 else (None, None)
     pipe = StableDiffusion3Pipeline(
-        transformer=plain_copy(generator.denoiser.model), scheduler=sched, vae=teacher.vae,
+        transformer=at_trained_size(plain_copy(generator.denoiser.model), teacher),
+        scheduler=sched, vae=teacher.vae,
         text_encoder=text.encoders[0], tokenizer=text.tokenizers[0],
         text_encoder_2=text.encoders[1], tokenizer_2=text.tokenizers[1],
         text_encoder_3=t5[0], tokenizer_3=t5[1],

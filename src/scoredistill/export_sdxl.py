@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .export import student_scheduler
-from .export_folder import write_student
+from .export_folder import at_trained_size, write_student
 from .export_sd3 import plain_copy
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import lora_state_dict
@@ -79,7 +79,7 @@ def _full(generator: DiffusersGenerator, teacher: Any, sched: Any, folder: Path)
     pipe = StableDiffusionXLPipeline(
         vae=teacher.vae, text_encoder=text.encoders[0], text_encoder_2=text.encoders[1],
         tokenizer=text.tokenizers[0], tokenizer_2=text.tokenizers[1],
-        unet=plain_copy(generator.denoiser.model), scheduler=sched,
+        unet=at_trained_size(plain_copy(generator.denoiser.model), teacher), scheduler=sched,
         force_zeros_for_empty_prompt=text.force_zeros_for_empty_prompt, add_watermarker=False,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)

@@ -68,6 +68,7 @@ class SDDistillConfig:
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    resolution: Annotated[int, Range(0, note="0: the folder's own size")] = 0  # pixels, H = W
     forget_prompt: str = ""  # method sfd: the prompt of the list to forget
     safe_prompt: str = ""  # method sfd: the prompt of the list the teacher answers it with
     objective: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +121,7 @@ def load_teacher(cfg: SDDistillConfig):
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
-    teacher = load_latent_teacher(folder)
+    teacher = load_latent_teacher(folder, resolution=cfg.resolution)  # checked before weights
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
         family = "SD3" if is_sd3(teacher) else "Flux"

@@ -20,7 +20,9 @@ changes mirrors diffusers 0.42 ``pipelines/flux/pipeline_flux.py``:
   ``s = k t / (1 + (k - 1) t)`` with ``k = e^mu``: the teacher's schedule is
   ``ShiftedFlowSchedule(e^mu)`` (``shift`` itself without ``use_dynamic_shifting``).
   ``pipeline_times`` is ``__call__``'s grid ``t = linspace(1, 1/n, n)`` (it passes these
-  ``sigmas`` and ``mu`` to ``set_timesteps``).
+  ``sigmas`` and ``mu`` to ``set_timesteps``). A training ``resolution`` (``diffusers_size``)
+  replaces the VAE's size: latents, packed tokens and ``mu`` are those of ``height = width =``
+  that size, as the pipeline computes them for it.
 - **Text** (``encode_prompt``): CLIP (``CLIPTextModel``) ids padded to its ``model_max_length``,
   ``pooler_output`` -> ``pooled_projections``; T5 ids padded to ``max_sequence_length``
   (``__call__``'s 512, or the T5 tokenizer's ``model_max_length`` when smaller), output 0 ->
@@ -295,9 +297,9 @@ def latent_size(vcfg: dict[str, Any]) -> tuple[int, int] | str:
     return hw[0] // f, hw[1] // f
 
 
-def _check_configs(path: Path) -> tuple[int, int]:
+def _check_configs(path: Path, latent_hw: Sequence[int] | None = None) -> tuple[int, int]:
     """The transformer, scheduler, VAE and text widths fit, before any weights are read;
-    returns the latent size."""
+    returns the latent size: ``latent_hw`` when given (a training resolution), else the VAE's."""
     tcfg, scfg = _config(path, "transformer"), _config(path, "scheduler", "scheduler_config.json")
     tpath, vpath = path / "transformer" / "config.json", path / "vae" / "config.json"
     if (name := tcfg.get("_class_name")) != TRANSFORMER:
@@ -311,7 +313,8 @@ def _check_configs(path: Path) -> tuple[int, int]:
         raise _fail(tpath, f"{what}; valid: 4 · latent_channels (2×2 packed latents)")
     if bad := [k for k in ("latents_mean", "latents_std") if vcfg.get(k) is not None]:
         raise _fail(vpath, f"{bad[0]} is set: not supported; valid: null")
-    if isinstance(hw := latent_size(vcfg), str):
+    hw = latent_size(vcfg) if latent_hw is None else (int(latent_hw[0]), int(latent_hw[1]))
+    if isinstance(hw, str):
         raise _fail(vpath, hw)
     clip, t5 = _config(path, "text_encoder"), _config(path, "text_encoder_2")
     if why := width_problem(clip.get("hidden_size"), t5.get("d_model"), tcfg):
@@ -326,15 +329,17 @@ def load_flux_parts(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     guidance: float = GUIDANCE,
+    latent_hw: Sequence[int] | None = None,
 ) -> tuple[FluxNetwork, nn.Module, Any, FluxTextEncoder]:
     """``(FluxNetwork, vae, scheduler, FluxTextEncoder)`` of a ``FluxPipeline`` folder whose
     ``model_index.json`` is ``index``, for ``diffusers_latent.load_latent_teacher``: every
-    config checked before weights load; the transformer in ``dtype``, the rest float32."""
+    config checked before weights load; the transformer in ``dtype``, the rest float32; the
+    network at ``latent_hw`` (a training resolution, ``diffusers_size``) or the VAE's size."""
     if (name := index.get("_class_name")) != PIPELINE:
         what = f"_class_name {name!r} is not supported; valid: {PIPELINE}"
         raise _fail(path / "model_index.json", what)
     check_components(path, index, PARTS)
-    hw = _check_configs(path)
+    hw = _check_configs(path, latent_hw)
     keys = [k for k in PARTS if k.startswith(("text", "tok"))]
     transformer, vae, sched, text = load_pipeline_parts(
         path, index, "transformer", keys, device=device, dtype=dtype

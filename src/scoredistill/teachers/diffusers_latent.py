@@ -26,11 +26,13 @@ flow-matching transformer, pooled text embeddings) load through ``diffusers_sd3`
 (``added_cond_kwargs``) and may zero the empty negative prompt (``force_zeros_for_empty_prompt``).
 ``FluxPipeline`` folders (packed latents, dynamic shift, embedded guidance) load through
 ``diffusers_flux``, whose ``FluxNetwork`` packs around the transformer and carries the
-schedule at the teacher's size. Folder indexing and SD checks: ``diffusers_folders``.
+schedule at the teacher's size. Folder indexing and SD checks: ``diffusers_folders``; a
+training ``resolution`` other than the folder's own size: ``diffusers_size``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,7 @@ from .diffusers_flux import is_flux_index, load_flux_parts
 from .diffusers_folders import check_sd_configs, index_folder
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
+from .diffusers_size import training_latent_hw
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
 
@@ -167,7 +170,8 @@ def encode_text(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str])
 class LatentDiffusersTeacher(DiffusersTeacher):
     """A text-conditional latent teacher: ``denoise(z_t, t, cond)`` with ``z_t: (B, c·h·w)``
     (or ``(B, c, h, w)``), ``cond`` a ``TextCond``, prompt ids ``(B,)`` (``set_prompt_labels``)
-    or None (the empty prompt). ``encode``/``decode`` map images ``(B, C, H, W)`` in [-1, 1]."""
+    or None (the empty prompt). ``encode``/``decode`` map images ``(B, C, H, W)`` in [-1, 1];
+    ``latent_hw`` the latent size ``(h, w)`` trained at (None: the network's ``sample_size``)."""
 
     def __init__(
         self,
@@ -178,8 +182,12 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         tokenizer: Any,
         *,
         schedule: Schedule | None = None,
+        latent_hw: Sequence[int] | None = None,
     ) -> None:
         super().__init__(unet, scheduler, schedule=schedule)
+        if latent_hw is not None:  # a training resolution (diffusers_size), not the config's
+            self.shape = (self.shape[0], *(int(v) for v in latent_hw))
+            self.dim = math.prod(self.shape)
         vcfg, ucfg = dict(vae.config), dict(unet.config)
         if vcfg["latent_channels"] != self.shape[0]:
             got = f"latent_channels={vcfg['latent_channels']}, unet in_channels={self.shape[0]}"
@@ -314,16 +322,22 @@ def load_latent_teacher(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     schedule: Schedule | None = None,
+    resolution: int = 0,
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
     holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``;
     ``StableDiffusionXLPipeline``: ``diffusers_sdxl``; ``FluxPipeline``: ``diffusers_flux``,
     its schedule ``ShiftedFlowSchedule(e^mu)`` at the VAE's ``sample_size``); the UNet in ``dtype``,
-    the VAE and text encoder in float32; frozen, eval mode. Problems raise ``TeacherFolderError``
-    (a ``ValueError``) naming file and key."""
+    the VAE and text encoder in float32; frozen, eval mode. ``resolution``: the square pixel size
+    trained at (0: the folder's own; ``diffusers_size``, checked before any weights load, a
+    ``ResolutionError``). Problems raise ``TeacherFolderError`` (a ``ValueError``) naming file
+    and key."""
     path, index = index_folder(Path(path))
-    if is_flux_index(index):
-        unet, vae, sched, text_encoder = load_flux_parts(path, index, device=device, dtype=dtype)
+    hw = training_latent_hw(path, index, resolution)
+    if is_flux_index(index):  # its network carries the size and the shift mu at that size
+        unet, vae, sched, text_encoder = load_flux_parts(
+            path, index, device=device, dtype=dtype, latent_hw=hw
+        )
         tokenizer = None  # FluxTextEncoder holds its two tokenizers
     elif "unet" not in index:  # a StableDiffusion3Pipeline folder (index_folder)
         unet, vae, sched, text_encoder = load_sd3_parts(path, index, device=device, dtype=dtype)
@@ -350,6 +364,7 @@ def load_latent_teacher(
             text_encoder,
             tokenizer,
             schedule=schedule or native,
+            latent_hw=hw,
         )
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None

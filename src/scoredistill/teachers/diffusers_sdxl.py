@@ -19,7 +19,8 @@ diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
   too (``LatentDiffusersTeacher.encode_prompts``), any other negative prompt is encoded;
 - ``_get_add_time_ids(original_size=(H, W), crops_coords_top_left=(0, 0), target_size=(H, W))``
   with ``(H, W)`` the pixel size ``unet.sample_size · vae_scale_factor`` (``__call__``'s default
-  height and width): ``time_ids = (H, W, 0, 0, H, W)`` for every row, conditional and null;
+  height and width) or the training resolution passed as ``height = width`` (``diffusers_size``):
+  ``time_ids = (H, W, 0, 0, H, W)`` for every row, conditional and null;
 - ``unet(..., added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})``.
 
 Refused, each as one ``TeacherFolderError`` line: refiner layouts (``text_encoder`` null,
