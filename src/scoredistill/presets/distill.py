@@ -150,7 +150,7 @@ _GRID: dict[str, tuple[str, ...]] = {
     "dmd": TESTBEDS,
     "dmd2": (*TESTBEDS, "ring8-unbalanced"),
     "dmd2-gan": TESTBEDS,
-    "dmd2-teacher-init": TESTBEDS,  # run so far: ring8 and FastGen's ring (--testbed FILE.npz)
+    "dmd2-teacher-init": TESTBEDS,  # leaderboard: 3 seeds on all but digits (1 seed)
     "dmd2-4step": ("ring8", "digits"),
     "vsd": TESTBEDS,
     "sid": TESTBEDS,
