@@ -8,7 +8,10 @@ the default ``height = width = sample_size · vae_scale_factor`` from it (``Stab
 __call__``: ``unet.config.sample_size``; ``StableDiffusionXLPipeline`` and
 ``StableDiffusion3Pipeline``: ``default_sample_size``, the UNet's or transformer's). A LoRA keeps
 the base's config, so its README says to pass ``height``/``width``; ``FluxPipeline``'s
-``default_sample_size`` is a constant (128), so Flux READMEs always pass them."""
+``default_sample_size`` is a constant (128), so Flux READMEs always pass them. A pipeline folder
+does not store ``clip_skip`` (an argument of ``__call__``/``encode_prompt``), so a student
+distilled at ``clip_skip = k > 0`` (``teachers.diffusers_clip_skip``) says in its README to
+generate with ``clip_skip=k`` (``clip_skip_note``)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView
 
-__all__ = ["at_trained_size", "size_note", "write_student"]
+__all__ = ["at_trained_size", "clip_skip_note", "size_note", "write_student"]
 
 
 def write_student(
@@ -77,4 +80,25 @@ def size_note(teacher: Any, lora: bool) -> str:
     return (
         f"- {trained}: the network's `sample_size` is {h}, so the pipeline's default height "
         f"and width are {H}x{W} (the teacher folder's: {folder})."
+    )
+
+
+def clip_skip_note(teacher: Any) -> str:
+    """A README line when the teacher encoded its prompts at ``clip_skip = k > 0`` ("" when
+    not): the pipeline call must pass ``clip_skip=k`` too, or the text conditioning differs."""
+    k = int(getattr(teacher, "clip_skip", 0))
+    if not k:
+        return ""
+    line = (
+        f"- Distilled with the prompts encoded at `clip_skip={k}`: generate with "
+        f"`clip_skip={k}` in every call (a pipeline folder does not store it)."
+    )
+    text = teacher.text_encoder
+    if hasattr(text, "encode_texts") or hasattr(text, "text_model"):
+        return line
+    return line + (  # diffusers 0.42 reads text_encoder.text_model.final_layer_norm
+        " With transformers >= 5.6 (a flattened `CLIPTextModel`) diffusers <= 0.42 then raises "
+        "`AttributeError: ... 'text_model'` (huggingface/diffusers#14124); first run "
+        "`pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm="
+        "pipe.text_encoder.final_layer_norm)`."
     )

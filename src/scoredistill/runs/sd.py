@@ -69,6 +69,7 @@ class SDDistillConfig:
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
     resolution: Annotated[int, Range(0, note="0: the folder's own size")] = 0  # pixels, H = W
+    clip_skip: Annotated[int, Range(0, note="0: None")] = 0  # diffusers' (diffusers_clip_skip)
     forget_prompt: str = ""  # method sfd: the prompt of the list to forget
     safe_prompt: str = ""  # method sfd: the prompt of the list the teacher answers it with
     objective: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +122,7 @@ def load_teacher(cfg: SDDistillConfig):
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
-    teacher = load_latent_teacher(folder, resolution=cfg.resolution)  # checked before weights
+    teacher = load_latent_teacher(folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip)
     teacher.set_prompt_labels(prompts, cfg.negative_prompt)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
         family = "SD3" if is_sd3(teacher) else "Flux"
@@ -178,8 +179,7 @@ def forget_labels(cfg: SDDistillConfig, objective: Any, prompts: list[str]) -> A
 
 def _check(cfg: SDDistillConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
-    lora = cfg.student.lora or cfg.critic.lora
-    if lora and cfg.train.parallel == "fsdp2":
+    if (cfg.student.lora or cfg.critic.lora) and cfg.train.parallel == "fsdp2":
         raise ConfigError(
             "config key 'train.parallel': fsdp2 cannot shard LoRA players on a shared base; "
             "use ddp or full players (student.lora=false, critic.lora=false)"

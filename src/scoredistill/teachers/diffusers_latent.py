@@ -15,8 +15,8 @@ module adds only what is latent or textual:
   null prompt and every label-based ingredient (guidance, label dropout) works unchanged;
 - prompt embeddings are computed once per prompt text and cached (distillation is data-free on a
   prompt list); ``encode_prompts`` mirrors ``StableDiffusionPipeline.encode_prompt`` (padding to
-  ``model_max_length``, the last hidden state, no clip skip), so the teacher sees what the
-  pipeline's UNet sees.
+  ``model_max_length``, the last hidden state, or ``clip_skip``'s earlier layer:
+  ``diffusers_clip_skip``), so the teacher sees what the pipeline's UNet sees.
 
 Loading is offline (``local_files_only=True``); every problem with a folder is a one-line
 ``TeacherFolderError`` naming the file and key. ``StableDiffusion3Pipeline`` folders (a
@@ -51,6 +51,7 @@ from .diffusers import (
     _scheduler_class,
     load_text_parts,
 )
+from .diffusers_clip_skip import check_clip_skip, final_layer_norm
 from .diffusers_flux import is_flux_index, load_flux_parts
 from .diffusers_folders import check_sd_configs, index_folder
 from .diffusers_sd3 import load_sd3_parts
@@ -150,10 +151,13 @@ def _pooled_fits(pooled: Tensor | None, null: Tensor | None, n: int) -> bool:
     return pooled.dim() == 2 and len(pooled) == n and tuple(null.shape) == (1, pooled.shape[1])
 
 
-def encode_text(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str]) -> Tensor:
+def encode_text(
+    tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str], clip_skip: int = 0
+) -> Tensor:
     """``(N, L, E)``: ``StableDiffusionPipeline.encode_prompt``'s embeddings (padded to
     ``model_max_length``, truncated, ``text_encoder(ids)[0]``; the attention mask only where the
-    encoder's config sets ``use_attention_mask``)."""
+    encoder's config sets ``use_attention_mask``); ``clip_skip = k >= 1``: ``hidden_states[-(k +
+    1)]`` through CLIP's ``final_layer_norm`` (``diffusers_clip_skip``), as ``encode_prompt(..., clip_skip=k)``."""
     tokens = tokenizer(
         list(prompts),
         padding="max_length",
@@ -164,14 +168,19 @@ def encode_text(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str])
     device = next(text_encoder.parameters()).device
     use_mask = getattr(getattr(text_encoder, "config", None), "use_attention_mask", False)
     mask = tokens.attention_mask.to(device) if use_mask else None
-    return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    if not clip_skip:
+        return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    out = text_encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
+    return final_layer_norm(text_encoder)(out.hidden_states[-(clip_skip + 1)])
 
 
 class LatentDiffusersTeacher(DiffusersTeacher):
     """A text-conditional latent teacher: ``denoise(z_t, t, cond)`` with ``z_t: (B, c·h·w)``
     (or ``(B, c, h, w)``), ``cond`` a ``TextCond``, prompt ids ``(B,)`` (``set_prompt_labels``)
     or None (the empty prompt). ``encode``/``decode`` map images ``(B, C, H, W)`` in [-1, 1];
-    ``latent_hw`` the latent size ``(h, w)`` trained at (None: the network's ``sample_size``)."""
+    ``latent_hw`` the latent size ``(h, w)`` trained at (None: the network's ``sample_size``);
+    ``clip_skip`` the prompts' diffusers ``clip_skip`` (0: None; set before prompts are encoded,
+    ``load_latent_teacher``), the null prompt's rows always unskipped (``diffusers_clip_skip``)."""
 
     def __init__(
         self,
@@ -205,7 +214,8 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         self.shift_factor = float(vcfg.get("shift_factor") or 0.0)
         f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
         self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
-        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self.clip_skip = 0
+        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}  # (text, skip)
         self.text_encoder_calls = 0  # forwards of the text encoder (the cache's test)
         self.prompt_table: TextCond | None = None
         self.eval()  # dropout off in every part (note §3: built models start in train mode)
@@ -218,14 +228,17 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         bad = [p for p in [*prompts, negative_prompt] if not isinstance(p, str)]
         if bad:
             raise ValueError(f"prompts must be strings; got {type(bad[0]).__name__} {bad[0]!r}")
-        new = list(dict.fromkeys(p for p in [negative_prompt, *prompts] if p not in self._cache))
-        if new:
+        keys = [(negative_prompt, 0), *((p, self.clip_skip) for p in prompts)]  # null: no skip
+        new = [key for key in dict.fromkeys(keys) if key not in self._cache]
+        for skip in sorted({s for _, s in new}):  # one batch per clip_skip
+            texts = [t for t, s in new if s == skip]
             with torch.no_grad():
-                embeds, pooled = self.encode_texts(new)
+                embeds, pooled = self.encode_texts(texts, skip)
             self.text_encoder_calls += 1
-            rows = zip(embeds, [None] * len(new) if pooled is None else pooled, strict=True)
-            self._cache.update(zip(new, rows, strict=True))
-        (null, null_pooled), got = self._null(negative_prompt), [self._cache[p] for p in prompts]
+            rows = zip(embeds, [None] * len(texts) if pooled is None else pooled, strict=True)
+            self._cache.update(zip([(t, skip) for t in texts], rows, strict=True))
+        null, null_pooled = self._null(negative_prompt)
+        got = [self._cache[(p, self.clip_skip)] for p in prompts]
         stack = torch.stack([e for e, _ in got])
         pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
         nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
@@ -234,19 +247,22 @@ class LatentDiffusersTeacher(DiffusersTeacher):
     def _null(self, negative_prompt: str) -> tuple[Tensor, Tensor | None]:
         """The cached null row; zeros for the empty prompt where the text encoder says so
         (``StableDiffusionXLPipeline.encode_prompt``'s ``force_zeros_for_empty_prompt``)."""
-        null, pooled = self._cache[negative_prompt]
+        null, pooled = self._cache[(negative_prompt, 0)]
         zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)
         if zeros and negative_prompt == "":
             return torch.zeros_like(null), _opt(pooled, torch.zeros_like)
         return null, pooled
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor | None]:
+    def encode_texts(
+        self, texts: Sequence[str], clip_skip: int = 0
+    ) -> tuple[Tensor, Tensor | None]:
         """``(embeds (N, L, E), pooled (N, P) or None)`` of ``texts`` as the pipeline computes
-        them: ``encode_text``, or SD3's three encoders (``diffusers_sd3.SD3TextEncoder``), or
-        SDXL's two (``diffusers_sdxl.SDXLTextEncoder``)."""
+        them at ``clip_skip`` (0: None): ``encode_text``, or SD3's three encoders
+        (``diffusers_sd3.SD3TextEncoder``), or SDXL's two (``diffusers_sdxl.SDXLTextEncoder``)."""
         if hasattr(self.text_encoder, "encode_texts"):
-            return self.text_encoder.encode_texts(texts)
-        return encode_text(self.tokenizer, self.text_encoder, texts), None
+            skip = {"clip_skip": clip_skip} if clip_skip else {}  # Flux's takes none
+            return self.text_encoder.encode_texts(texts, **skip)
+        return encode_text(self.tokenizer, self.text_encoder, texts, clip_skip), None
 
     def set_prompt_labels(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
         """Integer ``cond`` ``i`` now means ``prompts[i]`` (``NULL_LABEL``: the null prompt), so
@@ -323,6 +339,7 @@ def load_latent_teacher(
     dtype: torch.dtype = torch.float32,
     schedule: Schedule | None = None,
     resolution: int = 0,
+    clip_skip: int = 0,
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
     holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``;
@@ -330,8 +347,9 @@ def load_latent_teacher(
     its schedule ``ShiftedFlowSchedule(e^mu)`` at the VAE's ``sample_size``); the UNet in ``dtype``,
     the VAE and text encoder in float32; frozen, eval mode. ``resolution``: the square pixel size
     trained at (0: the folder's own; ``diffusers_size``, checked before any weights load, a
-    ``ResolutionError``). Problems raise ``TeacherFolderError`` (a ``ValueError``) naming file
-    and key."""
+    ``ResolutionError``); ``clip_skip`` diffusers' (0: None; ``diffusers_clip_skip``, a
+    ``ConfigError`` where the pipeline could not take it). Problems raise ``TeacherFolderError``
+    (a ``ValueError``) naming file and key."""
     path, index = index_folder(Path(path))
     hw = training_latent_hw(path, index, resolution)
     if is_flux_index(index):  # its network carries the size and the shift mu at that size
@@ -368,6 +386,7 @@ def load_latent_teacher(
         )
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+    teacher.clip_skip = check_clip_skip(text_encoder, clip_skip)
     if native is not None:  # not the scheduler's table shift (dynamic shifting ignores it)
         teacher.native_schedule = native
         teacher.schedule = native if schedule is None else teacher.schedule

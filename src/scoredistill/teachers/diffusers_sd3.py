@@ -17,8 +17,9 @@ The text condition mirrors ``StableDiffusion3Pipeline.encode_prompt`` (diffusers
 ``pipeline_stable_diffusion_3.py``, ``_get_clip_prompt_embeds`` / ``_get_t5_prompt_embeds``):
 
 - CLIP-L and CLIP-G (``CLIPTextModelWithProjection``): ids padded and truncated to the *first*
-  tokenizer's ``model_max_length`` (both), the penultimate hidden state ``hidden_states[-2]``,
-  the pooled ``text_embeds`` (output 0);
+  tokenizer's ``model_max_length`` (both), the penultimate hidden state ``hidden_states[-2]``
+  (``clip_skip=k``: ``[-(k + 2)]``, ``diffusers_clip_skip``), the pooled ``text_embeds``
+  (output 0, whatever ``clip_skip``);
 - T5: ids padded to ``max_sequence_length`` (the pipeline's 256), output 0; without
   ``text_encoder_3`` (``[null, null]`` in ``model_index.json``) zeros ``(256, joint_attention_dim)``;
 - ``encoder_hidden_states = cat_L(pad_E(cat_E(clip_l, clip_g), joint_attention_dim), t5)`` and
@@ -128,15 +129,21 @@ class SD3TextEncoder(nn.Module):
         self.max_sequence_length = max_sequence_length
         self.joint_attention_dim = int(transformer_config["joint_attention_dim"])
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """``(encoder_hidden_states (N, L_clip + L_t5, joint), pooled_projections (N, P))``."""
-        (emb_l, pool_l), (emb_g, pool_g) = self._clip(0, texts), self._clip(1, texts)
+    @property
+    def max_clip_skip(self) -> int:
+        """The largest ``clip_skip`` ``hidden_states[-(k + 2)]`` can index in both CLIPs."""
+        return min(int(e.config.num_hidden_layers) for e in self.encoders[:2]) - 1
+
+    def encode_texts(self, texts: Sequence[str], clip_skip: int = 0) -> tuple[Tensor, Tensor]:
+        """``(encoder_hidden_states (N, L_clip + L_t5, joint), pooled_projections (N, P))`` at
+        ``clip_skip`` (0: None; ``_get_clip_prompt_embeds``; T5 unaffected)."""
+        (emb_l, pool_l), (emb_g, pool_g) = (self._clip(i, texts, clip_skip) for i in (0, 1))
         t5 = self._t5(texts)
         clip = torch.cat([emb_l, emb_g], dim=-1)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return torch.cat([clip, t5], dim=-2), torch.cat([pool_l, pool_g], dim=-1)
 
-    def _clip(self, i: int, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def _clip(self, i: int, texts: Sequence[str], clip_skip: int) -> tuple[Tensor, Tensor]:
         encoder = self.encoders[i]
         ids = self.tokenizers[i](
             list(texts),
@@ -146,7 +153,7 @@ class SD3TextEncoder(nn.Module):
             return_tensors="pt",
         ).input_ids
         out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
-        return out.hidden_states[-2], out[0]  # penultimate layer (no clip skip); text_embeds
+        return out.hidden_states[-(clip_skip + 2)], out[0]  # [-2]: clip_skip None; text_embeds
 
     def _t5(self, texts: Sequence[str]) -> Tensor:
         device = next(self.encoders.parameters()).device

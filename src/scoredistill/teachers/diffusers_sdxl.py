@@ -11,8 +11,9 @@ diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
 - ``encode_prompt``: both tokenizers pad and truncate to their ``model_max_length`` (equal);
   ``encoder_hidden_states = cat_E(h_1[-2], h_2[-2])``, the penultimate hidden states of
   ``text_encoder`` (``CLIPTextModel``) and ``text_encoder_2`` (``CLIPTextModelWithProjection``;
-  ``clip_skip=None``); the pooled embedding is ``text_encoder_2``'s ``text_embeds`` (output 0,
-  "ALWAYS ... the final text encoder");
+  ``clip_skip=None``; ``clip_skip=k``: ``h[-(k + 2)]``, no final layer norm,
+  ``diffusers_clip_skip``); the pooled embedding is ``text_encoder_2``'s ``text_embeds``
+  (output 0, "ALWAYS ... the final text encoder"), whatever ``clip_skip``;
 - the null condition: with ``force_zeros_for_empty_prompt`` (``model_index.json``, default
   True) the pipeline's unconditional embeddings for an empty negative prompt are **zeros**
   (``zero_out_negative_prompt``); the teacher's null row for ``negative_prompt=""`` is zeros
@@ -130,9 +131,14 @@ class SDXLTextEncoder(nn.Module):
         self.tokenizers = tuple(tokenizers)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    @property
+    def max_clip_skip(self) -> int:
+        """The largest ``clip_skip`` ``hidden_states[-(k + 2)]`` can index in both encoders."""
+        return min(int(e.config.num_hidden_layers) for e in self.encoders) - 1
+
+    def encode_texts(self, texts: Sequence[str], clip_skip: int = 0) -> tuple[Tensor, Tensor]:
         """``(encoder_hidden_states (N, L, E_1 + E_2), text_embeds (N, P))`` (``encode_prompt``
-        with ``clip_skip=None``: ``hidden_states[-2]`` of each encoder)."""
+        with ``clip_skip = k``, 0 for None: ``hidden_states[-(k + 2)]`` of each encoder)."""
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
             ids = tokenizer(
@@ -145,7 +151,7 @@ class SDXLTextEncoder(nn.Module):
             out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
             if out[0].dim() == 2:  # CLIPTextModelWithProjection's text_embeds: the pooled row
                 pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+            hidden.append(out.hidden_states[-(clip_skip + 2)])
         if pooled is None:
             what = "text_encoder_2 gives no pooled text_embeds"
             raise ValueError(f"{what}; valid: CLIPTextModelWithProjection")
