@@ -217,6 +217,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
+def component_config(path: Path, part: str, name: str = "config.json") -> dict[str, Any]:
+    """A pipeline folder's ``part/name`` config, or a ``TeacherFolderError`` naming the file."""
+    if not (path / part / name).is_file():
+        raise _fail(path / part / name, "not found; every component folder holds its config")
+    return _read_json(path / part / name)
+
+
 def _diffusers_class(where: Path, name: Any, base: str) -> type:
     import diffusers
 
@@ -363,14 +370,16 @@ def load_pipeline_parts(
     path: Path,
     index: dict[str, Any],
     network: str,
-    text_keys: Sequence[str],
+    parts: Sequence[str],
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, nn.Module, Any, dict[str, Any]]:
     """``(network, vae, scheduler, text parts)`` of a checked latent pipeline folder: the
     ``network`` component (``unet`` / ``transformer``) in ``dtype``, the VAE and the text parts
-    ``text_keys`` in float32; every class is resolved before any weights load."""
+    of the family's ``parts`` (its ``text_encoder*`` and ``tokenizer*``) in float32; every class
+    is resolved before any weights load."""
+    text_keys = [k for k in parts if k.startswith(("text", "tok"))]
     sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
     net_cls = _diffusers_class(path / network, index[network][1], "ModelMixin")
     vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")

@@ -54,8 +54,8 @@ from torch import Tensor, nn
 from .diffusers import (
     ShiftedFlowSchedule,
     _fail,
-    _read_json,
     check_components,
+    component_config,
     folder_text_encoder,
     load_pipeline_parts,
 )
@@ -269,12 +269,6 @@ class FluxTextEncoder(nn.Module):
         return embeds, pooled.pooler_output
 
 
-def _config(path: Path, part: str, name: str = "config.json") -> dict[str, Any]:
-    if not (path / part / name).is_file():
-        raise _fail(path / part / name, "not found; every component folder holds its config")
-    return _read_json(path / part / name)
-
-
 def _scheduler_problem(cfg: dict[str, Any]) -> str:
     """Why a scheduler config is not a Flux grid the teacher reproduces ("" when it is)."""
     if (name := cfg.get("_class_name")) != SCHEDULER:
@@ -300,13 +294,16 @@ def latent_size(vcfg: dict[str, Any]) -> tuple[int, int] | str:
 def _check_configs(path: Path, latent_hw: Sequence[int] | None = None) -> tuple[int, int]:
     """The transformer, scheduler, VAE and text widths fit, before any weights are read;
     returns the latent size: ``latent_hw`` when given (a training resolution), else the VAE's."""
-    tcfg, scfg = _config(path, "transformer"), _config(path, "scheduler", "scheduler_config.json")
+    tcfg, scfg = (
+        component_config(path, "transformer"),
+        component_config(path, "scheduler", "scheduler_config.json"),
+    )
     tpath, vpath = path / "transformer" / "config.json", path / "vae" / "config.json"
     if (name := tcfg.get("_class_name")) != TRANSFORMER:
         raise _fail(tpath, f"_class_name {name!r} is not supported; valid: {TRANSFORMER}")
     if why := _scheduler_problem(scfg):
         raise _fail(path / "scheduler" / "scheduler_config.json", why)
-    vcfg = _config(path, "vae")
+    vcfg = component_config(path, "vae")
     latent, inputs = vcfg.get("latent_channels"), tcfg.get("in_channels")
     if not isinstance(latent, int) or inputs != 4 * latent:
         what = f"in_channels={inputs} but vae/config.json has latent_channels={latent}"
@@ -316,7 +313,7 @@ def _check_configs(path: Path, latent_hw: Sequence[int] | None = None) -> tuple[
     hw = latent_size(vcfg) if latent_hw is None else (int(latent_hw[0]), int(latent_hw[1]))
     if isinstance(hw, str):
         raise _fail(vpath, hw)
-    clip, t5 = _config(path, "text_encoder"), _config(path, "text_encoder_2")
+    clip, t5 = component_config(path, "text_encoder"), component_config(path, "text_encoder_2")
     if why := width_problem(clip.get("hidden_size"), t5.get("d_model"), tcfg):
         raise _fail(tpath, why)
     return hw
@@ -340,9 +337,8 @@ def load_flux_parts(
         raise _fail(path / "model_index.json", what)
     check_components(path, index, PARTS)
     hw = _check_configs(path, latent_hw)
-    keys = [k for k in PARTS if k.startswith(("text", "tok"))]
     transformer, vae, sched, text = load_pipeline_parts(
-        path, index, "transformer", keys, device=device, dtype=dtype
+        path, index, "transformer", PARTS, device=device, dtype=dtype
     )
     encoder = folder_text_encoder(
         path,

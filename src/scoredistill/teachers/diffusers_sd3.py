@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from .diffusers import (
     _fail,
-    _read_json,
     check_components,
+    component_config,
     folder_text_encoder,
     load_pipeline_parts,
 )
@@ -183,28 +183,25 @@ def _t5_present(path: Path, index: dict[str, Any]) -> bool:
     return True
 
 
-def _config(path: Path, part: str, name: str = "config.json") -> dict[str, Any]:
-    if not (path / part / name).is_file():
-        raise _fail(path / part / name, "not found; every component folder holds its config")
-    return _read_json(path / part / name)
-
-
 def _check_configs(path: Path, t5: bool) -> None:
     """The transformer, scheduler, VAE and text widths fit, before any weights are read."""
-    tcfg, scfg = _config(path, "transformer"), _config(path, "scheduler", "scheduler_config.json")
+    tcfg, scfg = (
+        component_config(path, "transformer"),
+        component_config(path, "scheduler", "scheduler_config.json"),
+    )
     if (name := tcfg.get("_class_name")) != TRANSFORMER:
         raise _fail(path / "transformer" / "config.json",
                     f"_class_name {name!r} is not supported yet; valid: {TRANSFORMER}")  # fmt: skip
     sched_path = path / "scheduler" / "scheduler_config.json"
     if (name := scfg.get("_class_name")) != SCHEDULER or _static_shift(scfg):
         raise _fail(sched_path, _static_shift(scfg) or f"_class_name {name!r}; valid: {SCHEDULER}")
-    latent, inputs = _config(path, "vae").get("latent_channels"), tcfg.get("in_channels")
+    latent, inputs = component_config(path, "vae").get("latent_channels"), tcfg.get("in_channels")
     if latent != inputs:
         what = f"latent_channels={latent} but transformer/config.json has in_channels={inputs}"
         raise _fail(path / "vae" / "config.json", f"{what}; must be equal")
-    clips = [_config(path, k) for k in ("text_encoder", "text_encoder_2")]
+    clips = [component_config(path, k) for k in ("text_encoder", "text_encoder_2")]
     clip = [(c.get("hidden_size", 0), c.get("projection_dim", 0)) for c in clips]
-    width = _config(path, "text_encoder_3").get("d_model") if t5 else None
+    width = component_config(path, "text_encoder_3").get("d_model") if t5 else None
     if why := width_problem(clip, width, tcfg):
         raise _fail(path / "transformer" / "config.json", why)
 
@@ -222,9 +219,8 @@ def load_sd3_parts(
     check_components(path, index, PARTS)
     t5 = _t5_present(path, index)
     _check_configs(path, t5)
-    keys = [k for k in [*PARTS, *(T5_PARTS if t5 else ())] if k.startswith(("text", "tok"))]
     transformer, vae, sched, text = load_pipeline_parts(
-        path, index, "transformer", keys, device=device, dtype=dtype
+        path, index, "transformer", [*PARTS, *(T5_PARTS if t5 else ())], device=device, dtype=dtype
     )
     encoders = [text.get(k) for k in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     encoder = folder_text_encoder(

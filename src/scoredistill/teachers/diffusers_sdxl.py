@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from .diffusers import (
     _diffusers_class,
     _fail,
-    _read_json,
     check_components,
+    component_config,
     folder_text_encoder,
     load_pipeline_parts,
 )
@@ -164,12 +164,6 @@ class SDXLTextEncoder(nn.Module):
         return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
 
 
-def _config(path: Path, part: str, name: str = "config.json") -> dict[str, Any]:
-    if not (path / part / name).is_file():
-        raise _fail(path / part / name, "not found; every component folder holds its config")
-    return _read_json(path / part / name)
-
-
 def _check_index(path: Path, index: dict[str, Any]) -> None:
     """A base SDXL layout: refiner folders (no ``text_encoder``, aesthetic score) are refused."""
     index_path = path / "model_index.json"
@@ -185,8 +179,8 @@ def _check_index(path: Path, index: dict[str, Any]) -> None:
 def _check_configs(path: Path) -> None:
     """The UNet, VAE and text widths fit, before any weights are read."""
     ucfg_path = path / "unet" / "config.json"
-    ucfg, vcfg = _config(path, "unet"), _config(path, "vae")
-    _config(path, "scheduler", "scheduler_config.json")
+    ucfg, vcfg = component_config(path, "unet"), component_config(path, "vae")
+    component_config(path, "scheduler", "scheduler_config.json")
     cls = _diffusers_class(ucfg_path, ucfg.get("_class_name"), "ModelMixin")
     if "added_cond_kwargs" not in inspect.signature(cls.forward).parameters:
         what = "takes no added_cond_kwargs; valid: UNet2DConditionModel"
@@ -198,7 +192,7 @@ def _check_configs(path: Path) -> None:
     if bad := [k for k in ("latents_mean", "latents_std") if vcfg.get(k) is not None]:
         what = f"{bad[0]} is set: the pipeline's decode with it is not supported yet; valid: null"
         raise _fail(vae_path, what)
-    clips = [_config(path, k) for k in ("text_encoder", "text_encoder_2")]
+    clips = [component_config(path, k) for k in ("text_encoder", "text_encoder_2")]
     hidden = [int(c.get("hidden_size", 0)) for c in clips]
     if why := width_problem(hidden, int(clips[1].get("projection_dim", 0)), ucfg):
         raise _fail(ucfg_path, why)
@@ -216,9 +210,8 @@ def load_sdxl_parts(
     config checked before weights load; the UNet in ``dtype``, the rest float32."""
     _check_index(path, index)
     _check_configs(path)
-    keys = [k for k in PARTS if k.startswith(("text", "tok"))]
     unet, vae, sched, text = load_pipeline_parts(
-        path, index, "unet", keys, device=device, dtype=dtype
+        path, index, "unet", PARTS, device=device, dtype=dtype
     )
     encoder = folder_text_encoder(
         path,

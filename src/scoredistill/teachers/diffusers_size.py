@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from .diffusers import _fail, _read_json
+from .diffusers import component_config
 from .diffusers_flux import is_flux_index
 
 __all__ = ["ResolutionError", "size_rule", "training_latent_hw"]
@@ -39,24 +39,16 @@ class ResolutionError(ConfigError):
     ``resolution`` and says what is valid."""
 
 
-def _config(path: Path, part: str) -> dict[str, Any]:
-    if not (path / part / "config.json").is_file():
-        raise _fail(
-            path / part / "config.json", "not found; every component folder holds its config"
-        )
-    return _read_json(path / part / "config.json")
-
-
 def size_rule(path: Path, index: dict[str, Any]) -> tuple[int, int, int | None, str]:
     """``(f, step, largest, why)`` of a checked pipeline folder: the VAE's factor ``f``, the
     pixel multiple ``step`` every size must be, the largest size or None, and why (module
     docstring)."""
-    blocks = _config(path, "vae").get("block_out_channels") or (0,)
+    blocks = component_config(path, "vae").get("block_out_channels") or (0,)
     f = 2 ** (len(blocks) - 1)  # pipe.vae_scale_factor
     if is_flux_index(index):
         return f, 2 * f, None, f"the VAE's factor {f} x Flux's 2x2 packing"
     if "unet" not in index:  # StableDiffusion3Pipeline (diffusers_folders.index_folder)
-        tcfg = _config(path, "transformer")
+        tcfg = component_config(path, "transformer")
         p, most = int(tcfg.get("patch_size") or SD3_PATCH), tcfg.get("pos_embed_max_size")
         largest = None if most is None else int(most) * p * f
         return f, p * f, largest, f"the VAE's factor {f} x the transformer's patch_size {p}"
