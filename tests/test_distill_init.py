@@ -185,3 +185,36 @@ def test_few_step_teacher_copy_takes_sigma_init_and_bad_uses_are_refused():
         bad, _ = resolve(preset, sets)
         with pytest.raises(ConfigError, match=r"generator\.sigma_init"):
             check_generator(bad.generator, get_testbed("ring8"))
+
+
+@pytest.mark.parametrize("schedule", ["edm", "vp-cosine"])
+def test_few_step_sigmas_put_each_student_step_at_its_ve_level(schedule):
+    """``generator.sigmas`` names the student's levels: sigma/alpha at each of its times equals
+    them (read back through the schedule's own alpha and sigma), for a fresh and a teacher copy."""
+    from scoredistill.schedules import get_schedule
+    from scoredistill.sources.generators import times_at_ve_levels
+
+    levels = [5.0, 2.5, 1.0, 0.4]
+    ts = torch.tensor(times_at_ve_levels(get_schedule(schedule), levels), dtype=torch.float64)
+    a, s = get_schedule(schedule).alpha_sigma(ts)
+    assert (s / a).tolist() == pytest.approx(levels, rel=1e-5)
+    sets = ["generator.sigma_init=null", f"generator.sigmas={levels}", f"schedule={schedule}"]
+    for init in ("scratch", "teacher"):
+        cfg, _ = resolve("dmd2-4step-ring8", [*TINY, f"generator.init={init}", *sets])
+        gen, _, _ = _build(cfg, get_testbed("ring8", schedule=schedule))
+        assert gen.ts == pytest.approx(ts.tolist(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["generator.sigmas=[5.0,2.5,1.0,0.4]"], "replaces sigma_init"),  # both given
+        (["generator.sigma_init=null", "generator.sigmas=[5.0,2.5,1.0]"], "steps=4 strictly"),
+        (["generator.sigma_init=null", "generator.sigmas=[5.0,1.0,2.5,0.4]"], "decreasing"),
+        (["generator.sigma_init=null", "generator.sigmas=[500.0,2.5,1.0,0.4]"], "= 500.0 is out"),
+    ],
+)
+def test_bad_few_step_sigmas_are_refused_naming_the_key(sets, message):
+    cfg, _ = resolve("dmd2-4step-ring8", sets)
+    with pytest.raises(ConfigError, match=rf"generator\.sigmas.*{message}"):
+        check_generator(cfg.generator, get_testbed("ring8"))

@@ -41,6 +41,10 @@ class GeneratorConfig:
     # few-step grid starts at t_max (t = 999); SiD uses 2.5 (reference note b4). Used by
     # init=teacher one_step and by every few_step student (its grid then starts at that level)
     sigma_init: PositiveFloat | None = None
+    # few_step: the student's VE levels sigma/alpha, one per step, decreasing (replaces the grid
+    # from sigma_init). DMD2's SDXL steps [999, 749, 499, 249] sit at sigma/alpha = 14.6, 4.08,
+    # 1.61, 0.69 on SD's table: the last step still removes noise of the data's scale
+    sigmas: tuple[PositiveFloat, ...] | None = None
 
 
 def check_generator(g: GeneratorConfig, testbed) -> None:
@@ -76,8 +80,32 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             f"one-step or a single-expert few-step student (got kind={g.kind}, init={g.init}, "
             f"experts={g.experts}); a fresh one-step MLP has no noise input"
         )
+    if g.sigmas is not None:
+        if g.kind != "few_step" or g.experts != 1 or g.sigma_init is not None:
+            raise ConfigError(
+                "generator.sigmas sets a single-expert few-step student's levels and replaces "
+                f"sigma_init (got kind={g.kind}, experts={g.experts}, sigma_init={g.sigma_init})"
+            )
+        if len(g.sigmas) != g.steps or list(g.sigmas) != sorted(set(g.sigmas), reverse=True):
+            raise ConfigError(
+                f"generator.sigmas must hold generator.steps={g.steps} strictly decreasing "
+                f"levels, got {list(g.sigmas)}"
+            )
+        try:
+            _grid(g, testbed.teacher.schedule)
+        except ValueError as err:
+            raise ConfigError(f"generator.sigmas: {err}") from None
     if g.student_hidden and g.students == 1:
         raise ConfigError("generator.student_hidden needs generator.students > 1 (else set hidden)")
+
+
+def _grid(g: GeneratorConfig, schedule) -> dict:
+    """The few-step student's grid keyword: explicit times from ``sigmas``, else ``sigma_init``."""
+    from ..sources.generators import times_at_ve_levels
+
+    if g.sigmas is not None:
+        return {"ts": times_at_ve_levels(schedule, g.sigmas)}
+    return {"sigma_init": g.sigma_init} if g.sigma_init else {}
 
 
 def make_generator(g: GeneratorConfig, testbed) -> nn.Module:
@@ -95,10 +123,11 @@ def make_generator(g: GeneratorConfig, testbed) -> nn.Module:
             if g.experts == 1
             else partial(phased_student, experts=g.experts)
         )
-        sched, top = testbed.teacher.schedule, {"sigma_init": g.sigma_init} if g.sigma_init else {}
+        sched = testbed.teacher.schedule
         return make(
-            testbed.dim, sched, steps=g.steps, hidden=g.hidden, depth=g.depth, num_classes=k, **top
-        )
+            testbed.dim, sched, steps=g.steps, hidden=g.hidden, depth=g.depth, num_classes=k,
+            **_grid(g, sched),
+        )  # fmt: skip
     if g.kind == "conv":
         return ConvGenerator(
             testbed.image_shape, channels=g.channels, blocks=g.blocks, num_classes=k
@@ -121,6 +150,6 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
     base = copy.deepcopy(fitted).requires_grad_(True).train()  # the one copy
     base.head = None  # DMD2's GAN head belongs to the critic
     if g.kind == "few_step":
-        return FewStepGenerator(base, steps=g.steps, sigma_init=g.sigma_init)  # base as given
+        return FewStepGenerator(base, steps=g.steps, **_grid(g, base.schedule))  # base as given
     # copies once more (its own contract)
     return TeacherInitGenerator(base, DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init)

@@ -35,6 +35,7 @@ __all__ = [
     "class_index",
     "default_student_times",
     "draw_latent",
+    "times_at_ve_levels",
 ]
 
 # Initial output std per dimension: samples start near the origin (about N(0, 0.1^2)) rather
@@ -141,10 +142,16 @@ def _t_at_ve_level(schedule: Schedule, s: float) -> float:
     got = float(torch.exp(-0.5 * log_snr(schedule, t)))
     if not math.isclose(got, s, rel_tol=1e-4):
         raise ValueError(
-            f"sigma_init={s} (the VE level sigma/alpha) is outside schedule "
+            f"the VE level sigma/alpha = {s} is outside schedule "
             f"{schedule.name!r}'s range; the nearest level is {got:.4g}"
         )
     return float(t)
+
+
+def times_at_ve_levels(schedule: Schedule, sigmas: Sequence[float]) -> tuple[float, ...]:
+    """The times where ``sigma/alpha`` equals each of ``sigmas`` (a student grid given by its
+    noise levels, the same on every schedule); raises if one is out of the schedule's range."""
+    return tuple(_t_at_ve_level(schedule, float(s)) for s in sigmas)
 
 
 class TeacherInitGenerator(nn.Module):

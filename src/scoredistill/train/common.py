@@ -38,6 +38,7 @@ __all__ = [
     "ResumeError",
     "check_finite",
     "check_loop_config",
+    "cosine_factor",
     "ema_decay",
     "ema_update",
     "gather_rng_states",
@@ -76,6 +77,13 @@ def check_finite(value: Tensor, step: int, what: str) -> None:
             "lower the learning rate or enable gradient clipping; the last checkpoint is intact",
             max(step, 0),
         )
+
+
+def cosine_factor(step: int, steps: int) -> float:
+    """The learning-rate factor of cosine decay (Loshchilov & Hutter 2017, SGDR eq. 5 without
+    restarts, floor 0): 1 at step 0, 0 at ``steps``. A function of the step alone, so a resumed
+    run continues the same curve without scheduler state."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def ema_decay(halflife_steps: float) -> float:

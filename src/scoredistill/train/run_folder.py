@@ -8,7 +8,8 @@
   ``torchrun``;
 - on ``--resume``, the folder's ``config.json`` must equal the new config except the steps key,
   so a resumed run never trains the checkpoint with settings other than those ``config.json``
-  records. The steps may not change either when a schedule spans them (``lr_decay``).
+  records. The steps may not change either when a schedule spans them (``lr_decay``,
+  ``lr_schedule``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from ..errors import UserError
 __all__ = ["RunFolderBusy", "check_resume_config", "open_run_folder", "run_lock"]
 
 LOCK_NAME = ".lock"
-SCHEDULE_KEYS = ("lr_decay",)  # a true value ties the schedule to the total steps
+# a value other than false/"constant" ties the schedule to the total steps
+SCHEDULE_KEYS = ("lr_decay", "lr_schedule")
 _UNREADABLE_GRACE_S = 60.0  # a lock being written by a starting run is empty for a moment
 
 
@@ -132,12 +134,16 @@ def check_resume_config(
             f"--resume: {out} was run with another config ({diff}); only {steps_key} may change "
             "on resume: pass the run's own values (its config.json) or start a new --out"
         )
-    ties = [k for k in new if k.rsplit(".", 1)[-1] in SCHEDULE_KEYS and new[k]]
+    ties = [
+        k
+        for k in new
+        if k.rsplit(".", 1)[-1] in SCHEDULE_KEYS and new[k] not in (False, None, "constant")
+    ]
     if ties and steps_key in saved and saved[steps_key] != new.get(steps_key):
         raise UserError(
             f"--resume: {steps_key} cannot change from {saved[steps_key]} to "
-            f"{new.get(steps_key)} with {ties[0]}=true: the schedule spans the steps, so the steps "
-            "already taken would have used other values; keep it or start a new --out"
+            f"{new.get(steps_key)} with {ties[0]}={json.dumps(new[ties[0]])}: the schedule spans "
+            "the steps, so the steps already taken would have used other values; keep it or start a new --out"
         )
 
 

@@ -32,6 +32,7 @@ from .common import (
     AdamBeta,
     JsonlLogger,
     check_finite,
+    cosine_factor,
     ema_decay,
     gather_rng_states,
     latest_checkpoint,
@@ -59,6 +60,8 @@ class TwoPlayerConfig:
     weight_decay: NonNegativeFloat = 0.0
     critic_updates: PositiveInt = 5  # critic steps per generator step (DMD2 TTUR 5:1)
     ema_halflife: NonNegativeFloat = 100.0  # in generator steps; 0 disables
+    # cosine: both players' rates decay to 0 over `steps` (train.common.cosine_factor)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: NonNegativeFloat = 10.0  # max grad norm per player; 0 disables
     # generator steps between exact evaluations
     eval_every: Annotated[int, Range(0, note="0: only at the end")] = 500
@@ -102,6 +105,24 @@ def make_optimizer(cfg: TwoPlayerConfig, module: nn.Module, player: str) -> torc
     beta1 = cfg.beta1_generator if player == "generator" else cfg.beta1_critic
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(module.parameters(), lr, betas=(beta1, cfg.beta2), **kw)
+
+
+def _set_rates(cfg: TwoPlayerConfig, optims: dict[str, torch.optim.Optimizer], step: int) -> float:
+    """Set both players' learning rates at generator step ``step`` under ``cfg.lr_schedule``;
+    returns the generator's."""
+    factor = cosine_factor(step, cfg.steps) if cfg.lr_schedule == "cosine" else 1.0
+    for player, opt in optims.items():
+        base = cfg.lr_generator if player == "generator" else cfg.lr_critic
+        for group in opt.param_groups:
+            group["lr"] = base * factor
+    return cfg.lr_generator * factor
+
+
+def _steps_fixed(cfg: TwoPlayerConfig) -> str:
+    """Why ``steps`` may not change on resume ("" when it may)."""
+    if cfg.lr_schedule == "constant":
+        return ""
+    return "lr_schedule=cosine decays to 0 over steps: the steps taken would have used other rates"
 
 
 def _step(
@@ -189,7 +210,7 @@ def train_two_player(
         modules, optimizers = parallel.checkpoint_views(state, optims, save=False)
         restored = load_checkpoint(
             found, modules=modules, optimizers=optimizers, rngs=rngs, config=asdict(cfg),
-            rank=acc.process_index, world_size=acc.num_processes,
+            rank=acc.process_index, world_size=acc.num_processes, steps_fixed=_steps_fixed(cfg),
         )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
     if resume and acc.is_main_process:  # no checkpoint: the old log restarts too
@@ -204,6 +225,7 @@ def train_two_player(
     )
     logs: dict[str, float] = {}
     for step in bar:
+        logs["lr_generator"] = _set_rates(cfg, optims, step)
         for _ in range(cfg.critic_updates):
             # a fresh student step per call (DMD2): the critic models the mixture over steps
             k = generator.draw_step(step_rng) if few_step else None
