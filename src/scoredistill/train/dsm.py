@@ -25,7 +25,7 @@ from ..teachers import testbeds
 from ..teachers.mlp import MLPDenoiserNet
 from ..teachers.neural import NeuralDenoiser, denoiser_errors, save_learned_teacher
 from ..teachers.trigflow import mixture_sigma_data
-from .common import ema_decay, ema_update
+from .common import cosine_factor, ema_decay, ema_update
 
 __all__ = [
     "dsm_loss",
@@ -74,7 +74,7 @@ def dsm_loss(
 
 def _lr_factor(step: int, steps: int, kind: str) -> float:
     ramp = min(1.0, (step + 1) / max(1, steps // 20))  # 5% linear warm-up: small first steps
-    return ramp * (0.5 * (1 + math.cos(math.pi * step / steps)) if kind == "cosine" else 1.0)
+    return ramp * (cosine_factor(step, steps) if kind == "cosine" else 1.0)
 
 
 def train_dsm(

@@ -62,6 +62,11 @@ class TwoPlayerConfig:
     ema_halflife: NonNegativeFloat = 100.0  # in generator steps; 0 disables
     # cosine: both players' rates decay to 0 over `steps` (train.common.cosine_factor)
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    # few-step students: "random_step" is DMD2's backward simulation (a step k ~ U{1..K}, the
+    # gradient through the k-th call only, the critic fits the mixture over steps); "last_step"
+    # unrolls all K steps with the gradient through every call and both players see the final
+    # sample only (K network calls with gradient per generator update)
+    few_step_sample: Literal["random_step", "last_step"] = "random_step"
     grad_clip: NonNegativeFloat = 10.0  # max grad norm per player; 0 disables
     # generator steps between exact evaluations
     eval_every: Annotated[int, Range(0, note="0: only at the end")] = 500
@@ -141,10 +146,22 @@ def _step(
 
 
 def _generate(
-    gen: nn.Module, z: Tensor, c: Tensor | None, k: int | None, rng: torch.Generator
+    gen: nn.Module, z: Tensor, c: Tensor | None, k: int | None, rng: torch.Generator, unroll: bool
 ) -> Tensor:
-    """One-step: ``gen(z, c)``; few-step: DMD2's backward simulation to student step ``k``."""
-    return gen(z, c) if k is None else gen(z, c, rng=rng, k=k)
+    """One-step: ``gen(z, c)``; few-step: DMD2's backward simulation to student step ``k``, or
+    (``unroll``) the whole rollout with the gradient through every step."""
+    if k is None:
+        return gen(z, c)
+    return gen(z, c, rng=rng) if unroll else gen(z, c, rng=rng, k=k)
+
+
+def _draw_step(
+    cfg: TwoPlayerConfig, generator: nn.Module, rng: torch.Generator, few_step: bool
+) -> int | None:
+    """The student step the players see: None (one-step), ``U{1..K}`` or ``K`` (last_step)."""
+    if not few_step:
+        return None
+    return generator.nfe if cfg.few_step_sample == "last_step" else generator.draw_step(rng)
 
 
 def _student_step(objective: Any, generator: nn.Module, k: int | None) -> dict[str, Any]:
@@ -196,6 +213,7 @@ def train_two_player(
     # the few-step index k must agree across ranks (reference note b20.8): its own shared rng
     step_rng = torch.Generator().manual_seed(cfg.seed + 1)
     few_step = hasattr(generator, "draw_step")
+    unroll = few_step and cfg.few_step_sample == "last_step"
     ema = copy.deepcopy(generator).requires_grad_(False)
     gen, crit, opt_g, opt_c = parallel.prepare_players(
         acc, cfg.parallel, generator, critic, lambda m, player: make_optimizer(cfg, m, player)
@@ -228,20 +246,20 @@ def train_two_player(
         logs["lr_generator"] = _set_rates(cfg, optims, step)
         for _ in range(cfg.critic_updates):
             # a fresh student step per call (DMD2): the critic models the mixture over steps
-            k = generator.draw_step(step_rng) if few_step else None
+            k = _draw_step(cfg, generator, step_rng, few_step)
             z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
             with torch.no_grad():
-                x = _generate(gen, z, c, k, rng)
+                x = _generate(gen, z, c, k, rng, unroll)
             kw = {"real": sample_real(cfg.batch_size, rng)} if needs_real else {}
             kw |= _student_step(objective, generator, k)
             loss_c = objective.critic_loss(x, c, critic=critic_call, rng=rng, **kw)
             check_finite(loss_c.value, step, "critic loss")
             logs["critic_grad_norm"] = _step(loss_c.value, opt_c, crit, cfg.grad_clip, acc)
-        k = generator.draw_step(step_rng) if few_step else None
+        k = _draw_step(cfg, generator, step_rng, few_step)
         z, c = _batch(sample_latent, sample_cond, cfg.batch_size, rng)
         crit.requires_grad_(False)
         loss_g = objective.generator_loss(
-            _generate(gen, z, c, k, rng),
+            _generate(gen, z, c, k, rng, unroll),
             c,
             teacher=_target(teacher, step),
             critic=critic_call,

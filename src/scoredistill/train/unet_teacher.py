@@ -30,7 +30,6 @@ teacher's README).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import time
@@ -46,6 +45,7 @@ from ..io import atomic_write_json, read_json_object
 from .common import (
     JsonlLogger,
     check_finite,
+    cosine_factor,
     ema_decay,
     ema_update,
     latest_checkpoint,
@@ -140,7 +140,7 @@ def _check_args(
 
 def _lr_factor(step: int, steps: int) -> float:
     warm = max(1, steps // 20)  # 5 % linear warm-up keeps Adam's first steps small
-    return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    return min(1.0, (step + 1) / warm) * cosine_factor(step, steps)
 
 
 def _ddpm_step(

@@ -1,4 +1,5 @@
-"""The two-player loop's learning-rate schedule: cosine decay as a function of the step alone."""
+"""Two-player loop options: the cosine learning-rate schedule (a function of the step alone) and
+which sample of a few-step student the players see."""
 
 from __future__ import annotations
 
@@ -75,3 +76,37 @@ def test_the_cli_config_check_ties_steps_to_a_cosine_schedule(tmp_path: Path):
         check_resume_config(tmp_path, new)
     (tmp_path / "config.json").write_text(json.dumps({**stored, "train": {"steps": 4}}))
     check_resume_config(tmp_path, {"method": "dmd", "train": {"steps": 8}})  # constant: fine
+
+
+@pytest.mark.parametrize(("mode", "with_grad"), [("random_step", 1), ("last_step", 3)])
+def test_few_step_sample_sets_how_many_student_calls_carry_the_gradient(tmp_path, mode, with_grad):
+    """DMD2's backward simulation differentiates one of the K calls per generator update;
+    last_step differentiates all K, and every critic sample is then the full K-step output."""
+    from scoredistill.sources.generators import FewStepGenerator
+
+    torch.manual_seed(0)
+    testbed = get_testbed("ring8")
+    gen = FewStepGenerator.from_mlp(2, testbed.teacher.schedule, steps=3, hidden=16, depth=1)
+    calls: list[tuple[bool, float]] = []
+    inner = gen.denoiser.forward
+
+    def counting(x_t, t, cond=None):
+        calls.append((torch.is_grad_enabled(), float(t[0])))
+        return inner(x_t, t, cond)
+
+    gen.denoiser.forward = counting
+    critic = make_critic(2, schedule=testbed.teacher.schedule, hidden=16, depth=1)
+    cfg = TwoPlayerConfig(
+        steps=2, batch_size=8, critic_updates=2, eval_every=0, log_every=1,
+        few_step_sample=mode, seed=3,
+    )  # fmt: skip
+    train_two_player(
+        cfg, objective=DMD(), generator=gen, critic=critic, teacher=testbed.teacher,
+        sample_latent=lambda n, rng: gen.sample_latent(n, rng), sample_cond=None,
+        evaluate=lambda g: {}, out_dir=tmp_path,
+    )  # fmt: skip
+    graded = [t for grad, t in calls if grad]
+    assert len(graded) == 2 * with_grad  # two generator updates
+    if mode == "last_step":
+        assert len(calls) == 2 * (2 + 1) * 3  # every sample (2 critic + 1 generator) is 3 calls
+        assert graded[:3] == pytest.approx(list(gen.ts))  # in the grid's order
