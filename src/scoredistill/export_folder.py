@@ -11,7 +11,8 @@ the base's config, so its README says to pass ``height``/``width``; ``FluxPipeli
 ``default_sample_size`` is a constant (128), so Flux READMEs always pass them. A pipeline folder
 does not store ``clip_skip`` (an argument of ``__call__``/``encode_prompt``), so a student
 distilled at ``clip_skip = k > 0`` (``teachers.diffusers_clip_skip``) says in its README to
-generate with ``clip_skip=k`` (``clip_skip_note``)."""
+generate with ``clip_skip=k`` (``clip_skip_note``); likewise per-encoder prompts (``prompt_2``,
+``prompt_3``: ``teachers.diffusers_prompts``) are arguments of the call (``prompt_streams_note``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView
 
-__all__ = ["at_trained_size", "clip_skip_note", "size_note", "write_student"]
+__all__ = ["at_trained_size", "clip_skip_note", "prompt_streams_note", "size_note", "write_student"]
 
 
 def write_student(
@@ -101,4 +102,24 @@ def clip_skip_note(teacher: Any) -> str:
         "`AttributeError: ... 'text_model'` (huggingface/diffusers#14124); first run "
         "`pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm="
         "pipe.text_encoder.final_layer_norm)`."
+    )
+
+
+def prompt_streams_note(teacher: Any) -> str:
+    """A README line when the teacher's prompt labels had their own ``prompt_2``/``prompt_3``
+    (``teacher.prompt_rows``; "" when not): the pipeline call must pass them too, or every
+    encoder reads ``prompt``, a condition the student was not trained on."""
+    rows = tuple(getattr(teacher, "prompt_rows", ()))
+    args = ("prompt", "prompt_2", "prompt_3")
+    used = [j for j in range(1, len(rows[0]) if rows else 1) if any(r[j] != r[0] for r in rows)]
+    if not used:
+        return ""
+    names = " and ".join(f"`{args[j]}`" for j in used)
+    files = ", ".join(f"`prompts_{j + 1}`" for j in used)
+    example = ", ".join(f"{args[j]}=[{rows[0][j]!r}] * 4" for j in used)
+    return (
+        f"- Distilled with a different prompt per text encoder: pass {names} with every "
+        f"prompt, as trained (the run's {files} file: line i for prompt i), e.g. "
+        f"`pipe([{rows[0][0]!r}] * 4, {example}, ...)`. Without it the pipeline reads `prompt` "
+        "in every encoder, a condition the student was not trained on."
     )

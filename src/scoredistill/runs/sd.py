@@ -1,15 +1,16 @@
 """``scoredistill distill --teacher SD_DIR --prompts FILE``: a text-to-image teacher distilled.
 
 The teacher is a local ``StableDiffusionPipeline``-layout folder (``teachers.diffusers_latent``);
-prompts are the condition: prompt ``i`` of the list is label ``i`` and the empty (or negative)
-prompt the null label, so guidance and every objective run unchanged on latents. The student
-and the critic are full trainable copies of the teacher's UNet or LoRA adapters on the
-teacher's own base (``sources.lora``: one UNet in memory for teacher, critic and student).
-The run folder keeps the distill contract: ``samples.npz`` holds the decoded images ``x:
-(N, C·H·W)`` in [-1, 1] (and ``latents``); ``OUT/pipeline`` (full student) or ``OUT/lora``
-(LoRA student) load with stock diffusers (``export_latent``). Metrics: when the decoded images
-are 8×8 and every prompt names one digit (the bundled digits teacher), the digits feature
-network scores FD, precision/recall and prompt accuracy (a CLIP-score analogue).
+prompts are the condition: prompt ``i`` of the list is label ``i`` (with line ``i`` of the
+``prompts_2``/``prompts_3`` files, diffusers' ``prompt_2``/``prompt_3``: ``sd_prompts``) and the
+empty (or negative) prompt the null label, so guidance and every objective run unchanged on
+latents. The student and the critic are full trainable copies of the teacher's UNet or LoRA
+adapters on the teacher's own base (``sources.lora``: one UNet in memory for teacher, critic
+and student). The run folder keeps the distill contract: ``samples.npz`` holds the decoded
+images ``x: (N, C·H·W)`` in [-1, 1] (and ``latents``); ``OUT/pipeline`` (full student) or
+``OUT/lora`` (LoRA student) load with stock diffusers (``export_latent``). Metrics: when the
+decoded images are 8×8 and every prompt names one digit (the bundled digits teacher), the
+digits feature network scores FD, precision/recall and prompt accuracy (a CLIP-score analogue).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
+from .sd_prompts import prompt_streams, read_prompts, sd_paths
 from .unet import _label_sampler, student_draw
 
 __all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
@@ -68,6 +70,10 @@ class SDDistillConfig:
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    prompts_2: str = ""  # a file: line i the prompt_2 of prompt i ("" = prompt; sd_prompts)
+    prompts_3: str = ""  # a file: line i the prompt_3 (SD3's T5) of prompt i ("" = prompt)
+    negative_prompt_2: str = ""  # the null row's prompt_2 ("" = negative_prompt)
+    negative_prompt_3: str = ""  # the null row's prompt_3 ("" = negative_prompt)
     resolution: Annotated[int, Range(0, note="0: the folder's own size")] = 0  # pixels, H = W
     clip_skip: Annotated[int, Range(0, note="0: None")] = 0  # diffusers' (diffusers_clip_skip)
     forget_prompt: str = ""  # method sfd: the prompt of the list to forget
@@ -80,39 +86,6 @@ class SDDistillConfig:
     export: bool = True  # write OUT/pipeline (full student) or OUT/lora (LoRA student)
 
 
-BUNDLED_SD = Path(__file__).resolve().parents[3] / "assets" / "teachers" / "digits-sd"
-
-
-def sd_paths(cfg: SDDistillConfig) -> tuple[Path, str]:
-    """``(teacher folder, prompt file)``: the given ones, else the bundled digits teacher and
-    its 30 prompts (``assets/teachers/digits-sd``)."""
-    if cfg.teacher:
-        if not cfg.prompts:
-            raise ConfigError("config key 'prompts': pass --prompts FILE (one prompt per line)")
-        return Path(cfg.teacher), cfg.prompts
-    if not (BUNDLED_SD / "pipeline").is_dir():
-        raise ConfigError(
-            f"no bundled text-to-image teacher at {BUNDLED_SD}; pass --teacher DIR --prompts "
-            "FILE, or train one: scoredistill train-teacher --arch sd --data digits --out DIR"
-        )
-    return BUNDLED_SD / "pipeline", cfg.prompts or str(BUNDLED_SD / "prompts.txt")
-
-
-def read_prompts(path: str) -> list[str]:
-    """The non-blank lines of ``path``, stripped; a missing or empty file is a ``ConfigError``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config key 'prompts': {p} is not a file")
-    try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config key 'prompts': {p} is not UTF-8 text ({err})") from None
-    prompts = [ln for ln in lines if ln]
-    if not prompts:
-        raise ConfigError(f"config key 'prompts': {p} holds no prompt (one per line)")
-    return prompts
-
-
 def load_teacher(cfg: SDDistillConfig):
     """The latent teacher with the prompt list as its labels."""
     from ..export_flux import is_flux
@@ -122,8 +95,9 @@ def load_teacher(cfg: SDDistillConfig):
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
+    streams = prompt_streams(cfg, folder, prompt_file, len(prompts))  # before weights load
     teacher = load_latent_teacher(folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip)
-    teacher.set_prompt_labels(prompts, cfg.negative_prompt)
+    teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
         family = "SD3" if is_sd3(teacher) else "Flux"
         check_sd3_student(cfg.student.init_timestep, cfg.student.attention, family)
@@ -140,10 +114,11 @@ def teacher_guidance(objective: Any) -> float:
 
 def check_negative_prompt(cfg: Any, objective: Any) -> None:
     """A negative prompt acts only through guidance: refused when ``objective.guidance`` is 1."""
-    guidance = teacher_guidance(objective)
-    if cfg.negative_prompt and guidance == 1.0:
+    keys = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
+    given = [key for key in keys if getattr(cfg, key, "")]
+    if given and teacher_guidance(objective) == 1.0:
         raise ConfigError(
-            "config key 'negative_prompt': it acts only through guidance, and "
+            f"config key {given[0]!r}: it acts only through guidance, and "
             f"objective.guidance is 1 for method {cfg.method!r}; set objective.guidance > 1"
         )
 

@@ -26,7 +26,8 @@ changes mirrors diffusers 0.42 ``pipelines/flux/pipeline_flux.py``:
 - **Text** (``encode_prompt``): CLIP (``CLIPTextModel``) ids padded to its ``model_max_length``,
   ``pooler_output`` -> ``pooled_projections``; T5 ids padded to ``max_sequence_length``
   (``__call__``'s 512, or the T5 tokenizer's ``model_max_length`` when smaller), output 0 ->
-  ``encoder_hidden_states``. Flux has no negative prompt by default: the library's null row
+  ``encoder_hidden_states``; CLIP reads ``prompt``, T5 ``prompt_2 or prompt``
+  (``diffusers_prompts``). Flux has no negative prompt by default: the library's null row
   (CFG's unconditional branch) is the encoded empty (or negative) prompt, which is the
   pipeline's ``true_cfg_scale`` branch (``negative_prompt=""``).
 - **Embedded guidance.** ``guidance_embeds=True`` models (FLUX.1-dev) take a scalar
@@ -245,10 +246,14 @@ class FluxTextEncoder(nn.Module):
         self.encoders = nn.ModuleList(text_encoders)
         self.tokenizers = tuple(tokenizers)
         self.max_sequence_length = int(max_sequence_length)
+        self.prompt_args = ("prompt", "prompt_2")  # encode_prompt's: CLIP, T5
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def encode_texts(
+        self, texts: Sequence[str], texts_2: Sequence[str] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(encoder_hidden_states (N, max_sequence_length, d_model), pooled (N, hidden))``:
-        ``_get_t5_prompt_embeds`` and ``_get_clip_prompt_embeds``."""
+        ``_get_t5_prompt_embeds`` of ``texts_2`` (``prompt_2``; None: ``texts``) and
+        ``_get_clip_prompt_embeds`` of ``texts``."""
         clip, t5 = self.encoders
         ids = self.tokenizers[0](
             list(texts),
@@ -259,7 +264,7 @@ class FluxTextEncoder(nn.Module):
         ).input_ids
         pooled = clip(ids.to(next(clip.parameters()).device), output_hidden_states=False)
         ids = self.tokenizers[1](
-            list(texts),
+            list(texts if texts_2 is None else texts_2),
             padding="max_length",
             max_length=self.max_sequence_length,
             truncation=True,

@@ -13,10 +13,10 @@ module adds only what is latent or textual:
   unconditional branch uses: the empty prompt's, or a negative prompt's), or integer prompt ids
   ``(B,)`` into a prompt list registered with ``set_prompt_labels`` — then ``NULL_LABEL`` is the
   null prompt and every label-based ingredient (guidance, label dropout) works unchanged;
-- prompt embeddings are computed once per prompt text and cached (distillation is data-free on a
-  prompt list); ``encode_prompts`` mirrors ``StableDiffusionPipeline.encode_prompt`` (padding to
-  ``model_max_length``, the last hidden state, or ``clip_skip``'s earlier layer:
-  ``diffusers_clip_skip``), so the teacher sees what the pipeline's UNet sees.
+- prompt embeddings are computed once per prompt (with its ``prompt_2``/``prompt_3``:
+  ``diffusers_prompts``) and cached (distillation is data-free on a prompt list);
+  ``encode_prompts`` mirrors ``StableDiffusionPipeline.encode_prompt`` (``model_max_length``
+  padding, the last hidden state or ``clip_skip``'s layer: ``diffusers_clip_skip``).
 
 Loading is offline (``local_files_only=True``); every problem with a folder is a one-line
 ``TeacherFolderError`` naming the file and key. ``StableDiffusion3Pipeline`` folders (a
@@ -54,6 +54,7 @@ from .diffusers import (
 from .diffusers_clip_skip import check_clip_skip, final_layer_norm
 from .diffusers_flux import is_flux_index, load_flux_parts
 from .diffusers_folders import check_sd_configs, index_folder
+from .diffusers_prompts import PromptCache, negative_row, prompt_args, prompt_rows
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 from .diffusers_size import training_latent_hw
@@ -215,59 +216,64 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
         self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
         self.clip_skip = 0
-        self._cache: dict[tuple[str, int], tuple[Tensor, Tensor | None]] = {}  # (text, skip)
-        self.text_encoder_calls = 0  # forwards of the text encoder (the cache's test)
+        self.prompt_cache = PromptCache(self._encode_rows)  # per (row, clip_skip)
         self.prompt_table: TextCond | None = None
+        self.prompt_rows: tuple[tuple[str, ...], ...] = ()  # the labels' rows (prompt_2, ...)
         self.eval()  # dropout off in every part (note §3: built models start in train mode)
 
-    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
-        """``TextCond`` for ``prompts`` (its null: ``negative_prompt``'s embedding); texts not
-        seen before are encoded in one batch without gradients and cached."""
+    text_encoder_calls = property(lambda self: self.prompt_cache.calls)  # the cache's test
+
+    def encode_prompts(
+        self, prompts: Sequence[str], negative_prompt: str = "", **streams: Any
+    ) -> TextCond:
+        """``TextCond`` for ``prompts`` (its null: ``negative_prompt``'s embedding); ``streams``:
+        diffusers' ``prompt_2=``/``prompt_3=`` (lists as long as ``prompts``) and
+        ``negative_prompt_2=``/``negative_prompt_3=`` (``diffusers_prompts``); rows not seen
+        before are encoded in one batch without gradients and cached."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
         bad = [p for p in [*prompts, negative_prompt] if not isinstance(p, str)]
         if bad:
             raise ValueError(f"prompts must be strings; got {type(bad[0]).__name__} {bad[0]!r}")
-        keys = [(negative_prompt, 0), *((p, self.clip_skip) for p in prompts)]  # null: no skip
-        new = [key for key in dict.fromkeys(keys) if key not in self._cache]
-        for skip in sorted({s for _, s in new}):  # one batch per clip_skip
-            texts = [t for t, s in new if s == skip]
-            with torch.no_grad():
-                embeds, pooled = self.encode_texts(texts, skip)
-            self.text_encoder_calls += 1
-            rows = zip(embeds, [None] * len(texts) if pooled is None else pooled, strict=True)
-            self._cache.update(zip([(t, skip) for t in texts], rows, strict=True))
-        null, null_pooled = self._null(negative_prompt)
-        got = [self._cache[(p, self.clip_skip)] for p in prompts]
+        args = prompt_args(self.text_encoder)
+        negs = {k: streams.pop(k) for k in list(streams) if k.startswith("negative_")}
+        null_row = negative_row(args, negative_prompt, **negs)
+        keys = [(r, self.clip_skip) for r in prompt_rows(prompts, args, **streams)]
+        (null, null_pooled), *got = self.prompt_cache.get([(null_row, 0), *keys])  # null: no skip
+        zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)  # SDXL's
+        if zeros and null_row == ("",) * len(args):  # the pipeline's negative_prompt=None
+            null, null_pooled = torch.zeros_like(null), _opt(null_pooled, torch.zeros_like)
         stack = torch.stack([e for e, _ in got])
         pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
         nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
         return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1])
 
-    def _null(self, negative_prompt: str) -> tuple[Tensor, Tensor | None]:
-        """The cached null row; zeros for the empty prompt where the text encoder says so
-        (``StableDiffusionXLPipeline.encode_prompt``'s ``force_zeros_for_empty_prompt``)."""
-        null, pooled = self._cache[(negative_prompt, 0)]
-        zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)
-        if zeros and negative_prompt == "":
-            return torch.zeros_like(null), _opt(pooled, torch.zeros_like)
-        return null, pooled
+    def _encode_rows(self, rows: Sequence[tuple[str, ...]], clip_skip: int) -> Any:
+        columns = [list(c) for c in zip(*rows, strict=True)]  # (prompt, prompt_2, ...) per row
+        streams = dict(zip(("texts_2", "texts_3"), columns[1:], strict=False))
+        return self.encode_texts([r[0] for r in rows], clip_skip, **streams)
 
     def encode_texts(
-        self, texts: Sequence[str], clip_skip: int = 0
+        self, texts: Sequence[str], clip_skip: int = 0, **streams: Sequence[str]
     ) -> tuple[Tensor, Tensor | None]:
         """``(embeds (N, L, E), pooled (N, P) or None)`` of ``texts`` as the pipeline computes
         them at ``clip_skip`` (0: None): ``encode_text``, or SD3's three encoders
-        (``diffusers_sd3.SD3TextEncoder``), or SDXL's two (``diffusers_sdxl.SDXLTextEncoder``)."""
+        (``diffusers_sd3.SD3TextEncoder``), or SDXL's two (``diffusers_sdxl.SDXLTextEncoder``);
+        ``streams``: ``texts_2=``/``texts_3=``, the other encoders' texts (``prompt_2``...)."""
         if hasattr(self.text_encoder, "encode_texts"):
             skip = {"clip_skip": clip_skip} if clip_skip else {}  # Flux's takes none
-            return self.text_encoder.encode_texts(texts, **skip)
+            return self.text_encoder.encode_texts(texts, **skip, **streams)
         return encode_text(self.tokenizer, self.text_encoder, texts, clip_skip), None
 
-    def set_prompt_labels(self, prompts: Sequence[str], negative_prompt: str = "") -> TextCond:
-        """Integer ``cond`` ``i`` now means ``prompts[i]`` (``NULL_LABEL``: the null prompt), so
-        ``num_classes = len(prompts)``; returns the table."""
-        self.prompt_table = self.encode_prompts(prompts, negative_prompt)
+    def set_prompt_labels(
+        self, prompts: Sequence[str], negative_prompt: str = "", **streams: Any
+    ) -> TextCond:
+        """Integer ``cond`` ``i`` now means ``prompts[i]`` (with ``prompt_2[i]``... of
+        ``streams``; ``NULL_LABEL``: the null prompt), so ``num_classes = len(prompts)``;
+        returns the table."""
+        self.prompt_table = self.encode_prompts(prompts, negative_prompt, **streams)
+        rows = {k: v for k, v in streams.items() if not k.startswith("negative_")}
+        self.prompt_rows = tuple(prompt_rows(prompts, prompt_args(self.text_encoder), **rows))
         self.num_classes = len(prompts)
         return self.prompt_table
 

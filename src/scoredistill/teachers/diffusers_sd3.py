@@ -19,7 +19,8 @@ The text condition mirrors ``StableDiffusion3Pipeline.encode_prompt`` (diffusers
 - CLIP-L and CLIP-G (``CLIPTextModelWithProjection``): ids padded and truncated to the *first*
   tokenizer's ``model_max_length`` (both), the penultimate hidden state ``hidden_states[-2]``
   (``clip_skip=k``: ``[-(k + 2)]``, ``diffusers_clip_skip``), the pooled ``text_embeds``
-  (output 0, whatever ``clip_skip``);
+  (output 0, whatever ``clip_skip``); CLIP-L reads ``prompt``, CLIP-G ``prompt_2``, T5
+  ``prompt_3`` (each ``or prompt``; ``diffusers_prompts``);
 - T5: ids padded to ``max_sequence_length`` (the pipeline's 256), output 0; without
   ``text_encoder_3`` (``[null, null]`` in ``model_index.json``) zeros ``(256, joint_attention_dim)``;
 - ``encoder_hidden_states = cat_L(pad_E(cat_E(clip_l, clip_g), joint_attention_dim), t5)`` and
@@ -126,6 +127,8 @@ class SD3TextEncoder(nn.Module):
             raise ValueError(why)
         self.encoders = nn.ModuleList([e for e in text_encoders if e is not None])
         self.tokenizers, self.has_t5 = tuple(tokenizers), text_encoders[2] is not None
+        # without T5 its rows are zeros whatever prompt_3: refused (diffusers_prompts)
+        self.prompt_args = ("prompt", "prompt_2", "prompt_3")[: 3 if self.has_t5 else 2]
         self.max_sequence_length = max_sequence_length
         self.joint_attention_dim = int(transformer_config["joint_attention_dim"])
 
@@ -134,11 +137,19 @@ class SD3TextEncoder(nn.Module):
         """The largest ``clip_skip`` ``hidden_states[-(k + 2)]`` can index in both CLIPs."""
         return min(int(e.config.num_hidden_layers) for e in self.encoders[:2]) - 1
 
-    def encode_texts(self, texts: Sequence[str], clip_skip: int = 0) -> tuple[Tensor, Tensor]:
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        clip_skip: int = 0,
+        texts_2: Sequence[str] | None = None,
+        texts_3: Sequence[str] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """``(encoder_hidden_states (N, L_clip + L_t5, joint), pooled_projections (N, P))`` at
-        ``clip_skip`` (0: None; ``_get_clip_prompt_embeds``; T5 unaffected)."""
-        (emb_l, pool_l), (emb_g, pool_g) = (self._clip(i, texts, clip_skip) for i in (0, 1))
-        t5 = self._t5(texts)
+        ``clip_skip`` (0: None; ``_get_clip_prompt_embeds``; T5 unaffected); CLIP-G reads
+        ``texts_2``, T5 ``texts_3`` (``prompt_2``, ``prompt_3``; None: ``texts``)."""
+        streams = (texts, texts if texts_2 is None else texts_2)
+        (emb_l, pool_l), (emb_g, pool_g) = (self._clip(i, streams[i], clip_skip) for i in (0, 1))
+        t5 = self._t5(texts if texts_3 is None else texts_3)
         clip = torch.cat([emb_l, emb_g], dim=-1)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return torch.cat([clip, t5], dim=-2), torch.cat([pool_l, pool_g], dim=-1)

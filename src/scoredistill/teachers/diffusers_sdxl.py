@@ -13,7 +13,8 @@ diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
   ``text_encoder`` (``CLIPTextModel``) and ``text_encoder_2`` (``CLIPTextModelWithProjection``;
   ``clip_skip=None``; ``clip_skip=k``: ``h[-(k + 2)]``, no final layer norm,
   ``diffusers_clip_skip``); the pooled embedding is ``text_encoder_2``'s ``text_embeds``
-  (output 0, "ALWAYS ... the final text encoder"), whatever ``clip_skip``;
+  (output 0, "ALWAYS ... the final text encoder"), whatever ``clip_skip``; ``text_encoder``
+  reads ``prompt``, ``text_encoder_2`` ``prompt_2 or prompt`` (``diffusers_prompts``);
 - the null condition: with ``force_zeros_for_empty_prompt`` (``model_index.json``, default
   True) the pipeline's unconditional embeddings for an empty negative prompt are **zeros**
   (``zero_out_negative_prompt``); the teacher's null row for ``negative_prompt=""`` is zeros
@@ -130,19 +131,24 @@ class SDXLTextEncoder(nn.Module):
         self.encoders = nn.ModuleList(text_encoders)
         self.tokenizers = tuple(tokenizers)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+        self.prompt_args = ("prompt", "prompt_2")  # encode_prompt's, one per encoder
 
     @property
     def max_clip_skip(self) -> int:
         """The largest ``clip_skip`` ``hidden_states[-(k + 2)]`` can index in both encoders."""
         return min(int(e.config.num_hidden_layers) for e in self.encoders) - 1
 
-    def encode_texts(self, texts: Sequence[str], clip_skip: int = 0) -> tuple[Tensor, Tensor]:
+    def encode_texts(
+        self, texts: Sequence[str], clip_skip: int = 0, texts_2: Sequence[str] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(encoder_hidden_states (N, L, E_1 + E_2), text_embeds (N, P))`` (``encode_prompt``
-        with ``clip_skip = k``, 0 for None: ``hidden_states[-(k + 2)]`` of each encoder)."""
+        with ``clip_skip = k``, 0 for None: ``hidden_states[-(k + 2)]`` of each encoder), the
+        second encoder reading ``texts_2`` (``prompt_2``; None: ``texts``)."""
         hidden, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
+        streams = (texts, texts if texts_2 is None else texts_2)
+        for tokenizer, encoder, batch in zip(self.tokenizers, self.encoders, streams, strict=True):
             ids = tokenizer(
-                list(texts),
+                list(batch),
                 padding="max_length",
                 max_length=tokenizer.model_max_length,
                 truncation=True,

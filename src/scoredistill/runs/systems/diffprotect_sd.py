@@ -37,7 +37,7 @@ from ...data import load_digits_images
 from ...eval.features import load_digits_feature_net
 from ...io import atomic_write_json
 from ...teachers.diffusers_latent import LatentDiffusersTeacher, load_latent_teacher
-from ..sd import BUNDLED_SD
+from ..sd_prompts import BUNDLED_SD
 from . import diffprotect_attacks as atk
 
 __all__ = [
