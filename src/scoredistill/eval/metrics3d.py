@@ -37,6 +37,7 @@ __all__ = [
     "occupancy",
     "occupancy_iou",
     "psnr",
+    "sharpness",
     "view_entropy",
 ]
 
@@ -64,6 +65,25 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0) -> float:
     with torch.no_grad():
         per_image = 10.0 * torch.log10(data_range**2 / mse)  # mse = 0 gives +inf
     return float(per_image.mean())
+
+
+def sharpness(pred: Tensor, target: Tensor) -> float:
+    """Image-gradient energy of ``pred`` over that of ``target`` (both ``(B, C, H, W)``).
+
+    Energy: the sum of squared forward differences along rows and columns. 1 is as sharp as the
+    target, below 1 blurrier (a box blur lowers it), above 1 noisier; scaling an image's
+    deviations from a constant by ``c`` scales it by ``c^2``. Issue 14 (Sparse3D's "blurry SDS").
+    """
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(
+            f"pred and target must be (B, C, H, W) alike, got {pred.shape}, {target.shape}"
+        )
+
+    def energy(x: Tensor) -> Tensor:
+        x = x.detach().double()
+        return x.diff(dim=-1).pow(2).sum() + x.diff(dim=-2).pow(2).sum()
+
+    return float(energy(pred) / energy(target))
 
 
 def occupancy(field: VoxelField | Tensor, threshold: float, resolution: int) -> Tensor:

@@ -66,6 +66,8 @@ _NASA_QUICK = {
     "cfg_scales": [1.0],
 }
 
+_SPARSE3D_QUICK = {"steps": 5, "batch_size": 2}
+
 _DIFFPROTECT_SD_QUICK = {"steps": 2, "n_images": 4, "strengths": [0.1], "inference_steps": 20}
 
 SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
@@ -74,6 +76,7 @@ SYSTEM_PRESETS: dict[str, dict[str, Any]] = {
     "sid-protein": {"system": "sid_protein", "quick": _SID_PROTEIN_QUICK},
     "diffprotect-digits": {"system": "diffprotect", "quick": _DIFFPROTECT_QUICK},
     "diffprotect-sd": {"system": "diffprotect_sd", "quick": _DIFFPROTECT_SD_QUICK},
+    "sparse3d-views": {"system": "sparse3d", "quick": _SPARSE3D_QUICK},
     "dd2-markov": {"system": "dd2", "quick": _DD2_QUICK},
     "dd2-markov-prefix-grad": {"system": "dd2", "prefix_grad": True, "quick": _DD2_QUICK},
 }
@@ -89,6 +92,9 @@ DESCRIPTIONS: dict[str, str] = {
     "latent with an exact mixture prior; SDS(+/-) through the encoder only vs AdvDM(+/-)",
     "diffprotect-sd": "Diff-Protect on the bundled SD pipeline: L-inf PGD (SDS+/-, AdvDM+/-) "
     "through the diffusers VAE/UNet vs stock img2img mimicry (L2/PSNR, prompt accuracy)",
+    "sparse3d-views": "Sparse3D: a voxel field from 2 views of one of 6 object variants (exact "
+    "posterior), reconstruction only vs + SDS camera-agnostic vs + SDS view-conditioned; C-SDS "
+    "not built (its equation could not be verified)",
     "dd2-markov": "DD2: one-step student of an exact AR model over continuous Markov tokens, "
     "DMD per position on a stop-gradient prefix, vs AR and independent sampling",
     "dd2-markov-prefix-grad": "DD2 as dd2-markov, with gradients through the prefix "

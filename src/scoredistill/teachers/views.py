@@ -45,6 +45,7 @@ from .testbed import Testbed
 
 __all__ = [
     "PROMPTS",
+    "Tail",
     "ViewsTestbed",
     "build_views",
     "clear_views_cache",
@@ -76,8 +77,17 @@ def _capsule_sdf(p: Tensor, a: Tensor, b: Tensor, r: float) -> Tensor:
     return (p - a - h[..., None] * ab).norm(dim=-1) - r
 
 
-def views_object_grid(resolution: int = 32) -> Tensor:
+Tail = tuple[
+    tuple[float, float, float], tuple[float, float, float], float, tuple[float, float, float]
+]
+
+
+def views_object_grid(resolution: int = 32, tail: Tail | None = _TAIL) -> Tensor:
     """The ground-truth field ``(4, G, G, G)`` (density + RGB in [0, 1]), float32.
+
+    ``tail`` (capsule start, end, radius, RGB) replaces the orange tail, ``None`` removes it: the
+    object variants of the ``sparse3d-views`` system (``views_variants``); the default is the
+    testbed's object.
 
     Density ramps linearly from 0 to ``_SIGMA_IN`` across one voxel centred on the surface of the
     union (signed distance ``sdf``), an anti-aliased edge with compact support; every voxel
@@ -95,9 +105,10 @@ def views_object_grid(resolution: int = 32) -> Tensor:
     for ctr, rad, rgb in _SPHERES:
         sdfs.append((p - torch.tensor(ctr, dtype=torch.float64)).norm(dim=-1) - rad)
         colours.append(torch.tensor(rgb, dtype=torch.float64).expand_as(p))
-    a, b, rad, rgb = _TAIL
-    sdfs.append(_capsule_sdf(p, torch.tensor(a).double(), torch.tensor(b).double(), rad))
-    colours.append(torch.tensor(rgb, dtype=torch.float64).expand_as(p))
+    if tail is not None:
+        a, b, rad, rgb = tail
+        sdfs.append(_capsule_sdf(p, torch.tensor(a).double(), torch.tensor(b).double(), rad))
+        colours.append(torch.tensor(rgb, dtype=torch.float64).expand_as(p))
     sdf = torch.stack(sdfs)  # (P, G, G, G)
     nearest = sdf.argmin(dim=0)
     rgb = torch.stack([col.to(torch.float64) for col in colours])  # (P, G, G, G, 3)

@@ -1,4 +1,4 @@
-"""Seed systems on exact testbeds (issue 14) as one run family: DD2, SiD-Protein, Distillation-DPO, …
+"""Seed systems on exact testbeds (issue 14) as one run family: DD2, SiD-Protein, Sparse3D, …
 
 A seed system is a paper's whole experiment, not one student trained with one objective: its own
 testbed with exact ground truth, its baselines and the paper's claim as metrics. Each has a typed
@@ -16,7 +16,7 @@ from typing import Any
 
 from ...presets.systems import DESCRIPTIONS, SYSTEM_PRESETS
 from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
-from . import dd2, diffprotect, diffprotect_sd, dpo, nasa, sid_protein
+from . import dd2, diffprotect, diffprotect_sd, dpo, nasa, sid_protein, sparse3d
 
 __all__ = ["FAMILY", "SYSTEMS", "System", "quick_sets", "run_system"]
 
@@ -31,6 +31,7 @@ SYSTEMS: dict[str, System] = {
     "diffprotect_sd": System(
         diffprotect_sd.DiffProtectSDConfig, diffprotect_sd.procedure, diffprotect_sd.report
     ),
+    "sparse3d": System(sparse3d.Sparse3DConfig, sparse3d.procedure, sparse3d.report),
 }
 
 
@@ -55,7 +56,8 @@ def run_system(
 
 FAMILY = Family(
     name="distill-system",
-    help="seed systems on exact testbeds: DD2, SiD-Protein, Distillation-DPO, NASA, C-SDS, Diff-Protect",
+    help="seed systems on exact testbeds: DD2, SiD-Protein, Distillation-DPO, NASA, Diff-Protect, "
+    "Sparse3D",
     presets=SYSTEM_PRESETS,
     describe=DESCRIPTIONS.__getitem__,
     resolve=_resolve,
