@@ -18,7 +18,7 @@ conditions (diversity cost), and the spread ratio (per-condition variance vs the
 for both students, for exact conditional samples (the perfect distillation) and for the exact
 conditional mean (the lowest possible MSE, zero diversity).
 
-Finding (seeds 0-2, /tmp/section-dpo.md): with the official signs and the gradient restored,
+Finding (seeds 0-2, docs/seed_systems.md): with the official signs and the gradient restored,
 DPO's samples spread without bound (MSE ~1e11 after 400 steps) while DMD sits at 0.14: descent on
 winner-KL minus loser-KL moves samples down the log-odds of winning (objectives.distill_dpo).
 """

@@ -23,7 +23,7 @@ at several alpha, output-space negative CFG ``x = G(z,P) + w (G(z,P) - G(z,N))``
 and exact target samples. Metrics: mass on negative modes, off-mode (blending) mass, target
 mass and MMD^2 to the exact target, averaged over the pairs.
 
-Finding (seeds 0-2, /tmp/section-nasa.md): NASA at alpha 0.1-0.2 is closer to the exact target
+Finding (seeds 0-2, docs/seed_systems.md): NASA at alpha 0.1-0.2 is closer to the exact target
 than P alone and than any CFG w (MMD^2 0.25 vs 0.29 vs >= 0.90), and blends less than CFG at
 equal negative mass; but the negative mass NASA removes goes mostly off-mode, not to the target.
 """

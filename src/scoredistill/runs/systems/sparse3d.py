@@ -26,7 +26,7 @@ gradient energy ratio to the truth, ``eval.metrics3d.sharpness``), Janus rate; a
 the posterior-mean render, the best an image-space estimator can do on the unseen back; and
 the back half's PSNR against every variant (which one, if any, the field commits to).
 
-Finding (preset, seeds 0-2, /tmp/section-sparse3d.md): SDS with the view-conditioned teacher
+Finding (preset, seeds 0-2, docs/seed_systems.md): SDS with the view-conditioned teacher
 wins every metric on every seed (held-out PSNR 22.4 vs 17.3 camera-agnostic vs 15.0
 reconstruction only; IoU 0.73 / 0.63 / 0.28; sharpness 0.75 / 0.64 / 0.32; Janus 0 / 0.58 /
 0.44); the camera-agnostic prior adds geometry but also Janus views. Its back commits to no
