@@ -11,7 +11,9 @@ budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, bat
 512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (of which
 digits' final evaluation, the exact PF-ODE consistency error and the teacher's sampler table,
 is ~2.9). rCM, Hyper-SD and SANA-Sprint on cond2d/gmm64/digits resolve and run (``--quick``)
-but their full budgets were not measured there.
+but their full budgets were not measured there. Hyper-SD's stages on ring8 (user CPU of one run
+on a machine loaded ~2.5x, so only the ratios travel): ``hypersd-ring8`` 0.9, ``hypersd-reward-
+ring8`` 1.3 (1.45x), ``hypersd-dmd-ring8`` 2.1 (2.3x: 1250 steps carry 4 critic steps).
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ _SCM_STUDENT = {
     "train.lr": 3e-4,
 }
 
+_HYPERSD = {
+    "train.optimizer": "adamw",
+    "train.beta1": 0.9,
+    "train.beta2": 0.999,
+    "train.weight_decay": 0.01,
+    "train.grad_clip": 1.0,
+}
+
 METHODS: dict[str, dict[str, Any]] = {
     # LCM's optimizer (diffusers train_lcm_distill_sd_wds.py): AdamW (0.9, 0.999), weight decay
     # 1e-2, max_grad_norm 1; solver grid 1000 with skip 20 (50 DDIM jumps), target EMA 0.95
@@ -74,14 +84,25 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # Hyper-SD TSCD (objectives/hypersd.py): CD's optimizer and solver, k = 8 -> 4 -> 2 -> 1
     # segments over 250 + 250 + 250 + 1250 steps (the last stage, ordinary CD, runs to the end)
-    "hypersd": {
+    "hypersd": {"method": "hypersd", **_HYPERSD},
+    # Hyper-SD + its one-step stage: hypersd's TSCD, then from the last stage (step 750) DMD2's
+    # term on the one-step sample (weight 1: the paper's is not confirmed) with a DSM-fitted
+    # critic trained 4:1 at batch 256 and lr 1e-3, as rcm-<tb>'s critic (objectives/hypersd.py).
+    # A one-step model: samples.npz and the headline at 1 step. ring8, 3 seeds: 1-step local
+    # MMD^2 0.027 -> 0.0044, but the 2- and 4-step samples break (0.094, half the modes);
+    # objective.dmd_weight=0.01 (rCM's 100:1, as rcm-<tb>) gives 0.010 and keeps them
+    "hypersd-dmd": {
         "method": "hypersd",
-        "train.optimizer": "adamw",
-        "train.beta1": 0.9,
-        "train.beta2": 0.999,
-        "train.weight_decay": 0.01,
-        "train.grad_clip": 1.0,
+        **_HYPERSD,
+        "objective.dmd_weight": 1.0,
+        "student.sample_steps": 1,
+        "train.critic_updates": 4,
+        "train.critic_batch_size": 256,
+        "train.lr_critic": 1e-3,
     },
+    # Hyper-SD + its human-feedback stage: hypersd's TSCD, then from the last stage ReFL on the
+    # exact reward log p(x) of the teacher mixture, ImageReward's hinge ReLU(2 - r) and scale 1e-3
+    "hypersd-reward": {"method": "hypersd", **_HYPERSD, "objective.reward_weight": 1e-3},
     # sCM (FastGen config_scm.py): RAdam (0.9, 0.99), no weight decay, no clipping (1e6).
     # Departures: tangent warm-up over 500 steps, a quarter of the budget, not 10 000 (r would
     # stay below 0.2); lr 3e-4, not the budget's 1e-3: on ring8 1e-3 reached 2-step MMD^2 0.0019
@@ -138,6 +159,8 @@ METHODS: dict[str, dict[str, Any]] = {
 _GRID: dict[str, tuple[str, ...]] = {
     "cd": ("ring8", "grid25", *_NEW),
     "hypersd": ("ring8", *_NEW),
+    "hypersd-dmd": ("ring8",),
+    "hypersd-reward": ("ring8",),
     "scm": ("ring8", "grid25", *_NEW),
     "rcm": ("ring8", "grid25", *_NEW),
     "sana-sprint": ("ring8", "grid25", *_NEW),
@@ -146,6 +169,10 @@ _ABOUT: dict[str, str] = {
     "cd": "CD (Song et al. 2023) with LCM's skipping-step DDIM solver and EMA target",
     "hypersd": "Hyper-SD TSCD (Ren et al. 2024): CD inside k = 8 -> 4 -> 2 -> 1 trajectory "
     "segments, LCM's solver and EMA target",
+    "hypersd-dmd": "Hyper-SD TSCD + its one-step stage: DMD on the one-step sample in the "
+    "last stage, fake-score critic 4:1",
+    "hypersd-reward": "Hyper-SD TSCD + its human-feedback stage: ReFL on the exact log p(x) "
+    "of the testbed in the last stage",
     "scm": "sCM (Lu & Song 2024): continuous-time CD in TrigFlow, JVP tangent, 2-step samples",
     "rcm": "rCM (Zheng et al. 2025): sCM + DMD (100:1) on 1-4-step student samples, fake-score "
     "critic 4:1, 2-step samples",

@@ -6,8 +6,9 @@ The student is a consistency function (``sources.consistency``): ``BoundaryConsi
 teacher's schedule for CD and Hyper-SD, ``TrigFlowStudent`` for sCM, rCM and SANA-Sprint;
 ``sigma_d`` is the testbed mixture's exact data std unless ``student.sigma_data`` is set. The data
 the objectives noise are exact samples of the testbed.
-rCM's critic is the distill family's MLP denoiser (``critic.*``), fitted to the teacher by DSM
-first (``train.dsm.init_critic_from_teacher``: rCM copies the teacher into its fake score);
+rCM's critic (and Hyper-SD's, with its DMD stage on) is the distill family's MLP denoiser
+(``critic.*``), fitted to the teacher by DSM first (``train.dsm.init_critic_from_teacher``: rCM
+copies the teacher into its fake score);
 SANA-Sprint's discriminator is the same fit, frozen, with a trainable logit head (its stand-in
 for heads on the frozen teacher's features).
 
@@ -169,9 +170,9 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     start = time.perf_counter()
     head = getattr(objective, "needs_logit_head", False)
-    critic, init = (
-        _build_critic(cfg, testbed, head) if hasattr(objective, "critic_loss") else (None, {})
-    )
+    # Hyper-SD has a critic_loss but needs a critic only with its DMD stage on
+    wants = getattr(objective, "needs_critic", hasattr(objective, "critic_loss"))
+    critic, init = _build_critic(cfg, testbed, head) if wants else (None, {})
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
         sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
