@@ -30,6 +30,10 @@ _MAIN = (
     "fdistill-js",
     "sfd",
     "dmd2-4step",  # a 4-step student: read against the best 8-NFE rows (issue 15)
+    "tdm",  # 4-step (issue 13)
+    "phased-dmd",  # 4-step, two experts
+    "disback",  # DMD2 after a recorded backtracking path
+    "msd",  # one student per block of classes (conditional testbeds)
 )
 DISTILL_SUITES: dict[str, tuple[str, ...]] = {
     # every method on every testbed (the README's leaderboard)
