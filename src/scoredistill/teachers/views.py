@@ -217,7 +217,7 @@ class _Scene(NamedTuple):
     heldout_images: Tensor
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _render_scene(
     image_size: int,
     resolution: int,
@@ -225,10 +225,12 @@ def _render_scene(
     elevation: float,
     n_samples: int,
     heldout_elevations: tuple[float, ...],
+    tail: Tail | None = _TAIL,
 ) -> _Scene:
-    """The ground truth and its renders: the slow part, shared by every schedule and weighting."""
+    """The ground truth and its renders: the slow part, shared by every schedule and weighting
+    (``tail``: the object variant, ``views_object_grid``'s)."""
     gt = VoxelField.from_grid(
-        views_object_grid(resolution), image_size=image_size, n_samples=n_samples
+        views_object_grid(resolution, tail), image_size=image_size, n_samples=n_samples
     )
     ring = tuple(ring_cameras(n_ring, elevation))
     heldout = _heldout_cameras(n_ring, ring[0], heldout_elevations)

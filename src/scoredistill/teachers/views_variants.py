@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..scene.cameras import Camera, ring_cameras
+from ..scene.cameras import Camera
 from ..scene.field3d import VoxelField
 from .analytic import GaussianMixtureTeacher
-from .views import _TAIL, Tail, _heldout_cameras, views_object_grid
+from .views import _TAIL, Tail, _render_scene
 
 __all__ = [
     "VARIANTS",
@@ -148,17 +148,15 @@ class _Renders(NamedTuple):
 def _render_variants(
     image_size: int, resolution: int, n_ring: int, elevation: float, n_samples: int
 ) -> _Renders:
-    fields = tuple(
-        VoxelField.from_grid(views_object_grid(resolution, tail), image_size=image_size,
-                             n_samples=n_samples)
+    """Every variant's scene (``views._render_scene``, the views testbed's held-out cameras)."""
+    scenes = [
+        _render_scene(image_size, resolution, n_ring, elevation, n_samples, (5.0, 15.0, 30.0), tail)
         for _, tail in VARIANTS
+    ]
+    return _Renders(
+        tuple(s.gt for s in scenes), scenes[0].ring, torch.stack([s.ring_images for s in scenes]),
+        scenes[0].heldout, torch.stack([s.heldout_images for s in scenes]),
     )  # fmt: skip
-    ring = tuple(ring_cameras(n_ring, elevation))
-    heldout = _heldout_cameras(n_ring, ring[0], (5.0, 15.0, 30.0))
-    with torch.no_grad():
-        ring_images = torch.stack([f(list(ring)) for f in fields])
-        heldout_images = torch.stack([f(list(heldout)) for f in fields])
-    return _Renders(fields, ring, ring_images, heldout, heldout_images)
 
 
 def build_variants(
