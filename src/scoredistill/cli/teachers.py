@@ -180,10 +180,19 @@ def _train_sd_teacher(args: argparse.Namespace) -> int:
     if args.resume:
         raise UsageError("--resume is for --arch unet; the sd teacher trains in one go")
     data = args.data or "digits"
+    config = SDTeacherConfig(steps=args.steps or SDTeacherConfig.steps, seed=args.seed)
+    if data == "views":  # captioned renders of the views object (teachers.views_sd_data)
+        from ..teachers.views_sd_data import views_sd_data
+
+        x, captions, _ = views_sd_data()
+        info = train_sd_teacher(
+            x, None, prepare_out(args), config=config, captions=captions, progress=not args.quiet
+        )
+        print(json.dumps(info, indent=2))
+        return 0
     images = load_digits_images("train") if data == "digits" else load_image_folder(data)
     if images.labels is None:
         raise UsageError(f"--data {data}: the sd teacher's prompts need class subfolders")
-    config = SDTeacherConfig(steps=args.steps or SDTeacherConfig.steps, seed=args.seed)
     info = train_sd_teacher(
         images.x, images.labels, prepare_out(args), config=config, classes=images.classes,
         progress=not args.quiet,
@@ -247,7 +256,10 @@ def add_teacher_commands(sub) -> None:
         help="mlp: 2-D testbeds; unet: pixel UNet; sd: latent text-to-image pipeline",
     )  # fmt: skip
     p.add_argument("--testbed", default="moons", help="--arch mlp: the exact testbed")
-    p.add_argument("--data", default=None, help="--arch unet/sd: digits or a PNG/JPEG folder")
+    p.add_argument(
+        "--data", default=None,
+        help="--arch unet/sd: digits or a PNG/JPEG folder; sd also views (captioned renders)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="--arch unet: continue in --out")
     p.add_argument("--steps", type=positive_int, default=None, help="mlp 4000, unet 3000, sd 1700")
     p.add_argument("--seed", type=int, default=0)

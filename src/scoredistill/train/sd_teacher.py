@@ -21,9 +21,11 @@ Three parts, as in SD (Rombach et al. 2022), trained in two stages:
    network is also the unconditional model that CFG needs. EMA weights are saved.
 
 Prompts: ``"a handwritten 7"``, with ``"a thin …"`` / ``"a bold …"`` for the lightest /
-heaviest third of each digit's images by ink (mean brightness). The result is saved with
-``StableDiffusionPipeline(...).save_pretrained`` (a ``DDIMScheduler`` with SD's settings and
-``trailing`` spacing, so few-step sampling starts at the top step, note §7 pitfall 3).
+heaviest third of each digit's images by ink (mean brightness); ``captions=`` replaces them
+(``teachers.views_sd_data``), their words made whole tokens (``word_merges``). The result is
+saved with ``StableDiffusionPipeline(...).save_pretrained`` (a ``DDIMScheduler`` with SD's
+settings and ``trailing`` spacing, so few-step sampling starts at the top step, note §7
+pitfall 3).
 Stages 1 and 3 need only diffusers (``fit_vae``, ``fit_text_unet``); the text encoder and the
 pipeline need ``transformers``.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +55,7 @@ from .unet_teacher import _lr_factor
 __all__ = [
     "PromptTable",
     "SDTeacherConfig",
+    "caption_words",
     "digit_prompts",
     "fit_text_unet",
     "fit_vae",
@@ -60,6 +64,7 @@ __all__ = [
     "make_vae",
     "prompt_table",
     "train_sd_teacher",
+    "word_merges",
 ]
 
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -139,8 +144,29 @@ def make_text_unet(sample_size: int, cfg: SDTeacherConfig) -> Any:
     )
 
 
-def make_clip_text(cfg: SDTeacherConfig) -> tuple[Any, Any]:
-    """``(CLIPTokenizer, CLIPTextModel)``: char-level vocabulary, random weights (seeded)."""
+def word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges that make each of ``words`` one token (``"front</w>"``): the chain
+    ``f r``, ``fr o``, ... ``fron t</w>`` (CLIP's BPE ends a word's last symbol with ``</w>``,
+    transformers ``CLIPTokenizer.bpe``); shared prefixes share their merges."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+            parts = [parts[0] + parts[1], *parts[2:]]
+    return merges
+
+
+def caption_words(prompts: Sequence[str]) -> list[str]:
+    """The distinct lower-case words of two letters or more in ``prompts``, sorted."""
+    return sorted({w for p in prompts for w in re.findall(r"[a-z]{2,}", p.lower())})
+
+
+def make_clip_text(cfg: SDTeacherConfig, words: Sequence[str] = ()) -> tuple[Any, Any]:
+    """``(CLIPTokenizer, CLIPTextModel)``: char-level vocabulary, random weights (seeded).
+    ``words`` become whole tokens too (``word_merges``; none: the digits teacher's tokenizer)."""
     try:
         from tokenizers.pre_tokenizers import ByteLevel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -151,7 +177,13 @@ def make_clip_text(cfg: SDTeacherConfig) -> tuple[Any, Any]:
     symbols = sorted(ByteLevel.alphabet())
     vocab.update((s, i + 2) for i, s in enumerate(symbols))
     vocab.update((s + "</w>", i + 2 + len(symbols)) for i, s in enumerate(symbols))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=cfg.max_length)
+    merges = word_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=cfg.max_length)
+    for word in words:
+        if tokenizer.tokenize(word) != [word + "</w>"]:
+            raise ValueError(f"word {word!r} is not one token: {tokenizer.tokenize(word)}")
     config = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=cfg.text_width,
@@ -302,24 +334,29 @@ def _save_pipeline(parts: dict[str, Any], out: Path) -> Path:
 
 def train_sd_teacher(
     images: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     out: str | os.PathLike,
     *,
     config: SDTeacherConfig | None = None,
     classes: Sequence[str] = (),
+    captions: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the tiny text-to-image teacher on ``images: (N, 1, H, H)`` in [-1, 1] with
-    ``labels: (N,)`` (named by ``classes``, default the digit) and save ``out/pipeline``
-    (``StableDiffusionPipeline`` layout) and ``out/train_info.json``. Reproducible from
-    ``config.seed`` (one generator); no resume: the whole run takes minutes."""
+    """Train the tiny text-to-image teacher on ``images: (N, C, H, H)`` in [-1, 1] with
+    ``labels: (N,)`` (named by ``classes``, default the digit; prompts ``digit_prompts``) or
+    one caption per image (``captions``, whose words also become tokens: ``caption_words``),
+    and save ``out/pipeline`` (``StableDiffusionPipeline`` layout) and ``out/train_info.json``.
+    Reproducible from ``config.seed`` (one generator); no resume: the whole run takes minutes."""
     cfg = config or SDTeacherConfig()
     if cfg.steps < 1 or cfg.vae_steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps, vae_steps and batch_size must be >= 1; got {cfg}")
     out = Path(out)
     if (out / "pipeline").exists():
         raise ValueError(f"{out} already holds a teacher (pipeline/); pass another --out")
-    tokenizer, text_encoder = make_clip_text(cfg)
+    if (captions is None) == (labels is None) or len(images) != len(captions or images):
+        raise ValueError("give labels or captions (not both), one per image")
+    words = caption_words(captions) if captions is not None else ()
+    tokenizer, text_encoder = make_clip_text(cfg, words)
     out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):
@@ -334,7 +371,8 @@ def train_sd_teacher(
     info["vae_train_mse"] = float((recon - x).square().mean())
 
     ids, table, texts = prompt_table(
-        digit_prompts(x, labels, classes), lambda p: encode_text(tokenizer, text_encoder, p)
+        list(captions) if captions else digit_prompts(x, labels, classes),
+        lambda p: encode_text(tokenizer, text_encoder, p),
     )
     if cfg.train_text_encoder:
         table = PromptTable(tokenizer, text_encoder, texts)  # text_encoder ends at its EMA
