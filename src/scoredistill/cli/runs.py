@@ -49,16 +49,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _dry_run_or_out(args, family, resolved)
     if out is None:
         return 0
-    with open_run_folder(
-        out, to_dict(resolved.config), resume=args.resume, steps_key=family.steps_key
-    ):
-        metrics = family.run(resolved, out, args.resume)
+    try:
+        with open_run_folder(
+            out, to_dict(resolved.config), resume=args.resume, steps_key=family.steps_key
+        ):
+            metrics = family.run(resolved, out, args.resume)
+    finally:
+        _close_process_group()
     if metrics:
         print(json.dumps(metrics, indent=2))
         epilogue = family.epilogue(out)
         if epilogue:
             print(epilogue)
     return 0
+
+
+def _close_process_group() -> None:
+    """Destroy a torchrun process group the run left open (a local call; every collective is
+    over by now): a gloo group still alive at interpreter exit can abort the process ("terminate
+    called without an active exception"), failing a run that finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -136,13 +136,14 @@ class OneStepGenerator(nn.Module):
         return self.out(F.silu(h))
 
 
-def _t_at_ve_level(schedule: Schedule, s: float) -> float:
-    """The time where ``sigma/alpha = s`` (``lambda = -2 log s``); raises if out of range."""
+def _t_at_ve_level(schedule: Schedule, s: float, name: str = "sigma_init") -> float:
+    """The time where ``sigma/alpha = s`` (``lambda = -2 log s``); raises naming ``name`` if
+    out of range."""
     t = t_from_log_snr(schedule, torch.tensor(-2.0 * math.log(s), dtype=torch.float64))
     got = float(torch.exp(-0.5 * log_snr(schedule, t)))
     if not math.isclose(got, s, rel_tol=1e-4):
         raise ValueError(
-            f"the VE level sigma/alpha = {s} is outside schedule "
+            f"{name}={s} (the VE level sigma/alpha) is outside schedule "
             f"{schedule.name!r}'s range; the nearest level is {got:.4g}"
         )
     return float(t)
@@ -151,7 +152,7 @@ def _t_at_ve_level(schedule: Schedule, s: float) -> float:
 def times_at_ve_levels(schedule: Schedule, sigmas: Sequence[float]) -> tuple[float, ...]:
     """The times where ``sigma/alpha`` equals each of ``sigmas`` (a student grid given by its
     noise levels, the same on every schedule); raises if one is out of the schedule's range."""
-    return tuple(_t_at_ve_level(schedule, float(s)) for s in sigmas)
+    return tuple(_t_at_ve_level(schedule, float(s), "level") for s in sigmas)
 
 
 class TeacherInitGenerator(nn.Module):
