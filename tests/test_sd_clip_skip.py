@@ -34,6 +34,7 @@ from diffusers import (  # noqa: E402
 )
 
 from flux_helpers import flux_pipe  # noqa: E402
+from pipeline_helpers import save_pipelines  # noqa: E402
 from scoredistill.config import ConfigError  # noqa: E402
 from scoredistill.export_latent import export_latent_student  # noqa: E402
 from scoredistill.parametrization import guided  # noqa: E402
@@ -98,13 +99,7 @@ BUILDERS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3}
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """``{family: (pipeline, its folder)}``, built once."""
-    out = {}
-    for name, build in BUILDERS.items():
-        pipe = build()
-        folder = tmp_path_factory.mktemp(name) / "pipe"
-        pipe.save_pretrained(folder)
-        out[name] = (pipe, folder)
-    return out
+    return save_pipelines(tmp_path_factory, BUILDERS)
 
 
 def _reference(name: str, pipe, k: int | None) -> tuple[torch.Tensor, ...]:

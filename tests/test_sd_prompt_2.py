@@ -23,6 +23,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionXLPipelin
 
 import scoredistill.teachers.diffusers_latent as latent  # noqa: E402
 from flux_helpers import T5_LENGTH, flux_pipe  # noqa: E402
+from pipeline_helpers import save_pipelines  # noqa: E402
 from scoredistill.config import ConfigError  # noqa: E402
 from scoredistill.export_latent import export_latent_student  # noqa: E402
 from scoredistill.parametrization import NULL_LABEL, guided  # noqa: E402
@@ -56,13 +57,7 @@ BUILDERS = {
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """``{family: (pipeline, its folder)}``, built once."""
-    out = {}
-    for name, build in BUILDERS.items():
-        pipe = build()
-        folder = tmp_path_factory.mktemp(name) / "pipe"
-        pipe.save_pretrained(folder)
-        out[name] = (pipe, folder)
-    return out
+    return save_pipelines(tmp_path_factory, BUILDERS)
 
 
 def _ours(teacher, name: str, streams: bool):
