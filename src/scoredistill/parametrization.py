@@ -138,7 +138,7 @@ def cfg_combine(uncond: Tensor, cond: Tensor, w: float | Tensor) -> Tensor:
 
 def null_condition(cond: Any, null_label: int = NULL_LABEL) -> Any:
     """The unconditional counterpart of ``cond``: labels ``(B,)`` become ``null_label``; a
-    structured condition (``teachers.diffusers_latent.TextCond``) gives its ``null_like()``."""
+    structured condition (``teachers.text_cond.TextCond``) gives its ``null_like()``."""
     return torch.full_like(cond, null_label) if torch.is_tensor(cond) else cond.null_like()
 
 

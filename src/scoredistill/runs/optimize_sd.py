@@ -2,13 +2,16 @@
 with a text-to-image latent prior.
 
 The source is ``N`` latent particles ``theta: (N, c·h·w)`` (DreamFusion's image-as-parameters,
-in the VAE's latent space); particle ``i`` is prompted by prompt ``i mod P`` of the list, passed
-as prompt ids (``teachers.diffusers_latent.set_prompt_labels``: ``NULL_LABEL`` is the null
-prompt), so every score objective (``objectives.SCORE_OBJECTIVES``) and its guidance run
-unchanged, in the same loop as the exact testbeds (``train.optimize``). Objectives with a critic
-(VSD, as ProlificDreamer) get a LoRA adapter on the frozen teacher's own UNet
-(``sources.lora``): one UNet in memory, the adapter's weights the only trained critic weights,
-the teacher's answers unchanged (adapters rest off).
+in the VAE's latent space); particle ``i`` is prompted by prompt ``i mod P`` of the list (with
+line ``i mod P`` of the ``prompts_2``/``prompts_3`` files, diffusers' ``prompt_2``/``prompt_3``,
+and the ``negative_prompt_2``/``negative_prompt_3`` null rows: ``runs.sd_prompts``, checked
+before any weights load as for ``distill-sd``), passed as prompt ids
+(``teachers.diffusers_latent.set_prompt_labels``: ``NULL_LABEL`` is the null prompt), so every
+score objective (``objectives.SCORE_OBJECTIVES``) and its guidance run unchanged, in the same
+loop as the exact testbeds (``train.optimize``). Objectives with a critic (VSD, as
+ProlificDreamer) get a LoRA adapter on the frozen teacher's own UNet (``sources.lora``): one UNet
+in memory, the adapter's weights the only trained critic weights, the teacher's answers
+unchanged (adapters rest off).
 
 ``source.kind=field`` optimises a voxel field instead, rendered from ring cameras and encoded
 through the VAE, with view-dependent prompts and a camera-conditioned LoRA critic
@@ -50,6 +53,7 @@ from ..train.optimize import Batch, OptimizeLoopConfig, optimize
 from .family import Family, Resolved
 from .optimize import _accepts, _needs_critic
 from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
+from .sd_prompts import prompt_streams
 
 __all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
 
@@ -89,6 +93,10 @@ class OptimizeSDConfig:
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
+    prompts_2: str = ""  # a file: line i the prompt_2 of prompt i ("" = prompt; sd_prompts)
+    prompts_3: str = ""  # a file: line i the prompt_3 (SD3's T5) of prompt i ("" = prompt)
+    negative_prompt_2: str = ""  # the null row's prompt_2 ("" = negative_prompt)
+    negative_prompt_3: str = ""  # the null row's prompt_3 ("" = negative_prompt)
     objective: dict[str, Any] = field(default_factory=dict)
     train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
     source: LatentSourceConfig = field(default_factory=LatentSourceConfig)
@@ -96,17 +104,19 @@ class OptimizeSDConfig:
 
 
 def load_teacher(cfg: OptimizeSDConfig):
-    """The latent teacher with the prompt list as its labels (``runs.sd``'s paths and checks)."""
+    """The latent teacher with the prompt list (and its per-encoder prompts) as its labels
+    (``runs.sd``'s paths and checks, all before any weights load)."""
     from ..teachers.diffusers_latent import load_latent_teacher
 
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
+    streams = prompt_streams(cfg, folder, prompt_file, len(prompts))
     if cfg.source.kind == "field":  # the field's prompt and its views (runs.optimize_sd_field)
-        from .optimize_sd_field import field_prompts
+        from .optimize_sd_field import field_prompts, field_streams
 
-        prompts = field_prompts(prompts, cfg.source)
+        prompts, streams = field_prompts(prompts, cfg.source), field_streams(streams, cfg.source)
     teacher = load_latent_teacher(folder)
-    teacher.set_prompt_labels(prompts, cfg.negative_prompt)
+    teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     return teacher
 
 

@@ -9,10 +9,12 @@ the latents to the objective, so its update flows back through the encoder and t
 Prompts (DreamFusion §3.2, "view-dependent prompting"; threestudio ``prompt_processors/base.py``:
 ``"<prompt>, front view"`` within 45 deg of the front, ``"back view"`` within 45 deg of the
 back, else ``"side view"``; the overhead view needs elevations above 60 deg and is not drawn here)
-are rows 1-3 of the teacher's prompt table; row 0 is the prompt without a view, which the critic
-sees (threestudio's VSD: "not using view-dependent prompting in LoRA"). The critic of VSD and
-ESD is ``sources.camera_lora.CameraLoraCritic``: LoRA on the teacher's UNet plus a camera
-embedding, conditioned on ``PromptCamera(row 0, azimuth)``.
+are rows 1-3 of the teacher's prompt table (line ``prompt_index`` of ``prompts_2`` /
+``prompts_3``, diffusers' ``prompt_2`` / ``prompt_3``, gets the same suffixes: ``field_streams``);
+row 0 is the prompt without a view, which the critic sees (threestudio's VSD: "not using
+view-dependent prompting in LoRA"). The critic of VSD and ESD is
+``sources.camera_lora.CameraLoraCritic``: LoRA on the teacher's UNet plus a camera embedding,
+conditioned on ``PromptCamera(row 0, azimuth)``.
 
 Evaluation renders ``eval_views`` cameras evenly around the ring. With the bundled digits teacher
 each render is scored by the digits classifier against the prompt's digit (``class_acc``, and
@@ -31,7 +33,7 @@ from ..scene.cameras import DEFAULT_FOV, DEFAULT_RADIUS, Camera
 from ..teachers.views import prompt_for_azimuth
 from ..train.optimize import Batch
 
-__all__ = ["VIEW_SUFFIXES", "field_prompts", "field_task", "ring_renders"]
+__all__ = ["VIEW_SUFFIXES", "field_prompts", "field_streams", "field_task", "ring_renders"]
 
 VIEW_SUFFIXES = ("front view", "side view", "back view")  # prompt_for_azimuth's 0, 1, 2
 
@@ -47,6 +49,14 @@ def field_prompts(prompts: list[str], cfg: Any) -> list[str]:
         )
     base = prompts[cfg.prompt_index]
     return [base, *(f"{base}, {v}" if cfg.view_prompts else base for v in VIEW_SUFFIXES)]
+
+
+def field_streams(streams: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """``runs.sd_prompts.prompt_streams``' keywords for the field's prompt table: each
+    per-encoder list (``prompt_2``, ``prompt_3``, line-paired with the prompts) rewritten as
+    ``field_prompts`` rewrites the prompts (the chosen line, then it with the three view
+    suffixes); the negatives (strings) unchanged."""
+    return {k: field_prompts(v, cfg) if isinstance(v, list) else v for k, v in streams.items()}
 
 
 def _cameras(az: Tensor, elevation: float) -> list[Camera]:

@@ -1,6 +1,6 @@
-"""The prompt files of the ``distill-sd`` family: ``--prompts FILE`` and, per text encoder,
-``prompts_2`` / ``prompts_3`` (diffusers' ``prompt_2`` / ``prompt_3``) with the negatives
-``negative_prompt_2`` / ``negative_prompt_3`` (``teachers.diffusers_prompts``).
+"""The prompt files of the ``distill-sd`` and ``optimize-sd`` families: ``--prompts FILE`` and,
+per text encoder, ``prompts_2`` / ``prompts_3`` (diffusers' ``prompt_2`` / ``prompt_3``) with the
+negatives ``negative_prompt_2`` / ``negative_prompt_3`` (``teachers.diffusers_prompts``).
 
 ``prompts_2=FILE`` holds one prompt per non-blank line, as many as ``--prompts``: line ``i`` is
 the ``prompt_2`` of prompt ``i`` (SDXL: ``text_encoder_2``, OpenCLIP-G; SD3: CLIP-G; Flux: T5),

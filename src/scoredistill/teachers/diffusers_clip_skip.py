@@ -7,7 +7,7 @@ prompts as diffusers 0.42 does for ``clip_skip = k`` (0 here means the pipelines
 
 - ``StableDiffusionPipeline.encode_prompt``: ``k = None``: ``text_encoder(ids)[0]``; ``k >= 1``:
   ``output_hidden_states=True``, ``hidden_states[-(k + 1)]``, then
-  ``text_encoder.text_model.final_layer_norm`` (``diffusers_latent.encode_text``);
+  ``text_encoder.text_model.final_layer_norm`` (``text_cond.encode_text``);
 - ``StableDiffusionXLPipeline.encode_prompt``: each encoder's ``hidden_states[-(k + 2)]``
   (``None``: ``[-2]``), no final layer norm, the pooled ``text_embeds`` unchanged
   (``diffusers_sdxl.SDXLTextEncoder``);

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import atomic_write_json
-from ..teachers.diffusers_latent import encode_text
+from ..teachers.text_cond import encode_text
 from .common import check_finite, ema_decay, ema_update
 from .unet_teacher import _lr_factor
 
