@@ -242,6 +242,86 @@ def test_the_cli_refuses_a_resume_with_another_config_before_any_work(tmp_path: 
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
 
 
+def test_a_key_added_after_the_run_is_taken_at_its_default_and_named(tmp_path: Path, capsys):
+    """A run of an older version lacks a key added since: resumable when the new value is the
+    field's default (the old behaviour), refused when it is not; other keys stay strict."""
+    out = _stored(tmp_path)  # no train.lr_schedule, no generator.sigmas
+    defaults = {"train": {"lr_schedule": "constant", "lr": 5e-4}, "generator": {"sigmas": []}}
+    new = {"method": "dmd", "train": {"steps": 8, "lr": 1e-3, "lr_decay": False,
+           "lr_schedule": "constant"}, "generator": {"sigmas": []}}  # fmt: skip
+    check_resume_config(out, new, defaults=defaults)
+    err = capsys.readouterr().err
+    assert 'predates generator.sigmas=[], train.lr_schedule="constant"' in err
+    with pytest.raises(UserError, match=r"train\.lr_schedule '\(absent\)' -> 'cosine'"):
+        check_resume_config(out, {**new, "train": {**new["train"], "lr_schedule": "cosine"}},
+                            defaults=defaults)  # fmt: skip
+    with pytest.raises(UserError, match=r"train\.lr_schedule '\(absent\)' -> 'constant'"):
+        check_resume_config(out, new)  # no defaults given: strict, as before
+    with pytest.raises(UserError, match=r"train\.lr 0\.001 -> 0\.0005"):  # stored keys: strict
+        check_resume_config(out, {**new, "train": {**new["train"], "lr": 5e-4}}, defaults=defaults)
+
+
+def test_field_defaults_are_the_unset_values_nested_configs_included():
+    from dataclasses import dataclass, field
+
+    from scoredistill.config import field_defaults
+
+    @dataclass(frozen=True)
+    class Inner:
+        a: int = 1
+        b: tuple[float, ...] = (0.5,)
+
+    @dataclass(frozen=True)
+    class Outer:
+        need: Inner  # no default: its own fields' defaults
+        name: str
+        inner: Inner = field(default_factory=lambda: Inner(a=7))
+        flag: bool = False
+
+    cfg = Outer(need=Inner(a=3, b=()), name="x", inner=Inner(a=9), flag=True)
+    assert field_defaults(cfg) == {
+        "need": {"a": 1, "b": [0.5]},
+        "inner": {"a": 7, "b": [0.5]},  # the factory's value, not the class's
+        "flag": False,
+    }
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_a_run_whose_config_predates_a_key(tmp_path: Path):
+    """Through ``distill --resume``: a 2-step run whose config.json and checkpoint lack keys
+    added later (dropped here by hand) continues to 4 steps, equal to an uninterrupted run."""
+    from scoredistill.cli import main
+    from scoredistill.io import load_safetensors
+
+    sets = [*[s for s in TINY if not s.startswith("train.steps=")], "train.checkpoint_every=2"]
+    base = ["distill", "--preset", "dmd2-ring8", *[a for s in sets for a in ("--set", s)]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*base, "--steps", "4", "--out", str(tmp_path / "full")]) == 0
+        assert main([*base, "--steps", "2", "--out", str(tmp_path / "cut")]) == 0
+    stored = json.loads((tmp_path / "cut" / "config.json").read_text())
+    for section, key in (
+        ("train", "lr_schedule"),
+        ("train", "few_step_sample"),
+        ("generator", "sigmas"),
+    ):
+        del stored[section][key]
+    (tmp_path / "cut" / "config.json").write_text(json.dumps(stored))
+    state = tmp_path / "cut" / "checkpoints" / "step-2" / "state.json"
+    plain = json.loads(state.read_text())  # the loop settings stored in the checkpoint too
+    del plain["config"]["lr_schedule"], plain["config"]["few_step_sample"]
+    state.write_text(json.dumps(plain))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([*base, "--steps", "4", "--resume", "--out", str(tmp_path / "cut")])
+    assert code == 0, err.getvalue()[-500:]
+    assert "predates generator.sigmas=null, train.few_step_sample=" in err.getvalue()
+    full, cut = (
+        load_safetensors(tmp_path / d / "checkpoints" / "step-4" / "state.safetensors")
+        for d in ("full", "cut")
+    )
+    assert [k for k in full if not torch.equal(full[k], cut[k])] == []
+
+
 def test_the_cli_refuses_a_second_run_on_a_locked_folder(tmp_path: Path):
     out = _stored_run(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -33,6 +33,7 @@ __all__ = [
     "Seed",
     "UnitFloat",
     "apply_overrides",
+    "field_defaults",
     "from_dict",
     "preset_items",
     "resolve",
@@ -92,6 +93,25 @@ LearningRate = Annotated[float, Range(0, 1e30, open_lo=True)]
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a dataclass config (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def field_defaults(cfg: Any) -> dict[str, Any]:
+    """The JSON-ready tree of the values ``cfg``'s fields take when nobody sets them (the field
+    defaults, nested configs included); a field without a default is left out, except that a
+    nested config without one contributes its own fields' defaults."""
+    tree: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            value = getattr(cfg, f.name)
+            if dataclasses.is_dataclass(value):
+                tree[f.name] = field_defaults(value)
+            continue
+        tree[f.name] = to_dict(default) if dataclasses.is_dataclass(default) else default
+    return json.loads(json.dumps(tree))
 
 
 def _field_types(cls: type) -> dict[str, Any]:

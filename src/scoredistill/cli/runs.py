@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..bench import SUITES
-from ..config import to_dict
+from ..config import field_defaults, to_dict
 from ..train.run_folder import open_run_folder
 from .common import UsageError, name_list, positive_int, seed_list
 
@@ -51,7 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         with open_run_folder(
-            out, to_dict(resolved.config), resume=args.resume, steps_key=family.steps_key
+            out,
+            to_dict(resolved.config),
+            resume=args.resume,
+            steps_key=family.steps_key,
+            defaults=field_defaults(resolved.config),
         ):
             metrics = family.run(resolved, out, args.resume)
     finally:

@@ -14,6 +14,7 @@ different number of processes, naming what differs. Nothing is pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Range
+from ..config import Range, field_defaults
 from ..errors import NonFiniteError, UserError
 from ..io import atomic_write_bytes, atomic_write_json, load_safetensors, save_safetensors_atomic
 
@@ -267,14 +268,26 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def check_loop_config(
-    saved: Mapping[str, Any] | None, new: Mapping[str, Any], where: Path, steps_fixed: str = ""
+    saved: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    where: Path,
+    steps_fixed: str = "",
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Refuse a resume whose loop settings differ from the checkpoint's (``steps`` may grow,
-    unless ``steps_fixed`` gives the reason it may not), naming every differing key."""
+    unless ``steps_fixed`` gives the reason it may not), naming every differing key. A setting
+    the checkpoint lacks (added to the loop later) is accepted at its value in ``defaults``
+    (``config.field_defaults``: the behaviour from before it existed)."""
     if saved is None:  # a checkpoint from before loop configs were stored
         return
     new = json.loads(json.dumps(dict(new)))  # tuples -> lists, as stored
-    keys = sorted(k for k in {*saved, *new} - {"steps"} if saved.get(k) != new.get(k))
+    known = json.loads(json.dumps(dict(defaults or {})))
+    keys = sorted(
+        k
+        for k in {*saved, *new} - {"steps"}
+        if saved.get(k) != new.get(k)
+        and not (k not in saved and k in known and known[k] == new.get(k))
+    )
     if keys:
         diff = ", ".join(f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in keys)
         raise ResumeError(
@@ -313,18 +326,25 @@ def load_checkpoint(
     rngs: dict[str, torch.Generator],
     rank: int = 0,
     world_size: int = 1,
-    config: Mapping[str, Any] | None = None,
+    config: Any = None,
     steps_fixed: str = "",
 ) -> dict[str, Any]:
     """Restore a ``save_checkpoint`` folder in place; returns ``{"step": ..., "extra": ...}``.
 
-    Checks before restoring anything: the loop ``config`` (see :func:`check_loop_config`), every
+    Checks before restoring anything: the loop ``config`` (a dataclass, whose field defaults
+    are what a checkpoint from before a field existed ran with; or a mapping; see
+    :func:`check_loop_config`), every
     tensor's shape, and the number of processes (each ``rank`` restores its own RNG states).
     """
     tensors = load_safetensors(path / "state.safetensors")
     plain = json.loads((path / "state.json").read_text())
     if config is not None:
-        check_loop_config(plain.get("config"), config, path, steps_fixed)
+        loop, defaults = (
+            (dataclasses.asdict(config), field_defaults(config))
+            if dataclasses.is_dataclass(config)
+            else (config, None)
+        )
+        check_loop_config(plain.get("config"), loop, path, steps_fixed, defaults)
     saved_world = int(plain.get("world_size", 1))
     per_rank = any(k.startswith("rng/rank") for k in tensors)
     if saved_world != world_size and (per_rank or world_size > 1):

@@ -173,7 +173,7 @@ def train_consistency(
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:
         restored = load_checkpoint(
-            found, modules=modules, optimizers=optims, rngs={"loop": rng}, config=asdict(cfg),
+            found, modules=modules, optimizers=optims, rngs={"loop": rng}, config=cfg,
         )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
     if resume:

@@ -170,7 +170,7 @@ def _setup(
     if found is not None:
         restored = load_checkpoint(
             found, modules={"student": student}, optimizers={"student": opt}, rngs={"loop": rng},
-            config=asdict(cfg), rank=acc.process_index, world_size=acc.num_processes,
+            config=cfg, rank=acc.process_index, world_size=acc.num_processes,
         )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
     if resume and out_dir and acc.is_main_process:  # no checkpoint: the old log restarts too

@@ -168,7 +168,7 @@ def optimize(
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:  # a restored critic is not warmed up again
         restored = load_checkpoint(
-            found, **state._asdict(), config=asdict(cfg), steps_fixed=_steps_fixed(cfg)
+            found, **state._asdict(), config=cfg, steps_fixed=_steps_fixed(cfg)
         )
         start, history = restored["step"], restored["extra"].get("history", [])
     elif trained_critic:

@@ -9,7 +9,9 @@
 - on ``--resume``, the folder's ``config.json`` must equal the new config except the steps key,
   so a resumed run never trains the checkpoint with settings other than those ``config.json``
   records. The steps may not change either when a schedule spans them (``lr_decay``,
-  ``lr_schedule``).
+  ``lr_schedule``). A key the folder's ``config.json`` lacks (a field added by a later version)
+  is accepted when its new value is the field's default — the convention every added field
+  keeps: its default is the behaviour from before it existed — and named on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -110,13 +113,29 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _predating(
+    saved: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None
+) -> list[str]:
+    """The keys of ``new`` that ``saved`` lacks and whose new value is their field default."""
+    if not defaults:
+        return []
+    flat = _flat(defaults)
+    return sorted(k for k in new if k not in saved and k in flat and flat[k] == new[k])
+
+
 def check_resume_config(
-    out: Path, config: Mapping[str, Any], steps_key: str = "train.steps"
+    out: Path,
+    config: Mapping[str, Any],
+    steps_key: str = "train.steps",
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Refuse ``--resume`` when ``config`` differs from ``out/config.json`` in anything but
     ``steps_key`` (nor in that when a :data:`SCHEDULE_KEYS` flag ties a schedule to it).
 
-    Keys the stored file has beyond ``config`` (e.g. a ``preset`` name) are not compared.
+    Keys the stored file has beyond ``config`` (e.g. a ``preset`` name) are not compared. A key
+    the stored file lacks is accepted when its value in ``config`` equals its value in
+    ``defaults`` (``config.field_defaults``: a field added after the run was started, at the
+    default that reproduces the behaviour from before it); it is named on stderr.
     """
     path = out / "config.json"
     if not path.exists():
@@ -126,8 +145,9 @@ def check_resume_config(
     except (OSError, ValueError) as err:
         raise UserError(f"--resume: cannot read {path} ({err}); start a new --out") from None
     new = _flat(json.loads(json.dumps(dict(config))))  # tuples -> lists, as stored
+    predating = _predating(saved, new, defaults)
     keys = sorted(k for k in new if k != steps_key and saved.get(k, new[k]) != new[k])
-    keys += sorted(k for k in new if k not in saved and k != steps_key)
+    keys += sorted(k for k in new if k not in saved and k != steps_key and k not in predating)
     if keys:
         diff = "; ".join(f"{k} {saved.get(k, '(absent)')!r} -> {new[k]!r}" for k in keys)
         raise UserError(
@@ -145,18 +165,27 @@ def check_resume_config(
             f"{new.get(steps_key)} with {ties[0]}={json.dumps(new[ties[0]])}: the schedule spans "
             "the steps, so the steps already taken would have used other values; keep it or start a new --out"
         )
+    if predating:
+        named = ", ".join(f"{k}={json.dumps(new[k])}" for k in predating)
+        print(f"--resume: {path} predates {named}; resuming at the default", file=sys.stderr)
 
 
 @contextlib.contextmanager
 def open_run_folder(
-    out: Path, config: Mapping[str, Any], *, resume: bool, steps_key: str = "train.steps"
+    out: Path,
+    config: Mapping[str, Any],
+    *,
+    resume: bool,
+    steps_key: str = "train.steps",
+    defaults: Mapping[str, Any] | None = None,
 ) -> Iterator[Path]:
-    """Lock ``out`` for the block and, on ``resume``, check ``config`` against the folder's;
-    under ``torchrun`` only rank 0 locks and checks (it is the one writer)."""
+    """Lock ``out`` for the block and, on ``resume``, check ``config`` against the folder's
+    (``defaults``: the config type's field defaults, see :func:`check_resume_config`); under
+    ``torchrun`` only rank 0 locks and checks (it is the one writer)."""
     if int(os.environ.get("RANK", "0")) != 0:
         yield out
         return
     with run_lock(out):
         if resume:
-            check_resume_config(out, config, steps_key)
+            check_resume_config(out, config, steps_key, defaults)
         yield out

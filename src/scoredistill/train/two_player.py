@@ -227,7 +227,7 @@ def train_two_player(
     if found is not None:
         modules, optimizers = parallel.checkpoint_views(state, optims, save=False)
         restored = load_checkpoint(
-            found, modules=modules, optimizers=optimizers, rngs=rngs, config=asdict(cfg),
+            found, modules=modules, optimizers=optimizers, rngs=rngs, config=cfg,
             rank=acc.process_index, world_size=acc.num_processes, steps_fixed=_steps_fixed(cfg),
         )  # fmt: skip
         start, history = restored["step"], restored["extra"].get("history", [])
