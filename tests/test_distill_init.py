@@ -66,7 +66,7 @@ def test_teacher_init_few_step_student_starts_from_the_critic():
     "sets",
     [
         ["generator.kind=conv"],
-        ["generator.kind=few_step", "generator.experts=2"],
+        ["generator.students=2"],  # MSD's students are fresh networks
     ],
 )
 def test_teacher_init_rejects_students_it_cannot_copy(sets):
@@ -178,13 +178,43 @@ def test_few_step_teacher_copy_takes_sigma_init_and_bad_uses_are_refused():
     assert (s / a).item() == pytest.approx(2.5, rel=1e-5)
     with pytest.raises(ValueError, match="ts or sigma_init"):
         FewStepGenerator(gen.denoiser, ts=(0.5, 0.2), sigma_init=2.5)
-    for preset, sets in [
-        ("dmd2-ring8", ["generator.sigma_init=2.5"]),  # a fresh one-step MLP has no noise input
-        ("phased-dmd-ring8", ["generator.sigma_init=2.5"]),  # two experts
-    ]:
-        bad, _ = resolve(preset, sets)
-        with pytest.raises(ConfigError, match=r"generator\.sigma_init"):
-            check_generator(bad.generator, get_testbed("ring8"))
+    bad, _ = resolve("dmd2-ring8", ["generator.sigma_init=2.5"])  # a fresh one-step MLP
+    with pytest.raises(ConfigError, match=r"generator\.sigma_init"):  # has no noise input
+        check_generator(bad.generator, get_testbed("ring8"))
+
+
+@pytest.mark.parametrize("init", ["scratch", "teacher"])
+def test_phase_experts_take_the_single_network_grid_and_teacher_copies(init):
+    """Phased DMD's experts (``generator.experts=2``) on the ``sigma_init`` grid: the times are
+    those of a single-network student on that grid, the boundary is its third time, and from
+    the teacher every expert is its own trainable copy of the fitted critic, equal to it."""
+    from scoredistill.sources.experts import PhaseExperts
+    from scoredistill.sources.generators import FewStepGenerator
+
+    sets = [*TINY, f"generator.init={init}", "generator.sigma_init=2.5"]
+    cfg, _ = resolve("phased-dmd-ring8", sets)
+    torch.manual_seed(0)
+    gen, critic, _ = _build(cfg, get_testbed("ring8"))
+    single = FewStepGenerator(critic, steps=4, sigma_init=2.5)
+    assert isinstance(gen.denoiser, PhaseExperts)
+    assert gen.ts == single.ts and gen.denoiser.bounds == (single.ts[2],)
+    a, s = critic.schedule.alpha_sigma(torch.tensor(gen.ts[:1]))
+    assert (s / a).item() == pytest.approx(2.5, rel=1e-5)
+    first, second = gen.denoiser.experts
+    assert first is not second and all(p.requires_grad for p in gen.parameters())
+    shared = {id(p) for p in first.parameters()} & {id(p) for p in second.parameters()}
+    assert not shared and not {id(p) for p in critic.parameters()} & {
+        id(p) for p in gen.parameters()
+    }
+    x, t = torch.randn(5, 2), torch.full((5,), single.ts[1])
+    with torch.no_grad():
+        outs = [e(x, t) for e in (first, second)]
+        if init == "teacher":  # copies of the fitted critic (its GAN head dropped)
+            for out in outs:
+                torch.testing.assert_close(out, critic(x, t), rtol=0, atol=0)
+    if init == "scratch":  # fresh experts: two independent draws (zero output layers alike)
+        pairs = zip(first.parameters(), second.parameters(), strict=True)
+        assert any(not torch.equal(p, q) for p, q in pairs)
 
 
 @pytest.mark.parametrize("schedule", ["edm", "vp-cosine"])

@@ -66,25 +66,25 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             f"generator.students={g.students} exceeds testbed {testbed.name}'s {classes} classes "
             f"(each student owns at least one class; valid: 1..{classes})"
         )
-    if g.init == "teacher" and (g.kind == "conv" or g.students > 1 or g.experts > 1):
+    if g.init == "teacher" and (g.kind == "conv" or g.students > 1):
         raise ConfigError(
             "generator.init=teacher copies the critic's MLP denoiser: it needs generator.kind "
-            f"one_step or few_step with students=1 and experts=1 (got kind={g.kind}, "
-            f"students={g.students}, experts={g.experts})"
+            f"one_step or few_step (one copy per expert) with students=1 (got kind={g.kind}, "
+            f"students={g.students})"
         )
     if g.sigma_init is not None and not (
-        (g.kind == "few_step" and g.experts == 1) or (g.kind == "one_step" and g.init == "teacher")
+        g.kind == "few_step" or (g.kind == "one_step" and g.init == "teacher")
     ):
         raise ConfigError(
             "generator.sigma_init sets the first input's noise level of a teacher-initialised "
-            f"one-step or a single-expert few-step student (got kind={g.kind}, init={g.init}, "
-            f"experts={g.experts}); a fresh one-step MLP has no noise input"
+            f"one-step or a few-step student (got kind={g.kind}, init={g.init}); a fresh "
+            "one-step MLP has no noise input"
         )
     if g.sigmas is not None:
-        if g.kind != "few_step" or g.experts != 1 or g.sigma_init is not None:
+        if g.kind != "few_step" or g.sigma_init is not None:
             raise ConfigError(
-                "generator.sigmas sets a single-expert few-step student's levels and replaces "
-                f"sigma_init (got kind={g.kind}, experts={g.experts}, sigma_init={g.sigma_init})"
+                "generator.sigmas sets a few-step student's levels and replaces sigma_init "
+                f"(got kind={g.kind}, sigma_init={g.sigma_init})"
             )
         if len(g.sigmas) != g.steps or list(g.sigmas) != sorted(set(g.sigmas), reverse=True):
             raise ConfigError(
@@ -145,10 +145,14 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
     teacher, a ``NeuralDenoiser``), without the critic's discriminator head (module docstring)."""
     import copy
 
+    from ..sources.experts import phased_experts
     from ..sources.generators import FewStepGenerator, TeacherInitGenerator
 
     base = copy.deepcopy(fitted).requires_grad_(True).train()  # the one copy
     base.head = None  # DMD2's GAN head belongs to the critic
+    if g.kind == "few_step" and g.experts > 1:  # Phased DMD: each expert starts as the teacher
+        nets = [base, *(copy.deepcopy(base) for _ in range(g.experts - 1))]
+        return phased_experts(nets, steps=g.steps, **_grid(g, base.schedule))
     if g.kind == "few_step":
         return FewStepGenerator(base, steps=g.steps, **_grid(g, base.schedule))  # base as given
     # copies once more (its own contract)

@@ -4,10 +4,12 @@
 sample to the expert of its phase: with decreasing boundary times ``bounds``, expert ``j`` serves
 ``bounds[j] < t <= bounds[j-1]`` (the first expert every ``t`` above ``bounds[0]``, the last every
 ``t`` at or below ``bounds[-1]``). A boundary time belongs to the phase below it: it is the first
-step of the next expert (LightX2V's ``match_step_index``). ``phased_student`` builds a
-``FewStepGenerator`` over fresh MLP experts, one per phase of ``steps / experts`` consecutive
-steps. Under DDP the idle experts get no gradient in a step, which DDP's default
-(``find_unused_parameters=False``) refuses: experts are for single-process runs for now.
+step of the next expert (LightX2V's ``match_step_index``). ``phased_experts`` builds a
+``FewStepGenerator`` over given expert networks (copies of the teacher: the paper initialises
+its experts from the base model), one per phase of ``steps / experts`` consecutive steps;
+``phased_student`` over fresh MLP experts. Under DDP the idle experts get no gradient in a
+step, which DDP's default (``find_unused_parameters=False``) refuses: experts are for
+single-process runs for now.
 
 ``route(idx, experts, *args)`` is the dispatch both routers share: each expert runs once, on its
 own rows. ``PhaseExperts`` keys it by time, ``multi_student.MultiStudent`` (MSD) by condition.
@@ -23,9 +25,9 @@ from torch import Tensor, nn
 
 from ..schedules import Schedule, get_schedule
 from ..teachers.neural import MLPDenoiserNet, NeuralDenoiser
-from .generators import FewStepGenerator, default_student_times
+from .generators import FewStepGenerator
 
-__all__ = ["PhaseExperts", "phased_student", "route"]
+__all__ = ["PhaseExperts", "phased_experts", "phased_student", "route"]
 
 
 def route(idx: Tensor, experts: Sequence[nn.Module], *args: Tensor | None) -> Tensor:
@@ -81,6 +83,24 @@ class PhaseExperts(nn.Module):
         return f"bounds={tuple(round(b, 4) for b in self.bounds)}"
 
 
+def phased_experts(
+    nets: Sequence[nn.Module],
+    *,
+    steps: int,
+    ts: Sequence[float] | None = None,
+    sigma_init: float | None = None,
+) -> FewStepGenerator:
+    """A ``steps``-step student whose ``len(nets)`` denoisers (``NeuralDenoiser``s on one
+    schedule) each serve a phase of ``steps / len(nets)`` consecutive steps of the grid a single
+    network would have (``FewStepGenerator``: ``ts``, else the default grid from ``sigma_init``)."""
+    experts = len(nets)
+    if experts < 1 or steps % experts:
+        raise ValueError(f"experts={experts} must be >= 1 and divide steps={steps}")
+    grid = FewStepGenerator(nets[0], steps=steps, ts=ts, sigma_init=sigma_init).ts
+    m = steps // experts
+    return FewStepGenerator(PhaseExperts(nets, [grid[j * m] for j in range(1, experts)]), ts=grid)
+
+
 def phased_student(
     dim: int,
     schedule: Schedule | str,
@@ -91,18 +111,18 @@ def phased_student(
     depth: int = 4,
     num_classes: int = 0,
     sigma_data: float = 0.5,
+    ts: Sequence[float] | None = None,
+    sigma_init: float | None = None,
 ) -> FewStepGenerator:
-    """A ``steps``-step student with ``experts`` fresh MLP denoisers, one per phase of
-    ``steps / experts`` consecutive steps on the default student grid (``default_student_times``)."""
+    """A ``steps``-step student with ``experts`` fresh MLP denoisers (``phased_experts``), on the
+    default student grid (``default_student_times``), from ``sigma_init``, or at ``ts``."""
     if experts < 1 or steps % experts:
         raise ValueError(f"experts={experts} must be >= 1 and divide steps={steps}")
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    ts = default_student_times(sched, steps)
-    m = steps // experts
     nets = [
         NeuralDenoiser(
             MLPDenoiserNet(dim, hidden, depth, num_classes), sched, "edm", sigma_data, num_classes
         )
         for _ in range(experts)
     ]
-    return FewStepGenerator(PhaseExperts(nets, [ts[j * m] for j in range(1, experts)]), ts=ts)
+    return phased_experts(nets, steps=steps, ts=ts, sigma_init=sigma_init)
