@@ -42,11 +42,12 @@ def _student() -> TrigFlowStudent:
     return student
 
 
-def _discriminator():
-    """The run's discriminator: a (here untrained) denoiser, frozen, with a logit head."""
+def _discriminator(train_trunk: bool = False):
+    """The run's discriminator: a (here untrained) denoiser, frozen (SANA) or trainable
+    (``train_trunk``), with a logit head."""
     torch.manual_seed(1)
-    critic = make_critic(2, schedule="edm", hidden=16, depth=2).requires_grad_(False)
-    return critic.attach_logit_head(16)
+    critic = make_critic(2, schedule="edm", hidden=16, depth=2)
+    return SanaSprint(train_trunk=train_trunk).make_discriminator(critic, 16)
 
 
 def _data(n: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -218,6 +219,85 @@ def test_loop_trains_the_head_and_leaves_the_trunk(tmp_path: Path) -> None:
     assert "critic_loss" in (tmp_path / "metrics.jsonl").read_text()
 
 
+def _d_data(n, rng):
+    return (MU + C * torch.randn(n, 2, generator=rng, dtype=D64)).float(), None
+
+
+def _trunk_run(out: Path, steps: int, resume: bool = False):
+    """``steps`` D/G pairs of the loop with ``train_trunk``; returns ``(ema student,
+    discriminator, its copy before training)``."""
+    cfg = ConsistencyLoopConfig(
+        steps=steps, batch_size=16, checkpoint_every=2, eval_every=0, log_every=1,
+        critic_updates=1, critic_beta1=0.9, critic_weight_decay=0.0,
+    )  # fmt: skip
+    student, dis = _student(), _discriminator(True)
+    before = copy.deepcopy(dis)
+    obj = SanaSprint(scm=SCM(tangent_warmup_steps=2), train_trunk=True)
+    result = train_consistency(
+        cfg, objective=obj, student=student, teacher=_gaussian(), sample_data=_d_data,
+        evaluate=lambda m: {}, out_dir=out, resume=resume, critic=dis,
+    )  # fmt: skip
+    return result["ema"], dis, before
+
+
+def test_the_default_discriminator_is_the_old_frozen_trunk_bit_for_bit() -> None:
+    torch.manual_seed(1)  # the construction before train_trunk existed
+    ref = make_critic(2, schedule="edm", hidden=16, depth=2).requires_grad_(False)
+    ref.attach_logit_head(16)
+    dis = _discriminator()
+    assert dis.state_dict().keys() == ref.state_dict().keys()
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in dis.state_dict().items())
+    assert not any(p.requires_grad for p in dis.net.parameters())
+    assert all(p.requires_grad for p in dis.head.parameters())
+
+
+def test_a_trainable_trunk_gets_the_d_loss_gradient_and_only_the_student_gets_the_g_loss() -> None:
+    obj, teacher = SanaSprint(scm=SCM(tangent_warmup_steps=0), train_trunk=True), _gaussian()
+    student, dis, x0 = _student(), _discriminator(True), _data(32, 8)
+    c = obj.critic_loss(x0, None, student=student, critic=dis,
+                        rng=torch.Generator().manual_seed(2), index=0)  # fmt: skip
+    c.value.backward()
+    # every layer up to the features the head reads gets L_D's gradient; the denoiser's output
+    # layer is not on the logit's path and gets none
+    on_path = [p for n, p in dis.named_parameters() if not n.startswith("net.out.")]
+    assert len(on_path) == 8 and all(p.grad is not None for p in on_path)
+    assert all(p.grad.abs().sum() > 0 for p in on_path[:-1])  # the trunk's 4 and the head's
+    assert dis.net.out.weight.grad is None
+    # the output bias: dL_D/db = (frac(logit_fake > -1) - frac(logit_real < 1)) / 2 (replayed)
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(2)
+        fake = obj.fake(x0, None, student, rng, grad=False)
+        lf, lr = obj.logit(fake, None, dis, rng), obj.logit(x0, None, dis, rng)
+    want = 0.5 * ((lf > -1).float().mean() - (lr < 1).float().mean())
+    assert torch.allclose(dis.head[2].bias.grad, want.reshape(1), rtol=0, atol=1e-7)
+    assert all(p.grad is None for p in student.parameters())  # D's loss: D only
+    dis.zero_grad(set_to_none=True)
+    g = obj.loss(x0, None, student=student, teacher=teacher, critic=dis,
+                 rng=torch.Generator().manual_seed(3), step=5)  # fmt: skip
+    assert "adv_loss" in g.logs
+    g.value.backward()
+    assert all(p.grad is None for p in dis.parameters())  # G's loss: neither trunk nor head
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.requires_grad for p in dis.parameters())  # restored after frozen_params
+
+
+def test_loop_trains_a_trainable_trunk_and_resumes_it(tmp_path: Path) -> None:
+    ema, dis, before = _trunk_run(tmp_path / "a", 4)
+    for name in ("net", "head"):  # the critic optimizer steps trunk and head: both move
+        now, start = getattr(dis, name).parameters(), getattr(before, name).parameters()
+        moved = zip(now, start, strict=True)
+        assert any(not torch.equal(p, q) for p, q in moved), name
+    # 2 steps, then --resume to 4 = 4 steps straight; a checkpoint without the trunk would
+    # restart it from the DSM fit and differ
+    _trunk_run(tmp_path / "b", 2)
+    ema_b, dis_b, _ = _trunk_run(tmp_path / "b", 4, resume=True)
+    straight, resumed = (
+        [*ema.parameters(), *dis.parameters()],
+        [*ema_b.parameters(), *dis_b.parameters()],
+    )
+    assert all(torch.equal(p, q) for p, q in zip(straight, resumed, strict=True))
+
+
 def test_sana_sprint_presets_resolve() -> None:
     fam = FAMILIES["distill-consistency"]
     assert CONSISTENCY_OBJECTIVES["sana_sprint"] is SanaSprint
@@ -233,6 +313,8 @@ def test_sana_sprint_presets_resolve() -> None:
     assert obj.largest_angle(SD) == math.atan(80 / SD)
     with pytest.raises(ConfigError, match=re.escape("objective.largest_prob")):
         fam.resolve("sana-sprint-ring8", ["objective.largest_prob=1.5"])
+    assert obj.train_trunk is False  # SANA's frozen trunk
+    assert fam.resolve("sana-sprint-ring8", ["objective.train_trunk=true"]).extra.train_trunk
 
 
 @pytest.mark.slow

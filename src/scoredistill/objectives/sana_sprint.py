@@ -49,6 +49,10 @@ Departures, each a choice of this library:
   gradient has the same size at the optimum of ``u`` and ``lambda_adv`` keeps its meaning);
 - ``theta = atan(sigma / sigma_d)`` with the testbed's ``sigma_d`` (the library's sCM convention);
 - no CFG embedding, no misaligned caption pairs, no R1 penalty (off in SANA's config).
+
+``train_trunk = True`` (off by default) is DMD2's setting, not SANA's: the trunk trains with the
+head on ``L_D`` (DMD2's GAN head sits on its fake-score critic, which trains). ``L_G`` still
+reaches the student only: ``adversarial_loss`` freezes every discriminator parameter.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import NonNegativeFloat, NonNegativeInt, PositiveFloat, UnitFloat
 from ._ingredients import Loss, add_noise, frozen_params, sample_t_lognormal
@@ -82,12 +86,20 @@ class SanaSprint:
     largest_sigma: PositiveFloat | None = None
     adv_steps: NonNegativeInt = 0  # 0: SANA's step-adaptive branch; k: the k-step sampler's output
     adv_start: NonNegativeInt = 0  # student steps of pure sCM first (SANA: 0, both from the start)
+    # False: SANA's frozen trunk, only the head trains; True: the trunk trains on L_D too, a
+    # departure (DMD2's setting: its GAN head's trunk is the fake-score critic, which trains)
+    train_trunk: bool = False
 
-    needs_logit_head: ClassVar[bool] = True  # the run attaches a head to a frozen trunk
+    needs_logit_head: ClassVar[bool] = True  # the run attaches a head (make_discriminator)
 
     def uses_critic(self, step: int) -> bool:
         """Whether the adversarial term (and the discriminator's training) is on at ``step``."""
         return self.adv_weight > 0 and step >= self.adv_start
+
+    def make_discriminator(self, critic: nn.Module, width: int) -> nn.Module:
+        """``critic`` (the DSM fit, ``.attach_logit_head``) as the discriminator: its trunk
+        frozen (SANA) or trainable (``train_trunk``), plus a fresh trainable head ``width`` wide."""
+        return critic.requires_grad_(self.train_trunk).attach_logit_head(width)
 
     def largest_angle(self, sigma_d: float) -> float:
         if self.largest_sigma is None:

@@ -10,7 +10,7 @@ rCM's critic (and Hyper-SD's, with its DMD stage on) is the distill family's MLP
 (``critic.*``), fitted to the teacher by DSM first (``train.dsm.init_critic_from_teacher``: rCM
 copies the teacher into its fake score);
 SANA-Sprint's discriminator is the same fit, frozen, with a trainable logit head (its stand-in
-for heads on the frozen teacher's features).
+for heads on the frozen teacher's features; ``objective.train_trunk=true`` trains the fit too).
 
 The run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``metrics.json`` (the
 EMA student's metrics at ``student.sample_steps`` at the top level, every step count of
@@ -107,10 +107,11 @@ def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.
 
 
 def _build_critic(
-    cfg: ConsistencyConfig, testbed, head: bool = False
+    cfg: ConsistencyConfig, testbed, objective: Any = None
 ) -> tuple[torch.nn.Module, dict]:
-    """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM; ``head``
-    (SANA-Sprint): that fit frozen, a trainable logit head on its last hidden layer."""
+    """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM; for an
+    objective that ``needs_logit_head`` (SANA-Sprint), its ``make_discriminator`` of that fit: a
+    trainable logit head on the last hidden layer, the trunk frozen unless ``train_trunk``."""
     from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
@@ -129,8 +130,8 @@ def _build_critic(
         critic, teacher_sample, steps=c.init_steps, batch_size=c.init_batch, lr=c.init_lr,
         seed=cfg.train.seed,
     )  # fmt: skip
-    if head:
-        critic.requires_grad_(False).attach_logit_head(c.hidden)
+    if getattr(objective, "needs_logit_head", False):
+        critic = objective.make_discriminator(critic, c.hidden)
     return critic, init
 
 
@@ -169,10 +170,9 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     start = time.perf_counter()
-    head = getattr(objective, "needs_logit_head", False)
     # Hyper-SD has a critic_loss but needs a critic only with its DMD stage on
     wants = getattr(objective, "needs_critic", hasattr(objective, "critic_loss"))
-    critic, init = _build_critic(cfg, testbed, head) if wants else (None, {})
+    critic, init = _build_critic(cfg, testbed, objective) if wants else (None, {})
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
         sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
