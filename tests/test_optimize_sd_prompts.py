@@ -153,3 +153,16 @@ def test_cli_refuses_in_one_line(sd_folder, sdxl, files, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'negative_prompt_2'" in err[0] and "guidance" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_report_names_the_per_encoder_prompt_keys_set():
+    from dataclasses import replace
+
+    from scoredistill.runs.optimize_sd import OptimizeSDConfig, _stream_lines
+
+    cfg = OptimizeSDConfig()
+    assert _stream_lines(cfg) == []
+    cfg = replace(cfg, prompts_2="p2.txt", negative_prompt_2="blurry")
+    assert _stream_lines(cfg) == [
+        "Per-encoder prompts: `prompts_2=p2.txt`, `negative_prompt_2=blurry`."
+    ]

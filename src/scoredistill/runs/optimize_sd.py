@@ -259,6 +259,13 @@ def _save_grid(out: Path, cfg: OptimizeSDConfig, images, before, labels, what: s
     return save_image_grid(panels, out / "samples.png", sort, per_panel=min(len(images), 64))
 
 
+def _stream_lines(cfg: OptimizeSDConfig) -> list[str]:
+    """The report's line naming the per-encoder prompt keys set (``runs.sd_prompts``), if any."""
+    keys = ("prompts_2", "prompts_3", "negative_prompt_2", "negative_prompt_3")
+    given = [f"`{k}={getattr(cfg, k)}`" for k in keys if getattr(cfg, k)]
+    return [f"Per-encoder prompts: {', '.join(given)}."] if given else []
+
+
 def _write_report(
     out: Path,
     cfg: OptimizeSDConfig,
@@ -281,6 +288,7 @@ def _write_report(
         "",
         f"Teacher `{sd_paths(cfg)[0]}`, {len(prompts)} prompts (first: {prompts[0]!r}); "
         f"guidance {_guidance_text(metrics['guidance'])}.",
+        *_stream_lines(cfg),
         "",
         f"Objective: `{cfg.objective}`; critic: {critic}.",
         "",
