@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from scoredistill.config import ConfigError
-from scoredistill.runs.distill import (
-    _build,
-    critic_sigma_data,
-    resolve,
-)
-from scoredistill.runs.distill_generator import check_generator
+from scoredistill.runs.distill import _build, resolve
+from scoredistill.runs.distill_generator import check_generator, critic_sigma_data
 from scoredistill.teachers.testbeds import get_testbed
 
 TINY = ["critic.init_steps=2", "critic.init_batch=64", "critic.hidden=32", "critic.depth=2"]
@@ -248,3 +244,35 @@ def test_bad_few_step_sigmas_are_refused_naming_the_key(sets, message):
     cfg, _ = resolve("dmd2-4step-ring8", sets)
     with pytest.raises(ConfigError, match=rf"generator\.sigmas.*{message}"):
         check_generator(cfg.generator, get_testbed("ring8"))
+
+
+@pytest.mark.parametrize(
+    ("preset", "sets"),
+    [
+        ("dmd2-ring8", []),
+        ("dmd2-gan-ring8", []),  # the critic carries DMD2's GAN head
+        ("phased-dmd-ring8", ["generator.init=teacher", "generator.sigma_init=2.5"]),
+        ("disback-ring8", []),
+    ],
+)
+def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
+    """``--dry-run``'s parameter counts equal those of the networks ``_build`` trains (after
+    its DSM fit), and the memory is 4 fp32 copies per trained network, 1 per path snapshot."""
+    from scoredistill.objectives import DMD
+    from scoredistill.runs.distill_dry_run import param_report
+
+    cfg, objective = resolve(preset, [*TINY, *sets])
+    report = param_report(cfg, objective)
+    gan = bool(getattr(objective, "needs_real", False))
+    gen, critic, _ = _build(cfg, get_testbed("ring8"), gan_head=gan)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    params = report["params"]
+    assert params["student"] == count(gen) and params["critic"] == count(critic)
+    assert gan == (preset == "dmd2-gan-ring8") and isinstance(objective, DMD) != (
+        "phased" in preset
+    )
+    mib = report["weights_and_optimizer_MiB"]
+    assert mib["student"] == pytest.approx(16 * count(gen) / 2**20, abs=1e-3)
+    nodes = cfg.backtrack.nodes
+    assert params.get("backtrack path (frozen)", 0) == (nodes + 1) * count(critic) * bool(nodes)
+    assert mib["total"] == pytest.approx(sum(v for k, v in mib.items() if k != "total"), abs=2e-3)

@@ -27,9 +27,11 @@ from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
+from .distill_dry_run import param_report
 from .distill_generator import (
     GeneratorConfig,
     check_generator,
+    make_distill_critic,
     make_generator,
     teacher_init_generator,
 )
@@ -159,21 +161,11 @@ def _evaluator(testbed, objective: Any, n: int, seed: int):
 
 
 def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
-    from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
     torch.manual_seed(cfg.train.seed)
     gen = make_generator(cfg.generator, testbed)
-    critic = make_critic(
-        testbed.dim,
-        schedule=testbed.teacher.schedule,
-        num_classes=testbed.truth.num_classes,
-        hidden=cfg.critic.hidden,
-        depth=cfg.critic.depth,
-        sigma_data=critic_sigma_data(cfg.critic, testbed),
-    )
-    if gan_head:
-        critic.attach_logit_head(cfg.critic.hidden)
+    critic = make_distill_critic(cfg.critic, testbed, gan_head)
     real = _real_sampler(testbed)
 
     def teacher_sample(n: int, rng: torch.Generator):
@@ -192,13 +184,6 @@ def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
     if cfg.generator.init == "teacher":
         gen = teacher_init_generator(cfg.generator, critic)
     return gen, critic, init
-
-
-def critic_sigma_data(c: CriticConfig, testbed) -> float:
-    """``critic.sigma_data``, or (None) the testbed mixture's exact per-dimension data std."""
-    from ..teachers.trigflow import mixture_sigma_data
-
-    return c.sigma_data if c.sigma_data is not None else mixture_sigma_data(testbed.truth)
 
 
 def run_distill(
@@ -335,4 +320,5 @@ FAMILY = Family(
     quick=lambda name: list(QUICK),
     steps_help="generator updates",
     epilogue=report_section,
+    dry_run=lambda r: {"networks": param_report(r.config, r.extra)},
 )

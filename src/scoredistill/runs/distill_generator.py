@@ -1,5 +1,6 @@
-"""The ``distill`` family's student: ``GeneratorConfig``, its checks against the testbed, and the
-network it builds (one-step MLP, few-step with optional phase experts, conv, or MSD's students).
+"""The ``distill`` family's networks: ``GeneratorConfig``, its checks against the testbed, the
+student it builds (one-step MLP, few-step with optional phase experts, conv, or MSD's students),
+and the fresh critic (``make_distill_critic``, before its DSM fit).
 
 ``init="teacher"`` starts the student from the teacher's weights, as DMD2, SiD and FastGen do. An
 exact teacher has no weights, so its stand-in is the critic's DSM fit to the teacher
@@ -11,13 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt
 
-__all__ = ["GeneratorConfig", "check_generator", "make_generator", "teacher_init_generator"]
+__all__ = [
+    "GeneratorConfig",
+    "check_generator",
+    "critic_sigma_data",
+    "make_distill_critic",
+    "make_generator",
+    "teacher_init_generator",
+]
 
 DMD2_SIGMA_MAX = 80.0  # DMD2's EDM runs: the one-step student's input is sigma_max z
 
@@ -157,3 +165,29 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
         return FewStepGenerator(base, steps=g.steps, **_grid(g, base.schedule))  # base as given
     # copies once more (its own contract)
     return TeacherInitGenerator(base, DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init)
+
+
+def critic_sigma_data(c: Any, testbed) -> float:
+    """``critic.sigma_data`` (a ``CriticConfig``'s), or (None) the testbed mixture's exact
+    per-dimension data std."""
+    from ..teachers.trigflow import mixture_sigma_data
+
+    return c.sigma_data if c.sigma_data is not None else mixture_sigma_data(testbed.truth)
+
+
+def make_distill_critic(c: Any, testbed, gan_head: bool = False) -> nn.Module:
+    """The fresh MLP critic of ``c`` (a ``CriticConfig``) on ``testbed`` (torch's global RNG),
+    with DMD2's GAN logit head when ``gan_head``; ``runs.distill`` fits it to the teacher."""
+    from ..sources.critic import make_critic
+
+    critic = make_critic(
+        testbed.dim,
+        schedule=testbed.teacher.schedule,
+        num_classes=testbed.truth.num_classes,
+        hidden=c.hidden,
+        depth=c.depth,
+        sigma_data=critic_sigma_data(c, testbed),
+    )
+    if gan_head:
+        critic.attach_logit_head(c.hidden)
+    return critic
