@@ -259,7 +259,7 @@ def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
     """``--dry-run``'s parameter counts equal those of the networks ``_build`` trains (after
     its DSM fit), and the memory is 4 fp32 copies per trained network, 1 per path snapshot."""
     from scoredistill.objectives import DMD
-    from scoredistill.runs.distill_dry_run import param_report
+    from scoredistill.runs.dry_run import param_report
 
     cfg, objective = resolve(preset, [*TINY, *sets])
     report = param_report(cfg, objective)

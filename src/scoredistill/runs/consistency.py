@@ -106,21 +106,55 @@ def _build_student(cfg: ConsistencyConfig, testbed, sigma_d: float) -> torch.nn.
     )  # fmt: skip
 
 
+def _fresh_critic(cfg: ConsistencyConfig, testbed) -> torch.nn.Module:
+    """The critic's MLP denoiser before its DSM fit (seeded ``train.seed + 1``)."""
+    from ..sources.critic import make_critic
+
+    torch.manual_seed(cfg.train.seed + 1)
+    return make_critic(
+        testbed.dim, schedule=testbed.teacher.schedule, num_classes=testbed.truth.num_classes,
+        hidden=cfg.critic.hidden, depth=cfg.critic.depth,
+    )  # fmt: skip
+
+
+def _wants_critic(objective: Any) -> bool:
+    # Hyper-SD has a critic_loss but needs a critic only with its DMD stage on
+    return getattr(objective, "needs_critic", hasattr(objective, "critic_loss"))
+
+
+def param_report(cfg: ConsistencyConfig, objective: Any) -> dict[str, Any]:
+    """``--dry-run``: the student's (and its EMA's) and the critic's parameters and memory
+    (``runs.dry_run``), from the networks the run builds, before any fit."""
+    from ..teachers.testbeds import get_testbed
+    from ..teachers.trigflow import mixture_sigma_data
+    from .dry_run import network_report
+
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+    student = _build_student(
+        cfg, testbed, cfg.student.sigma_data or mixture_sigma_data(testbed.truth)
+    )
+    trained = {"student": student}
+    if _wants_critic(objective):
+        critic = _fresh_critic(cfg, testbed)
+        if getattr(objective, "needs_logit_head", False):
+            critic = objective.make_discriminator(critic, cfg.critic.hidden)
+        trained["critic"] = critic
+    count = sum(p.numel() for p in student.parameters())
+    return network_report(
+        trained, {"student EMA (frozen)": count} if cfg.train.ema_halflife else {}
+    )
+
+
 def _build_critic(
     cfg: ConsistencyConfig, testbed, objective: Any = None
 ) -> tuple[torch.nn.Module, dict]:
     """rCM's fake score: a fresh MLP denoiser fitted to exact teacher samples by DSM; for an
     objective that ``needs_logit_head`` (SANA-Sprint), its ``make_discriminator`` of that fit: a
     trainable logit head on the last hidden layer, the trunk frozen unless ``train_trunk``."""
-    from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
-    torch.manual_seed(cfg.train.seed + 1)
     c, sample = cfg.critic, _data_sampler(testbed)
-    critic = make_critic(
-        testbed.dim, schedule=testbed.teacher.schedule, num_classes=testbed.truth.num_classes,
-        hidden=c.hidden, depth=c.depth,
-    )  # fmt: skip
+    critic = _fresh_critic(cfg, testbed)
 
     def teacher_sample(n: int, rng: torch.Generator):
         x, labels = sample(n, rng)
@@ -170,9 +204,9 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     start = time.perf_counter()
-    # Hyper-SD has a critic_loss but needs a critic only with its DMD stage on
-    wants = getattr(objective, "needs_critic", hasattr(objective, "critic_loss"))
-    critic, init = _build_critic(cfg, testbed, objective) if wants else (None, {})
+    critic, init = (
+        _build_critic(cfg, testbed, objective) if _wants_critic(objective) else (None, {})
+    )
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
         sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
@@ -212,4 +246,5 @@ FAMILY = Family(
     quick=quick,
     steps_help="student updates",
     epilogue=report_section,
+    dry_run=lambda r: {"networks": param_report(r.config, r.extra)},
 )

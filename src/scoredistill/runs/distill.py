@@ -27,7 +27,6 @@ from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
-from .distill_dry_run import param_report
 from .distill_generator import (
     GeneratorConfig,
     check_generator,
@@ -36,6 +35,7 @@ from .distill_generator import (
     teacher_init_generator,
 )
 from .distill_report import placement, save_previews, write_report
+from .dry_run import param_report
 from .family import Family, Resolved, report_section
 
 __all__ = [

@@ -1,0 +1,65 @@
+"""``--dry-run`` on an exact testbed (``distill`` and ``distill-consistency``): the networks'
+parameter counts and the memory their training holds, from the networks the run would build (no
+DSM fit, no training).
+
+Memory is fp32 weights plus what Adam/AdamW keep for a trained network (the gradient and two
+moments: 4 copies), 1 copy for a frozen one (an EMA, DisBack's path snapshots); activations are
+not included. The exact teacher is a closed-form mixture: it has no parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["network_report", "param_report"]
+
+_TRAINED_COPIES = 4  # weights, gradient, Adam's two moments
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _mib(params: int, copies: int) -> float:
+    return round(4 * params * copies / 2**20, 3)
+
+
+def network_report(
+    trained: Mapping[str, nn.Module], frozen: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """``{"params": ..., "weights_and_optimizer_MiB": ...}``: each trained network's parameters
+    (4 fp32 copies of those that require grad, 1 of the rest: a frozen trunk) and each frozen
+    parameter count (1 copy), the exact teacher's 0 first."""
+    frozen = dict(frozen or {})
+    params = {"teacher (exact mixture)": 0} | {k: _count(m) for k, m in trained.items()} | frozen
+    mib = {}
+    for key, module in trained.items():
+        grad = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        mib[key] = round(_mib(grad, _TRAINED_COPIES) + _mib(params[key] - grad, 1), 3)
+    mib |= {k: _mib(n, 1) for k, n in frozen.items()}
+    mib["total"] = round(sum(mib.values()), 3)
+    return {"params": params, "weights_and_optimizer_MiB": mib}
+
+
+def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
+    """``{"params": {...}, "weights_and_optimizer_MiB": {...}}`` for ``cfg`` (a ``DistillConfig``)
+    and its ``objective``; the student built as the run builds it (fresh, or a copy of the
+    critic's architecture per expert for ``generator.init=teacher``)."""
+    from ..teachers.testbeds import get_testbed
+    from .distill_generator import make_distill_critic, make_generator, teacher_init_generator
+
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+    torch.manual_seed(cfg.train.seed)
+    critic = make_distill_critic(cfg.critic, testbed, bool(getattr(objective, "needs_real", False)))
+    if cfg.generator.init == "teacher":
+        student = teacher_init_generator(cfg.generator, critic)
+    else:
+        student = make_generator(cfg.generator, testbed)
+    frozen = {"student EMA (frozen)": _count(student)} if cfg.train.ema_halflife else {}
+    if cfg.backtrack.nodes:  # DisBack keeps s_0 .. s_N frozen (train.disback)
+        frozen["backtrack path (frozen)"] = (cfg.backtrack.nodes + 1) * _count(critic)
+    return network_report({"student": student, "critic": critic}, frozen)
