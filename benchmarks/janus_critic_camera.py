@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from scoredistill.parametrization import NULL_LABEL
-from scoredistill.runs.optimize import _load_testbed, _views_task, resolve
+from scoredistill.runs.optimize import _views_task, resolve
+from scoredistill.runs.optimize_build import load_testbed
 
 
 def camera_effect(run: Path, times=(0.1, 0.3, 0.5, 0.7)) -> dict[str, float]:
@@ -28,7 +29,7 @@ def camera_effect(run: Path, times=(0.1, 0.3, 0.5, 0.7)) -> dict[str, float]:
             f"train.seed={c['train']['seed']}", f"train.steps={c['train']['steps']}",
             "critic.camera=azimuth"]  # fmt: skip
     cfg, objective = resolve("esd-views", sets)
-    testbed = _load_testbed(cfg)
+    testbed = load_testbed(cfg)
     task = _views_task(cfg, objective, testbed)
     state = load_file(run / "checkpoints" / f"step-{cfg.train.steps}" / "state.safetensors")
     for name in ("critic", "source"):

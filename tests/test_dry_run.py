@@ -44,3 +44,97 @@ def test_consistency_dry_run_counts_the_networks_the_run_builds(preset, critic):
         assert (grad < count(built)) == frozen_trunk
         mib = 4 * (4 * grad + count(built) - grad) / 2**20
         assert report["weights_and_optimizer_MiB"]["critic"] == pytest.approx(mib, abs=1e-3)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _trained_mib(params: int) -> float:
+    return 4 * 4 * params / 2**20  # fp32 weights, gradient, Adam's two moments
+
+
+@pytest.mark.parametrize(
+    ("preset", "source", "critic"),
+    [
+        ("vsd-particles-digits", "source (particles)", True),  # particles + an MLP critic
+        ("sds-particles-ring8", "source (particles)", False),
+        ("sds-views", "source (voxel field)", False),  # the voxel field alone
+        ("vsd-views", "source (voxel field)", True),  # + the camera-conditioned MLP critic
+    ],
+)
+def test_optimize_dry_run_counts_the_networks_the_run_builds(preset, source, critic):
+    from scoredistill.runs.optimize import _particles_task, _views_task, resolve
+    from scoredistill.runs.optimize_build import load_testbed
+    from scoredistill.runs.optimize_dry_run import param_report
+
+    cfg, objective = resolve(preset, ["critic.init_steps=0"])  # the run's critic: no DSM fit
+    report = param_report(cfg, objective)
+    build = _views_task if cfg.testbed == "views" else _particles_task
+    task = build(cfg, objective, load_testbed(cfg))
+    params, mib = report["params"], report["weights_and_optimizer_MiB"]
+    if source == "source (particles)":  # N particles of the testbed's dimension
+        assert params[source] == cfg.source.n_particles * task["teacher"].dim
+    assert params[source] == _count(task["source"]) > 0
+    assert params["teacher (exact mixture)"] == 0
+    assert ("critic" in params) == critic
+    expected = _trained_mib(params[source])
+    if critic:
+        assert params["critic"] == _count(task["critic"])
+        expected += _trained_mib(params["critic"])
+    assert mib[source] == pytest.approx(_trained_mib(params[source]), abs=1e-3)
+    assert mib["total"] == pytest.approx(expected, abs=2e-3)
+
+
+@pytest.mark.parametrize("preset", ["kd-digits", "pld-digits", "marginmse-retrieval"])
+def test_kd_dry_run_counts_the_networks_the_run_builds(preset):
+    from scoredistill.kd.tasks import load_task
+    from scoredistill.runs.kd import resolve
+    from scoredistill.runs.kd_dry_run import param_report
+    from scoredistill.runs.kd_nets import build_plan, teacher_net
+
+    cfg = resolve(preset, [])
+    report = param_report(cfg)
+    params, mib = report["params"], report["weights_and_optimizer_MiB"]
+    task = load_task(cfg.task, seed=cfg.data_seed, n_labels=cfg.n_labels)
+    teacher = teacher_net(cfg, task)
+    assert "teacher (exact mixture)" not in params  # a real network here
+    assert params["teacher (frozen)"] == _count(teacher) > 0
+    assert mib["teacher (frozen)"] == pytest.approx(4 * _count(teacher) / 2**20, abs=1e-3)
+    student = build_plan(cfg, task, teacher).student
+    key = f"student ({cfg.method})"
+    assert params[key] == _count(student) > 0
+    assert mib[key] == pytest.approx(_trained_mib(_count(student)), abs=1e-3)
+    assert (f"reference ({cfg.reference})" in params) == bool(cfg.reference)
+    if preset == "kd-digits":  # MLP(64 -> 256 -> 256 -> 10) and MLP(64 -> 32 -> 10), by hand
+        assert params["teacher (frozen)"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+        assert params[key] == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_kd_procedure_dry_run_counts_the_networks_the_run_builds():
+    from scoredistill.kd.tasks import load_task
+    from scoredistill.runs.kd_procedures import FAMILY
+    from scoredistill.runs.kd_procedures.online import _models
+
+    resolved = FAMILY.resolve("dml-online-classification", [])
+    report = FAMILY.dry_run(resolved)["networks"]
+    cfg = resolved.config
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    student, teacher = _models(cfg, task.dim, task.num_classes)
+    params, mib = report["params"], report["weights_and_optimizer_MiB"]
+    assert params == {"student": _count(student), "teacher (trained online)": _count(teacher)}
+    (w,) = cfg.student_widths  # MLP(dim -> w -> classes), by hand
+    assert params["student"] == task.dim * w + w + w * task.num_classes + task.num_classes
+    both = _trained_mib(params["student"]) + _trained_mib(params["teacher (trained online)"])
+    assert mib["total"] == pytest.approx(both, abs=2e-3)  # online KD trains both networks
+
+
+def test_kd_dry_run_on_the_command_line_prints_the_networks(tmp_path, capsys):
+    import json
+
+    from scoredistill.cli import main
+
+    code = main(["kd", "--preset", "kd-digits", "--dry-run", "--out", str(tmp_path / "x")])
+    report = json.loads(capsys.readouterr().out)["networks"]
+    assert code == 0 and not (tmp_path / "x").exists()
+    assert report["params"]["teacher (frozen)"] > report["params"]["student (kd)"] > 0

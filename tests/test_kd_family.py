@@ -17,7 +17,7 @@ from scoredistill.kd.methods import METHODS, SECTIONS
 from scoredistill.kd.tasks import load_task
 from scoredistill.presets import kd as kd_presets
 from scoredistill.presets import kd_procedures as procedure_presets
-from scoredistill.runs import kd, kd_procedures
+from scoredistill.runs import kd, kd_nets, kd_procedures
 from scoredistill.train.kd import FeatureHooks, KDBatch, teacher_outputs
 
 FAMILIES = (kd.FAMILY, kd_procedures.FAMILY)
@@ -98,12 +98,12 @@ def test_every_method_gives_a_finite_loss_that_reaches_the_student_only(method: 
     cfg = kd.resolve(_preset_of(method), [f"method={method}", "reference="])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10))
     task = load_task(cfg.task)
-    teacher = kd._teacher_net(cfg, task)  # untrained: the contract does not need a good one
+    teacher = kd_nets.teacher_net(cfg, task)  # untrained: the contract does not need a good one
     if task.relevance_test is not None:
         teacher = kd.TeacherScores(teacher, cfg.retrieval.squash, cfg.retrieval.offset_std)
     teacher.eval()
-    reference = kd.make_net(cfg, task, task.num_classes) if method == "kdaif" else None
-    plan = kd.build_plan(cfg, task, teacher, reference)
+    reference = kd_nets.make_net(cfg, task, task.num_classes) if method == "kdaif" else None
+    plan = kd_nets.build_plan(cfg, task, teacher, reference)
     for size in (8, 1):
         idx = torch.arange(size)
         x = task.x_train[idx]

@@ -1,10 +1,10 @@
-"""``--dry-run`` on an exact testbed (``distill`` and ``distill-consistency``): the networks'
-parameter counts and the memory their training holds, from the networks the run would build (no
-DSM fit, no training).
+"""``--dry-run``'s network report (``distill``, ``distill-consistency``, ``optimize``, ``kd``,
+``kd-procedure``): the networks' parameter counts and the memory their training holds, from the
+networks the run would build (no DSM fit, no training).
 
 Memory is fp32 weights plus what Adam/AdamW keep for a trained network (the gradient and two
 moments: 4 copies), 1 copy for a frozen one (an EMA, DisBack's path snapshots); activations are
-not included. The exact teacher is a closed-form mixture: it has no parameters.
+not included. An exact teacher is a closed-form mixture: it has no parameters.
 """
 
 from __future__ import annotations
@@ -29,13 +29,18 @@ def _mib(params: int, copies: int) -> float:
 
 
 def network_report(
-    trained: Mapping[str, nn.Module], frozen: Mapping[str, int] | None = None
+    trained: Mapping[str, nn.Module],
+    frozen: Mapping[str, int] | None = None,
+    *,
+    exact_teacher: bool = True,
 ) -> dict[str, Any]:
     """``{"params": ..., "weights_and_optimizer_MiB": ...}``: each trained network's parameters
     (4 fp32 copies of those that require grad, 1 of the rest: a frozen trunk) and each frozen
-    parameter count (1 copy), the exact teacher's 0 first."""
+    parameter count (1 copy), the exact teacher's 0 first (``exact_teacher=False``: a family
+    whose teacher is a network, counted among ``frozen``, leaves that entry out)."""
     frozen = dict(frozen or {})
-    params = {"teacher (exact mixture)": 0} | {k: _count(m) for k, m in trained.items()} | frozen
+    params = {"teacher (exact mixture)": 0} if exact_teacher else {}
+    params |= {k: _count(m) for k, m in trained.items()} | frozen
     mib = {}
     for key, module in trained.items():
         grad = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -84,11 +84,13 @@ def report_section(out: Path, heading: str = "## Where the student lands") -> st
 @dataclass(frozen=True)
 class Experiment:
     """A run whose work is one function: its config type, ``run(cfg, out, resume) -> metrics``
-    and ``report(cfg, metrics) -> markdown``."""
+    and ``report(cfg, metrics) -> markdown``; ``networks(cfg)``: ``--dry-run``'s network report
+    (``runs.dry_run.network_report`` of the networks it builds, untrained), None without one."""
 
     config: type
     run: Callable[[Any, Path, bool], dict[str, Any]]
     report: Callable[[Any, dict[str, Any]], str]
+    networks: Callable[[Any], dict[str, Any]] | None = None
 
 
 def single_thread() -> None:

@@ -37,13 +37,15 @@ from ..config import resolve as resolve_config
 from ..io import atomic_write_json, load_safetensors, save_safetensors_atomic
 from ..kd.methods import METHODS, SECTIONS, Plan, RetrievalConfig
 from ..kd.methods.base import ce
-from ..kd.models import MLP, BiEncoder, CrossEncoder, SmallCNN, TeacherScores
+from ..kd.models import TeacherScores
 from ..kd.scoring import headline, predict, scores
 from ..kd.tasks import RETRIEVAL, TASKS, Task, load_task
 from ..presets.kd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.kd import KDBatch, KDTrainConfig, train_kd
 from .family import Family, Resolved
+from .kd_dry_run import param_report
+from .kd_nets import build_plan, teacher_net
 
 __all__ = [
     "FAMILY",
@@ -128,29 +130,7 @@ def resolve(preset: str | None, sets: list[str]) -> KDConfig:
     return cfg
 
 
-# ----------------------------------------------------------------------------- networks
-def make_net(cfg: KDConfig, task: Task, out_dim: int) -> nn.Module:
-    """The run's student network, initialised from ``cfg.train.seed`` (same for every arm)."""
-    torch.manual_seed(cfg.train.seed)
-    if task.relevance_test is not None:
-        q = task.query_dim
-        rc = cfg.retrieval
-        return BiEncoder(q, q, cfg.student_widths, rc.embed_dim, bias=rc.student_bias)
-    if cfg.model == "cnn":
-        return SmallCNN((1, 8, 8), cfg.student_channels, out_dim)
-    return MLP(task.dim, cfg.student_widths, out_dim)
-
-
-def _teacher_net(cfg: KDConfig, task: Task) -> nn.Module:
-    torch.manual_seed(cfg.train.seed + 10_000)
-    t = cfg.teacher
-    if task.relevance_test is not None:
-        return CrossEncoder(task.query_dim, task.query_dim, t.widths)
-    if t.kind == "cnn":
-        return SmallCNN((1, 8, 8), t.channels, task.num_classes)
-    return MLP(task.dim, t.widths, task.num_classes)
-
-
+# ----------------------------------------------------------------------------- teacher
 def _teacher_data(cfg: KDConfig, task: Task) -> tuple[Tensor, Tensor, Any]:
     """Training inputs, targets and loss of the teacher."""
     if task.relevance_teacher is not None:  # graded relevance in [0, 1] per pair
@@ -193,7 +173,7 @@ def _teacher(
     key |= {"teacher": to_dict(cfg.teacher)}
     if not cfg.teacher.clean_labels:
         key |= {"n_labels": cfg.n_labels, "label_noise": cfg.label_noise}
-    teacher = _teacher_net(cfg, task)
+    teacher = teacher_net(cfg, task)
     shared = None
     if cache is not None:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -214,15 +194,9 @@ def _teacher(
         folder.mkdir(parents=True, exist_ok=True)
         loop = _loop_cfg(cfg, t.steps, t.batch_size, t.lr)
         result = train_kd(
-            loop,
-            student=teacher,
-            loss_fn=loss,
-            x=x,
-            labels=y,
-            out_dir=folder,
-            resume=resume,
+            loop, student=teacher, loss_fn=loss, x=x, labels=y, out_dir=folder, resume=resume,
             desc="teacher",
-        )
+        )  # fmt: skip
         info = {"key": key, "wall_s": result["wall_s"], **scores(teacher, task, None)}
         if result["is_main_process"]:
             save_safetensors_atomic(teacher.state_dict(), folder / "model.safetensors")
@@ -243,14 +217,6 @@ def _teacher(
 def _student_labels(task: Task) -> Tensor:
     """Training labels the student may use, ``-1`` elsewhere."""
     return torch.where(task.labelled, task.y_train, torch.full_like(task.y_train, -1))
-
-
-def build_plan(
-    cfg: KDConfig, task: Task, teacher: nn.Module, reference: nn.Module | None = None
-) -> Plan:
-    """The method's student, loss and hooks (``METHODS[cfg.method].build``)."""
-    nets = lambda k: make_net(cfg, task, k)  # noqa: E731
-    return METHODS[cfg.method].build(cfg, task, teacher, nets, reference)
 
 
 def _train_arm(
@@ -397,4 +363,5 @@ FAMILY = Family(
     run=lambda r, out, resume: run_kd(r.config, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="student optimizer steps",
+    dry_run=lambda r: {"networks": param_report(r.config)},
 )

@@ -11,7 +11,6 @@ Gaussian per ring camera: the sanity ceiling). Presets are plain dicts of ``--se
 
 from __future__ import annotations
 
-import inspect
 import json
 import statistics
 import time
@@ -38,6 +37,16 @@ from ..presets.optimize import DESCRIPTIONS, LABELLED_ONLY, PRESETS, QUICK
 from ..train.optimize import Batch, OptimizeLoopConfig, optimize
 from ..train.view_classifier import azimuth_bins, train_view_classifier
 from .family import Family, Resolved
+from .optimize_build import (
+    accepts,
+    fresh_mlp_critic,
+    load_testbed,
+    needs_critic,
+    views_critic_labels,
+    views_teacher,
+    voxel_field,
+)
+from .optimize_dry_run import param_report
 
 __all__ = [
     "FAMILY",
@@ -134,32 +143,13 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[OptimizeConfig, Any]:
     return cfg, objective
 
 
-def _accepts(objective: Any, name: str) -> bool:
-    """Whether ``generator_loss`` takes keyword ``name`` (a wrapper: its base's)."""
-    params = inspect.signature(objective.generator_loss).parameters
-    if name in params:
-        return True
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return var_kw and hasattr(objective, "base") and _accepts(objective.base, name)
-
-
-def _needs_critic(objective: Any) -> bool:
-    return bool(getattr(objective, "needs_critic", hasattr(objective, "critic_loss")))
-
-
 def _mlp_critic(cfg: OptimizeConfig, teacher: Any, num_classes: int, azimuth: bool = False):
     """A fresh MLP critic; ``critic.init_steps`` > 0 first fits it to the teacher by DSM
     (ProlificDreamer's LoRA starts as the teacher), with uniformly drawn camera labels
     (``azimuth``: a continuous camera azimuth in degrees, uniform on [0, 360))."""
-    from ..sources.critic import make_critic
     from ..train.dsm import init_critic_from_teacher
 
-    torch.manual_seed(cfg.train.seed)  # the critic's initial weights
-    c = cfg.critic
-    critic = make_critic(
-        teacher.dim, schedule=teacher.schedule, num_classes=num_classes, hidden=c.hidden,
-        depth=c.depth, azimuth_cond=azimuth,
-    )  # fmt: skip
+    critic, c = fresh_mlp_critic(cfg, teacher, num_classes, azimuth), cfg.critic
     if c.init_steps > 0:
 
         def sample(n: int, rng: torch.Generator):
@@ -221,25 +211,15 @@ def _render_critic(cfg: OptimizeConfig, testbed, field_, schedule):
 def _views_task(cfg: OptimizeConfig, objective: Any, testbed) -> dict[str, Any]:
     """The voxel field, its teacher, ``draw`` and ``evaluate`` on the ``views`` testbed."""
     from ..eval.metrics3d import metrics3d
-    from ..scene.field3d import VoxelField
 
-    s = cfg.source
-    field_ = VoxelField(
-        s.resolution, image_size=cfg.image_size, n_samples=s.n_samples,
-        init_density=s.init_density, init_noise=s.init_noise,
-        rng=torch.Generator().manual_seed(cfg.train.seed),
-    )  # fmt: skip
-    teacher = {"biased": testbed.teacher, "prompted": testbed.prompted}.get(
-        cfg.teacher, testbed.camera_teacher
-    )
-    camera_critic = _accepts(objective, "camera")
+    field_, teacher = voxel_field(cfg), views_teacher(cfg, testbed)
+    camera_critic = accepts(objective, "camera")
     continuous = camera_critic and cfg.critic.camera == "azimuth"
     critic: Any = None
-    if _needs_critic(objective) and cfg.critic.kind == "exact":
+    if needs_critic(objective) and cfg.critic.kind == "exact":
         critic = _render_critic(cfg, testbed, field_, teacher.schedule)
-    elif _needs_critic(objective):
-        k = cfg.critic.camera_bins if camera_critic and not continuous else teacher.num_classes
-        critic = _mlp_critic(cfg, teacher, 0 if continuous else k, azimuth=continuous)
+    elif needs_critic(objective):
+        critic = _mlp_critic(cfg, teacher, *views_critic_labels(cfg, objective, teacher))
     reward = _view_classifier(cfg, testbed) if cfg.reward.weight > 0 else None
 
     def draw(rng: torch.Generator) -> Batch:
@@ -270,14 +250,14 @@ def _particles_task(cfg: OptimizeConfig, objective: Any, testbed) -> dict[str, A
     gen = torch.Generator().manual_seed(cfg.train.seed)
     n, teacher = cfg.source.n_particles, testbed.teacher
     particles = Particles(n, (testbed.dim,), init_std=cfg.source.init_std, rng=gen)
-    camera = _accepts(objective, "camera")  # ESD: the particle index is the "camera"
+    camera = accepts(objective, "camera")  # ESD: the particle index is the "camera"
     fixed_noise = hasattr(objective, "noise_seed") or hasattr(
         getattr(objective, "base", 0), "noise_seed"
     )
     critic: Any = None
-    if _needs_critic(objective) and cfg.critic.kind == "mlp":
+    if needs_critic(objective) and cfg.critic.kind == "mlp":
         critic = _mlp_critic(cfg, teacher, n if camera else 0)
-    elif _needs_critic(objective):
+    elif needs_critic(objective):
 
         def critic() -> GaussianMixtureTeacher:  # the particles' own (near-Dirac) mixture
             return GaussianMixtureTeacher(
@@ -314,23 +294,13 @@ def exact_reference(testbed, n: int, seed: int, draws: int = REFERENCE_DRAWS) ->
 
 
 # ----------------------------------------------------------------------------- run
-def _load_testbed(cfg: OptimizeConfig):
-    if cfg.testbed == "views":
-        from ..teachers.views import build_views
-
-        return build_views(0, cfg.schedule, image_size=cfg.image_size, kappa=cfg.kappa)
-    from ..teachers.testbeds import get_testbed
-
-    return get_testbed(cfg.testbed, schedule=cfg.schedule)
-
-
 def run_optimize(
     cfg: OptimizeConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
     """Build, optimise, evaluate and write the run folder; returns the final metrics."""
     from .optimize_report import save_figure, write_report
 
-    testbed = _load_testbed(cfg)
+    testbed = load_testbed(cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
     build = _views_task if cfg.testbed == "views" else _particles_task
@@ -367,4 +337,5 @@ FAMILY = Family(
     run=lambda r, out, resume: run_optimize(r.config, r.extra, out, resume=resume),
     quick=lambda name: list(QUICK),
     steps_help="source updates",
+    dry_run=lambda r: {"networks": param_report(r.config, r.extra)},
 )

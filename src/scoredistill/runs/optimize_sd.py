@@ -51,7 +51,7 @@ from ..presets.optimize_sd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger
 from ..train.optimize import Batch, OptimizeLoopConfig, optimize
 from .family import Family, Resolved
-from .optimize import _accepts, _needs_critic
+from .optimize_build import accepts, needs_critic
 from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
 from .sd_prompts import prompt_streams
 
@@ -123,7 +123,7 @@ def load_teacher(cfg: OptimizeSDConfig):
 def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
     lam = float(getattr(objective, "lam", 0.0))
-    if _accepts(objective, "camera") and lam != 0.0 and cfg.source.kind != "field":
+    if accepts(objective, "camera") and lam != 0.0 and cfg.source.kind != "field":
         raise ConfigError(
             f"config key 'objective.lam': {lam} needs cameras (source.kind=field, preset "
             "esd-sd); on particles a critic's only label is the prompt; valid: 0 (VSD)"
@@ -163,16 +163,16 @@ def build_task(cfg: OptimizeSDConfig, objective: Any, teacher: Any) -> dict[str,
     if cfg.source.kind == "field":
         from .optimize_sd_field import field_task
 
-        critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+        critic = _lora_critic(cfg, teacher) if needs_critic(objective) else None
         return field_task(cfg, objective, teacher, critic)
 
     gen = torch.Generator().manual_seed(cfg.train.seed)
     n, prompts = cfg.source.n_particles, teacher.num_classes
     particles = Particles(n, (teacher.dim,), init_std=cfg.source.init_std, rng=gen)
     labels = torch.arange(n) % prompts
-    camera = _accepts(objective, "camera")  # ESD at lam = 0: the critic's label is the prompt
+    camera = accepts(objective, "camera")  # ESD at lam = 0: the critic's label is the prompt
     fixed_noise = hasattr(objective, "noise_seed")
-    critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+    critic = _lora_critic(cfg, teacher) if needs_critic(objective) else None
 
     def draw(rng: torch.Generator) -> Batch:
         b = cfg.train.batch_size
@@ -315,7 +315,7 @@ def param_report(cfg: OptimizeSDConfig, objective: Any) -> dict[str, Any]:
     teacher = load_teacher(cfg)
     parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
     frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
-    critic = _lora_critic(cfg, teacher) if _needs_critic(objective) else None
+    critic = _lora_critic(cfg, teacher) if needs_critic(objective) else None
     src = cfg.source  # a field: density + RGB per voxel (scene.field3d.VoxelField)
     trained = {
         src.kind: 4 * src.resolution**3 if src.kind == "field" else src.n_particles * teacher.dim,

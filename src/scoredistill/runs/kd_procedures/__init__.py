@@ -33,13 +33,13 @@ __all__ = [
 Procedure = Experiment  # one procedure: its config type, run(cfg, out, resume) and report
 
 PROCEDURES: dict[str, Procedure] = {
-    "online": Procedure(online.OnlineConfig, online.procedure, online.report),
-    "lm": Procedure(lm.LMDistillConfig, lm.procedure, lm.report),
-    "sweep": Procedure(sweep.SweepConfig, sweep.procedure, sweep.report),
+    "online": Procedure(online.OnlineConfig, online.procedure, online.report, online.networks),
+    "lm": Procedure(lm.LMDistillConfig, lm.procedure, lm.report, lm.networks),
+    "sweep": Procedure(sweep.SweepConfig, sweep.procedure, sweep.report, sweep.networks),
     "diswot": Procedure(diswot.DisWOTConfig, diswot.procedure, diswot.report),
     "federated": Procedure(federated.FedConfig, federated.procedure, federated.report),
     "cvdd": Procedure(cvdd.CVDDConfig, cvdd.procedure, cvdd.report),
-    "comd": Procedure(comd.CoMDConfig, comd.procedure, comd.report),
+    "comd": Procedure(comd.CoMDConfig, comd.procedure, comd.report, comd.networks),
     "autodistil": Procedure(autodistil.AutoDistilConfig, autodistil.procedure, autodistil.report),
 }
 
@@ -89,6 +89,12 @@ def run_procedure(
     return run_experiment(Resolved(cfg, proc, name), out, resume)
 
 
+def _dry_run(r: Resolved) -> dict[str, Any]:
+    """``--dry-run``'s ``networks`` field, for the procedures that report one."""
+    networks = r.extra.networks
+    return {"networks": networks(r.config)} if networks is not None else {}
+
+
 FAMILY = Family(
     name="kd-procedure",
     help="KD procedures: online KD, LM distillation, sweeps, search, federated, data distillation",
@@ -100,4 +106,5 @@ FAMILY = Family(
     steps_key="steps",
     seed_key="seed",
     steps_help="student steps (procedures with rounds or stages: --set their budget keys)",
+    dry_run=_dry_run,
 )

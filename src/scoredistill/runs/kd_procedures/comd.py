@@ -113,6 +113,19 @@ def _student(cfg: CoMDConfig, dim: int, classes: int, seed: int) -> MLP:
         return MLP(dim, cfg.student_widths, classes)
 
 
+def networks(cfg: CoMDConfig) -> dict[str, Any]:
+    """``--dry-run``: the teacher (trained first, then frozen: 1 fp32 copy) and the student
+    (4 copies; the one-shot baseline trains before it), built untrained as in :func:`run_comd`."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    with seeded(torch.Generator().manual_seed(cfg.seed)):
+        teacher = MLP(task.dim, cfg.teacher_widths, task.num_classes)
+    student = _student(cfg, task.dim, task.num_classes, cfg.seed)
+    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    return network_report({"student": student}, frozen, exact_teacher=False)
+
+
 def run_comd(cfg: CoMDConfig) -> dict[str, Any]:
     """CoMD rounds and the one-shot KD baseline; accuracy after every round."""
     task = load_task(cfg.task, seed=cfg.data_seed)

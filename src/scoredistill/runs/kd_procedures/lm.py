@@ -189,6 +189,18 @@ def _model(vocab: int, lm: LMConfig, rng: torch.Generator) -> TinyLM:
         return TinyLM(vocab, lm)
 
 
+def networks(cfg: LMDistillConfig) -> dict[str, Any]:
+    """``--dry-run``: the GRU teacher (trained first, then frozen: 1 fp32 copy) and the student
+    (4 copies), built untrained as :func:`run_lm` builds them."""
+    from ..dry_run import network_report
+
+    rng = torch.Generator().manual_seed(cfg.seed)
+    teacher = _model(cfg.language.vocab, cfg.teacher, rng)
+    student = _model(cfg.language.vocab, cfg.student, rng)
+    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    return network_report({"student": student}, frozen, exact_teacher=False)
+
+
 def run_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     """Language, teacher, distilled student and CE baseline; returns the metrics."""
     rng = torch.Generator().manual_seed(cfg.seed)

@@ -139,6 +139,17 @@ def _models(cfg: OnlineConfig, dim: int, classes: int) -> tuple[MLP, MLP]:
     return student, teacher
 
 
+def networks(cfg: OnlineConfig) -> dict[str, Any]:
+    """``--dry-run``: both networks train together (Adam each: 4 fp32 copies), built untrained."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    student, teacher = _models(cfg, task.dim, task.num_classes)
+    return network_report(
+        {"student": student, "teacher (trained online)": teacher}, exact_teacher=False
+    )
+
+
 def run_online(cfg: OnlineConfig, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Train the pair with ``cfg.method`` and return test metrics of both networks.
 

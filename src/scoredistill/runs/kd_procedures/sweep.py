@@ -71,6 +71,20 @@ def _student(dim: int, width: int, classes: int, seed: int) -> MLP:
         return MLP(dim, (width,), classes)
 
 
+def networks(cfg: SweepConfig) -> dict[str, Any]:
+    """``--dry-run``: the teacher (trained first, then frozen: 1 fp32 copy) and the widest
+    student (4 copies; the students train one at a time), built untrained as in :func:`run_sweep`."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    with seeded(torch.Generator().manual_seed(cfg.seed + 10_000)):
+        teacher = MLP(task.dim, cfg.teacher_widths, task.num_classes)
+    w = max(cfg.widths)
+    student = _student(task.dim, w, task.num_classes, cfg.seed)
+    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    return network_report({f"student (widest, MLP({w}))": student}, frozen, exact_teacher=False)
+
+
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Teacher, then every (width, T, σ) KD student and one CE baseline per width."""
     task = load_task(cfg.task, seed=cfg.data_seed)
