@@ -378,3 +378,21 @@ def test_a_bench_cell_is_locked_and_an_interrupted_cell_resumes(tmp_path: Path):
     logged = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in logged if not r.get("eval")]
     assert steps == [1, 2, 3, 4]  # resumed at 2: no second step 1
+
+
+def test_other_ranks_wait_until_rank_0_holds_the_lock(tmp_path: Path, monkeypatch):
+    """Under torchrun a rank other than 0 may not write into --out before rank 0 has checked
+    that it is empty and locked it (a faster rank 1 used to fail rank 0's check)."""
+    import threading
+    import time
+
+    from scoredistill.train.run_folder import open_run_folder, wait_for_first_rank
+
+    monkeypatch.setenv("RANK", "1")
+    started = time.monotonic()
+    threading.Timer(0.3, lambda: (tmp_path / ".lock").write_text("{}")).start()
+    with open_run_folder(tmp_path, {}, resume=False):
+        waited = time.monotonic() - started
+    assert waited >= 0.25 and (tmp_path / ".lock").exists()  # rank 1 neither took nor removed it
+    with pytest.raises(UserError, match="rank 0 did not lock"):
+        wait_for_first_rank(tmp_path / "never", timeout_s=0.1)

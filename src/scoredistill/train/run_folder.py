@@ -28,7 +28,13 @@ from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["RunFolderBusy", "check_resume_config", "open_run_folder", "run_lock"]
+__all__ = [
+    "RunFolderBusy",
+    "check_resume_config",
+    "open_run_folder",
+    "run_lock",
+    "wait_for_first_rank",
+]
 
 LOCK_NAME = ".lock"
 # a value other than false/"constant" ties the schedule to the total steps
@@ -170,6 +176,17 @@ def check_resume_config(
         print(f"--resume: {path} predates {named}; resuming at the default", file=sys.stderr)
 
 
+def wait_for_first_rank(out: Path, timeout_s: float = 600.0, poll_s: float = 0.05) -> None:
+    """Under ``torchrun``, a rank other than 0 waits until rank 0 holds ``out/.lock``: rank 0
+    checks that a fresh ``--out`` is empty before it locks, and a faster rank writing into the
+    folder first (a teacher's checkpoints, say) would fail that check."""
+    deadline = time.monotonic() + timeout_s
+    while not (out / LOCK_NAME).exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"--out {out}: rank 0 did not lock the folder within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 @contextlib.contextmanager
 def open_run_folder(
     out: Path,
@@ -181,8 +198,10 @@ def open_run_folder(
 ) -> Iterator[Path]:
     """Lock ``out`` for the block and, on ``resume``, check ``config`` against the folder's
     (``defaults``: the config type's field defaults, see :func:`check_resume_config`); under
-    ``torchrun`` only rank 0 locks and checks (it is the one writer)."""
+    ``torchrun`` only rank 0 locks and checks (it is the one writer), and the other ranks start
+    once it holds the lock (:func:`wait_for_first_rank`)."""
     if int(os.environ.get("RANK", "0")) != 0:
+        wait_for_first_rank(out)
         yield out
         return
     with run_lock(out):
