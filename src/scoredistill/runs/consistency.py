@@ -139,10 +139,8 @@ def param_report(cfg: ConsistencyConfig, objective: Any) -> dict[str, Any]:
         if getattr(objective, "needs_logit_head", False):
             critic = objective.make_discriminator(critic, cfg.critic.hidden)
         trained["critic"] = critic
-    count = sum(p.numel() for p in student.parameters())
-    return network_report(
-        trained, {"student EMA (frozen)": count} if cfg.train.ema_halflife else {}
-    )
+    ema = {"student EMA (frozen)": student} if cfg.train.ema_halflife else {}
+    return network_report(trained, ema)
 
 
 def _build_critic(

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["network_report", "param_report"]
+__all__ = ["count_params", "network_report", "param_report"]
 
 _TRAINED_COPIES = 4  # weights, gradient, Adam's two moments
 
 
-def _count(module: nn.Module) -> int:
+def count_params(module: nn.Module) -> int:
+    """The number of parameters of ``module`` (trainable or not)."""
     return sum(p.numel() for p in module.parameters())
 
 
@@ -30,17 +31,17 @@ def _mib(params: int, copies: int) -> float:
 
 def network_report(
     trained: Mapping[str, nn.Module],
-    frozen: Mapping[str, int] | None = None,
+    frozen: Mapping[str, nn.Module | int] | None = None,
     *,
     exact_teacher: bool = True,
 ) -> dict[str, Any]:
     """``{"params": ..., "weights_and_optimizer_MiB": ...}``: each trained network's parameters
     (4 fp32 copies of those that require grad, 1 of the rest: a frozen trunk) and each frozen
-    parameter count (1 copy), the exact teacher's 0 first (``exact_teacher=False``: a family
+    network or parameter count (1 copy), the exact teacher's 0 first (``exact_teacher=False``: a family
     whose teacher is a network, counted among ``frozen``, leaves that entry out)."""
-    frozen = dict(frozen or {})
+    frozen = {k: v if isinstance(v, int) else count_params(v) for k, v in (frozen or {}).items()}
     params = {"teacher (exact mixture)": 0} if exact_teacher else {}
-    params |= {k: _count(m) for k, m in trained.items()} | frozen
+    params |= {k: count_params(m) for k, m in trained.items()} | frozen
     mib = {}
     for key, module in trained.items():
         grad = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -64,7 +65,9 @@ def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
         student = teacher_init_generator(cfg.generator, critic)
     else:
         student = make_generator(cfg.generator, testbed)
-    frozen = {"student EMA (frozen)": _count(student)} if cfg.train.ema_halflife else {}
+    frozen: dict[str, nn.Module | int] = (
+        {"student EMA (frozen)": student} if cfg.train.ema_halflife else {}
+    )
     if cfg.backtrack.nodes:  # DisBack keeps s_0 .. s_N frozen (train.disback)
-        frozen["backtrack path (frozen)"] = (cfg.backtrack.nodes + 1) * _count(critic)
+        frozen["backtrack path (frozen)"] = (cfg.backtrack.nodes + 1) * count_params(critic)
     return network_report({"student": student, "critic": critic}, frozen)

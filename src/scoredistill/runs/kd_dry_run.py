@@ -19,10 +19,6 @@ from .dry_run import network_report
 __all__ = ["param_report"]
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def param_report(cfg: Any) -> dict[str, Any]:
     """``{"params": ..., "weights_and_optimizer_MiB": ...}`` for ``cfg`` (a ``KDConfig``)."""
     from ..kd.models import TeacherScores
@@ -45,5 +41,4 @@ def param_report(cfg: Any) -> dict[str, Any]:
     trained[f"student ({cfg.method})"] = build_plan(cfg, task, teacher, reference).student
     if reference is not None:
         trained[f"reference ({cfg.reference})"] = reference
-    frozen = {"teacher (frozen)": _count(teacher)}
-    return network_report(trained, frozen, exact_teacher=False)
+    return network_report(trained, {"teacher (frozen)": teacher}, exact_teacher=False)

@@ -37,7 +37,7 @@ def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
 
     testbed = opt.load_testbed(cfg)
     trained: dict[str, nn.Module] = {}
-    frozen: dict[str, int] = {}
+    frozen: dict[str, nn.Module] = {}
     mlp_critic = opt.needs_critic(objective) and cfg.critic.kind == "mlp"
     if cfg.testbed == "views":
         teacher = opt.views_teacher(cfg, testbed)
@@ -46,8 +46,7 @@ def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
             labels = opt.views_critic_labels(cfg, objective, teacher)
             trained["critic"] = opt.fresh_mlp_critic(cfg, teacher, *labels)
         if cfg.reward.weight > 0:
-            clf = _reward_classifier(cfg, testbed)
-            frozen["reward classifier (frozen)"] = sum(p.numel() for p in clf.parameters())
+            frozen["reward classifier (frozen)"] = _reward_classifier(cfg, testbed)
     else:
         n = cfg.source.n_particles
         trained["source (particles)"] = Particles(n, (testbed.dim,), init_std=cfg.source.init_std)

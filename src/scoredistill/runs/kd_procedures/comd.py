@@ -122,7 +122,7 @@ def networks(cfg: CoMDConfig) -> dict[str, Any]:
     with seeded(torch.Generator().manual_seed(cfg.seed)):
         teacher = MLP(task.dim, cfg.teacher_widths, task.num_classes)
     student = _student(cfg, task.dim, task.num_classes, cfg.seed)
-    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    frozen = {"teacher (frozen)": teacher}
     return network_report({"student": student}, frozen, exact_teacher=False)
 
 

@@ -197,7 +197,7 @@ def networks(cfg: LMDistillConfig) -> dict[str, Any]:
     rng = torch.Generator().manual_seed(cfg.seed)
     teacher = _model(cfg.language.vocab, cfg.teacher, rng)
     student = _model(cfg.language.vocab, cfg.student, rng)
-    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    frozen = {"teacher (frozen)": teacher}
     return network_report({"student": student}, frozen, exact_teacher=False)
 
 

@@ -81,7 +81,7 @@ def networks(cfg: SweepConfig) -> dict[str, Any]:
         teacher = MLP(task.dim, cfg.teacher_widths, task.num_classes)
     w = max(cfg.widths)
     student = _student(task.dim, w, task.num_classes, cfg.seed)
-    frozen = {"teacher (frozen)": sum(p.numel() for p in teacher.parameters())}
+    frozen = {"teacher (frozen)": teacher}
     return network_report({f"student (widest, MLP({w}))": student}, frozen, exact_teacher=False)
 
 
