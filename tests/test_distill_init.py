@@ -253,6 +253,7 @@ def test_bad_few_step_sigmas_are_refused_naming_the_key(sets, message):
         ("dmd2-gan-ring8", []),  # the critic carries DMD2's GAN head
         ("phased-dmd-ring8", ["generator.init=teacher", "generator.sigma_init=2.5"]),
         ("disback-ring8", []),
+        ("dmd2-teacher-init-ring8", ["generator.latent_extra=6"]),
     ],
 )
 def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
@@ -276,3 +277,16 @@ def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
     nodes = cfg.backtrack.nodes
     assert params.get("backtrack path (frozen)", 0) == (nodes + 1) * count(critic) * bool(nodes)
     assert mib["total"] == pytest.approx(sum(v for k, v in mib.items() if k != "total"), abs=2e-3)
+
+
+def test_latent_extra_is_refused_where_no_teacher_copy_takes_it():
+    for preset in ("dmd2-ring8", "dmd2-4step-ring8"):
+        cfg, _ = resolve(preset, [*TINY, "generator.latent_extra=2"])
+        with pytest.raises(ConfigError, match=r"generator\.latent_extra"):
+            check_generator(cfg.generator, get_testbed("ring8"))
+    cfg, _ = resolve("dmd2-teacher-init-ring8", [*TINY, "generator.latent_extra=6"])
+    gen, critic, _ = _build(cfg, get_testbed("ring8"), gan_head=False)
+    # the copy's parameters plus the 6 x hidden extra-latent layer
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(gen) == count(critic) + 6 * cfg.critic.hidden
+    assert gen.sample_latent(4, torch.Generator().manual_seed(0)).shape == (4, 8)

@@ -123,6 +123,37 @@ def test_teacher_init_equals_denoiser_and_is_independent() -> None:
         TeacherInitGenerator(_denoiser(2, "vp-linear"), sigma_init=1e4)  # vp-linear tops at 157
 
 
+def test_teacher_init_extra_latent_starts_at_the_copy_and_trains() -> None:
+    """``latent_extra``: z gains E dimensions; at init the student is the E = 0 copy on z's first
+    ``dim`` entries, whatever the rest; a non-zero ``W`` adds ``W z_e`` to the first hidden layer,
+    recomputed here through the MLP by hand."""
+    teacher = _denoiser(2, "edm").requires_grad_(False)
+    plain = TeacherInitGenerator(teacher, sigma_init=2.5)
+    gen = TeacherInitGenerator(teacher, sigma_init=2.5, latent_extra=3)
+    z = gen.sample_latent(16, _rng(1))
+    assert z.shape == (16, 5) and gen.extra.weight.shape == (32, 3)
+    torch.testing.assert_close(gen(z), plain(z[:, :2]), rtol=0, atol=0)
+    gen(z).pow(2).sum().backward()
+    assert gen.extra.weight.grad.abs().sum() > 0  # the zero layer still receives gradient
+    with torch.no_grad():
+        gen.extra.weight.normal_(0.0, 0.5, generator=_rng(2))
+        net, x_t = gen.denoiser.net, 2.5 * z[:, :2]
+        t = torch.full((16,), gen.t_init)
+        _, _, _, x_in, c_noise = gen.denoiser._inputs(x_t, t)
+        arg = c_noise[:, None] * net.freqs
+        h = net.inp(torch.cat([x_in, c_noise[:, None], arg.sin(), arg.cos()], 1))
+        h = h + z[:, 2:] @ gen.extra.weight.T
+        for layer in net.layers:
+            h = layer(torch.nn.functional.silu(h))
+        f = net.out(torch.nn.functional.silu(h))
+        c_skip = SD**2 / (2.5**2 + SD**2)
+        c_out = 2.5 * SD / math.sqrt(2.5**2 + SD**2)
+        torch.testing.assert_close(gen(z), c_skip * x_t + c_out * f)
+    assert not torch.allclose(gen(z), plain(z[:, :2]))
+    with pytest.raises(ValueError, match="latent_extra"):
+        TeacherInitGenerator(teacher, latent_extra=-1)
+
+
 # ---------------------------------------------------------------------- few-step generator
 class _Recorder:
     """Forward hook recording, per denoiser call, whether grad was on and the input x_t."""

@@ -53,6 +53,10 @@ class GeneratorConfig:
     # from sigma_init). DMD2's SDXL steps [999, 749, 499, 249] sit at sigma/alpha = 14.6, 4.08,
     # 1.61, 0.69 on SD's table: the last step still removes noise of the data's scale
     sigmas: tuple[PositiveFloat, ...] | None = None
+    # one_step init=teacher: latent dimensions beyond the data's, fed through a zero-initialised
+    # layer into the copy's first hidden layer (TeacherInitGenerator; a higher-dimensional latent
+    # can hold disconnected modes apart with less mass between them). 0: z has the data's dim
+    latent_extra: NonNegativeInt = 0
 
 
 def check_generator(g: GeneratorConfig, testbed) -> None:
@@ -103,6 +107,11 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             _grid(g, testbed.teacher.schedule)
         except ValueError as err:
             raise ConfigError(f"generator.sigmas: {err}") from None
+    if g.latent_extra and not (g.kind == "one_step" and g.init == "teacher"):
+        raise ConfigError(
+            "generator.latent_extra adds latent dimensions to a teacher-initialised one-step "
+            f"student (got kind={g.kind}, init={g.init})"
+        )
     if g.student_hidden and g.students == 1:
         raise ConfigError("generator.student_hidden needs generator.students > 1 (else set hidden)")
 
@@ -164,7 +173,8 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
     if g.kind == "few_step":
         return FewStepGenerator(base, steps=g.steps, **_grid(g, base.schedule))  # base as given
     # copies once more (its own contract)
-    return TeacherInitGenerator(base, DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init)
+    sigma = DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init
+    return TeacherInitGenerator(base, sigma, latent_extra=g.latent_extra)
 
 
 def critic_sigma_data(c: Any, testbed) -> float:

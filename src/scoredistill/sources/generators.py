@@ -165,12 +165,25 @@ class TeacherInitGenerator(nn.Module):
     the teacher's preconditioning sees) is ``sigma_init z``, so the same weights play the same
     role on every schedule. ``sigma_init`` is fixed for training and inference (changing it
     breaks the model, note b4). The copy's parameters require grad; the teacher is untouched.
+
+    ``latent_extra = E > 0`` draws ``E`` more latent dimensions, ``z = [z_x, z_e]``, and adds
+    ``W z_e`` to the denoiser's first hidden layer (``MLPDenoiserNet``'s ``extra``), ``W``
+    starting at zero: at step 0 the student is still the teacher copy. A push-forward of a
+    Gaussian through a continuous map must put mass between disconnected modes, and the least
+    it must put there for a given Lipschitz constant falls when the latent's dimension reaches
+    the number of modes less one (Issenhuth et al. 2023, "On the optimal precision of GANs",
+    arXiv 2207.10541: a simplicial partition of the latent); with ``E = 0`` the latent is the
+    data's dimension.
     """
 
-    def __init__(self, denoiser: NeuralDenoiser, sigma_init: float = 2.5) -> None:
+    def __init__(
+        self, denoiser: NeuralDenoiser, sigma_init: float = 2.5, latent_extra: int = 0
+    ) -> None:
         super().__init__()
         if not sigma_init > 0:
             raise ValueError(f"sigma_init must be > 0, got {sigma_init}")
+        if latent_extra < 0:
+            raise ValueError(f"latent_extra must be >= 0, got {latent_extra}")
         dim = getattr(denoiser, "dim", None)
         if dim is None:
             raise ValueError("the denoiser must say its dim (its net needs a .dim attribute)")
@@ -178,18 +191,31 @@ class TeacherInitGenerator(nn.Module):
         self.dim, self.num_classes = int(dim), int(getattr(denoiser, "num_classes", 0))
         self.sigma_init, self.nfe = float(sigma_init), 1
         self.t_init = _t_at_ve_level(self.denoiser.schedule, self.sigma_init)
+        self.latent_extra = int(latent_extra)
+        self.extra: nn.Linear | None = None
+        if latent_extra:
+            hidden = getattr(self.denoiser.net, "hidden", None)
+            if hidden is None:
+                raise ValueError("latent_extra needs a denoiser net with a .hidden width")
+            self.extra = nn.Linear(latent_extra, int(hidden), bias=False)
+            nn.init.zeros_(self.extra.weight)
 
     def sample_latent(
         self, n: int, rng: torch.Generator | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
-        """``z: (n, dim) ~ N(0, I)`` on the parameters' device."""
-        return draw_latent(n, self.dim, rng, dtype, _param_device(self))
+        """``z: (n, dim + latent_extra) ~ N(0, I)`` on the parameters' device."""
+        return draw_latent(n, self.dim + self.latent_extra, rng, dtype, _param_device(self))
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``z: (B, dim)``, ``cond: (B,)`` or None -> ``x: (B, dim)``."""
-        t = torch.full((z.shape[0],), self.t_init, dtype=z.dtype, device=z.device)
+        """``z: (B, dim + latent_extra)``, ``cond: (B,)`` or None -> ``x: (B, dim)``."""
+        n = z.shape[0]
+        z = z.reshape(n, self.dim + self.latent_extra)
+        t = torch.full((n,), self.t_init, dtype=z.dtype, device=z.device)
         _, sigma = self.denoiser.schedule.alpha_sigma(t)
-        return self.denoiser(sigma[:, None] * z.reshape(z.shape[0], self.dim), t, cond)
+        x_t = sigma[:, None] * z[:, : self.dim]
+        if self.extra is None:
+            return self.denoiser(x_t, t, cond)
+        return self.denoiser.denoise(x_t, t, cond, extra=self.extra(z[:, self.dim :]))
 
 
 def default_student_times(

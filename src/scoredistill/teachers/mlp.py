@@ -82,9 +82,12 @@ class MLPDenoiserNet(nn.Module):
             raise ValueError(f"cond labels must lie in [{NULL_LABEL}, {self.num_classes - 1}]")
         return torch.where(cond == NULL_LABEL, null, cond)
 
-    def features(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def features(
+        self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None, extra: Tensor | None = None
+    ) -> Tensor:
         """The last hidden layer, ``(B, hidden)`` (where a discriminator head reads, as DMD2's
-        classifier reads the fake UNet's bottleneck)."""
+        classifier reads the fake UNet's bottleneck). ``extra: (B, hidden)`` is added to the
+        first hidden layer (a one-step student's extra latent, ``TeacherInitGenerator``)."""
         n = x_in.shape[0]
         x = x_in.reshape(n, self.dim)
         c = c_noise.to(x.dtype).reshape(n, 1)
@@ -96,9 +99,13 @@ class MLPDenoiserNet(nn.Module):
             idx = self._class_index(cond, n, x.device)
             if self.class_emb is not None:
                 h = h + self.class_emb(idx)
+        if extra is not None:
+            h = h + extra
         for layer in self.layers:
             h = layer(F.silu(h))
         return F.silu(h)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.out(self.features(x_in, c_noise, cond)).reshape(x_in.shape)
+    def forward(
+        self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None, extra: Tensor | None = None
+    ) -> Tensor:
+        return self.out(self.features(x_in, c_noise, cond, extra)).reshape(x_in.shape)

@@ -88,11 +88,16 @@ class NeuralDenoiser(nn.Module):
         c_noise = 0.25 * (torch.log(sigma) - torch.log(alpha)).clamp(*_LOG_S_RANGE)
         return t, alpha, sigma, x_in, c_noise
 
-    def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``D(x_t, t, cond)``; ``x_t: (B, *D)``, ``t: (B,)`` or scalar, ``cond: (B,)`` or None."""
+    def denoise(
+        self, x_t: Tensor, t: Tensor, cond: Tensor | None = None, extra: Tensor | None = None
+    ) -> Tensor:
+        """``D(x_t, t, cond)``; ``x_t: (B, *D)``, ``t: (B,)`` or scalar, ``cond: (B,)`` or None;
+        ``extra`` goes to the network as is (``MLPDenoiserNet``: added to its first hidden layer)."""
         t, alpha, sigma, x_in, c_noise = self._inputs(x_t, t)
         sd, pred = self.sigma_data, self.prediction
-        out = self.net(x_in, c_noise, cond)
+        out = (
+            self.net(x_in, c_noise, cond) if extra is None else self.net(x_in, c_noise, cond, extra)
+        )
         da, ds = self.schedule.alpha_sigma_deriv(t) if pred == "flow" else (None, None)
         return to_denoiser(out, x_t, alpha, sigma, pred, d_alpha=da, d_sigma=ds, sigma_data=sd)
 
