@@ -169,11 +169,11 @@ class TeacherInitGenerator(nn.Module):
     ``latent_extra = E > 0`` draws ``E`` more latent dimensions, ``z = [z_x, z_e]``, and adds
     ``W z_e`` to the denoiser's first hidden layer (``MLPDenoiserNet``'s ``extra``), ``W``
     starting at zero: at step 0 the student is still the teacher copy. A push-forward of a
-    Gaussian through a continuous map must put mass between disconnected modes, and the least
-    it must put there for a given Lipschitz constant falls when the latent's dimension reaches
-    the number of modes less one (Issenhuth et al. 2023, "On the optimal precision of GANs",
-    arXiv 2207.10541: a simplicial partition of the latent); with ``E = 0`` the latent is the
-    data's dimension.
+    Gaussian through a continuous map must put mass between disconnected modes; for a given
+    Lipschitz constant the least it must put there is reached by a "simplicial cluster"
+    partition of the latent, available once the latent's dimension is at least the number of
+    modes (Issenhuth et al., "On the optimal precision of GANs", ICLR 2023, arXiv 2207.10541),
+    where a 2-D latent cut into m sectors pays for boundaries that grow with m. ``E = 0``: none.
     """
 
     def __init__(
