@@ -1,5 +1,5 @@
 """``--dry-run``'s network report (``distill``, ``distill-consistency``, ``optimize``, ``kd``,
-``kd-procedure``): the networks' parameter counts and the memory their training holds, from the
+``kd-procedure``, ``distill-system``): the networks' parameter counts and the memory their training holds, from the
 networks the run would build (no DSM fit, no training).
 
 Memory is fp32 weights plus what Adam/AdamW keep for a trained network (the gradient and two

@@ -36,11 +36,15 @@ PROCEDURES: dict[str, Procedure] = {
     "online": Procedure(online.OnlineConfig, online.procedure, online.report, online.networks),
     "lm": Procedure(lm.LMDistillConfig, lm.procedure, lm.report, lm.networks),
     "sweep": Procedure(sweep.SweepConfig, sweep.procedure, sweep.report, sweep.networks),
-    "diswot": Procedure(diswot.DisWOTConfig, diswot.procedure, diswot.report),
-    "federated": Procedure(federated.FedConfig, federated.procedure, federated.report),
-    "cvdd": Procedure(cvdd.CVDDConfig, cvdd.procedure, cvdd.report),
+    "diswot": Procedure(diswot.DisWOTConfig, diswot.procedure, diswot.report, diswot.networks),
+    "federated": Procedure(
+        federated.FedConfig, federated.procedure, federated.report, federated.networks
+    ),
+    "cvdd": Procedure(cvdd.CVDDConfig, cvdd.procedure, cvdd.report, cvdd.networks),
     "comd": Procedure(comd.CoMDConfig, comd.procedure, comd.report, comd.networks),
-    "autodistil": Procedure(autodistil.AutoDistilConfig, autodistil.procedure, autodistil.report),
+    "autodistil": Procedure(
+        autodistil.AutoDistilConfig, autodistil.procedure, autodistil.report, autodistil.networks
+    ),
 }
 
 
@@ -90,7 +94,7 @@ def run_procedure(
 
 
 def _dry_run(r: Resolved) -> dict[str, Any]:
-    """``--dry-run``'s ``networks`` field, for the procedures that report one."""
+    """``--dry-run``'s ``networks`` field (every procedure reports one)."""
     networks = r.extra.networks
     return {"networks": networks(r.config)} if networks is not None else {}
 

@@ -45,6 +45,7 @@ __all__ = [
     "AutoDistilConfig",
     "SuperMLP",
     "kendall_tau",
+    "networks",
     "procedure",
     "relation_loss",
     "report",
@@ -182,16 +183,27 @@ def _archs(cfg: AutoDistilConfig) -> list[Arch]:
     return sorted(itertools.product(cfg.widths, cfg.depths), key=lambda a: (a[1], a[0]))
 
 
+def _groups(cfg: AutoDistilConfig, shots: int) -> list[list[Arch]]:
+    """The sub-networks of each supernet: all in one (``shots = 1``), else one per depth."""
+    archs = _archs(cfg)
+    return [archs] if shots == 1 else [[a for a in archs if a[1] == d] for d in cfg.depths]
+
+
+def _supernet(
+    cfg: AutoDistilConfig, group: list[Arch], dims: tuple[int, int], rng: torch.Generator
+) -> SuperMLP:
+    """An untrained supernet wide and deep enough for every ``(width, depth)`` of ``group``."""
+    with seeded(rng):
+        return SuperMLP(dims[0], max(cfg.widths), max(a[1] for a in group), dims[1])
+
+
 def _supernets(
     cfg: AutoDistilConfig, shots: int, dims: tuple[int, int], target: Tensor, x: Tensor, seed: int
 ) -> dict[Arch, SuperMLP]:
     """Train ``shots`` supernets (1: shared by all; else one per depth); arch -> its supernet."""
-    archs = _archs(cfg)
-    groups = [archs] if shots == 1 else [[a for a in archs if a[1] == d] for d in cfg.depths]
     rng, out = torch.Generator().manual_seed(seed), {}
-    for group in groups:
-        with seeded(rng):
-            net = SuperMLP(dims[0], max(cfg.widths), max(a[1] for a in group), dims[1])
+    for group in _groups(cfg, shots):
+        net = _supernet(cfg, group, dims, rng)
         _sandwich(
             net, sorted(group, key=lambda a: subnet_flops(dims[0], a, dims[1])), target, x, cfg, rng
         )
@@ -199,12 +211,40 @@ def _supernets(
     return out
 
 
+def _standalone_net(arch: Arch, dims: tuple[int, int], seed: int) -> MLP:
+    with seeded(torch.Generator().manual_seed(seed)):
+        return MLP(dims[0], (arch[0],) * arch[1], dims[1])
+
+
+def _teacher(cfg: AutoDistilConfig, dims: tuple[int, int], rng: torch.Generator) -> MLP:
+    with seeded(rng):
+        return MLP(dims[0], cfg.teacher_widths, dims[1])
+
+
+def networks(cfg: AutoDistilConfig) -> dict[str, Any]:
+    """``--dry-run``, an upper bound summed over the phases: the teacher (trained first, then
+    frozen: 1 fp32 copy), the ``shots`` few-shot supernets (each trained by Adam in turn, all
+    held until ranked: 4 copies each) and the largest sub-network trained alone (4 copies; they
+    train one at a time), built untrained as the run builds them. The one-shot (K = 1) baseline
+    supernet trains after the few-shot ones are dropped and is no larger than their sum: not
+    listed."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    dims, rng = (task.dim, task.num_classes), torch.Generator().manual_seed(cfg.seed)
+    teacher = _teacher(cfg, dims, rng)
+    supers = nn.ModuleList(_supernet(cfg, g, dims, rng) for g in _groups(cfg, cfg.shots))
+    arch = max(_archs(cfg), key=lambda a: (n_params(dims[0], a, dims[1]), a))
+    trained = {f"supernets ({len(supers)}, few-shot)": supers}
+    trained[f"sub-network alone (largest, {arch})"] = _standalone_net(arch, dims, cfg.seed)
+    return network_report(trained, {"teacher (frozen)": teacher}, exact_teacher=False)
+
+
 def _standalone(
     cfg: AutoDistilConfig, arch: Arch, task: Any, x: Tensor, y: Tensor, teacher: MLP, seed: int
 ) -> MLP:
     """``arch`` trained alone with the same KD loss (``fit`` over the supervised KD loop)."""
-    with seeded(torch.Generator().manual_seed(seed)):
-        model = MLP(task.dim, (arch[0],) * arch[1], task.num_classes)
+    model = _standalone_net(arch, (task.dim, task.num_classes), seed)
 
     def loss(b: Any) -> Tensor:
         return kd_loss(b.student_logits, b.teacher_logits, cfg.temperature)
@@ -231,8 +271,7 @@ def run_autodistil(cfg: AutoDistilConfig) -> dict[str, Any]:
     n_val = int(cfg.val_fraction * len(perm))
     x, y = task.x_train[perm[n_val:]], task.y_train[perm[n_val:]]
     xv, yv = task.x_train[perm[:n_val]], task.y_train[perm[:n_val]]
-    with seeded(rng):
-        teacher = MLP(task.dim, cfg.teacher_widths, task.num_classes)
+    teacher = _teacher(cfg, (task.dim, task.num_classes), rng)
     flops = {a: subnet_flops(task.dim, a, task.num_classes) for a in _archs(cfg)}
     budget = {a for a, f in flops.items() if f <= cfg.flops_budget}
     if not budget:

@@ -56,6 +56,7 @@ __all__ = [
     "SmallCNN",
     "bn_matching_loss",
     "multi_crop_relabel",
+    "networks",
     "procedure",
     "recover",
     "relabel",
@@ -141,6 +142,11 @@ def bn_matching_loss(model: nn.Module, x: Tensor, first_mult: float) -> tuple[Te
     return logits, sum(m * t for m, t in zip(mults, terms, strict=True))
 
 
+def _synthetic(n: int, rng: torch.Generator) -> Tensor:
+    """The ``(n, 1, 8, 8)`` Gaussian noise the synthetic images start from."""
+    return torch.randn(n, 1, 8, 8, generator=rng)
+
+
 def _jitter(x: Tensor, max_shift: int, rng: torch.Generator) -> Tensor:
     if max_shift == 0:
         return x
@@ -155,7 +161,7 @@ def recover(
     for m in committee:
         m.eval().requires_grad_(False)
     w = (priors / 5).softmax(0)
-    x = torch.randn(len(y), 1, 8, 8, generator=rng).requires_grad_(True)
+    x = _synthetic(len(y), rng).requires_grad_(True)
     opt = torch.optim.Adam([x], cfg.recover_lr, betas=(0.5, 0.9))
     for step in range(cfg.recover_steps):
         for group in opt.param_groups:  # cosine schedule
@@ -253,13 +259,25 @@ def _train(
     return model.eval()
 
 
+def _member(width: int, classes: int, rng: torch.Generator) -> SmallCNN:
+    with seeded(rng):
+        return SmallCNN(width, classes)
+
+
+def _student(cfg: CVDDConfig, dim: int, classes: int, rng: torch.Generator) -> nn.Module:
+    """The untrained validation student (``cfg.student``) on ``(B, 1, 8, 8)`` images."""
+    with seeded(rng):
+        if cfg.student == "cnn":
+            return SmallCNN(cfg.student_width, classes)
+        return nn.Sequential(nn.Flatten(), MLP(dim, cfg.student_widths, classes))
+
+
 def _squeeze(task: Any, cfg: CVDDConfig, rng: torch.Generator) -> tuple[list[nn.Module], Tensor]:
     """Train every member on the real images; the top ``committee_size`` by prior, priors (%)."""
     x, xt = task.x_train.view(-1, 1, 8, 8), task.x_test.view(-1, 1, 8, 8)
     members, priors = [], []
     for width in cfg.committee_widths:
-        with seeded(rng):
-            model = SmallCNN(width, task.num_classes)
+        model = _member(width, task.num_classes, rng)
         _train(model, x, task.y_train, cfg.member_steps, 1e-2, rng, shift_pad=cfg.squeeze_pad)
         with torch.no_grad():
             acc = (model(xt).argmax(-1) == task.y_test).float().mean()
@@ -270,17 +288,30 @@ def _squeeze(task: Any, cfg: CVDDConfig, rng: torch.Generator) -> tuple[list[nn.
 
 
 def _validate(task: Any, x: Tensor, soft: Tensor, cfg: CVDDConfig, rng: torch.Generator) -> float:
-    with seeded(rng):
-        if cfg.student == "cnn":
-            student: nn.Module = SmallCNN(cfg.student_width, task.num_classes)
-        else:
-            student = nn.Sequential(
-                nn.Flatten(), MLP(task.dim, cfg.student_widths, task.num_classes)
-            )
+    student = _student(cfg, task.dim, task.num_classes, rng)
     _train(student, x, soft, cfg.student_steps, cfg.lr, rng, cfg.temperature)
     with torch.no_grad():
         pred = student(task.x_test.view(-1, 1, 8, 8)).argmax(-1)
     return float((pred == task.y_test).float().mean())
+
+
+def networks(cfg: CVDDConfig) -> dict[str, Any]:
+    """``--dry-run``, an upper bound summed over the stages (each member trains alone, then the
+    committee is held frozen while the images are recovered, then the student trains):
+    the committee (every member of ``committee_widths``, 1 fp32 copy; the top ``committee_size``
+    recover), the synthetic images (``ipc`` per class, the tensor Adam optimises in
+    :func:`recover`: 4 copies) and the validation student (4 copies), built untrained as the run
+    builds them. The stored relabelled views and soft labels are data: not listed."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    c, rng = task.num_classes, torch.Generator().manual_seed(cfg.seed)
+    members = nn.ModuleList(_member(w, c, rng) for w in cfg.committee_widths)
+    images = nn.ParameterList([nn.Parameter(_synthetic(cfg.ipc * c, rng))])
+    trained = {f"synthetic images ({cfg.ipc} per class)": images}
+    trained[f"student ({cfg.student})"] = _student(cfg, task.dim, c, rng)
+    frozen = {f"committee ({len(members)} members, frozen)": members}
+    return network_report(trained, frozen, exact_teacher=False)
 
 
 def run_cvdd(cfg: CVDDConfig) -> dict[str, Any]:

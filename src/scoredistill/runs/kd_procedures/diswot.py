@@ -46,6 +46,7 @@ from .proc_common import class_scores, fit, seeded, spearman, sub_rng
 __all__ = [
     "DisWOTConfig",
     "diswot_score",
+    "networks",
     "procedure",
     "report",
     "run_diswot",
@@ -123,6 +124,32 @@ def _candidate(widths: tuple[int, ...], dim: int, classes: int, rng: torch.Gener
         return MLP(dim, widths, classes)
 
 
+def _in_budget(cfg: DisWOTConfig, dim: int, classes: int) -> dict[tuple[int, ...], int]:
+    """The search space's architectures within ``param_budget`` -> their parameter counts."""
+    space = MLPSpace(cfg.search_widths, cfg.search_max_depth)
+    size = {a: mlp_params(dim, a, classes) for a in space}
+    return {a: n for a, n in size.items() if n <= cfg.param_budget}
+
+
+def networks(cfg: DisWOTConfig) -> dict[str, Any]:
+    """``--dry-run``: the teacher (trained first, then frozen: 1 fp32 copy) and the largest
+    student the run KD-trains (4 copies; the students train one at a time): the largest of the
+    first ``n_candidates`` candidates and of the search space within ``param_budget`` (the
+    params-only pick, no smaller than the search's own), built untrained by :func:`_candidate`.
+    The search scores its candidates at initialisation (no optimizer): they are not listed."""
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    dim, classes = task.dim, task.num_classes
+    rng = torch.Generator().manual_seed(cfg.seed)
+    teacher = _candidate(cfg.teacher_widths, dim, classes, rng)
+    sizes = {a: mlp_params(dim, a, classes) for a in CANDIDATES[: cfg.n_candidates]}
+    sizes |= _in_budget(cfg, dim, classes)
+    widths = max(sizes, key=lambda a: (sizes[a], a))
+    student = {f"student (largest, MLP{widths})": _candidate(widths, dim, classes, rng)}
+    return network_report(student, {"teacher (frozen)": teacher}, exact_teacher=False)
+
+
 def search_student(
     cfg: DisWOTConfig, teacher: MLP, x: Tensor, y: Tensor, classes: int, rng: torch.Generator
 ) -> dict[str, Any]:
@@ -132,7 +159,7 @@ def search_student(
     """
     space = MLPSpace(cfg.search_widths, cfg.search_max_depth)
     size = {a: mlp_params(x.shape[1], a, classes) for a in space}
-    fits = {a for a, n in size.items() if n <= cfg.param_budget}
+    fits = set(_in_budget(cfg, x.shape[1], classes))
     if not fits:
         raise ValueError(
             f"param_budget={cfg.param_budget} admits no architecture; the smallest of the "

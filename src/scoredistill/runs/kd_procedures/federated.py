@@ -58,6 +58,7 @@ __all__ = [
     "edgefd_claims",
     "edgefd_features",
     "knfu_fuse",
+    "networks",
     "procedure",
     "report",
     "run_federated",
@@ -258,6 +259,33 @@ def _accuracies(model: MLP, task: Any, mix: Tensor) -> tuple[float, float]:
     return float(correct.mean()), float((mix * per_class).sum())
 
 
+def _client_models(
+    cfg: FedConfig, dim: int, classes: int, n: int, rng: torch.Generator
+) -> list[MLP]:
+    """``n`` untrained client MLPs ``(dim -> widths -> classes)``, each seeded from ``rng``."""
+    models = []
+    for _ in range(n):
+        with seeded(rng):
+            models.append(MLP(dim, cfg.widths, classes))
+    return models
+
+
+def networks(cfg: FedConfig) -> dict[str, Any]:
+    """``--dry-run``: every client's MLP (``n_clients`` of them, each with its own Adam kept
+    across the rounds: 4 fp32 copies each, all held at once), built untrained by
+    :func:`_client_models`. There is no teacher network; the baselines (local-only, uniform)
+    rerun the same clients after the method, so their memory is the same."""
+    from torch import nn
+
+    from ..dry_run import network_report
+
+    task = load_task(cfg.task, seed=cfg.data_seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    models = _client_models(cfg, task.dim, task.num_classes, cfg.n_clients, rng)
+    key = f"clients ({cfg.n_clients} x MLP{tuple(cfg.widths)})"
+    return network_report({key: nn.ModuleList(models)}, exact_teacher=False)
+
+
 def run_federated(cfg: FedConfig) -> dict[str, Any]:
     """``cfg.rounds`` rounds of ``cfg.method``; returns ALMA and the filter statistics."""
     task = load_task(cfg.task, seed=cfg.data_seed)
@@ -266,10 +294,7 @@ def run_federated(cfg: FedConfig) -> dict[str, Any]:
     y_priv = task.y_train[private]
     clients = [private[s] for s in dirichlet_split(y_priv, cfg.n_clients, cfg.dirichlet_alpha, rng)]
     init_rng, train_rng = sub_rng(rng), sub_rng(rng)
-    models = []
-    for _ in clients:
-        with seeded(init_rng):
-            models.append(MLP(task.dim, cfg.widths, task.num_classes))
+    models = _client_models(cfg, task.dim, task.num_classes, len(clients), init_rng)
     opts = [torch.optim.Adam(m.parameters(), cfg.lr) for m in models]
     data = [(task.x_train[c], task.y_train[c]) for c in clients]
     claims, history, fit_ms = None, [], []  # history: the claims used in each round

@@ -17,21 +17,34 @@ from typing import Any
 from ...presets.systems import DESCRIPTIONS, SYSTEM_PRESETS
 from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
 from . import dd2, diffprotect, diffprotect_sd, dpo, nasa, sid_protein, sparse3d
+from . import dry_run as dr
 
 __all__ = ["FAMILY", "SYSTEMS", "System", "quick_sets", "run_system"]
 
 System = Experiment  # one seed system: its config type, run(cfg, out, resume) and report
 
 SYSTEMS: dict[str, System] = {
-    "dd2": System(dd2.DD2Config, dd2.procedure, dd2.report),
-    "dpo": System(dpo.DPOConfig, dpo.procedure, dpo.report),
-    "diffprotect": System(diffprotect.DiffProtectConfig, diffprotect.procedure, diffprotect.report),
-    "sid_protein": System(sid_protein.SiDProteinConfig, sid_protein.procedure, sid_protein.report),
-    "nasa": System(nasa.NASAConfig, nasa.procedure, nasa.report),
+    "dd2": System(dd2.DD2Config, dd2.procedure, dd2.report, dr.dd2_networks),
+    "dpo": System(dpo.DPOConfig, dpo.procedure, dpo.report, dr.dpo_networks),
+    "diffprotect": System(
+        diffprotect.DiffProtectConfig,
+        diffprotect.procedure,
+        diffprotect.report,
+        dr.diffprotect_networks,
+    ),
+    "sid_protein": System(
+        sid_protein.SiDProteinConfig,
+        sid_protein.procedure,
+        sid_protein.report,
+        dr.sid_protein_networks,
+    ),
+    "nasa": System(nasa.NASAConfig, nasa.procedure, nasa.report, dr.nasa_networks),
     "diffprotect_sd": System(
         diffprotect_sd.DiffProtectSDConfig, diffprotect_sd.procedure, diffprotect_sd.report
     ),
-    "sparse3d": System(sparse3d.Sparse3DConfig, sparse3d.procedure, sparse3d.report),
+    "sparse3d": System(
+        sparse3d.Sparse3DConfig, sparse3d.procedure, sparse3d.report, dr.sparse3d_networks
+    ),
 }
 
 
@@ -54,6 +67,15 @@ def run_system(
     return run_experiment(resolved, out, resume)
 
 
+def _dry_run(r: Resolved) -> dict[str, Any]:
+    """``--dry-run``'s ``networks`` field (``runs.systems.dry_run``); ``networks_note`` for a
+    system whose networks load from a folder (``diffprotect_sd``)."""
+    if r.extra.networks is None:
+        name = next(k for k, s in SYSTEMS.items() if s is r.extra)
+        return {"networks_note": dr.NOT_REPORTED[name]}
+    return {"networks": r.extra.networks(r.config)}
+
+
 FAMILY = Family(
     name="distill-system",
     help="seed systems on exact testbeds: DD2, SiD-Protein, Distillation-DPO, NASA, Diff-Protect, "
@@ -66,4 +88,5 @@ FAMILY = Family(
     steps_key="steps",
     seed_key="seed",
     steps_help="training (or attack) steps of the system's student",
+    dry_run=_dry_run,
 )

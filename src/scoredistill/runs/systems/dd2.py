@@ -175,6 +175,11 @@ def build(cfg: DD2Config) -> tuple[MarkovTokens, PerSampleTeacher, DD2]:
     return tb, teacher, objective
 
 
+def make_generator(cfg: DD2Config, tb: MarkovTokens) -> SequenceGenerator:
+    """The one-step student over the whole sequence (``length * dim`` coordinates)."""
+    return SequenceGenerator(cfg.length * tb.dim, cfg.hidden, cfg.depth)
+
+
 def make_critic(cfg: DD2Config, tb: MarkovTokens) -> NeuralDenoiser:
     """The prefix-conditioned guidance network (EDM preconditioning, RF schedule)."""
     net = PrefixNet(tb.dim, cfg.length, cfg.critic_hidden, cfg.depth, cfg.critic_window)
@@ -251,8 +256,7 @@ def procedure(cfg: DD2Config, out: Path, resume: bool = False) -> dict[str, Any]
     """Initialise the critic, distil, evaluate; ``resume`` continues from ``out/checkpoints``."""
     torch.manual_seed(cfg.seed)
     tb, teacher, objective = build(cfg)
-    generator = SequenceGenerator(cfg.length * tb.dim, cfg.hidden, cfg.depth)
-    critic = make_critic(cfg, tb)
+    generator, critic = make_generator(cfg, tb), make_critic(cfg, tb)
     init_file = out / "init_metrics.json"
     if not (resume and latest_checkpoint(out / "checkpoints") is not None):
         init = {

@@ -163,15 +163,20 @@ def _generator_step(method: str, gen, critics, opt, c, y, rng, obj, teacher) -> 
     return first.float().mean().item()
 
 
+def make_players(method: str, cfg: DPOConfig, task: Task) -> tuple[nn.Module, nn.ModuleList]:
+    """``method``'s untrained generator and its fake critics (1 for dmd, winner + loser for dpo)."""
+    base = task.teacher if cfg.teacher_init else None
+    gen = FloatCondGenerator(HALF, HALF, hidden=cfg.hidden, base=base, sigma_init=cfg.sigma_init)
+    return gen, nn.ModuleList(_critic(cfg, task) for _ in range(1 if method == "dmd" else 2))
+
+
 def train_student(
     method: str, cfg: DPOConfig, task: Task, eval_set, ckpt: Path, resume: bool
 ) -> tuple[nn.Module, list[list[float]]]:
     """Train ``method`` ("dmd" or "dpo"); returns the generator and its MSE curve
     ``[[step, mse], ...]`` (evaluated at every checkpoint)."""
     torch.manual_seed(cfg.seed)
-    base = task.teacher if cfg.teacher_init else None
-    gen = FloatCondGenerator(HALF, HALF, hidden=cfg.hidden, base=base, sigma_init=cfg.sigma_init)
-    critics = nn.ModuleList(_critic(cfg, task) for _ in range(1 if method == "dmd" else 2))
+    gen, critics = make_players(method, cfg, task)
     obj = DMD() if method == "dmd" else DistillDPO(loser_weight=cfg.loser_weight)
     opt_g = torch.optim.Adam(gen.parameters(), cfg.lr_generator)
     opt_c = torch.optim.Adam(critics.parameters(), cfg.lr_critic)

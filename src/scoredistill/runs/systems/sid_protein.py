@@ -181,21 +181,20 @@ def _sigma_data(teacher) -> float:
     return float(teacher.sample(4096, rng=torch.Generator().manual_seed(0)).std())
 
 
-def initial_denoiser(cfg: SiDProteinConfig, teacher, out: Path) -> nn.Module:
-    """What the generator and the fake score start from (``cfg.init``)."""
-    if cfg.init == "teacher":
-        with seeded(torch.Generator().manual_seed(cfg.seed)):
-            return TeacherPlusResidual(teacher, cfg.hidden, cfg.depth, _sigma_data(teacher))
-    return fitted_denoiser(cfg, teacher, out)
-
-
-def fitted_denoiser(cfg: SiDProteinConfig, teacher, out: Path) -> nn.Module:
-    """An MLP denoiser fitted by DSM to exact teacher samples (cached in ``out``)."""
+def init_net(cfg: SiDProteinConfig, teacher) -> nn.Module:
+    """What the generator and the fake score start from (``cfg.init``), before any fit
+    (``dsm``: the MLP denoiser :func:`fitted_denoiser` then fits)."""
     with seeded(torch.Generator().manual_seed(cfg.seed)):
-        net = make_critic(
-            teacher.dim, schedule="rf", hidden=cfg.hidden, depth=cfg.depth,
-            sigma_data=_sigma_data(teacher),
-        )  # fmt: skip
+        sd = _sigma_data(teacher)
+        if cfg.init == "teacher":
+            return TeacherPlusResidual(teacher, cfg.hidden, cfg.depth, sd)
+        return make_critic(
+            teacher.dim, schedule="rf", hidden=cfg.hidden, depth=cfg.depth, sigma_data=sd
+        )
+
+
+def fitted_denoiser(cfg: SiDProteinConfig, net: nn.Module, teacher, out: Path) -> nn.Module:
+    """``net`` (an MLP denoiser) fitted by DSM to exact teacher samples (cached in ``out``)."""
     path = out / "init_denoiser.safetensors"
     if path.exists():
         net.load_state_dict(load_safetensors(path))
@@ -351,7 +350,8 @@ def procedure(cfg: SiDProteinConfig, out: Path, resume: bool = False) -> dict[st
     ts = student_sigmas(cfg.student_steps, cfg.grid_first, cfg.grid_last, cfg.one_step_t)
     exact_k = FewStepGenerator(_ExactModule(teacher), ts=ts)
     rows += student_rows(cfg, "teacher, student's sampler", exact_k, templates_a, (cfg.gamma, 1.0))
-    init = initial_denoiser(cfg, teacher, out)
+    init = init_net(cfg, teacher)
+    init = fitted_denoiser(cfg, init, teacher, out) if cfg.init == "dsm" else init
     untrained = FewStepGenerator(copy.deepcopy(init), ts=ts).eval()
     rows += student_rows(cfg, "init (no SiD)", untrained, templates_a, (cfg.gamma, 1.0))
     for steps in (1, cfg.student_steps):

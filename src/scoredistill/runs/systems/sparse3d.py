@@ -115,13 +115,18 @@ def testbed(cfg: Sparse3DConfig) -> VariantsTestbed:
     )  # fmt: skip
 
 
-def fit(cfg: Sparse3DConfig, tb: VariantsTestbed, arm: str) -> VoxelField:
-    """Optimise a fresh field (seeded by ``cfg.seed``, the same for every arm) for ``arm``."""
-    field = VoxelField(
+def new_field(cfg: Sparse3DConfig) -> VoxelField:
+    """The untrained field every arm starts from (seeded by ``cfg.seed``)."""
+    return VoxelField(
         cfg.resolution, image_size=cfg.image_size, n_samples=cfg.n_samples,
         init_density=cfg.init_density, init_noise=cfg.init_noise,
         rng=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
+
+
+def fit(cfg: Sparse3DConfig, tb: VariantsTestbed, arm: str) -> VoxelField:
+    """Optimise a fresh field (seeded by ``cfg.seed``, the same for every arm) for ``arm``."""
+    field = new_field(cfg)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
     teacher = {"sds-agnostic": tb.camera_agnostic, "sds-view": tb.view_conditioned}.get(arm)
