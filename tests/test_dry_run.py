@@ -138,3 +138,15 @@ def test_kd_dry_run_on_the_command_line_prints_the_networks(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)["networks"]
     assert code == 0 and not (tmp_path / "x").exists()
     assert report["params"]["teacher (frozen)"] > report["params"]["student (kd)"] > 0
+
+
+def test_dry_run_needs_no_out_folder_and_a_run_does(capsys):
+    import json
+
+    from scoredistill.cli import main
+
+    assert main(["distill", "--preset", "dmd2-ring8", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "dmd"
+    assert main(["distill", "--preset", "dmd2-ring8", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out is required (except with --dry-run)" in err and "\n" not in err

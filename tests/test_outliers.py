@@ -55,9 +55,12 @@ def test_scaling_samples_about_their_mode_scales_the_core_width():
 def test_bridges_and_tails_are_told_apart():
     truth = _ring()
     mid = 0.5 * (truth.means[0] + truth.means[1])
-    between = mid[None] + 0.3 * (truth.means[1] - truth.means[0])[None] * torch.linspace(
-        -1, 1, 11, dtype=F64
-    )[:, None]
+    between = (
+        mid[None]
+        + 0.3
+        * (truth.means[1] - truth.means[0])[None]
+        * torch.linspace(-1, 1, 11, dtype=F64)[:, None]
+    )
     radial = truth.means[0][None] * torch.tensor([[1.3], [0.7]], dtype=F64)
     r = outlier_stats(truth, torch.cat([between, radial]))
     assert r["within_3std"] == 0.0

@@ -37,6 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ``--quick``/``--steps``/``--seed``/``--set`` overrides → validation → run into ``--out``."""
     from ..runs import family_of
 
+    if args.out is None and not args.dry_run:
+        raise UsageError(f"scoredistill {args.command}: --out is required (except with --dry-run)")
     family = family_of(args.command, args.preset, teacher=args.teacher is not None)
     sets = family.quick(args.preset) if args.quick else []
     for flag in ("testbed", "teacher", "scheduler", "prompts"):
@@ -130,7 +132,7 @@ def _add_run_parser(sub, command: str) -> None:
         "--resume", action="store_true", help="continue from the last checkpoint in --out"
     )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, help="run folder (not needed with --dry-run)")
     if command == "distill":
         p.add_argument("--testbed", default=None, help="swap the preset's teacher (same dimension)")
         p.add_argument("--scheduler", default=None, help="a scheduler folder for --teacher")
