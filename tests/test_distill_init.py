@@ -254,6 +254,7 @@ def test_bad_few_step_sigmas_are_refused_naming_the_key(sets, message):
         ("phased-dmd-ring8", ["generator.init=teacher", "generator.sigma_init=2.5"]),
         ("disback-ring8", []),
         ("dmd2-teacher-init-ring8", ["generator.latent_extra=6"]),
+        ("dmd2-ring8", ["train.ema_halflife=0"]),  # the loop still holds the EMA copy
     ],
 )
 def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
@@ -269,6 +270,7 @@ def test_dry_run_counts_the_networks_the_run_builds(preset, sets):
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     params = report["params"]
     assert params["student"] == count(gen) and params["critic"] == count(critic)
+    assert params["student EMA (frozen)"] == count(gen)
     assert gan == (preset == "dmd2-gan-ring8") and isinstance(objective, DMD) != (
         "phased" in preset
     )

@@ -65,9 +65,8 @@ def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
         student = teacher_init_generator(cfg.generator, critic)
     else:
         student = make_generator(cfg.generator, testbed)
-    frozen: dict[str, nn.Module | int] = (
-        {"student EMA (frozen)": student} if cfg.train.ema_halflife else {}
-    )
+    # the loop keeps the EMA copy even at ema_halflife = 0 (it then copies the student)
+    frozen: dict[str, nn.Module | int] = {"student EMA (frozen)": student}
     if cfg.backtrack.nodes:  # DisBack keeps s_0 .. s_N frozen (train.disback)
         frozen["backtrack path (frozen)"] = (cfg.backtrack.nodes + 1) * count_params(critic)
     return network_report({"student": student, "critic": critic}, frozen)
