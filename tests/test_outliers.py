@@ -1,4 +1,5 @@
-"""``eval.outliers``: closed forms on exact samples, and constructed bridges, tails and cores."""
+"""``eval.outliers`` (``benchmarks/score_samples.py --outliers``): closed forms on exact
+samples, and constructed bridges, tails and cores."""
 
 from __future__ import annotations
 
