@@ -314,6 +314,7 @@ def test_sana_sprint_presets_resolve() -> None:
     with pytest.raises(ConfigError, match=re.escape("objective.largest_prob")):
         fam.resolve("sana-sprint-ring8", ["objective.largest_prob=1.5"])
     assert obj.train_trunk is False  # SANA's frozen trunk
+    assert obj.adv_weight == 0.1  # the presets' departure from SANA's 0.5 (its comment says why)
     assert fam.resolve("sana-sprint-ring8", ["objective.train_trunk=true"]).extra.train_trunk
 
 
