@@ -183,8 +183,8 @@ _ABOUT: dict[str, str] = {
     "scm": "sCM (Lu & Song 2024): continuous-time CD in TrigFlow, JVP tangent, 2-step samples",
     "rcm": "rCM (Zheng et al. 2025): sCM + DMD (100:1) on 1-4-step student samples, fake-score "
     "critic 4:1, 2-step samples",
-    "sana-sprint": "SANA-Sprint (Chen et al. 2025): sCM + 0.5 hinge GAN, a head on the frozen "
-    "teacher fit, one step-adaptive student for 1-4 steps, 2-step samples",
+    "sana-sprint": "SANA-Sprint (Chen et al. 2025): sCM + hinge GAN at 0.1 (SANA: 0.5), a head on "
+    "the frozen teacher fit, one step-adaptive student for 1-4 steps, 2-step samples",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
