@@ -20,6 +20,7 @@ import torch
 
 from scoredistill.config import ConfigError
 from scoredistill.objectives import CONSISTENCY_OBJECTIVES, SCM, SanaSprint
+from scoredistill.objectives._ingredients import add_noise, sample_t
 from scoredistill.runs import FAMILIES
 from scoredistill.schedules import get_schedule
 from scoredistill.sources.consistency import TrigFlowStudent
@@ -279,6 +280,34 @@ def test_a_trainable_trunk_gets_the_d_loss_gradient_and_only_the_student_gets_th
     assert all(p.grad is None for p in dis.parameters())  # G's loss: neither trunk nor head
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.requires_grad for p in dis.parameters())  # restored after frozen_params
+
+
+def test_trunk_dsm_adds_dmd2s_fake_score_loss_on_the_judged_samples() -> None:
+    """``trunk_dsm_weight = w``: ``L_D + w DSM(trunk; sg(x_hat_0))``, the DSM replayed by hand on
+    the same draws; its gradient reaches the denoiser's output layer (off the logit's path), the
+    student gets none; without ``train_trunk`` the key is refused."""
+    student, x0 = _student(), _data(32, 8)
+    plain = SanaSprint(scm=SCM(tangent_warmup_steps=0), train_trunk=True)
+    with_dsm = SanaSprint(scm=SCM(tangent_warmup_steps=0), train_trunk=True, trunk_dsm_weight=0.3)
+    dis = _discriminator(True)
+    kw = {"student": student, "critic": dis, "index": 0}
+    base = plain.critic_loss(x0, None, rng=torch.Generator().manual_seed(4), **kw)
+    got = with_dsm.critic_loss(x0, None, rng=torch.Generator().manual_seed(4), **kw)
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(4)
+        fake = plain.fake(x0, None, student, rng, grad=False)
+        plain.logit(fake, None, dis, rng), plain.logit(x0, None, dis, rng)
+        t = sample_t(32, dis.schedule, (0.0, 1.0), rng, dtype=fake.dtype)
+        x_t, _, alpha, sigma = add_noise(fake, t, dis.schedule, rng)
+        w = (sigma**2 + (alpha * dis.sigma_data) ** 2) / (sigma * dis.sigma_data) ** 2
+        dsm = (w * (dis.denoise(x_t, t) - fake).pow(2).mean(1)).mean()
+    torch.testing.assert_close(got.value, base.value + 0.3 * dsm)
+    assert got.logs["trunk_dsm"] == pytest.approx(float(dsm), rel=1e-5)
+    got.value.backward()
+    assert dis.net.out.weight.grad.abs().sum() > 0  # only the DSM term reaches the output layer
+    assert all(p.grad is None for p in student.parameters())
+    with pytest.raises(ConfigError, match="trunk_dsm_weight"):
+        SanaSprint(trunk_dsm_weight=0.1)
 
 
 def test_loop_trains_a_trainable_trunk_and_resumes_it(tmp_path: Path) -> None:

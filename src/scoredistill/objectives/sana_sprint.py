@@ -53,6 +53,10 @@ Departures, each a choice of this library:
 ``train_trunk = True`` (off by default) is DMD2's setting, not SANA's: the trunk trains with the
 head on ``L_D`` (DMD2's GAN head sits on its fake-score critic, which trains). ``L_G`` still
 reaches the student only: ``adversarial_loss`` freezes every discriminator parameter.
+``trunk_dsm_weight = w > 0`` (with ``train_trunk``) completes DMD2's setting: the trunk's
+denoiser also takes DMD2's fake-score loss, EDM-weighted DSM on ``sg(x_hat_0)`` (a fresh no-grad
+draw of what the head judges), ``L_D + w L_DSM``, so the features the head reads stay those of a
+denoiser of the student's distribution.
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import NonNegativeFloat, NonNegativeInt, PositiveFloat, UnitFloat
-from ._ingredients import Loss, add_noise, frozen_params, sample_t_lognormal
+from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, UnitFloat
+from ._ingredients import Loss, add_noise, denoising_loss, frozen_params, sample_t_lognormal
 from .scm import SCM
 
 __all__ = ["SanaSprint", "hinge_critic_loss"]
@@ -89,8 +93,17 @@ class SanaSprint:
     # False: SANA's frozen trunk, only the head trains; True: the trunk trains on L_D too, a
     # departure (DMD2's setting: its GAN head's trunk is the fake-score critic, which trains)
     train_trunk: bool = False
+    # with train_trunk: + this weight x DSM of the trunk on sg(x_hat_0) (DMD2's fake-score loss)
+    trunk_dsm_weight: NonNegativeFloat = 0.0
 
     needs_logit_head: ClassVar[bool] = True  # the run attaches a head (make_discriminator)
+
+    def __post_init__(self) -> None:
+        if self.trunk_dsm_weight > 0 and not self.train_trunk:
+            raise ConfigError(
+                "config key 'trunk_dsm_weight' trains the discriminator's trunk as a denoiser; "
+                "it needs train_trunk=true (SANA's frozen trunk takes no loss)"
+            )
 
     def uses_critic(self, step: int) -> bool:
         """Whether the adversarial term (and the discriminator's training) is on at ``step``."""
@@ -169,11 +182,17 @@ class SanaSprint:
     def critic_loss(
         self, x0: Tensor, cond: Tensor | None, *, student, critic, rng: torch.Generator, index: int
     ) -> Loss:
-        """SANA's hinge discriminator loss on real ``x0`` against a fresh no-grad ``x_hat_0``."""
+        """SANA's hinge discriminator loss on real ``x0`` against a fresh no-grad ``x_hat_0``
+        (``+ trunk_dsm_weight`` x the trunk's DSM on that ``x_hat_0``, module docstring)."""
         fake = self.fake(x0, cond, student, rng, grad=False)
         logit_fake = self.logit(fake, cond, critic, rng)
         logit_real = self.logit(x0, cond, critic, rng)
-        return hinge_critic_loss(logit_real, logit_fake)
+        loss = hinge_critic_loss(logit_real, logit_fake)
+        if not self.trunk_dsm_weight:
+            return loss
+        dsm = denoising_loss(critic, fake, cond, rng)
+        logs = loss.logs | {"trunk_dsm": dsm.value.item()}
+        return Loss(loss.value + self.trunk_dsm_weight * dsm.value, logs)
 
 
 def hinge_critic_loss(logit_real: Tensor, logit_fake: Tensor) -> Loss:
