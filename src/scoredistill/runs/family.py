@@ -34,6 +34,7 @@ __all__ = [
     "Experiment",
     "Family",
     "Resolved",
+    "experiment_dry_run",
     "preset_quick",
     "report_section",
     "resolve_experiment",
@@ -91,6 +92,13 @@ class Experiment:
     run: Callable[[Any, Path, bool], dict[str, Any]]
     report: Callable[[Any, dict[str, Any]], str]
     networks: Callable[[Any], dict[str, Any]] | None = None
+
+
+def experiment_dry_run(r: Resolved) -> dict[str, Any]:
+    """``--dry-run``'s ``networks`` field for a family of :class:`Experiment` entries (the
+    resolved ``extra``): ``{}`` for an entry without ``networks``."""
+    networks = r.extra.networks
+    return {} if networks is None else {"networks": networks(r.config)}
 
 
 def single_thread() -> None:

@@ -17,7 +17,15 @@ from typing import Any
 
 from ...config import ConfigError
 from ...presets.kd_procedures import DESCRIPTIONS, PROCEDURE_PRESETS
-from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
+from ..family import (
+    Experiment,
+    Family,
+    Resolved,
+    experiment_dry_run,
+    preset_quick,
+    resolve_experiment,
+    run_experiment,
+)
 from . import autodistil, comd, cvdd, diswot, federated, lm, online, sweep
 
 __all__ = [
@@ -93,12 +101,6 @@ def run_procedure(
     return run_experiment(Resolved(cfg, proc, name), out, resume)
 
 
-def _dry_run(r: Resolved) -> dict[str, Any]:
-    """``--dry-run``'s ``networks`` field (every procedure reports one)."""
-    networks = r.extra.networks
-    return {"networks": networks(r.config)} if networks is not None else {}
-
-
 FAMILY = Family(
     name="kd-procedure",
     help="KD procedures: online KD, LM distillation, sweeps, search, federated, data distillation",
@@ -110,5 +112,5 @@ FAMILY = Family(
     steps_key="steps",
     seed_key="seed",
     steps_help="student steps (procedures with rounds or stages: --set their budget keys)",
-    dry_run=_dry_run,
+    dry_run=experiment_dry_run,  # every procedure reports its networks
 )

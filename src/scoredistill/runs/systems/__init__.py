@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ...presets.systems import DESCRIPTIONS, SYSTEM_PRESETS
-from ..family import Experiment, Family, Resolved, preset_quick, resolve_experiment, run_experiment
+from ..family import (
+    Experiment,
+    Family,
+    Resolved,
+    experiment_dry_run,
+    preset_quick,
+    resolve_experiment,
+    run_experiment,
+)
 from . import dd2, diffprotect, diffprotect_sd, dpo, nasa, sid_protein, sparse3d
 from . import dry_run as dr
 
@@ -73,7 +81,7 @@ def _dry_run(r: Resolved) -> dict[str, Any]:
     if r.extra.networks is None:
         name = next(k for k, s in SYSTEMS.items() if s is r.extra)
         return {"networks_note": dr.NOT_REPORTED[name]}
-    return {"networks": r.extra.networks(r.config)}
+    return experiment_dry_run(r)
 
 
 FAMILY = Family(
