@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from ..samplers import SPACINGS, nfe_to_steps, sample
 
-__all__ = ["best_rows", "diffusers_ddim_rows", "draw_labels", "image_rows"]
+__all__ = [
+    "accuracy_front",
+    "best_at_accuracy",
+    "best_rows",
+    "diffusers_ddim_rows",
+    "draw_labels",
+    "image_rows",
+]
 
 Score = Callable[[Any, Tensor, Tensor | None, int], dict[str, Any]]
 
@@ -123,3 +130,34 @@ def best_rows(
         if within:
             best[str(b)] = pick(within, key=lambda r: r[key])
     return best
+
+
+def best_at_accuracy(
+    rows: list[dict[str, Any]],
+    budget: int,
+    accuracy: float,
+    key: str = "fd",
+    acc_key: str = "class_acc",
+) -> dict[str, Any] | None:
+    """The teacher's best row (lowest ``key``) among those within ``budget`` NFE whose
+    ``acc_key`` is at least ``accuracy``: the comparison "at equal prompt accuracy" (rows may
+    span several guidance scales, so a student is met by the teacher at its own accuracy, not
+    at the student's guidance). None when no row is that accurate."""
+    within = [
+        r for r in rows
+        if key in r and acc_key in r and int(r["nfe"]) <= budget and r[acc_key] >= accuracy
+    ]  # fmt: skip
+    return min(within, key=lambda r: r[key]) if within else None
+
+
+def accuracy_front(
+    rows: list[dict[str, Any]], budget: int, key: str = "fd", acc_key: str = "class_acc"
+) -> list[dict[str, Any]]:
+    """The Pareto front of ``(acc_key ↑, key ↓)`` among rows within ``budget`` NFE, by
+    increasing accuracy: no row on it is beaten on both by another row of the budget."""
+    within = [r for r in rows if key in r and acc_key in r and int(r["nfe"]) <= budget]
+    front: list[dict[str, Any]] = []
+    for r in sorted(within, key=lambda r: (-r[acc_key], r[key])):
+        if not front or r[key] < front[-1][key]:
+            front.append(r)
+    return front[::-1]
