@@ -162,7 +162,7 @@ def plot(students: list[dict], rows: list[dict], budgets: list[int], path: Path)
     fig, ax = plt.subplots(figsize=(7, 5))
     for b in budgets:
         front = accuracy_front(rows, b)
-        ax.step([r["class_acc"] for r in front], [r["fd"] for r in front], where="post",
+        ax.step([r["class_acc"] for r in front], [r["fd"] for r in front], where="pre",
                 marker="o", ms=3, label=f"teacher front ≤ {b} NFE")  # fmt: skip
     for s in students:
         ax.plot(s["class_acc"], s["fd"], "k*", ms=9)

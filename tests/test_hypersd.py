@@ -181,7 +181,7 @@ def test_quick_cli_run(tmp_path: Path) -> None:
     args = ["distill", "--preset", "hypersd-ring8", "--quick", "--seed", "1", "--out", str(out)]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["by_steps"]) == {"1", "2", "4"} and metrics["nfe"] == 2
+    assert set(metrics["by_steps"]) == {"1", "2", "3", "4"} and metrics["nfe"] == 2
     assert np.isfinite(metrics["by_steps"]["1"]["mmd"])
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["segments"] for r in logs if "segments" in r} >= {1.0}  # reached the last stage

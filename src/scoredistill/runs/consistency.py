@@ -22,6 +22,7 @@ EMA student's metrics at ``student.sample_steps`` at the top level, every step c
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PositiveFloat, PositiveInt, to_dict
+from ..config import ConfigError, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import CONSISTENCY_OBJECTIVES
@@ -39,7 +40,15 @@ from ..train.consistency import ConsistencyLoopConfig, train_consistency
 from .distill import CriticConfig, testbed_resolver
 from .family import Family, report_section
 
-__all__ = ["FAMILY", "METHODS", "ConsistencyConfig", "EvalConfig", "StudentConfig", "run"]
+__all__ = [
+    "FAMILY",
+    "METHODS",
+    "ConsistencyConfig",
+    "EvalConfig",
+    "StudentConfig",
+    "check_sample_mid",
+    "run",
+]
 
 METHODS: dict[str, type] = CONSISTENCY_OBJECTIVES
 
@@ -51,11 +60,15 @@ class StudentConfig:
     sigma_data: PositiveFloat | None = None  # None: the testbed mixture's exact data std
     sample_steps: PositiveInt = 2  # student steps of samples.npz (sCM's headline: 2)
     time_scale: PositiveFloat = 1 / 64  # scm: c_noise = log(sigma) * this (sources.consistency)
+    # TrigFlow students: the intermediate angles (radians, theta = atan(sigma / sigma_d)) of the
+    # sample_steps-step draw; (): sources.consistency.MID_ANGLES. Other step counts keep those.
+    sample_mid: tuple[PositiveFloat, ...] = ()
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    steps: tuple[PositiveInt, ...] = (1, 2, 4)  # student step counts scored at the end
+    # student step counts scored at the end (3: rCM's best on digits and gmm64, docs/consistency.md)
+    steps: tuple[PositiveInt, ...] = (1, 2, 3, 4)
     levels: tuple[PositiveFloat, ...] = (0.1, 0.5, 2.0, 10.0)  # VE sigma of the consistency error
     consistency_samples: PositiveInt = 500  # exact PF-ODE solves per level
     teacher_samplers: tuple[str, ...] = ("ddim", "dpmpp-2m", "heun")
@@ -77,6 +90,26 @@ class ConsistencyConfig:
 def resolve(preset: str | None, sets: list[str]) -> tuple[ConsistencyConfig, Any]:
     """Preset + ``--set`` overrides -> (validated config, objective instance)."""
     return resolve_config(ConsistencyConfig(), PRESETS, preset, sets, METHODS)
+
+
+def check_sample_mid(cfg: ConsistencyConfig, testbed) -> None:
+    """``student.sample_mid``: a TrigFlow student's ``sample_steps - 1`` strictly decreasing
+    angles in ``(0, atan(SIGMA_MAX / sigma_d))``; otherwise a ``ConfigError`` naming the key."""
+    from ..sources.consistency import trigflow_angles
+    from ..teachers.trigflow import mixture_sigma_data
+
+    if not cfg.student.sample_mid:
+        return
+    if cfg.method in ("cd", "hypersd"):
+        raise ConfigError(
+            f"config key 'student.sample_mid' applies to TrigFlow students (scm, rcm, "
+            f"sana_sprint); method {cfg.method!r} samples on its teacher's schedule"
+        )
+    sigma_d = cfg.student.sigma_data or mixture_sigma_data(testbed.truth)
+    try:
+        trigflow_angles(cfg.student.sample_steps, sigma_d, cfg.student.sample_mid)
+    except ValueError as err:
+        raise ConfigError(f"config key 'student.sample_mid': {err}") from None
 
 
 def _data_sampler(testbed):
@@ -167,23 +200,29 @@ def _build_critic(
     return critic, init
 
 
-def _student_draw(student, testbed, steps: int, n: int, seed: int):
-    """The fixed evaluation draw: ``(x, labels, seconds)``; the same noise for every step count."""
+def _student_draw(
+    student, testbed, steps: int, n: int, seed: int, mid: Sequence[float] | None = None
+):
+    """The fixed evaluation draw: ``(x, labels, seconds)``; the same noise for every step count.
+    ``mid``: a TrigFlow student's intermediate angles (None: ``MID_ANGLES``)."""
     from ..eval.baseline import draw_labels
 
     rng = torch.Generator().manual_seed(seed + 12345)
     labels = draw_labels(testbed, n, rng)
     z = torch.randn(n, testbed.dim, generator=rng)
+    kw = {} if mid is None else {"mid": mid}
     start = time.perf_counter()
     with torch.no_grad():
-        x = student.sample(z, labels, steps=steps, rng=rng)
+        x = student.sample(z, labels, steps=steps, rng=rng, **kw)
     return x, labels, time.perf_counter() - start
 
 
-def _score(student, testbed, steps: int, n: int, seed: int) -> tuple[dict, torch.Tensor, Any]:
+def _score(
+    student, testbed, steps: int, n: int, seed: int, mid: Sequence[float] | None = None
+) -> tuple[dict, torch.Tensor, Any]:
     from ..eval.metrics import testbed_metrics
 
-    x, labels, wall = _student_draw(student, testbed, steps, n, seed)
+    x, labels, wall = _student_draw(student, testbed, steps, n, seed, mid)
     metrics = testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
     return {**metrics, "nfe": steps, "sample_s": wall}, x, labels
 
@@ -201,19 +240,21 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     sigma_d = cfg.student.sigma_data or mixture_sigma_data(testbed.truth)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
+    mid = cfg.student.sample_mid or None  # the sample_steps draw's grid (None: MID_ANGLES)
     start = time.perf_counter()
     critic, init = (
         _build_critic(cfg, testbed, objective) if _wants_critic(objective) else (None, {})
     )
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
-        sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed)[0],
+        sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed, mid)[0],
         out_dir=out, resume=resume, desc=f"{cfg.method} {cfg.testbed}", critic=critic,
     )  # fmt: skip
     ema, train_s = result["ema"], time.perf_counter() - start
     by_steps, draws = {}, {}
     for steps in sorted({*cfg.eval.steps, k}):
-        by_steps[str(steps)], draws[steps], labels = _score(ema, testbed, steps, n, seed)
+        grid = mid if steps == k else None
+        by_steps[str(steps)], draws[steps], labels = _score(ema, testbed, steps, n, seed, grid)
     consistency = consistency_errors(
         testbed, ema.at_level, cfg.eval.levels, cfg.eval.consistency_samples, seed
     )
@@ -239,7 +280,7 @@ FAMILY = Family(
     "into a few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
-    resolve=testbed_resolver(resolve),
+    resolve=testbed_resolver(resolve, check_sample_mid),
     run=lambda r, out, resume: run(r.config, r.extra, out, resume=resume),
     quick=quick,
     steps_help="student updates",

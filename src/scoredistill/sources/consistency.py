@@ -31,6 +31,7 @@ one call the exact consistency error needs.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -41,7 +42,15 @@ from ..samplers import time_grid
 from ..schedules import Schedule
 from ..teachers.mlp import MLPDenoiserNet
 
-__all__ = ["SIGMA_MAX", "TIME_SCALE", "BoundaryConsistency", "TrigFlowStudent", "trigflow_angles"]
+__all__ = [
+    "MID_ANGLES",
+    "SIGMA_MAX",
+    "TIME_SCALE",
+    "BoundaryConsistency",
+    "TrigFlowStudent",
+    "mid_from_ratios",
+    "trigflow_angles",
+]
 
 SIGMA_MAX = 80.0  # the noise end of every sampler (EDM's sigma_max; rCM's --sigma_max 80)
 _LOG_S = (math.log(1e-5), math.log(1e5))  # keeps c_noise finite at theta = 0 and pi/2
@@ -59,9 +68,22 @@ def trigflow_angles(steps: int, sigma_d: float, mid: Sequence[float] | None = No
     if mid is None:
         mid = MID_ANGLES.get(steps) or [top * (1 - i / steps) for i in range(1, steps)]
     mid = [float(m) for m in mid]
-    if len(mid) != steps - 1 or any(not 0 < m < top for m in mid):
-        raise ValueError(f"{steps} steps need {steps - 1} angles in (0, {top:.4f}); got {mid}")
+    falling = all(a > b for a, b in itertools.pairwise(mid))
+    if len(mid) != steps - 1 or not falling or any(not 0 < m < top for m in mid):
+        raise ValueError(
+            f"{steps} steps need {steps - 1} strictly decreasing angles in (0, {top:.4f}); "
+            f"got {mid}"
+        )
     return [top, *mid]
+
+
+def mid_from_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
+    """Intermediate angles of VE levels given as ``sigma / sigma_d``: ``theta = atan(ratio)``.
+    A TrigFlow angle is the same ``sigma / sigma_d`` on every testbed (only the top angle
+    ``atan(SIGMA_MAX / sigma_d)`` moves with ``sigma_d``)."""
+    if any(not (math.isfinite(r) and r > 0) for r in ratios):
+        raise ValueError(f"sigma / sigma_d ratios must be finite and > 0; got {list(ratios)}")
+    return tuple(math.atan(float(r)) for r in ratios)
 
 
 def _c_noise(s: Tensor, scale: float = 0.25) -> Tensor:
