@@ -66,3 +66,21 @@ def test_front_is_exactly_the_undominated_rows() -> None:
         assert accs == sorted(accs) and fds == sorted(fds)  # the trade-off rises both ways
         for r in front:  # each front row is what best_at_accuracy returns at its accuracy
             assert best_at_accuracy(rows, budget, r["class_acc"]) is r
+
+
+def test_sid_lsg15_preset_is_sid_lsg_at_the_papers_fid_scale() -> None:
+    """``sid-lsg15-sd`` (the student measured against the front) differs from ``sid-lsg-sd``
+    only in the three LSG scales, which are SiD-LSG's 1.5 (arXiv 2406.01561)."""
+    from scoredistill.config import to_dict
+    from scoredistill.runs.sd import resolve_sd
+
+    base = to_dict(resolve_sd("sid-lsg-sd", [])[0])
+    lsg15 = to_dict(resolve_sd("sid-lsg15-sd", [])[0])
+    scales = ("guidance", "guidance_fake", "guidance_critic")
+    assert [base["objective"][k] for k in scales] == [2.0, 2.0, 2.0]
+    assert [lsg15["objective"][k] for k in scales] == [1.5, 1.5, 1.5]
+    for k in scales:
+        lsg15["objective"][k] = 2.0
+    base.pop("preset", None)
+    lsg15.pop("preset", None)
+    assert lsg15 == base

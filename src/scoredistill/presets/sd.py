@@ -79,6 +79,15 @@ _SID_LSG = {
     "objective.guidance_critic": 2.0,
     "objective.t_reference": "vp-scaled-linear",
 }
+# SiD-LSG's other reported scale (Zhou et al., arXiv 2406.01561, abstract: FID 8.15 at LSG scale
+# 1.5, 9.56 with the higher CLIP score at 2): kappa1..4 = 1.5, the rest sid-lsg-sd's. On the
+# bundled teacher it is the one-step student below the teacher's best 4-NFE FD at equal prompt
+# accuracy on 3 seeds (docs/text_to_image.md, "At equal prompt accuracy").
+_LSG_15 = {
+    "objective.guidance": 1.5,
+    "objective.guidance_fake": 1.5,
+    "objective.guidance_critic": 1.5,
+}
 # Few-step SiD's Zero-CFG (Zhou, Gu, Wang 2025, arXiv 2505.12674, abstract): "disables CFG in
 # the teacher and removes text conditioning in the fake score network" (κ4 = 1, κ2 = κ3 = 0; the
 # fake's own DSM unguided, κ1 = 1, with SiD-LSG's 10 % prompt dropout so its unconditional branch
@@ -105,6 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "swiftbrush-sd": {**_CPU, **_SWIFTBRUSH},
     "dmd2-sd": {**_CPU, **_DMD2},
     "sid-lsg-sd": {**_CPU, **_SID_LSG},
+    "sid-lsg15-sd": {**_CPU, **_SID_LSG, **_LSG_15},
     "sid-zerocfg-sd": {**_CPU, **_SID_LSG, **_ZERO_CFG},
     "sfd-sd": {**_CPU, **_SFD},
 }
@@ -112,6 +122,7 @@ DESCRIPTIONS: dict[str, str] = {
     "swiftbrush-sd": "SwiftBrush (VSD): one-step LoRA student + LoRA critic on one base, CFG 4.5",
     "dmd2-sd": "DMD2 one-step full student and full fake UNet, CFG 1.75 (SD 1.5 recipe)",
     "sid-lsg-sd": "SiD-LSG one-step student, long and short guidance 2, from timestep 625",
+    "sid-lsg15-sd": "SiD-LSG at the paper's FID scale 1.5 (long and short guidance 1.5)",
     "sid-zerocfg-sd": "SiD one-step student with Zero-CFG: teacher unguided, fake unconditional",
     "sfd-sd": "SFD on SiD-LSG: forget_prompt's rows ask the teacher for safe_prompt",
 }
