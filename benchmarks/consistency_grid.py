@@ -65,8 +65,11 @@ def _grids() -> dict[int, dict[str, tuple[float, ...]]]:
         "1.1,0.6,0.3": (1.1, 0.6, 0.3), "1.1,0.7,0.4": (1.1, 0.7, 0.4),
         "1.0,0.5,0.2": (1.0, 0.5, 0.2), "1.1,0.8,0.5": (1.1, 0.8, 0.5),
         "0.9,0.5,0.2": (0.9, 0.5, 0.2), "1.3,0.8,0.4": (1.3, 0.8, 0.4),
-        **{f"log r(1.1)..{last}": _log_uniform(R(1.1), last, 3) for last in (0.1, 0.2, 0.4, 0.7)},
+        **{f"log r(1.1)..{last}": _log_uniform(R(1.1), last, 3)
+           for last in (0.05, 0.1, 0.2, 0.4, 0.7)},
         "log r(1.3)..0.2": _log_uniform(R(1.3), 0.2, 3),
+        # rCM's 3-step grid with a last level below it (added in stop 30, after the first pass)
+        "1.3,1.0,0.2": (1.3, 1.0, 0.2), "1.3,1.0,0.1": (1.3, 1.0, 0.1),
     }  # fmt: skip
     named = {2: two, 3: three, 4: four}
     return {k: {"default": MID_ANGLES[k], **v} for k, v in named.items()}
