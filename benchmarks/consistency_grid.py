@@ -33,15 +33,13 @@ import math
 import time
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from scoredistill.config import from_dict
 from scoredistill.eval.baseline import cell_metrics, sample_cell
 from scoredistill.runs.consistency import ConsistencyConfig, _build_student, _score
 from scoredistill.sources.consistency import MID_ANGLES, mid_from_ratios
 from scoredistill.teachers.testbeds import get_testbed
 from scoredistill.teachers.trigflow import mixture_sigma_data
-from scoredistill.train.common import latest_checkpoint
+from scoredistill.train.common import latest_checkpoint, module_state
 
 METRICS = ("mmd", "mmd_local", "sw2")
 SELECT, EVAL = 1000, 2000  # seed offsets of the selection and evaluation draws
@@ -118,9 +116,7 @@ def load_run(run: Path):
     ckpt = latest_checkpoint(run / "checkpoints")
     if ckpt is None or ckpt.name != f"step-{cfg.train.steps}":
         raise SystemExit(f"{run}: no final checkpoint step-{cfg.train.steps} (found {ckpt})")
-    state = load_file(ckpt / "state.safetensors")
-    prefix = "model/ema/"
-    student.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    student.load_state_dict(module_state(ckpt, "ema"))
     return cfg, testbed, student.eval().requires_grad_(False), stored
 
 

@@ -23,7 +23,6 @@ prompt list (that of the first run, or ``--teacher-run``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from scoredistill.config import from_dict
 from scoredistill.data import load_digits_images
 from scoredistill.eval.features import image_metrics
 from scoredistill.eval.image_baseline import accuracy_front, best_at_accuracy, image_rows
-from scoredistill.io import load_safetensors
 from scoredistill.runs.sd import (
     SDDistillConfig,
     _Guided,
@@ -43,7 +41,7 @@ from scoredistill.runs.sd import (
     scorable_digits,
 )
 from scoredistill.runs.unet import student_draw
-from scoredistill.train.common import latest_checkpoint
+from scoredistill.train.common import latest_checkpoint, module_state
 
 KEEP = ("fd", "precision", "recall", "class_acc", "n", "n_ref")
 
@@ -104,11 +102,8 @@ def student_row(run: Path, args: argparse.Namespace, reference: SDDistillConfig)
     if ckpt is None:
         raise SystemExit(f"{run}: no complete checkpoint under checkpoints/")
     teacher = load_teacher(cfg)  # a fresh base: LoRA players add adapters to it
-    gen, _ = build_players(cfg, teacher)
-    ema = copy.deepcopy(gen)
-    tensors = load_safetensors(ckpt / "state.safetensors")
-    ema.load_state_dict({k[len("model/ema/") :]: v for k, v in tensors.items()
-                         if k.startswith("model/ema/")})  # fmt: skip
+    ema, _ = build_players(cfg, teacher)  # a fresh student, given the run's EMA weights
+    ema.load_state_dict(module_state(ckpt, "ema"))
     z, labels, _ = student_draw(ema, teacher, args.n, args.seed)
     row = make_scorer(teacher)(teacher, z, labels, args.seed)
     return {"run": str(run), "checkpoint": ckpt.name, "nfe": cfg.student.steps, **row}

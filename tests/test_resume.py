@@ -396,3 +396,24 @@ def test_other_ranks_wait_until_rank_0_holds_the_lock(tmp_path: Path, monkeypatc
     assert waited >= 0.25 and (tmp_path / ".lock").exists()  # rank 1 neither took nor removed it
     with pytest.raises(UserError, match="rank 0 did not lock"):
         wait_for_first_rank(tmp_path / "never", timeout_s=0.1)
+
+
+def test_module_state_reads_back_each_saved_module(tmp_path: Path) -> None:
+    """``module_state`` returns exactly the state dict ``save_checkpoint`` stored per module
+    (the EMA a finished run evaluates, without its optimizers)."""
+    from scoredistill.train.common import module_state, save_checkpoint
+
+    torch.manual_seed(0)
+    gen, ema = nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = torch.optim.Adam(gen.parameters())
+    path = save_checkpoint(
+        tmp_path, 7, modules={"generator": gen, "ema": ema}, optimizers={"generator": opt},
+        rngs={"loop": torch.Generator().manual_seed(1)},
+    )  # fmt: skip
+    for name, module in (("generator", gen), ("ema", ema)):
+        got = module_state(path, name)
+        want = module.state_dict()
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    fresh = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    fresh.load_state_dict(module_state(path, "ema"))  # strict: no key of another module
+    assert torch.equal(fresh[0].weight, ema[0].weight)

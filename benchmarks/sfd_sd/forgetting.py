@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from scoredistill.config import from_dict
 from scoredistill.runs.sd import SDDistillConfig, build_players, load_teacher, prompt_forgetting
+from scoredistill.train.common import module_state
 
 STEP = os.environ.get("CKPT", "")
 
@@ -28,9 +28,7 @@ def forgetting_of(run: Path, forget: str, safe: str) -> dict:
         / "checkpoints"
         / (STEP or json.loads((run / "checkpoints/latest.json").read_text())["path"])
     )
-    state = load_file(ckpt / "state.safetensors")
-    ema = {k.removeprefix("model/ema/"): v for k, v in state.items() if k.startswith("model/ema/")}
-    gen.load_state_dict(ema)
+    gen.load_state_dict(module_state(ckpt, "ema"))
     prompts = list(teacher.prompt_table.prompts)
     f, s = prompts.index(forget), prompts.index(safe)
     out = prompt_forgetting(gen.eval(), teacher, f, s, cfg.eval.samples, cfg.train.seed)

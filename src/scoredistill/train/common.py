@@ -45,6 +45,7 @@ __all__ = [
     "gather_rng_states",
     "latest_checkpoint",
     "load_checkpoint",
+    "module_state",
     "save_checkpoint",
 ]
 
@@ -318,6 +319,18 @@ def _check_shapes(name: str, module: nn.Module, found: dict[str, Tensor], where:
             )
 
 
+def _module_part(tensors: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
+    """The state dict ``save_checkpoint`` stored for module ``name``."""
+    prefix = f"model/{name}/"
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def module_state(path: Path, name: str) -> dict[str, Tensor]:
+    """Module ``name``'s state dict from a ``save_checkpoint`` folder (e.g. ``"ema"``, the
+    student a run evaluates), for loading a finished run without its optimizers."""
+    return _module_part(load_safetensors(path / "state.safetensors"), name)
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -354,8 +367,7 @@ def load_checkpoint(
         )
     parts = {}
     for name, module in modules.items():
-        prefix = f"model/{name}/"
-        parts[name] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        parts[name] = _module_part(tensors, name)
         _check_shapes(name, module, parts[name], path)
     for name, module in modules.items():
         module.load_state_dict(parts[name])
