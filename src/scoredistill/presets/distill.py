@@ -75,8 +75,8 @@ _TDM_OPT = {
 # cond2d has 2 classes, so K = 2 there (one student per class), digits takes the paper's 4
 # (classes 0-2, 3-5, 6-7, 8-9). Same-sized: each student is the single student's MLP (the
 # comparison the paper's "same-sized" rows make, against dmd2-<testbed>). Departures: fresh MLP
-# students, not teacher copies, so the paper's TSM pretraining of smaller students has nothing to
-# replace and is not run; no ADM (GAN) stage; one batch of train.batch_size rows per step shared
+# students, not teacher copies (msd-teacher-init below starts them from the teacher, and fits
+# smaller ones by the paper's TSM first); no ADM (GAN) stage; one batch of train.batch_size rows per step shared
 # by the students (each sees about B/K rows), one conditional critic for all of them (its target
 # given c is the owning student's fake score), and the gradient clip taken over all students
 _MSD_STUDENTS = {"cond2d": 2, "digits": 4}
@@ -137,6 +137,15 @@ METHODS: dict[str, dict[str, Any]] = {
     "tdm": {"method": "tdm", **_FOUR_STEP, **_TDM_OPT},
     "disback": {"method": "dmd", **_DMD2_OPT, **_DISBACK},
     "msd": {"method": "dmd", **_DMD2_OPT},  # + generator.students per testbed (_MSD_STUDENTS)
+    # MSD's students from the teacher, as dmd2-teacher-init's one student (same-sized: copies of
+    # the critic's teacher fit); --set generator.student_hidden=W makes them smaller, each first
+    # fitted by teacher score matching (generator.tsm_steps), the paper's start for small students
+    "msd-teacher-init": {
+        "method": "dmd",
+        **_DMD2_OPT,
+        **_TEACHER_INIT,
+        **_TEACHER_INIT_STEPS,
+    },
     "phased-dmd": {
         "method": "phased_dmd",
         **_DMD2_OPT,
@@ -165,7 +174,8 @@ _GRID: dict[str, tuple[str, ...]] = {
     "tdm": TESTBEDS,  # run so far: ring8 (the others resolve; every method covers the five)
     "phased-dmd": TESTBEDS,
     "disback": TESTBEDS,  # run so far: ring8
-    "msd": tuple(_MSD_STUDENTS),  # routes by class: conditional testbeds only; digits not run yet
+    "msd": tuple(_MSD_STUDENTS),  # routes by class: conditional testbeds only
+    "msd-teacher-init": tuple(_MSD_STUDENTS),
 }
 
 
@@ -176,7 +186,7 @@ def _preset(method: str, testbed: str) -> dict[str, Any]:
     if method == "sfd" and testbed in _SHARP:  # SFD's base is SiD; the range is SiD's (EDM) one
         out["objective.base.t_range"] = _SID_SHARP["objective.t_range"]
         out["objective.base.t_reference"] = "edm"
-    if method == "msd":
+    if method in ("msd", "msd-teacher-init"):
         out["generator.students"] = _MSD_STUDENTS[testbed]
     return out
 
@@ -207,6 +217,8 @@ _ABOUT: dict[str, str] = {
     "student score path, then toward the teacher",
     "msd": "MSD (Song et al. 2024): DMD2 with K same-sized one-step students, one per block of "
     "classes (K = 2 on cond2d, the paper's 4 on digits)",
+    "msd-teacher-init": "MSD with its K students from the teacher (copies of the critic's teacher "
+    "fit; smaller ones via generator.student_hidden, fitted by teacher score matching), 3000 steps",
 }
 DESCRIPTIONS: dict[str, str] = {
     f"{m}-{tb}": f"{_ABOUT[m]}; on {tb}" for m, testbeds in _GRID.items() for tb in testbeds
@@ -219,6 +231,7 @@ QUICK = [
     "train.eval_every=0",
     "train.checkpoint_every=1000",
     "critic.init_steps=60",
+    "generator.tsm_steps=60",  # MSD's smaller teacher-initialised students (unused elsewhere)
     "train.eval_samples=1000",
     "train.ema_halflife=10",  # the default 100-step half-life would hide a 60-step run
     "backtrack.record_steps=40",  # DisBack's path (unused where backtrack.nodes = 0)

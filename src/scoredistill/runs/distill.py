@@ -29,10 +29,10 @@ from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .distill_generator import (
     GeneratorConfig,
+    build_teacher_init,
     check_generator,
     make_distill_critic,
     make_generator,
-    teacher_init_generator,
 )
 from .distill_report import placement, save_previews, write_report
 from .dry_run import param_report
@@ -182,7 +182,7 @@ def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
         progress=True,
     )
     if cfg.generator.init == "teacher":
-        gen = teacher_init_generator(cfg.generator, critic)
+        gen = build_teacher_init(cfg.generator, cfg.critic, testbed, critic, cfg.train.seed)
     return gen, critic, init
 
 

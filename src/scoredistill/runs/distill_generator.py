@@ -6,10 +6,13 @@ and the fresh critic (``make_distill_critic``, before its DSM fit).
 exact teacher has no weights, so its stand-in is the critic's DSM fit to the teacher
 (``sources.critic``: the critic starts there for the same reason): the student is a copy of that
 fitted network, evaluated once at the VE level ``sigma_init`` (``TeacherInitGenerator``) or at the
-few-step grid (``FewStepGenerator.from_teacher``)."""
+few-step grid (``FewStepGenerator.from_teacher``). MSD's K students start the same way, one copy
+each (``teacher_init_students``); smaller ones, which no copy fits, are first fitted to the
+teacher by MSD's teacher score matching (``build_teacher_init``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -20,11 +23,13 @@ from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = [
     "GeneratorConfig",
+    "build_teacher_init",
     "check_generator",
     "critic_sigma_data",
     "make_distill_critic",
     "make_generator",
     "teacher_init_generator",
+    "teacher_init_students",
 ]
 
 DMD2_SIGMA_MAX = 80.0  # DMD2's EDM runs: the one-step student's input is sigma_max z
@@ -57,6 +62,11 @@ class GeneratorConfig:
     # layer into the copy's first hidden layer (TeacherInitGenerator; a higher-dimensional latent
     # can hold disconnected modes apart with less mass between them). 0: z has the data's dim
     latent_extra: NonNegativeInt = 0
+    # students > 1 with init=teacher and student_hidden > 0: MSD's teacher score matching steps
+    # fitting each smaller student (a fresh critic-shaped denoiser of width student_hidden) to the
+    # teacher's denoiser on its own classes before it becomes a one-step generator
+    # (teacher_init_students); 0 skips the stage (the paper's ablation: a random small denoiser)
+    tsm_steps: NonNegativeInt = 400
 
 
 def check_generator(g: GeneratorConfig, testbed) -> None:
@@ -78,11 +88,10 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             f"generator.students={g.students} exceeds testbed {testbed.name}'s {classes} classes "
             f"(each student owns at least one class; valid: 1..{classes})"
         )
-    if g.init == "teacher" and (g.kind == "conv" or g.students > 1):
+    if g.init == "teacher" and g.kind == "conv":
         raise ConfigError(
             "generator.init=teacher copies the critic's MLP denoiser: it needs generator.kind "
-            f"one_step or few_step (one copy per expert) with students=1 (got kind={g.kind}, "
-            f"students={g.students})"
+            "one_step (one copy per MSD student) or few_step (one copy per expert), not conv"
         )
     if g.sigma_init is not None and not (
         g.kind == "few_step" or (g.kind == "one_step" and g.init == "teacher")
@@ -107,10 +116,10 @@ def check_generator(g: GeneratorConfig, testbed) -> None:
             _grid(g, testbed.teacher.schedule)
         except ValueError as err:
             raise ConfigError(f"generator.sigmas: {err}") from None
-    if g.latent_extra and not (g.kind == "one_step" and g.init == "teacher"):
+    if g.latent_extra and not (g.kind == "one_step" and g.init == "teacher" and g.students == 1):
         raise ConfigError(
-            "generator.latent_extra adds latent dimensions to a teacher-initialised one-step "
-            f"student (got kind={g.kind}, init={g.init})"
+            "generator.latent_extra adds latent dimensions to one teacher-initialised one-step "
+            f"student (got kind={g.kind}, init={g.init}, students={g.students})"
         )
     if g.student_hidden and g.students == 1:
         raise ConfigError("generator.student_hidden needs generator.students > 1 (else set hidden)")
@@ -175,6 +184,76 @@ def teacher_init_generator(g: GeneratorConfig, fitted: nn.Module) -> nn.Module:
     # copies once more (its own contract)
     sigma = DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init
     return TeacherInitGenerator(base, sigma, latent_extra=g.latent_extra)
+
+
+def teacher_init_students(
+    g: GeneratorConfig, fitted: nn.Module, small: Callable[[tuple[int, ...]], nn.Module]
+) -> nn.Module:
+    """MSD's students from the teacher (``init=teacher``, ``students > 1``): a ``MultiStudent``
+    whose student k is a one-step ``TeacherInitGenerator`` over
+
+    - a copy of ``fitted`` (the critic's DSM fit, the teacher's stand-in) when same-sized
+      (``student_hidden = 0``), as the paper's same-sized students start from the teacher;
+    - ``small(block_k)`` otherwise: a smaller denoiser, which ``runs.distill`` fits to the teacher
+      on block k's classes by teacher score matching (``train.dsm.teacher_score_matching``).
+
+    Each student is fed ``sigma_init z`` as the single teacher-initialised student is."""
+    import copy
+
+    from ..sources.generators import TeacherInitGenerator
+    from ..sources.multi_student import MultiStudent, partition
+
+    classes = int(getattr(fitted, "num_classes", 0))
+    sigma = DMD2_SIGMA_MAX if g.sigma_init is None else g.sigma_init
+    nets = []
+    for block in partition(classes, g.students):
+        base = copy.deepcopy(fitted) if not g.student_hidden else small(block)
+        base.head = None  # DMD2's GAN head belongs to the critic
+        nets.append(TeacherInitGenerator(base, sigma))
+    return MultiStudent(nets, classes)
+
+
+def build_teacher_init(
+    g: GeneratorConfig, c: Any, testbed, fitted: nn.Module, seed: int, fit: bool = True
+) -> nn.Module:
+    """The ``init=teacher`` student: ``teacher_init_generator`` for one student, else MSD's
+    ``teacher_init_students``, whose smaller students are fresh critic-shaped denoisers (``c``,
+    a ``CriticConfig``, at width ``student_hidden``) fitted by ``tsm_steps`` of teacher score
+    matching on their own classes (``fit=False``: unfitted, for ``--dry-run``'s counts)."""
+    from dataclasses import replace
+
+    from ..train.dsm import teacher_score_matching
+
+    if g.students == 1:
+        return teacher_init_generator(g, fitted)
+
+    def small(block: tuple[int, ...]) -> nn.Module:
+        net = make_distill_critic(replace(c, hidden=g.student_hidden), testbed)
+        if fit and g.tsm_steps:
+            teacher_score_matching(
+                net, testbed.teacher, _block_sampler(testbed.truth, block),
+                steps=g.tsm_steps, batch_size=c.init_batch, lr=c.init_lr,
+                seed=seed + 1 + block[0], progress=True,
+            )  # fmt: skip
+        return net
+
+    return teacher_init_students(g, fitted, small)
+
+
+def _block_sampler(truth, block: tuple[int, ...]):
+    """``(n, rng) -> (x, labels)``: exact samples of ``truth`` with labels drawn from its class
+    prior restricted to ``block``."""
+    import torch
+
+    prior = torch.zeros(truth.num_classes, dtype=torch.float64)
+    prior.index_add_(0, truth.labels, truth.weights)
+    owned = torch.tensor(block)
+
+    def sample(n: int, rng):
+        labels = owned[torch.multinomial(prior[owned], n, replacement=True, generator=rng)]
+        return truth.sample(n, rng=rng, cond=labels), labels
+
+    return sample
 
 
 def critic_sigma_data(c: Any, testbed) -> float:

@@ -54,15 +54,18 @@ def network_report(
 def param_report(cfg: Any, objective: Any) -> dict[str, Any]:
     """``{"params": {...}, "weights_and_optimizer_MiB": {...}}`` for ``cfg`` (a ``DistillConfig``)
     and its ``objective``; the student built as the run builds it (fresh, or a copy of the
-    critic's architecture per expert for ``generator.init=teacher``)."""
+    critic's architecture per expert, or MSD's smaller students unfitted, for
+    ``generator.init=teacher``)."""
     from ..teachers.testbeds import get_testbed
-    from .distill_generator import make_distill_critic, make_generator, teacher_init_generator
+    from .distill_generator import build_teacher_init, make_distill_critic, make_generator
 
     testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
     torch.manual_seed(cfg.train.seed)
     critic = make_distill_critic(cfg.critic, testbed, bool(getattr(objective, "needs_real", False)))
     if cfg.generator.init == "teacher":
-        student = teacher_init_generator(cfg.generator, critic)
+        student = build_teacher_init(
+            cfg.generator, cfg.critic, testbed, critic, cfg.train.seed, fit=False
+        )
     else:
         student = make_generator(cfg.generator, testbed)
     # the loop keeps the EMA copy even at ema_halflife = 0 (it then copies the student)

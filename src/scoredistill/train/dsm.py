@@ -31,6 +31,7 @@ __all__ = [
     "dsm_loss",
     "init_critic_from_teacher",
     "sample_training_t",
+    "teacher_score_matching",
     "train_dsm",
     "train_learned_teacher",
 ]
@@ -52,23 +53,34 @@ def sample_training_t(schedule: Schedule, n: int, rng: torch.Generator) -> Tenso
     return t.clamp(schedule.t_min, schedule.t_max)
 
 
+Target = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
 def dsm_loss(
-    denoiser: Any, x0: Tensor, t: Tensor, eps: Tensor, cond: Tensor | None = None
+    denoiser: Any,
+    x0: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    cond: Tensor | None = None,
+    target: Target | None = None,
 ) -> Tensor:
     """EDM's denoising loss on the VE view (Karras et al. 2022, eq. 2 with Table 1's weight):
 
         x_t = alpha_t x0 + sigma_t eps,   s = sigma_t / alpha_t
         lambda(s) = (s^2 + sigma_data^2) / (s sigma_data)^2
-        L = mean_b  lambda(s_b) * ||D(x_t, t_b, cond_b) - x0_b||^2 / dim
+        L = mean_b  lambda(s_b) * ||D(x_t, t_b, cond_b) - y_b||^2 / dim,   y = x0
 
     ``x0``, ``eps``: ``(B, *D)``; ``t``: ``(B,)``; ``denoiser`` has ``schedule``, ``sigma_data``
     and ``denoise``. With EDM preconditioning this is ``||F - F_target||^2`` per dimension.
+    ``target(x_t, t, cond)`` replaces ``y = x0`` (``teacher_score_matching``: the teacher's
+    ``E[x0 | x_t]``, the minimiser of the x0 loss, so both losses have the same optimum).
     """
     sd, (alpha, sigma) = denoiser.sigma_data, denoiser.schedule.alpha_sigma(t)
     x_t = _per_sample(alpha, x0) * x0 + _per_sample(sigma, x0) * eps
     s = sigma / alpha
     weight = (s**2 + sd**2) / (s * sd) ** 2
-    sq_err = (denoiser.denoise(x_t, t, cond) - x0).pow(2).flatten(1).mean(1)
+    y = x0 if target is None else target(x_t, t, cond)
+    sq_err = (denoiser.denoise(x_t, t, cond) - y).pow(2).flatten(1).mean(1)
     return (weight * sq_err).mean()
 
 
@@ -89,8 +101,9 @@ def train_dsm(
     lr_schedule: str = "cosine",
     cond_drop_prob: float = 0.1,
     progress: bool = True,
+    target: Target | None = None,
 ) -> dict[str, float]:
-    """Train by ``dsm_loss`` with Adam; ``denoiser`` ends holding the EMA weights.
+    """Train by ``dsm_loss`` (its ``target``) with Adam; ``denoiser`` ends holding the EMA weights.
 
     ``sample_data(n, rng)`` returns clean ``x0: (n, *D)`` or ``(x0, labels)``; labels become
     ``NULL_LABEL`` with probability ``cond_drop_prob`` (CFG training). The EMA half-life ramps
@@ -115,7 +128,7 @@ def train_dsm(
             cond = torch.where(drop.to(cond.device), NULL_LABEL, cond)
         t = sample_training_t(online.schedule, batch_size, rng).to(p0)
         eps = torch.randn(x0.shape, generator=rng, dtype=p0.dtype).to(p0.device)
-        loss = dsm_loss(online, x0, t, eps, cond)
+        loss = dsm_loss(online, x0, t, eps, cond, target)
         if not torch.isfinite(loss):
             raise RuntimeError(f"DSM loss is non-finite ({loss.item()}) at step {step}; lr={lr}")
         opt.zero_grad(set_to_none=True)
@@ -200,4 +213,44 @@ def init_critic_from_teacher(
         seed=seed,
         cond_drop_prob=cond_drop_prob,
         progress=progress,
+    )
+
+
+def teacher_score_matching(
+    student: NeuralDenoiser,
+    teacher: Any,
+    sample_data: SampleData,
+    *,
+    steps: int,
+    batch_size: int = 1024,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """MSD's teacher score matching (TSM; Song et al. 2024, arXiv 2410.23274, the first of the
+    three stages for students smaller than the teacher, whose weights cannot be copied):
+
+        L_TSM = E_{x0, t, eps} lambda(s) ||D_student(x_t, t, c) - D_teacher(x_t, t, c)||^2 / dim
+
+    ``dsm_loss`` with the teacher's denoiser as the target (no gradient to the teacher), on
+    ``x_t`` noised from ``sample_data``'s draws, EDM's weight and time law; conditions as drawn
+    (no CFG dropout: the student serves its own classes). The paper's TSM weighting and noise
+    law were not read (only its abstract and summaries, reference note b11): EDM's here, the same
+    as the critic's teacher fit. Returns ``train_dsm``'s log; ``student`` ends at its EMA.
+    """
+
+    def teacher_denoiser(x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            return teacher.denoise(x_t, t, cond).to(x_t.dtype)
+
+    return train_dsm(
+        student,
+        sample_data,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        cond_drop_prob=0.0,
+        progress=progress,
+        target=teacher_denoiser,
     )
