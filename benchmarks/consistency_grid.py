@@ -141,7 +141,8 @@ def score_run(run: Path, steps: list[int], tol: float) -> list[dict]:
     for k in steps:
         row = {"run": str(run), "method": cfg.method, "testbed": cfg.testbed, "seed": seed}
         row |= {"steps": k, "sigma_data": sd, "n": n}
-        run_draw = _row(_score(student, testbed, k, n, seed)[0])
+        top = cfg.student.sample_top  # the run's first angle (None: sCM's)
+        run_draw = _row(_score(student, testbed, k, n, seed, None, top)[0])
         if str(k) in stored["by_steps"]:
             want = _row(stored["by_steps"][str(k)])
             diff = max(abs(run_draw[m] - want[m]) for m in METRICS)
@@ -153,8 +154,8 @@ def score_run(run: Path, steps: list[int], tol: float) -> list[dict]:
         for name, mid in GRIDS[k].items():
             grids[name] = {
                 "mid": list(mid), "sigma_over_sigma_d": [R(a) for a in mid],
-                "select": _row(_score(student, testbed, k, n, seed + SELECT, mid)[0]),
-                "eval": _row(_score(student, testbed, k, n, seed + EVAL, mid)[0]),
+                "select": _row(_score(student, testbed, k, n, seed + SELECT, mid, top)[0]),
+                "eval": _row(_score(student, testbed, k, n, seed + EVAL, mid, top)[0]),
             }  # fmt: skip
         row["grids"], row["selected"] = grids, _select({g: v["select"] for g, v in grids.items()})
         rows.append(row)

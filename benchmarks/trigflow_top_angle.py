@@ -10,11 +10,12 @@ and every angle ``theta`` this prints:
 - ``P(train >= theta)``: the share of sCM's training draws at or above ``theta`` (closed form);
 - ``|F|``: the mean norm of the raw network output ``F(x_theta / sigma_d, theta)`` on exact data
   noised to ``theta``, and ``rms``: the RMS distance of ``f(x_theta, theta)`` to that data;
-- the metrics of one-step samples started at ``theta`` from pure noise
-  (``x_hat = sin(theta) sigma_d z``; the sampler's own start is ``theta_max``).
+- the metrics of one-step samples started at ``theta`` from pure noise, ``f(sigma_d z, theta)``
+  (``student.sample_top = theta``; the sampler's default start is ``theta_max``), with the same
+  class labels as the data on a conditional testbed.
 
-These are diagnoses on the run's own draws (seed ``train.seed``, reference ``seed + 1``), not
-a start angle selected for a result::
+These are diagnoses on the run's own draws (seed ``train.seed``, reference ``seed + 1``;
+``--draw K`` moves every draw to ``seed + K``, to read an angle chosen on one draw on another)::
 
     OMP_NUM_THREADS=1 python benchmarks/trigflow_top_angle.py runs/s29/sana-sprint-gmm64-adv0.1-s0 \\
         --json runs/top_angle.json
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from consistency_grid import load_run
-from scoredistill.eval.baseline import cell_metrics
+from scoredistill.eval.baseline import cell_metrics, draw_labels
 from scoredistill.sources.consistency import SIGMA_MAX
 
 ANGLES = (None, 1.55, 1.53, 1.5, 1.45, 1.3, 1.1)  # None: the run's own theta_max
@@ -43,13 +44,14 @@ def train_share(theta: float, sigma_d: float, p_mean: float, p_std: float) -> fl
 
 
 @torch.no_grad()
-def probe(run: Path, n: int) -> list[dict]:
+def probe(run: Path, n: int, draw: int = 0) -> list[dict]:
     cfg, testbed, student, _ = load_run(run)
-    sd, seed = student.sigma_data, cfg.train.seed
+    sd, seed = student.sigma_data, cfg.train.seed + draw
     scm = cfg.objective.get("scm", {})
     p_mean, p_std = float(scm.get("p_mean", -1.0)), float(scm.get("p_std", 1.4))
     rng = torch.Generator().manual_seed(seed)
-    x0 = testbed.truth.sample(n, rng=rng)
+    labels = draw_labels(testbed, n, rng)  # None on an unconditional testbed
+    x0 = testbed.truth.sample(n, rng=rng, cond=labels)
     eps = torch.randn(x0.shape, generator=rng)
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     rows = []
@@ -57,10 +59,10 @@ def probe(run: Path, n: int) -> list[dict]:
         theta = math.atan(SIGMA_MAX / sd) if angle is None else angle
         t = torch.full((n,), theta)
         x_hat = math.cos(theta) * x0 + math.sin(theta) * sd * eps
-        F = student.F(x_hat, t)
-        out = student(x_hat, t)
-        one_step = student(math.sin(theta) * sd * z, t)
-        m = cell_metrics(testbed, one_step, None, seed)
+        F = student.F(x_hat, t, labels)
+        out = student(x_hat, t, labels)
+        one_step = student.sample(z, labels, steps=1, top=theta)  # f(sigma_d z, theta)
+        m = cell_metrics(testbed, one_step, labels, seed)
         rows.append({
             "run": str(run), "theta": theta, "top": angle is None,
             "train_share": train_share(theta, sd, p_mean, p_std),
@@ -75,10 +77,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished TrigFlow run folders")
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument(
+        "--draw", type=int, default=0, help="seed offset of every draw (0: the run's)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [row for run in args.runs for row in probe(run, args.n)]
+    rows = [row for run in args.runs for row in probe(run, args.n, args.draw)]
     print("| run | θ | P(train ≥ θ) | mean ‖F‖ | rms f − x0 | 1-step MMD² | local | SW2 | spread |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

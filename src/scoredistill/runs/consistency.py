@@ -63,6 +63,10 @@ class StudentConfig:
     # TrigFlow students: the intermediate angles (radians, theta = atan(sigma / sigma_d)) of the
     # sample_steps-step draw; (): sources.consistency.MID_ANGLES. Other step counts keep those.
     sample_mid: tuple[PositiveFloat, ...] = ()
+    # TrigFlow students: the first angle of every draw (radians, <= pi/2); None: sCM's
+    # atan(80 / sigma_d). SANA-Sprint trains that angle by its adversarial term alone
+    # (largest_prob); docs/consistency.md, "The top angle"
+    sample_top: PositiveFloat | None = None
 
 
 @dataclass(frozen=True)
@@ -93,23 +97,30 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[ConsistencyConfig, Any
 
 
 def check_sample_mid(cfg: ConsistencyConfig, testbed) -> None:
-    """``student.sample_mid``: a TrigFlow student's ``sample_steps - 1`` strictly decreasing
-    angles in ``(0, atan(SIGMA_MAX / sigma_d))``; otherwise a ``ConfigError`` naming the key."""
+    """``student.sample_top``: a TrigFlow student's first angle in ``(0, pi/2]``;
+    ``student.sample_mid``: its ``sample_steps - 1`` strictly decreasing angles below the first
+    (``atan(SIGMA_MAX / sigma_d)`` unless set); otherwise a ``ConfigError`` naming the key.
+    ``sample_top`` applies to every step count, so each count's default grid must fall below it."""
     from ..sources.consistency import trigflow_angles
     from ..teachers.trigflow import mixture_sigma_data
 
-    if not cfg.student.sample_mid:
+    s = cfg.student
+    keys = [k for k, v in (("sample_top", s.sample_top), ("sample_mid", s.sample_mid)) if v]
+    if not keys:
         return
     if cfg.method in ("cd", "hypersd"):
         raise ConfigError(
-            f"config key 'student.sample_mid' applies to TrigFlow students (scm, rcm, "
+            f"config key 'student.{keys[0]}' applies to TrigFlow students (scm, rcm, "
             f"sana_sprint); method {cfg.method!r} samples on its teacher's schedule"
         )
-    sigma_d = cfg.student.sigma_data or mixture_sigma_data(testbed.truth)
-    try:
-        trigflow_angles(cfg.student.sample_steps, sigma_d, cfg.student.sample_mid)
-    except ValueError as err:
-        raise ConfigError(f"config key 'student.sample_mid': {err}") from None
+    sigma_d = s.sigma_data or mixture_sigma_data(testbed.truth)
+    for steps in sorted({*cfg.eval.steps, s.sample_steps}):
+        mid = s.sample_mid if steps == s.sample_steps and s.sample_mid else None
+        key = "sample_mid" if mid is not None else "sample_top"
+        try:
+            trigflow_angles(steps, sigma_d, mid, s.sample_top)
+        except ValueError as err:
+            raise ConfigError(f"config key 'student.{key}' ({steps} steps): {err}") from None
 
 
 def _data_sampler(testbed):
@@ -201,16 +212,22 @@ def _build_critic(
 
 
 def _student_draw(
-    student, testbed, steps: int, n: int, seed: int, mid: Sequence[float] | None = None
+    student,
+    testbed,
+    steps: int,
+    n: int,
+    seed: int,
+    mid: Sequence[float] | None = None,
+    top: float | None = None,
 ):
     """The fixed evaluation draw: ``(x, labels, seconds)``; the same noise for every step count.
-    ``mid``: a TrigFlow student's intermediate angles (None: ``MID_ANGLES``)."""
+    ``mid``, ``top``: a TrigFlow student's intermediate and first angles (None: the defaults)."""
     from ..eval.baseline import draw_labels
 
     rng = torch.Generator().manual_seed(seed + 12345)
     labels = draw_labels(testbed, n, rng)
     z = torch.randn(n, testbed.dim, generator=rng)
-    kw = {} if mid is None else {"mid": mid}
+    kw = ({} if mid is None else {"mid": mid}) | ({} if top is None else {"top": top})
     start = time.perf_counter()
     with torch.no_grad():
         x = student.sample(z, labels, steps=steps, rng=rng, **kw)
@@ -218,11 +235,17 @@ def _student_draw(
 
 
 def _score(
-    student, testbed, steps: int, n: int, seed: int, mid: Sequence[float] | None = None
+    student,
+    testbed,
+    steps: int,
+    n: int,
+    seed: int,
+    mid: Sequence[float] | None = None,
+    top: float | None = None,
 ) -> tuple[dict, torch.Tensor, Any]:
     from ..eval.metrics import testbed_metrics
 
-    x, labels, wall = _student_draw(student, testbed, steps, n, seed, mid)
+    x, labels, wall = _student_draw(student, testbed, steps, n, seed, mid, top)
     metrics = testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
     return {**metrics, "nfe": steps, "sample_s": wall}, x, labels
 
@@ -241,20 +264,21 @@ def run(cfg: ConsistencyConfig, objective: Any, out: Path, resume: bool = False)
     student = _build_student(cfg, testbed, sigma_d)
     n, seed, k = cfg.train.eval_samples, cfg.train.seed, cfg.student.sample_steps
     mid = cfg.student.sample_mid or None  # the sample_steps draw's grid (None: MID_ANGLES)
+    top = cfg.student.sample_top  # every draw's first angle (None: atan(80 / sigma_d))
     start = time.perf_counter()
     critic, init = (
         _build_critic(cfg, testbed, objective) if _wants_critic(objective) else (None, {})
     )
     result = train_consistency(
         cfg.train, objective=objective, student=student, teacher=testbed.teacher,
-        sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed, mid)[0],
+        sample_data=_data_sampler(testbed), evaluate=lambda m: _score(m, testbed, k, n, seed, mid, top)[0],
         out_dir=out, resume=resume, desc=f"{cfg.method} {cfg.testbed}", critic=critic,
     )  # fmt: skip
     ema, train_s = result["ema"], time.perf_counter() - start
     by_steps, draws = {}, {}
     for steps in sorted({*cfg.eval.steps, k}):
         grid = mid if steps == k else None
-        by_steps[str(steps)], draws[steps], labels = _score(ema, testbed, steps, n, seed, grid)
+        by_steps[str(steps)], draws[steps], labels = _score(ema, testbed, steps, n, seed, grid, top)
     consistency = consistency_errors(
         testbed, ema.at_level, cfg.eval.levels, cfg.eval.consistency_samples, seed
     )

@@ -61,10 +61,15 @@ TIME_SCALE = 1 / 64  # c_noise = log(sigma_d tan theta) * this (module docstring
 MID_ANGLES: dict[int, tuple[float, ...]] = {2: (1.1,), 3: (1.3, 1.0), 4: (1.3, 1.0, 0.6)}
 
 
-def trigflow_angles(steps: int, sigma_d: float, mid: Sequence[float] | None = None) -> list[float]:
-    """The ``steps`` student angles: ``atan(SIGMA_MAX / sigma_d)`` then ``mid`` (default
-    ``MID_ANGLES``; other step counts: uniform in theta)."""
-    top = math.atan(SIGMA_MAX / sigma_d)
+def trigflow_angles(
+    steps: int, sigma_d: float, mid: Sequence[float] | None = None, top: float | None = None
+) -> list[float]:
+    """The ``steps`` student angles: ``top`` (default ``atan(SIGMA_MAX / sigma_d)``, sCM's
+    start) then ``mid`` (default ``MID_ANGLES``; other step counts: uniform in theta)."""
+    if top is None:
+        top = math.atan(SIGMA_MAX / sigma_d)
+    elif not 0 < top <= math.pi / 2:
+        raise ValueError(f"the first angle must lie in (0, pi/2]; got {top}")
     if mid is None:
         mid = MID_ANGLES.get(steps) or [top * (1 - i / steps) for i in range(1, steps)]
     mid = [float(m) for m in mid]
@@ -148,9 +153,12 @@ class TrigFlowStudent(nn.Module):
         steps: int = 1,
         rng: torch.Generator | None = None,
         mid: Sequence[float] | None = None,
+        top: float | None = None,
     ) -> Tensor:
-        """``steps``-step samples from ``z: (B, D) ~ N(0, I)`` (start ``x_hat = sigma_d z``)."""
-        angles = trigflow_angles(steps, self.sigma_data, mid)
+        """``steps``-step samples from ``z: (B, D) ~ N(0, I)``, started at angle ``top``
+        (``trigflow_angles``) from ``x_hat = sigma_d z``: TrigFlow's marginal has std sigma_d
+        at every angle when the data's is sigma_d, so pure noise is the start at any angle."""
+        angles = trigflow_angles(steps, self.sigma_data, mid, top)
         x_hat = self.sigma_data * z
         for i, a in enumerate(angles):
             theta = torch.full((len(z),), a, dtype=z.dtype, device=z.device)
