@@ -22,6 +22,7 @@ __all__ = [
     "EXACT_REPEATS",
     "baseline_rows",
     "cell_metrics",
+    "class_prior",
     "draw_labels",
     "exact_rows",
     "sample_cell",
@@ -41,9 +42,13 @@ def draw_labels(testbed, n: int, rng: torch.Generator, fixed: int | None = None)
         if not 0 <= fixed < truth.num_classes:
             raise ValueError(f"class must lie in [0, {truth.num_classes - 1}], got {fixed}")
         return torch.full((n,), fixed, dtype=torch.long)
+    return torch.multinomial(class_prior(truth), n, replacement=True, generator=rng)
+
+
+def class_prior(truth) -> Tensor:
+    """``(C,)`` float64 class weights of a labelled mixture: its component weights summed per class."""
     prior = torch.zeros(truth.num_classes, dtype=torch.float64)
-    prior.index_add_(0, truth.labels, truth.weights)
-    return torch.multinomial(prior, n, replacement=True, generator=rng)
+    return prior.index_add_(0, truth.labels, truth.weights)
 
 
 def _denoiser(testbed, cfg: float):

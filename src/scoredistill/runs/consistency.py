@@ -46,7 +46,7 @@ __all__ = [
     "ConsistencyConfig",
     "EvalConfig",
     "StudentConfig",
-    "check_sample_mid",
+    "check_sample_grid",
     "run",
 ]
 
@@ -96,7 +96,7 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[ConsistencyConfig, Any
     return resolve_config(ConsistencyConfig(), PRESETS, preset, sets, METHODS)
 
 
-def check_sample_mid(cfg: ConsistencyConfig, testbed) -> None:
+def check_sample_grid(cfg: ConsistencyConfig, testbed) -> None:
     """``student.sample_top``: a TrigFlow student's first angle in ``(0, pi/2]``;
     ``student.sample_mid``: its ``sample_steps - 1`` strictly decreasing angles below the first
     (``atan(SIGMA_MAX / sigma_d)`` unless set); otherwise a ``ConfigError`` naming the key.
@@ -304,7 +304,7 @@ FAMILY = Family(
     "into a few-step student",
     presets=PRESETS,
     describe=DESCRIPTIONS.__getitem__,
-    resolve=testbed_resolver(resolve, check_sample_mid),
+    resolve=testbed_resolver(resolve, check_sample_grid),
     run=lambda r, out, resume: run(r.config, r.extra, out, resume=resume),
     quick=quick,
     steps_help="student updates",

@@ -245,9 +245,9 @@ def _block_sampler(truth, block: tuple[int, ...]):
     prior restricted to ``block``."""
     import torch
 
-    prior = torch.zeros(truth.num_classes, dtype=torch.float64)
-    prior.index_add_(0, truth.labels, truth.weights)
-    owned = torch.tensor(block)
+    from ..eval.baseline import class_prior
+
+    prior, owned = class_prior(truth), torch.tensor(block)
 
     def sample(n: int, rng):
         labels = owned[torch.multinomial(prior[owned], n, replacement=True, generator=rng)]
