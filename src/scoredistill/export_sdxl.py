@@ -31,7 +31,7 @@ from .export_folder import at_trained_size, write_student
 from .export_sd3 import plain_copy
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import lora_state_dict
-from .teachers.diffusers_sdxl import SDXLTextEncoder
+from .teachers.diffusers_sdxl import MicroCond, SDXLTextEncoder
 
 __all__ = ["export_sdxl_student", "is_sdxl", "readme"]
 
@@ -47,14 +47,29 @@ def is_sdxl(teacher: Any) -> bool:
     return isinstance(getattr(teacher, "text_encoder", None), SDXLTextEncoder)
 
 
-def readme(generator: DiffusersGenerator, prompt: str, lora: bool) -> str:
-    """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it."""
+def readme(
+    generator: DiffusersGenerator, prompt: str, lora: bool, micro: MicroCond | None = None
+) -> str:
+    """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it; ``micro`` the
+    micro-conditioning trained with (its non-default arguments go in the call)."""
     k = generator.nfe
     where = "PATH/TO/TEACHER" if lora else "PATH/TO/pipeline"
+    kwargs = (micro or MicroCond()).pipeline_kwargs(negative=False)  # no CFG at K steps
+    extra = "".join(f"{name}={value}, " for name, value in kwargs.items())
     code = (
         f'{_IMPORT}pipe = DiffusionPipeline.from_pretrained("{where}", local_files_only=True)\n'
         f"{_LORA if lora else ''}images = pipe([{prompt!r}] * 4, num_inference_steps={k}, "
-        'guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").images\n'
+        f"{extra}guidance_scale=1.0, generator=torch.Generator().manual_seed(0), "
+        'output_type="np").images\n'
+    )
+    micro_line = (
+        "- Micro-conditioning as trained: the default height and width (the UNet's "
+        "`sample_size` x the VAE's factor), `original_size = target_size` = that size, "
+        "`crops_coords_top_left = (0, 0)`.\n"
+        if not kwargs
+        else "- Micro-conditioning as trained (`sdxl.*` keys): pass "
+        + ", ".join(f"`{name}={value}`" for name, value in kwargs.items())
+        + " as above; sizes not given are the default height and width.\n"
     )
     what = "A LoRA on the SDXL teacher's UNet" if lora else "A `StableDiffusionXLPipeline`"
     keys = "- Keys: diffusers' `unet.` layout; rank and alpha in the metadata.\n"
@@ -64,10 +79,8 @@ def readme(generator: DiffusersGenerator, prompt: str, lora: bool) -> str:
         f"```python\n{code}```\n\n"
         "- Stock `LCMScheduler`: fresh noise between steps; `timestep_scaling` is large so the "
         "scheduler returns the network's x0 (the student's rollout).\n"
-        "- Micro-conditioning as trained: the default height and width (the UNet's "
-        "`sample_size` x the VAE's factor), `original_size = target_size` = that size, "
-        "`crops_coords_top_left = (0, 0)`.\n"
-        "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student.\n"
+        + micro_line
+        + "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student.\n"
         f"- `num_inference_steps` must be {k}.\n" + (keys if lora else "")
     )
 
@@ -111,6 +124,6 @@ def export_sdxl_student(
         out_dir,
         full=lambda tmp: _full(generator, teacher, sched, tmp),
         lora=lambda tmp: _lora(generator, sched, tmp),
-        readme=lambda is_lora: readme(generator, prompt, is_lora),
+        readme=lambda is_lora: readme(generator, prompt, is_lora, teacher.text_encoder.micro),
         note=note,
     )

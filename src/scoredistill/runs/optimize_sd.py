@@ -54,6 +54,7 @@ from .family import Family, Resolved
 from .optimize_build import accepts, needs_critic
 from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
 from .sd_prompts import prompt_streams
+from .sd_teacher_keys import FluxKeys, SDXLKeys, apply_teacher_keys, micro_cond
 
 __all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
 
@@ -97,6 +98,8 @@ class OptimizeSDConfig:
     prompts_3: str = ""  # a file: line i the prompt_3 (SD3's T5) of prompt i ("" = prompt)
     negative_prompt_2: str = ""  # the null row's prompt_2 ("" = negative_prompt)
     negative_prompt_3: str = ""  # the null row's prompt_3 ("" = negative_prompt)
+    sdxl: SDXLKeys = field(default_factory=SDXLKeys)  # micro-conditioning (sd_teacher_keys)
+    flux: FluxKeys = field(default_factory=FluxKeys)  # embedded guidance (sd_teacher_keys)
     objective: dict[str, Any] = field(default_factory=dict)
     train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
     source: LatentSourceConfig = field(default_factory=LatentSourceConfig)
@@ -116,12 +119,14 @@ def load_teacher(cfg: OptimizeSDConfig):
 
         prompts, streams = field_prompts(prompts, cfg.source), field_streams(streams, cfg.source)
     teacher = load_latent_teacher(folder)
+    apply_teacher_keys(cfg.sdxl, cfg.flux, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     return teacher
 
 
 def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
+    micro_cond(cfg.sdxl)  # bad pairs fail before any weights load
     lam = float(getattr(objective, "lam", 0.0))
     if accepts(objective, "camera") and lam != 0.0 and cfg.source.kind != "field":
         raise ConfigError(

@@ -34,6 +34,7 @@ from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
+from .sd_teacher_keys import FluxKeys, SDXLKeys, apply_teacher_keys, micro_cond
 from .unet import _label_sampler, student_draw
 
 __all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
@@ -76,6 +77,8 @@ class SDDistillConfig:
     negative_prompt_3: str = ""  # the null row's prompt_3 ("" = negative_prompt)
     resolution: Annotated[int, Range(0, note="0: the folder's own size")] = 0  # pixels, H = W
     clip_skip: Annotated[int, Range(0, note="0: None")] = 0  # diffusers' (diffusers_clip_skip)
+    sdxl: SDXLKeys = field(default_factory=SDXLKeys)  # micro-conditioning (sd_teacher_keys)
+    flux: FluxKeys = field(default_factory=FluxKeys)  # embedded guidance (sd_teacher_keys)
     forget_prompt: str = ""  # method sfd: the prompt of the list to forget
     safe_prompt: str = ""  # method sfd: the prompt of the list the teacher answers it with
     objective: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +100,7 @@ def load_teacher(cfg: SDDistillConfig):
     prompts = read_prompts(prompt_file)
     streams = prompt_streams(cfg, folder, prompt_file, len(prompts))  # before weights load
     teacher = load_latent_teacher(folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip)
+    apply_teacher_keys(cfg.sdxl, cfg.flux, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
         family = "SD3" if is_sd3(teacher) else "Flux"
@@ -113,9 +117,13 @@ def teacher_guidance(objective: Any) -> float:
 
 
 def check_negative_prompt(cfg: Any, objective: Any) -> None:
-    """A negative prompt acts only through guidance: refused when ``objective.guidance`` is 1."""
+    """A negative prompt (or SDXL's negative micro-conditioning) acts only through guidance:
+    refused when ``objective.guidance`` is 1."""
     keys = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
     given = [key for key in keys if getattr(cfg, key, "")]
+    sdxl = getattr(cfg, "sdxl", None)  # SDXL's negative micro-conditioning: the null rows too
+    if sdxl is not None and sdxl.negative_original_size:
+        given.append("sdxl.negative_original_size")
     if given and teacher_guidance(objective) == 1.0:
         raise ConfigError(
             f"config key {given[0]!r}: it acts only through guidance, and "
@@ -154,6 +162,7 @@ def forget_labels(cfg: SDDistillConfig, objective: Any, prompts: list[str]) -> A
 
 def _check(cfg: SDDistillConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
+    micro_cond(cfg.sdxl)  # bad pairs fail before any weights load
     if (cfg.student.lora or cfg.critic.lora) and cfg.train.parallel == "fsdp2":
         raise ConfigError(
             "config key 'train.parallel': fsdp2 cannot shard LoRA players on a shared base; "

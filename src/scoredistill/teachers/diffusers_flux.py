@@ -32,7 +32,8 @@ changes mirrors diffusers 0.42 ``pipelines/flux/pipeline_flux.py``:
   pipeline's ``true_cfg_scale`` branch (``negative_prompt=""``).
 - **Embedded guidance.** ``guidance_embeds=True`` models (FLUX.1-dev) take a scalar
   ``guidance`` (``__call__``: ``torch.full([B], guidance_scale)``, default 3.5) in every call,
-  conditional and null alike: ``FluxNetwork.guidance``, set at load.
+  conditional and null alike: ``FluxNetwork.guidance``, set at load (the ``flux.guidance``
+  config key: ``runs.sd_teacher_keys``).
 
 Refused, each as one ``TeacherFolderError`` line naming file and key: ``time_shift_type`` other
 than ``exponential``, the grid flags ``shift_terminal`` / karras / exponential / beta sigmas,

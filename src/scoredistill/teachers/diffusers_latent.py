@@ -134,7 +134,17 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         stack = torch.stack([e for e, _ in got])
         pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
         nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
-        return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1])
+        ids, null_ids = self._time_id_rows(len(prompts))
+        return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1], ids, null_ids)
+
+    def _time_id_rows(self, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """SDXL's ``(time_ids (n, 6), null_time_ids (1, 6))`` at the training size (the text
+        encoder's ``micro``: ``diffusers_sdxl_micro``); ``(None, None)`` for other families."""
+        rows = getattr(self.text_encoder, "time_id_rows", None)
+        if rows is None:
+            return None, None
+        cond, null = rows(self.image_shape[1:])
+        return cond.expand(n, -1), null
 
     def _encode_rows(self, rows: Sequence[tuple[str, ...]], clip_skip: int) -> Any:
         columns = [list(c) for c in zip(*rows, strict=True)]  # (prompt, prompt_2, ...) per row
@@ -181,16 +191,17 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         dtype = next(self.model.parameters()).dtype
         out = {"encoder_hidden_states": cond.embeds.expand(n, -1, -1).to(device, dtype)}
         if cond.pooled is not None:
-            out.update(self._pooled_kwargs(cond.pooled.expand(n, -1).to(device, dtype)))
+            ids = _opt(cond.time_ids, lambda t: t.expand(n, -1).to(device, dtype))
+            out.update(self._pooled_kwargs(cond.pooled.expand(n, -1).to(device, dtype), ids))
         return out
 
-    def _pooled_kwargs(self, pooled: Tensor) -> dict[str, Any]:
+    def _pooled_kwargs(self, pooled: Tensor, ids: Tensor | None) -> dict[str, Any]:
         """``{"pooled_projections": pooled}``, or the text encoder's own keywords for ``pooled:
-        (n, P)`` at the pixel size (``SDXLTextEncoder.added_cond_kwargs``)."""
+        (n, P)`` and the rows' time ids at the pixel size (``SDXLTextEncoder.added_cond_kwargs``)."""
         added = getattr(self.text_encoder, "added_cond_kwargs", None)
-        return (
-            {"pooled_projections": pooled} if added is None else added(pooled, self.image_shape[1:])
-        )
+        if added is None:
+            return {"pooled_projections": pooled}
+        return added(pooled, self.image_shape[1:], ids)
 
     def _rows_of_labels(self, ids: Tensor) -> TextCond:
         table = self.prompt_table

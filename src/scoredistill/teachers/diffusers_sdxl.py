@@ -22,7 +22,10 @@ diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
 - ``_get_add_time_ids(original_size=(H, W), crops_coords_top_left=(0, 0), target_size=(H, W))``
   with ``(H, W)`` the pixel size ``unet.sample_size · vae_scale_factor`` (``__call__``'s default
   height and width) or the training resolution passed as ``height = width`` (``diffusers_size``):
-  ``time_ids = (H, W, 0, 0, H, W)`` for every row, conditional and null;
+  by default ``time_ids = (H, W, 0, 0, H, W)`` for every row, conditional and null; other
+  micro-conditioning (``original_size``, crops, ``target_size`` and their ``negative_`` forms for
+  the null rows) is ``SDXLTextEncoder.micro`` (``diffusers_sdxl_micro.MicroCond``), set before
+  the prompts are encoded;
 - ``unet(..., added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})``.
 
 Refused, each as one ``TeacherFolderError`` line: refiner layouts (``text_encoder`` null,
@@ -50,8 +53,9 @@ from .diffusers import (
     folder_text_encoder,
     load_pipeline_parts,
 )
+from .diffusers_sdxl_micro import MicroCond
 
-__all__ = ["SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "time_ids", "width_problem"]
+__all__ = ["MicroCond", "SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "width_problem"]
 
 PARTS = {  # model_index.json key: the library its class must come from
     "unet": "diffusers",
@@ -70,14 +74,6 @@ def is_sdxl_index(index: dict[str, Any]) -> bool:
     text encoder beside a ``unet``)."""
     name = str(index.get("_class_name") or "")
     return "unet" in index and (name.startswith("StableDiffusionXL") or "text_encoder_2" in index)
-
-
-def time_ids(size: Sequence[int], n: int, device: Any = None, dtype: Any = None) -> Tensor:
-    """``(n, 6)``: ``_get_add_time_ids(original_size=size, crops_coords_top_left=(0, 0),
-    target_size=size)`` repeated for ``n`` rows (the pipeline's ``add_time_ids.repeat``)."""
-    h, w = (int(v) for v in size)
-    row = torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype or torch.float32, device=device)
-    return row.expand(n, -1)
 
 
 def width_problem(hidden: Sequence[int], projection: int, ucfg: dict[str, Any]) -> str:
@@ -132,6 +128,7 @@ class SDXLTextEncoder(nn.Module):
         self.tokenizers = tuple(tokenizers)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
         self.prompt_args = ("prompt", "prompt_2")  # encode_prompt's, one per encoder
+        self.micro = MicroCond()  # __call__'s defaults: (H, W, 0, 0, H, W) on every row
 
     @property
     def max_clip_skip(self) -> int:
@@ -163,10 +160,20 @@ class SDXLTextEncoder(nn.Module):
             raise ValueError(f"{what}; valid: CLIPTextModelWithProjection")
         return torch.cat(hidden, dim=-1), pooled
 
-    def added_cond_kwargs(self, pooled: Tensor, size: Sequence[int]) -> dict[str, Any]:
-        """The UNet's keyword ``added_cond_kwargs`` for ``pooled: (n, P)`` at pixel ``size``
-        ``(H, W)`` (``__call__``: ``{"text_embeds": add_text_embeds, "time_ids": add_time_ids}``)."""
-        ids = time_ids(size, pooled.shape[0], pooled.device, pooled.dtype)
+    def time_id_rows(self, size: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """``(time_ids (1, 6), null_time_ids (1, 6))`` of ``micro`` at pixel ``size`` ``(H, W)``
+        (``LatentDiffusersTeacher.encode_prompts`` stores them in the ``TextCond``)."""
+        return self.micro.rows(size)
+
+    def added_cond_kwargs(
+        self, pooled: Tensor, size: Sequence[int], ids: Tensor | None = None
+    ) -> dict[str, Any]:
+        """The UNet's keyword ``added_cond_kwargs`` for ``pooled: (n, P)`` and the rows' ``ids:
+        (n, 6)`` (None: ``micro``'s conditional row at pixel ``size`` ``(H, W)``; ``__call__``:
+        ``{"text_embeds": add_text_embeds, "time_ids": add_time_ids}``)."""
+        if ids is None:
+            ids = self.micro.rows(size)[0].expand(pooled.shape[0], -1)
+        ids = ids.to(pooled.device, pooled.dtype)
         return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
 
 

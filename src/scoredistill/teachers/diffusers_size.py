@@ -15,7 +15,7 @@ pipeline itself accepts as ``height``/``width`` (``check_inputs`` of diffusers 0
 
 with ``f = 2 ** (len(vae.block_out_channels) - 1)``, every pipeline's ``vae_scale_factor``. The
 latent is then ``(C, H / f, W / f)``; the size also sets SDXL's micro-conditioning ``time_ids``
-(``diffusers_sdxl.time_ids``) and Flux's shift ``mu`` (``diffusers_flux.flux_schedule``).
+(``diffusers_sdxl_micro.MicroCond.rows``) and Flux's shift ``mu`` (``diffusers_flux.flux_schedule``).
 """
 
 from __future__ import annotations

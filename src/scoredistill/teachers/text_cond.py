@@ -2,8 +2,9 @@
 
 ``TextCond`` holds a batch of prompt embeddings ``(B, L, E)``, the null embedding ``(1, L, E)``
 that classifier-free guidance's unconditional branch uses (the empty prompt's, or a negative
-prompt's) and, for SD3/SDXL/Flux, the pooled embeddings; it supports the row operations the
-label-based ingredients need (indexing, ``null_like``, classifier-free dropout, ``cat``).
+prompt's) and, for SD3/SDXL/Flux, the pooled embeddings (SDXL also its micro-conditioning
+``time_ids``, whose null row may differ: ``diffusers_sdxl_micro``); it supports the row operations
+the label-based ingredients need (indexing, ``null_like``, classifier-free dropout, ``cat``).
 ``encode_text`` computes a single-CLIP ``StableDiffusionPipeline``'s prompt embeddings.
 ``diffusers_latent`` re-exports both.
 """
@@ -27,13 +28,18 @@ class TextCond:
     """A text condition: ``embeds: (B, L, E)`` prompt embeddings; ``null: (1, L, E)`` the
     unconditional embedding (empty or negative prompt) that classifier-free guidance uses;
     ``prompts`` the B texts (or empty); ``pooled: (B, P)`` and ``null_pooled: (1, P)`` the pooled
-    embeddings (SD3's ``pooled_projections``, SDXL's ``text_embeds``), or both None."""
+    embeddings (SD3's ``pooled_projections``, SDXL's ``text_embeds``), or both None;
+    ``time_ids: (B, 6)`` and ``null_time_ids: (1, 6)`` SDXL's ``add_time_ids`` of the
+    conditional and the null rows (the pipeline's ``negative_original_size``...), or both None.
+    Null rows take every ``null*`` field, so guidance and dropout keep the rows consistent."""
 
     embeds: Tensor
     null: Tensor
     prompts: tuple[str, ...] = ()
     pooled: Tensor | None = None
     null_pooled: Tensor | None = None
+    time_ids: Tensor | None = None
+    null_time_ids: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.embeds.dim() != 3 or tuple(self.null.shape) != (1, *self.embeds.shape[1:]):
@@ -41,57 +47,65 @@ class TextCond:
             raise ValueError(f"TextCond needs embeds (B, L, E) and null (1, L, E); got {got}")
         if self.prompts and len(self.prompts) != self.embeds.shape[0]:
             raise ValueError(f"{len(self.prompts)} prompts for {self.embeds.shape[0]} embeddings")
-        if not _pooled_fits(self.pooled, self.null_pooled, len(self)):
-            got = f"pooled {_shape(self.pooled)}, null_pooled {_shape(self.null_pooled)}"
-            raise ValueError(
-                f"TextCond needs pooled (B, P) and null_pooled (1, P) or neither; {got}"
-            )
+        for name in ("pooled", "time_ids"):
+            rows, null = getattr(self, name), getattr(self, f"null_{name}")
+            if not _pooled_fits(rows, null, len(self)):
+                got = f"{name} {_shape(rows)}, null_{name} {_shape(null)}"
+                raise ValueError(
+                    f"TextCond needs {name} (B, P) and null_{name} (1, P) or neither; {got}"
+                )
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
-    def _with(
-        self, embeds: Tensor, pooled: Tensor | None, prompts: tuple[str, ...] = ()
-    ) -> TextCond:
-        return TextCond(embeds, self.null, prompts, pooled, self.null_pooled)
+    def _with(self, embeds: Tensor, pick: Any, prompts: tuple[str, ...] = ()) -> TextCond:
+        """Rows ``embeds`` with each per-row vector (pooled, time ids) ``pick(rows, null_row)``."""
+        pooled = _opt(self.pooled, lambda p: pick(p, self.null_pooled))
+        ids = _opt(self.time_ids, lambda t: pick(t, self.null_time_ids))
+        return TextCond(
+            embeds, self.null, prompts, pooled, self.null_pooled, ids, self.null_time_ids
+        )
 
     def __getitem__(self, idx: Any) -> TextCond:
         """Rows ``idx`` (an int keeps the batch dimension)."""
         idx = [idx] if isinstance(idx, int) else idx
         rows = torch.arange(len(self))[idx].tolist()
         prompts = tuple(self.prompts[i] for i in rows) if self.prompts else ()
-        return self._with(self.embeds[rows], _opt(self.pooled, lambda p: p[rows]), prompts)
+        return self._with(self.embeds[rows], lambda v, _: v[rows], prompts)
 
     def null_like(self) -> TextCond:
         """The unconditional rows: ``null`` repeated B times (``parametrization.guided``)."""
-        pooled = _opt(self.null_pooled, lambda p: p.expand(len(self), -1))
-        return self._with(self.null.expand_as(self.embeds), pooled)
+        n = len(self)
+        return self._with(self.null.expand_as(self.embeds), lambda _, null: null.expand(n, -1))
 
     def with_null_rows(self, mask: Tensor) -> TextCond:
         """Rows where ``mask: (B,)`` is True replaced by ``null`` (classifier-free dropout)."""
         m = mask.to(self.embeds.device).reshape(-1, 1, 1)
         embeds = torch.where(m, self.null.to(self.embeds), self.embeds)
-        pooled, null_pooled = self.pooled, self.null_pooled
-        if pooled is not None and null_pooled is not None:
-            pooled = torch.where(m[:, 0], null_pooled.to(pooled), pooled)
-        return self._with(embeds, pooled)
+        return self._with(embeds, lambda v, null: torch.where(m[:, 0], null.to(v), v))
 
     @staticmethod
     def cat(conds: Sequence[TextCond]) -> TextCond:
-        """Rows of several conditions sharing one null embedding, in order."""
-        first = conds[0]
-        if any(not _same(c.null, first.null) or not _same(c.null_pooled, first.null_pooled)
-               for c in conds[1:]):  # fmt: skip
+        """Rows of several conditions sharing one null row, in order."""
+        first, nulls = conds[0], ("null", "null_pooled", "null_time_ids")
+        if any(not _same(getattr(c, k), getattr(first, k)) for c in conds[1:] for k in nulls):
             raise ValueError("cannot concatenate TextConds with different null embeddings")
         prompts = sum((c.prompts for c in conds), ()) if all(c.prompts for c in conds) else ()
         pooled = None if first.pooled is None else torch.cat([c.pooled for c in conds])  # type: ignore[misc]
-        return first._with(torch.cat([c.embeds for c in conds]), pooled, prompts)
+        ids = None if first.time_ids is None else torch.cat([c.time_ids for c in conds])  # type: ignore[misc]
+        return TextCond(
+            torch.cat([c.embeds for c in conds]), first.null, prompts, pooled, first.null_pooled,
+            ids, first.null_time_ids,
+        )  # fmt: skip
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextCond:
         dtype = dtype or self.embeds.dtype
         move = lambda t: t.to(device, dtype)  # noqa: E731
         pooled, null_pooled = _opt(self.pooled, move), _opt(self.null_pooled, move)
-        return TextCond(move(self.embeds), move(self.null), self.prompts, pooled, null_pooled)
+        ids, null_ids = _opt(self.time_ids, move), _opt(self.null_time_ids, move)
+        return TextCond(
+            move(self.embeds), move(self.null), self.prompts, pooled, null_pooled, ids, null_ids
+        )
 
 
 def _opt(t: Tensor | None, fn: Any) -> Tensor | None:
