@@ -181,3 +181,24 @@ def test_bad_inputs_are_one_line_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_critic_lora_targets_key(sd_folder, prompts, tmp_path, capsys):
+    """``critic.lora_targets``: a list replaces ``default_targets`` (to_q/k/v/out.0 on a UNet),
+    so adapting ``to_q`` alone trains a quarter of the default's projections' LoRA; a list
+    naming no module is one ``config key 'critic.lora_targets'`` line, exit 2."""
+    counts = {}
+    for targets in ("[]", '["to_q"]'):
+        sets = ["--set", f"critic.lora_targets={targets}", "--dry-run"]
+        assert main(_args("vsd-sd", sd_folder, prompts, tmp_path / "o", *sets)) == 0
+        counts[targets] = json.loads(capsys.readouterr().out)["networks"]["trainable_params"]
+    # rank r on a (d_out, d_in) projection: r (d_in + d_out); to_q, to_k, to_v, to_out.0 of a
+    # self-attention layer are all d x d, so to_q alone is a quarter there; cross-attention
+    # to_k/to_v read the text width instead, so the share is compared with a bound
+    only_q, default = counts['["to_q"]']["critic"], counts["[]"]["critic"]
+    assert 0 < only_q < default / 2
+    code = main(_args("vsd-sd", sd_folder, prompts, tmp_path / "o", "--dry-run",
+                      "--set", 'critic.lora_targets=["nope"]'))  # fmt: skip
+    # the weights load first (transformers' loading bars), then the one error line
+    err = [e for e in capsys.readouterr().err.splitlines() if "error" in e]
+    assert code == 2 and len(err) == 1 and "config key 'critic.lora_targets'" in err[0], err

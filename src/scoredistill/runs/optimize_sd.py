@@ -86,6 +86,7 @@ class LoraCriticConfig:
     # with diffusers' default rank 4 and no network_alpha, i.e. scale 1)
     lora_rank: PositiveInt = 4
     lora_alpha: NonNegativeFloat = 0.0  # 0: equal to the rank (scale 1)
+    lora_targets: tuple[str, ...] = ()  # module-name suffixes; (): sources.lora.default_targets
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,11 @@ def _lora_critic(cfg: OptimizeSDConfig, teacher: Any):
     from ..sources.lora import AdapterView, add_lora
 
     torch.manual_seed(cfg.train.seed)  # the adapter's A matrices and the camera embedding
-    add_lora(teacher.model, "critic", cfg.critic.lora_rank, cfg.critic.lora_alpha or None)
+    c = cfg.critic
+    try:  # lora_targets naming no module of the network
+        add_lora(teacher.model, "critic", c.lora_rank, c.lora_alpha or None, c.lora_targets or None)
+    except ValueError as err:
+        raise ConfigError(f"config key 'critic.lora_targets': {err}") from None
     if cfg.source.kind == "field":
         from ..sources.camera_lora import CameraLoraCritic
 
