@@ -8,9 +8,10 @@ null rows repeat them, as the pipeline does; (b) prompt ids, the null label, ``n
 classifier-free dropout and ``cat`` carry the conditional or the null row's ids; (c) the keys
 reach the teacher through ``runs.sd.load_teacher``, and an exported full student called with the
 README's arguments redraws the student's latents; (d) ``flux.guidance`` sets the teacher's
-embedded guidance and the export's README call; (e) bad keys are one ``ConfigError`` naming the
-key (wrong length, half a negative pair, another family, no guidance embedding, a negative under
-guidance 1), and the CLI exits 2.
+embedded guidance and the export's README call; (e) ``max_sequence_length`` gives SD3's and
+Flux's ``encode_prompt(..., max_sequence_length=L)`` embeddings and the SD3 README passes it; (f)
+bad keys are one ``ConfigError`` naming the key (wrong length, half a negative pair, another
+family, no guidance embedding, no T5, a negative under guidance 1), and the CLI exits 2.
 """
 
 from __future__ import annotations
@@ -211,3 +212,39 @@ def test_cli_exits_2_on_a_bad_key(sdxl, tmp_path, capsys):
     assert _cli("distill", "dmd2-sd", folder, tmp_path, "--set", "sdxl.target_size=[8]") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'sdxl.target_size'" in err[0]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_max_sequence_length_key(family, tmp_path):
+    """T5 pads and truncates to the key's length, as ``encode_prompt(max_sequence_length=8)``
+    (the tiny tokenizers' own limit is 16, SD3's default 256, so 8 truncates these prompts)."""
+    from scoredistill.export_latent import export_latent_student
+    from scoredistill.export_sd3 import student_generator
+    from test_sd3_teacher import _pipe as sd3_pipe
+
+    pipe = sd3_pipe(True) if family == "sd3" else flux_pipe(True)
+    folder = tmp_path / family
+    pipe.save_pretrained(folder)
+    teacher = load_teacher(_cfg(folder, tmp_path, max_sequence_length=8))
+    assert teacher.text_encoder.max_sequence_length == 8
+    cond = teacher.encode_prompts(PROMPTS)
+    with torch.no_grad():
+        if family == "sd3":
+            pe, _, pooled, _ = pipe.encode_prompt(PROMPTS, None, None, max_sequence_length=8)
+            default = pipe.encode_prompt(PROMPTS, None, None)[0]
+        else:
+            pe, pooled, _ = pipe.encode_prompt(PROMPTS, None, max_sequence_length=8)
+            default = pipe.encode_prompt(PROMPTS, None)[0]
+    assert pe.shape[1] < default.shape[1]  # 77 + 8 against 77 + 256 (SD3); 8 against 16 (Flux)
+    torch.testing.assert_close(cond.embeds, pe, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cond.pooled, pooled, rtol=0, atol=1e-6)
+    if family == "sd3":  # Flux READMEs always pass it (test_flux_export)
+        gen = student_generator(teacher, steps=1)
+        path = export_latent_student(gen, teacher, tmp_path / "out", steps=1, prompt=PROMPTS[0])
+        assert "max_sequence_length=8, " in (path / "README.md").read_text()
+
+
+def test_max_sequence_length_needs_t5(sdxl, tmp_path):
+    _, folder, _ = sdxl
+    with pytest.raises(ConfigError, match=r"'max_sequence_length'.*no T5"):
+        load_teacher(_cfg(folder, tmp_path, max_sequence_length=77))

@@ -53,7 +53,7 @@ from .export_flux import student_generator as flux_student
 from .export_folder import at_trained_size, write_student
 from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
-from .teachers.diffusers_sd3 import SD3TextEncoder
+from .teachers.diffusers_sd3 import PIPELINE_T5_LENGTH, SD3TextEncoder
 
 __all__ = [
     "SD_REFERENCE",
@@ -141,16 +141,25 @@ _LORA = (
 _SEED = "torch.manual_seed(0)  # the scheduler's re-noising draws from torch's global RNG\n"
 
 
-def readme(generator: DiffusersGenerator, sched: Any, prompt: str, lora: bool, t5: bool) -> str:
+def readme(
+    generator: DiffusersGenerator,
+    sched: Any,
+    prompt: str,
+    lora: bool,
+    t5: bool,
+    length: int = PIPELINE_T5_LENGTH,
+) -> str:
     """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it (a folder without
-    T5 loads only with ``text_encoder_3=None, tokenizer_3=None`` passed)."""
+    T5 loads only with ``text_encoder_3=None, tokenizer_3=None`` passed; a T5 ``length`` other
+    than the pipeline's 256 is passed as ``max_sequence_length``)."""
     k, sigmas = generator.nfe, [round(float(s), 5) for s in sched.sigmas[:-1]]
     where = "PATH/TO/TEACHER" if lora else "PATH/TO/pipeline"
     no_t5 = "" if t5 else ", text_encoder_3=None, tokenizer_3=None"
+    seq = "" if length == PIPELINE_T5_LENGTH else f"max_sequence_length={length}, "
     code = (
         f'{_IMPORT}\npipe = StableDiffusion3Pipeline.from_pretrained("{where}", '
         f"local_files_only=True{no_t5})\n{_LORA if lora else ''}{_SEED if k > 1 else ''}"
-        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, guidance_scale=1.0, "
+        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, {seq}guidance_scale=1.0, "
         "generator=torch.Generator().manual_seed(0)).images\n"
     )
     what = "A LoRA on the SD3 teacher's transformer" if lora else "An SD3 pipeline"
@@ -199,12 +208,12 @@ def export_sd3_student(
     """Write ``out_dir/lora/`` (a LoRA student) or ``out_dir/pipeline/`` (a full one) of an SD3
     teacher atomically and return it (module docstring); ``prompt`` goes in the README."""
     sched = student_scheduler(generator, teacher)
-    t5 = teacher.text_encoder.has_t5
+    t5, length = teacher.text_encoder.has_t5, teacher.text_encoder.max_sequence_length
     return write_student(
         generator,
         out_dir,
         full=lambda tmp: _full(generator, teacher, sched, tmp),
         lora=lambda tmp: _lora(generator, sched, tmp),
-        readme=lambda is_lora: readme(generator, sched, prompt, is_lora, t5),
+        readme=lambda is_lora: readme(generator, sched, prompt, is_lora, t5, length),
         note=note,
     )

@@ -54,7 +54,7 @@ from .family import Family, Resolved
 from .optimize_build import accepts, needs_critic
 from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
 from .sd_prompts import prompt_streams
-from .sd_teacher_keys import FluxKeys, SDXLKeys, apply_teacher_keys, micro_cond
+from .sd_teacher_keys import FluxKeys, SDXLKeys, T5Length, apply_teacher_keys, micro_cond
 
 __all__ = ["FAMILY", "OptimizeSDConfig", "load_teacher", "run_optimize_sd"]
 
@@ -101,6 +101,7 @@ class OptimizeSDConfig:
     negative_prompt_3: str = ""  # the null row's prompt_3 ("" = negative_prompt)
     sdxl: SDXLKeys = field(default_factory=SDXLKeys)  # micro-conditioning (sd_teacher_keys)
     flux: FluxKeys = field(default_factory=FluxKeys)  # embedded guidance (sd_teacher_keys)
+    max_sequence_length: T5Length = 0  # SD3/Flux T5 length; 0: the pipeline's (sd_teacher_keys)
     objective: dict[str, Any] = field(default_factory=dict)
     train: OptimizeLoopConfig = field(default_factory=OptimizeLoopConfig)
     source: LatentSourceConfig = field(default_factory=LatentSourceConfig)
@@ -120,7 +121,7 @@ def load_teacher(cfg: OptimizeSDConfig):
 
         prompts, streams = field_prompts(prompts, cfg.source), field_streams(streams, cfg.source)
     teacher = load_latent_teacher(folder)
-    apply_teacher_keys(cfg.sdxl, cfg.flux, teacher)  # before the prompts' rows are built
+    apply_teacher_keys(cfg, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     return teacher
 

@@ -34,7 +34,7 @@ from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
-from .sd_teacher_keys import FluxKeys, SDXLKeys, apply_teacher_keys, micro_cond
+from .sd_teacher_keys import FluxKeys, SDXLKeys, T5Length, apply_teacher_keys, micro_cond
 from .unet import _label_sampler, student_draw
 
 __all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
@@ -79,6 +79,7 @@ class SDDistillConfig:
     clip_skip: Annotated[int, Range(0, note="0: None")] = 0  # diffusers' (diffusers_clip_skip)
     sdxl: SDXLKeys = field(default_factory=SDXLKeys)  # micro-conditioning (sd_teacher_keys)
     flux: FluxKeys = field(default_factory=FluxKeys)  # embedded guidance (sd_teacher_keys)
+    max_sequence_length: T5Length = 0  # SD3/Flux T5 length; 0: the pipeline's (sd_teacher_keys)
     forget_prompt: str = ""  # method sfd: the prompt of the list to forget
     safe_prompt: str = ""  # method sfd: the prompt of the list the teacher answers it with
     objective: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +101,7 @@ def load_teacher(cfg: SDDistillConfig):
     prompts = read_prompts(prompt_file)
     streams = prompt_streams(cfg, folder, prompt_file, len(prompts))  # before weights load
     teacher = load_latent_teacher(folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip)
-    apply_teacher_keys(cfg.sdxl, cfg.flux, teacher)  # before the prompts' rows are built
+    apply_teacher_keys(cfg, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table
         family = "SD3" if is_sd3(teacher) else "Flux"

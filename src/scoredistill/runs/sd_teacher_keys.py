@@ -1,5 +1,6 @@
-"""Config keys that only one teacher family takes: SDXL's micro-conditioning (``sdxl.*``) and
-Flux's embedded guidance (``flux.guidance``).
+"""Config keys that only some teacher families take: SDXL's micro-conditioning (``sdxl.*``),
+Flux's embedded guidance (``flux.guidance``) and the T5 length of SD3 and Flux
+(``max_sequence_length``).
 
 - ``sdxl.original_size``, ``sdxl.crops_coords_top_left``, ``sdxl.target_size`` and their
   ``negative_`` forms are ``StableDiffusionXLPipeline.__call__``'s arguments of the same names
@@ -11,6 +12,10 @@ Flux's embedded guidance (``flux.guidance``).
 - ``flux.guidance`` is ``FluxPipeline.__call__``'s ``guidance_scale`` for transformers with a
   guidance embedding (FLUX.1-dev: ``guidance_embeds=true``), fed to every teacher call; null
   keeps the pipeline's default 3.5. The export writes it in the README's call.
+- ``max_sequence_length`` is the ``__call__`` argument of ``StableDiffusion3Pipeline`` (default
+  256) and ``FluxPipeline`` (512, or the T5 tokenizer's ``model_max_length`` when smaller): T5
+  pads and truncates the prompt to it; 0 keeps the default, the pipelines' ``check_inputs``
+  refuse more than 512. FLUX.1-schnell is used at 256. The exported README passes it.
 
 Each key is refused, naming it, on a teacher of another family (or, for ``flux.guidance``, a
 Flux transformer without a guidance embedding): one line, exit 2.
@@ -19,11 +24,11 @@ Flux transformer without a guidance embedding): one line, exit 2.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
-from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt
+from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 
-__all__ = ["FluxKeys", "SDXLKeys", "apply_teacher_keys", "micro_cond"]
+__all__ = ["FluxKeys", "SDXLKeys", "T5Length", "apply_teacher_keys", "micro_cond"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,9 @@ class SDXLKeys:
     negative_original_size: tuple[PositiveInt, ...] = ()  # CFG's null rows (with the next)
     negative_crops_coords_top_left: tuple[NonNegativeInt, ...] = ()
     negative_target_size: tuple[PositiveInt, ...] = ()
+
+
+T5Length = Annotated[int, Range(0, 512, note="0: the pipeline's default")]
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,20 @@ def _set_keys(keys: Any, prefix: str) -> list[str]:
     return [f"{prefix}.{f.name}" for f in fields(keys) if getattr(keys, f.name) not in ((), None)]
 
 
-def apply_teacher_keys(sdxl: SDXLKeys, flux: FluxKeys, teacher: Any) -> None:
-    """Set the family keys on a loaded latent teacher, before its prompts are encoded."""
+def apply_teacher_keys(cfg: Any, teacher: Any) -> None:
+    """Set ``cfg``'s family keys (``sdxl``, ``flux``, ``max_sequence_length``) on a loaded
+    latent teacher, before its prompts are encoded."""
     from ..export_flux import is_flux
     from ..export_sdxl import is_sdxl
+
+    sdxl, flux, length = cfg.sdxl, cfg.flux, cfg.max_sequence_length
+    if length:
+        if not hasattr(teacher.text_encoder, "max_sequence_length"):
+            raise ConfigError(
+                "config key 'max_sequence_length': the teacher has no T5 encoder "
+                "(SD3 and Flux folders take it); valid: 0"
+            )
+        teacher.text_encoder.max_sequence_length = int(length)
 
     if given := _set_keys(sdxl, "sdxl"):
         if not is_sdxl(teacher):

@@ -49,6 +49,7 @@ from .diffusers import (
 )
 
 __all__ = ["SD3TextEncoder", "load_sd3_parts", "pipeline_times", "width_problem"]
+PIPELINE_T5_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s max_sequence_length
 
 PARTS = {  # model_index.json key: the library its class must come from
     "transformer": "diffusers",
@@ -114,7 +115,7 @@ class SD3TextEncoder(nn.Module):
         text_encoders: Sequence[nn.Module | None],
         tokenizers: Sequence[Any],
         transformer_config: Any,
-        max_sequence_length: int = 256,  # StableDiffusion3Pipeline.__call__'s default
+        max_sequence_length: int = PIPELINE_T5_LENGTH,
     ) -> None:
         super().__init__()
         if len(text_encoders) != 3 or len(tokenizers) != 3:
