@@ -160,3 +160,33 @@ def test_pipeline_round_trip_with_stock_diffusers(tmp_path):
     assert d.shape == (1, 64) and bool(torch.isfinite(d).all())
     with pytest.raises(ValueError, match="already holds a teacher"):
         train_sd_teacher(data.x, data.labels, tmp_path, config=TINY, progress=False)
+
+
+def test_noisy_images_blend_uniform_noise_into_the_last_rows():
+    """``(1 − a) x + a u`` with ``a ~ U(0, 1)``, ``u ~ U[−1, 1]``: on black images (x = 0) each
+    pixel is ``a u``, so E[y²] = E[a²] E[u²] = 1/3 · 1/3 = 1/9 (the mean over 10 000 noisy
+    images has std ≈ 0.001, mostly from a², var 4/45, shared by each image's pixels: 3σ
+    allowed); the first rows are untouched."""
+    from scoredistill.train.sd_teacher import noisy_images
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(20_000, 1, 8, 8)
+    y = noisy_images(x, 10_000, g)
+    assert torch.equal(y[:10_000], x[:10_000]) and y.shape == x.shape
+    assert abs(float(y[10_000:].square().mean()) - 1 / 9) < 0.003
+    assert float(y.abs().max()) <= 1.0
+    assert torch.equal(noisy_images(x, 0, g), x)
+
+
+def test_vae_noise_share_trains_and_is_validated(tmp_path, capsys):
+    x = load_digits_images("train").x[:64]
+    cfg = SDTeacherConfig(steps=3, vae_steps=3, batch_size=8, seed=0, vae_noise_share=0.5)
+    info = fit_vae(make_vae(1, cfg), x, cfg, torch.Generator().manual_seed(0), progress=False)
+    assert math.isfinite(info["vae_final_loss"]) and info["scaling_factor"] > 0
+    with pytest.raises(ValueError, match="vae_noise_share"):
+        train_sd_teacher(x, torch.zeros(64, dtype=torch.long), tmp_path / "t",
+                         config=SDTeacherConfig(vae_noise_share=1.5), progress=False)  # fmt: skip
+    code = main(["train-teacher", "--arch", "sd", "--vae-noise-share", "2", "--out",
+                 str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--vae-noise-share" in err[0]

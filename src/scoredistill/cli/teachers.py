@@ -16,7 +16,7 @@ from ..eval.baseline import baseline_rows, cell_metrics, exact_rows, sample_cell
 from ..io import atomic_write_json
 from ..samplers import SAMPLERS, SPACINGS, nfe_to_steps
 from ..schedules import SCHEDULES
-from .common import UsageError, int_list, name_list, positive_int, prepare_out
+from .common import UsageError, int_list, name_list, positive_int, prepare_out, unit_float
 
 __all__ = ["add_teacher_commands"]
 
@@ -180,7 +180,10 @@ def _train_sd_teacher(args: argparse.Namespace) -> int:
     if args.resume:
         raise UsageError("--resume is for --arch unet; the sd teacher trains in one go")
     data = args.data or "digits"
-    config = SDTeacherConfig(steps=args.steps or SDTeacherConfig.steps, seed=args.seed)
+    config = SDTeacherConfig(
+        steps=args.steps or SDTeacherConfig.steps, seed=args.seed,
+        vae_noise_share=args.vae_noise_share,
+    )  # fmt: skip
     if data == "views":  # captioned renders of the views object (teachers.views_sd_data)
         from ..teachers.views_sd_data import views_sd_data
 
@@ -263,6 +266,10 @@ def add_teacher_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="--arch unet: continue in --out")
     p.add_argument("--steps", type=positive_int, default=None, help="mlp 4000, unet 3000, sd 1700")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--vae-noise-share", type=unit_float, default=0.0,
+        help="--arch sd: share of each VAE batch blended with pixel noise and reconstructed as is",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train_teacher)

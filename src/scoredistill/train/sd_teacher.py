@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -46,10 +45,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
 from ..io import atomic_write_json
 from ..teachers.text_cond import encode_text
 from .common import check_finite, ema_decay, ema_update
+from .sd_text import caption_words, make_clip_text, word_merges
 from .unet_teacher import _lr_factor
 
 __all__ = [
@@ -62,6 +61,7 @@ __all__ = [
     "make_clip_text",
     "make_text_unet",
     "make_vae",
+    "noisy_images",
     "prompt_table",
     "train_sd_teacher",
     "word_merges",
@@ -81,6 +81,9 @@ class SDTeacherConfig:
     lr: float = 2e-3  # UNet AdamW; both stages: 5 % warm-up, cosine decay
     vae_lr: float = 1e-3
     kl_weight: float = 1e-3  # β: KL per latent value against MSE per pixel
+    # share of each VAE batch that is a training image blended with uniform pixel noise
+    # (weight a ~ U(0, 1)) and must be reconstructed as it is (``noisy_images``): 0 = SD's VAE
+    vae_noise_share: float = 0.0
     vae_channels: tuple[int, ...] = (16, 32)  # two levels: 8×8 → 4×4 latents
     latent_channels: int = 4  # as SD
     unet_channels: tuple[int, ...] = (32, 64)
@@ -144,63 +147,6 @@ def make_text_unet(sample_size: int, cfg: SDTeacherConfig) -> Any:
     )
 
 
-def word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
-    """BPE merges that make each of ``words`` one token (``"front</w>"``): the chain
-    ``f r``, ``fr o``, ... ``fron t</w>`` (CLIP's BPE ends a word's last symbol with ``</w>``,
-    transformers ``CLIPTokenizer.bpe``); shared prefixes share their merges."""
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
-            parts = [parts[0] + parts[1], *parts[2:]]
-    return merges
-
-
-def caption_words(prompts: Sequence[str]) -> list[str]:
-    """The distinct lower-case words of two letters or more in ``prompts``, sorted."""
-    return sorted({w for p in prompts for w in re.findall(r"[a-z]{2,}", p.lower())})
-
-
-def make_clip_text(cfg: SDTeacherConfig, words: Sequence[str] = ()) -> tuple[Any, Any]:
-    """``(CLIPTokenizer, CLIPTextModel)``: char-level vocabulary, random weights (seeded).
-    ``words`` become whole tokens too (``word_merges``; none: the digits teacher's tokenizer)."""
-    try:
-        from tokenizers.pre_tokenizers import ByteLevel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    except ImportError as err:
-        msg = "the text-to-image teacher needs transformers (pip install transformers)"
-        raise UserError(f"{msg}; {err}") from None
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    symbols = sorted(ByteLevel.alphabet())
-    vocab.update((s, i + 2) for i, s in enumerate(symbols))
-    vocab.update((s + "</w>", i + 2 + len(symbols)) for i, s in enumerate(symbols))
-    merges = word_merges(words)
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=cfg.max_length)
-    for word in words:
-        if tokenizer.tokenize(word) != [word + "</w>"]:
-            raise ValueError(f"word {word!r} is not one token: {tokenizer.tokenize(word)}")
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=cfg.text_width,
-        intermediate_size=2 * cfg.text_width,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=4,
-        max_position_embeddings=cfg.max_length,
-        bos_token_id=0,
-        eos_token_id=1,  # the pooled output is taken at the first eos (note §3)
-        pad_token_id=1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        encoder = CLIPTextModel(config)
-    return tokenizer, encoder.eval().requires_grad_(False)
-
-
 class PromptTable(nn.Module):
     """``forward() -> (P + 1, L, E)``: the distinct training prompts, then the empty one, through
     a text encoder that ``fit_text_unet`` trains with the UNet (``encode_text``: the pipeline's
@@ -218,6 +164,18 @@ def _adamw(module: nn.Module, lr: float, cfg: SDTeacherConfig) -> torch.optim.Op
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
+def noisy_images(x: Tensor, n: int, rng: torch.Generator) -> Tensor:
+    """``x`` with its last ``n`` rows blended with uniform noise: ``(1 − a) x + a u``, ``u ~
+    U[−1, 1]`` per pixel, ``a ~ U(0, 1)`` per image. Reconstructing them as they are teaches the
+    encoder to keep noise in the latent instead of mapping it onto the data (a voxel field's
+    colour-noise renders fooled the plain encoder: docs/text_to_image.md)."""
+    if n <= 0:
+        return x
+    u = torch.rand(n, *x.shape[1:], generator=rng) * 2 - 1
+    a = torch.rand(n, *(1,) * (x.dim() - 1), generator=rng)
+    return torch.cat([x[: len(x) - n], (1 - a) * x[len(x) - n :] + a * u])
+
+
 def fit_vae(
     vae: nn.Module, images: Tensor, cfg: SDTeacherConfig, rng: torch.Generator, progress: bool
 ) -> dict[str, float]:
@@ -229,6 +187,7 @@ def fit_vae(
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps)
         x = images[torch.randint(images.shape[0], (cfg.batch_size,), generator=rng)]
+        x = noisy_images(x, round(cfg.vae_noise_share * cfg.batch_size), rng)
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(rng)).sample
         kl = dist.kl().mean() / dist.mean[0].numel()  # per latent value
@@ -350,6 +309,8 @@ def train_sd_teacher(
     cfg = config or SDTeacherConfig()
     if cfg.steps < 1 or cfg.vae_steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps, vae_steps and batch_size must be >= 1; got {cfg}")
+    if not 0.0 <= cfg.vae_noise_share <= 1.0:
+        raise ValueError(f"vae_noise_share must lie in [0, 1]; got {cfg.vae_noise_share}")
     out = Path(out)
     if (out / "pipeline").exists():
         raise ValueError(f"{out} already holds a teacher (pipeline/); pass another --out")
