@@ -26,7 +26,14 @@ from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView
 
-__all__ = ["at_trained_size", "clip_skip_note", "prompt_streams_note", "size_note", "write_student"]
+__all__ = [
+    "at_trained_size",
+    "clip_skip_note",
+    "prompt_streams_note",
+    "size_note",
+    "variant_note",
+    "write_student",
+]
 
 
 def write_student(
@@ -122,4 +129,17 @@ def prompt_streams_note(teacher: Any) -> str:
         f"prompt, as trained (the run's {files} file: line i for prompt i), e.g. "
         f"`pipe([{rows[0][0]!r}] * 4, {example}, ...)`. Without it the pipeline reads `prompt` "
         "in every encoder, a condition the student was not trained on."
+    )
+
+
+def variant_note(teacher: Any, lora: bool) -> str:
+    """A LoRA student's README note when the teacher's weights were a variant (``fp16``): its
+    base, the teacher's own pipeline, loads only with ``variant=`` (``teachers.diffusers_variants``).
+    A full student's folder holds standard weights: no note."""
+    v = getattr(teacher, "variant", "")
+    if not v or not lora:
+        return ""
+    return (
+        f"- The teacher folder holds `{v}` weights: load it with `DiffusionPipeline.from_pretrained"
+        f'("PATH/TO/TEACHER", variant="{v}", local_files_only=True)`.'
     )

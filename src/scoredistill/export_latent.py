@@ -30,7 +30,13 @@ from typing import Any
 
 from .export import student_scheduler
 from .export_flux import export_flux_student, is_flux
-from .export_folder import at_trained_size, clip_skip_note, prompt_streams_note, size_note
+from .export_folder import (
+    at_trained_size,
+    clip_skip_note,
+    prompt_streams_note,
+    size_note,
+    variant_note,
+)
 from .export_sd3 import export_sd3_student, is_sd3, plain_copy
 from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
@@ -132,11 +138,12 @@ def export_latent_student(
     if steps != generator.nfe:
         raise ValueError(f"steps={steps}, but the generator was trained for {generator.nfe}")
     streams = prompt_streams_note(teacher)  # prompt_2 / prompt_3, every family
-    if is_flux(teacher):  # its README passes height/width always
-        note = "\n".join(n for n in (streams, note) if n)
-        return export_flux_student(generator, teacher, out_dir, prompt=prompt, note=note)
     is_lora = isinstance(generator.denoiser, AdapterView)
-    notes = (size_note(teacher, is_lora), clip_skip_note(teacher), streams, note)
+    variant = variant_note(teacher, is_lora)  # an fp16-only teacher folder
+    if is_flux(teacher):  # its README passes height/width always
+        note = "\n".join(n for n in (streams, variant, note) if n)
+        return export_flux_student(generator, teacher, out_dir, prompt=prompt, note=note)
+    notes = (size_note(teacher, is_lora), clip_skip_note(teacher), streams, variant, note)
     note = "\n".join(n for n in notes if n)
     if is_sd3(teacher):
         return export_sd3_student(generator, teacher, out_dir, prompt=prompt, note=note)

@@ -67,6 +67,7 @@ class ConsistencyUNetConfig:
     method: str = "cd"
     teacher: str = ""  # a local diffusers folder; "" = the bundled digits UNet
     scheduler: str = ""  # a scheduler folder for a bare model folder
+    variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
     data: str = "digits"  # the images CD noises: "digits" or a folder of PNG/JPEG
     objective: dict[str, Any] = field(default_factory=dict)
     train: ConsistencyLoopConfig = field(default_factory=ConsistencyLoopConfig)

@@ -93,6 +93,7 @@ class LoraCriticConfig:
 class OptimizeSDConfig:
     method: str = "sds"
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
+    variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
     prompts_2: str = ""  # a file: line i the prompt_2 of prompt i ("" = prompt; sd_prompts)
@@ -120,7 +121,7 @@ def load_teacher(cfg: OptimizeSDConfig):
         from .optimize_sd_field import field_prompts, field_streams
 
         prompts, streams = field_prompts(prompts, cfg.source), field_streams(streams, cfg.source)
-    teacher = load_latent_teacher(folder)
+    teacher = load_latent_teacher(folder, variant=cfg.variant)
     apply_teacher_keys(cfg, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     return teacher

@@ -34,7 +34,13 @@ from ..train.common import JsonlLogger
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
-from .sd_teacher_keys import FluxKeys, SDXLKeys, T5Length, apply_teacher_keys, micro_cond
+from .sd_teacher_keys import (
+    FluxKeys,
+    SDXLKeys,
+    T5Length,
+    apply_teacher_keys,
+    micro_cond,
+)
 from .unet import _label_sampler, student_draw
 
 __all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
@@ -69,6 +75,7 @@ class SDEvalConfig:
 class SDDistillConfig:
     method: str = "vsd"
     teacher: str = ""  # a local StableDiffusionPipeline-layout folder; "" = the bundled digits one
+    variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
     prompts: str = ""  # a text file, one prompt per line ("" = the bundled teacher's prompts)
     negative_prompt: str = ""  # the null condition of guidance ("" = the empty prompt)
     prompts_2: str = ""  # a file: line i the prompt_2 of prompt i ("" = prompt; sd_prompts)
@@ -100,7 +107,9 @@ def load_teacher(cfg: SDDistillConfig):
     folder, prompt_file = sd_paths(cfg)
     prompts = read_prompts(prompt_file)
     streams = prompt_streams(cfg, folder, prompt_file, len(prompts))  # before weights load
-    teacher = load_latent_teacher(folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip)
+    teacher = load_latent_teacher(
+        folder, resolution=cfg.resolution, clip_skip=cfg.clip_skip, variant=cfg.variant
+    )
     apply_teacher_keys(cfg, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
     if is_sd3(teacher) or is_flux(teacher):  # joint attention; init_timestep on SD's table

@@ -63,6 +63,7 @@ class UNetDistillConfig:
     method: str = "dmd"
     teacher: str = ""  # a local diffusers folder; "" = the bundled digits UNet
     scheduler: str = ""  # a scheduler folder for a bare model folder
+    variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
     data: str = "digits"  # real images (GAN's real class): "digits" or a folder of PNG/JPEG
     objective: dict[str, Any] = field(default_factory=dict)
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
@@ -89,7 +90,9 @@ def load_teacher(cfg: UNetDistillConfig):
     from ..sources.diffusers import set_attention
     from ..teachers.diffusers import load_diffusers_teacher
 
-    teacher = load_diffusers_teacher(teacher_path(cfg), scheduler=cfg.scheduler or None)
+    teacher = load_diffusers_teacher(
+        teacher_path(cfg), scheduler=cfg.scheduler or None, variant=cfg.variant
+    )
     set_attention(teacher.model, cfg.student.attention)
     return teacher
 

@@ -42,6 +42,7 @@ from .diffusers_schedules import (
     native_schedule,
     restrict_schedule,
 )
+from .diffusers_variants import pick_variant
 
 __all__ = [
     "DiffusersTeacher",
@@ -300,11 +301,13 @@ def load_diffusers_teacher(
     dtype: torch.dtype = torch.float32,
     schedule: Schedule | None = None,
     num_classes: int | None = None,
+    variant: str = "",
 ) -> DiffusersTeacher:
     """A teacher from a local pipeline folder written by diffusers (``model_index.json``, ``unet/``
     or ``transformer/``, ``scheduler/``) or a bare model folder (``config.json`` + weights) with
-    ``scheduler=DIR`` (or ``scheduler_config.json`` beside it); frozen, eval mode. Every problem
-    raises ``TeacherFolderError`` (a ``ValueError``) naming the file and key."""
+    ``scheduler=DIR`` (or ``scheduler_config.json`` beside it); frozen, eval mode; weight
+    ``variant`` as ``diffusers_variants.pick_variant``. Every problem raises
+    ``TeacherFolderError`` (a ``ValueError``) naming the file and key."""
     model_dir, sched_dir = _folders(Path(path), scheduler)
     sched_path, cfg_path = sched_dir / "scheduler_config.json", model_dir / "config.json"
     sched_cls = _scheduler_class(sched_path)
@@ -316,7 +319,12 @@ def load_diffusers_teacher(
     except Exception as err:
         raise _fail(sched_path, "cannot build the scheduler", err) from None
     try:
-        model = cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype)
+        picked = pick_variant(model_dir, variant)  # diffusers_variants: fp16-only folders
+    except ValueError as err:
+        raise _fail(model_dir, str(err)) from None
+    extra = {"variant": picked} if picked else {}
+    try:
+        model = cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype, **extra)
     except Exception as err:
         what = "weights are missing, corrupt or do not match config.json"
         raise _fail(model_dir, f"cannot load {cls.__name__}: {what}", err) from None
@@ -330,9 +338,16 @@ def load_diffusers_teacher(
 # --- folder helpers shared by the latent teachers (diffusers_latent, diffusers_sd3) ---
 
 
-def _load(where: Path, cls: Any, **kwargs: Any) -> Any:
+def _load(where: Path, cls: Any, variant: str = "", **kwargs: Any) -> Any:
+    """``cls.from_pretrained(where)`` offline, with the weight variant ``pick_variant`` finds
+    (``variant``: the one asked, "" none); every failure names the folder."""
     try:
-        return cls.from_pretrained(where, local_files_only=True, **kwargs)
+        picked = pick_variant(where, variant)
+    except ValueError as err:
+        raise _fail(where, str(err)) from None
+    extra = {"variant": picked} if picked else {}
+    try:
+        return cls.from_pretrained(where, local_files_only=True, **extra, **kwargs)
     except Exception as err:
         raise _fail(where, f"cannot load {cls.__name__}", err) from None
 
@@ -348,8 +363,11 @@ def check_components(path: Path, index: dict[str, Any], parts: dict[str, str]) -
             raise _fail(path / key, f"no such folder, though model_index.json lists {key!r}")
 
 
-def load_text_parts(path: Path, index: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    """The transformers components ``keys`` of a pipeline folder (float32, eval mode)."""
+def load_text_parts(
+    path: Path, index: dict[str, Any], keys: Sequence[str], variant: str = ""
+) -> dict[str, Any]:
+    """The transformers components ``keys`` of a pipeline folder (float32, eval mode; weight
+    ``variant`` as ``_load``)."""
     try:
         import transformers
     except ImportError as err:
@@ -362,7 +380,7 @@ def load_text_parts(path: Path, index: dict[str, Any], keys: Sequence[str]) -> d
             raise _fail(
                 path / "model_index.json", f"{key}: {index[key][1]!r} is no transformers class"
             )
-        text[key] = _load(path / key, cls)
+        text[key] = _load(path / key, cls, variant)
     return text
 
 
@@ -374,18 +392,19 @@ def load_pipeline_parts(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    variant: str = "",
 ) -> tuple[nn.Module, nn.Module, Any, dict[str, Any]]:
     """``(network, vae, scheduler, text parts)`` of a checked latent pipeline folder: the
     ``network`` component (``unet`` / ``transformer``) in ``dtype``, the VAE and the text parts
-    of the family's ``parts`` (its ``text_encoder*`` and ``tokenizer*``) in float32; every class
-    is resolved before any weights load."""
+    of the family's ``parts`` (its ``text_encoder*`` and ``tokenizer*``) in float32, each with
+    the weight ``variant`` ``_load`` picks; every class is resolved before any weights load."""
     text_keys = [k for k in parts if k.startswith(("text", "tok"))]
     sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
     net_cls = _diffusers_class(path / network, index[network][1], "ModelMixin")
     vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-    text = load_text_parts(path, index, text_keys)
-    net = _load(path / network, net_cls, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+    text = load_text_parts(path, index, text_keys, variant)
+    net = _load(path / network, net_cls, variant, torch_dtype=dtype).to(device)
+    vae = _load(path / "vae", vae_cls, variant, torch_dtype=torch.float32).to(device)
     return net, vae, _load(path / "scheduler", sched_cls), text
 
 

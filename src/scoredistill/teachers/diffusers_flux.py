@@ -331,6 +331,7 @@ def load_flux_parts(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    variant: str = "",
     guidance: float = GUIDANCE,
     latent_hw: Sequence[int] | None = None,
 ) -> tuple[FluxNetwork, nn.Module, Any, FluxTextEncoder]:
@@ -344,7 +345,7 @@ def load_flux_parts(
     check_components(path, index, PARTS)
     hw = _check_configs(path, latent_hw)
     transformer, vae, sched, text = load_pipeline_parts(
-        path, index, "transformer", PARTS, device=device, dtype=dtype
+        path, index, "transformer", PARTS, device=device, dtype=dtype, variant=variant
     )
     encoder = folder_text_encoder(
         path,

@@ -58,6 +58,7 @@ from .diffusers_prompts import PromptCache, negative_row, prompt_args, prompt_ro
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 from .diffusers_size import training_latent_hw
+from .diffusers_variants import pick_variant
 from .text_cond import TextCond, _opt, encode_text
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
@@ -245,6 +246,7 @@ def load_latent_teacher(
     schedule: Schedule | None = None,
     resolution: int = 0,
     clip_skip: int = 0,
+    variant: str = "",
 ) -> LatentDiffusersTeacher:
     """A latent teacher from a local ``StableDiffusionPipeline``-layout folder (or a run folder
     holding ``pipeline/``; ``StableDiffusion3Pipeline``: ``diffusers_sd3``;
@@ -253,29 +255,34 @@ def load_latent_teacher(
     the VAE and text encoder in float32; frozen, eval mode. ``resolution``: the square pixel size
     trained at (0: the folder's own; ``diffusers_size``, checked before any weights load, a
     ``ResolutionError``); ``clip_skip`` diffusers' (0: None; ``diffusers_clip_skip``, a
-    ``ConfigError`` where the pipeline could not take it). Problems raise ``TeacherFolderError``
-    (a ``ValueError``) naming file and key."""
+    ``ConfigError`` where the pipeline could not take it); ``variant`` the weight variant to
+    prefer (``diffusers_variants``: an fp16-only folder loads without it). Problems raise
+    ``TeacherFolderError`` (a ``ValueError``) naming file and key."""
     path, index = index_folder(Path(path))
     hw = training_latent_hw(path, index, resolution)
     if is_flux_index(index):  # its network carries the size and the shift mu at that size
         unet, vae, sched, text_encoder = load_flux_parts(
-            path, index, device=device, dtype=dtype, latent_hw=hw
+            path, index, device=device, dtype=dtype, latent_hw=hw, variant=variant
         )
         tokenizer = None  # FluxTextEncoder holds its two tokenizers
     elif "unet" not in index:  # a StableDiffusion3Pipeline folder (index_folder)
-        unet, vae, sched, text_encoder = load_sd3_parts(path, index, device=device, dtype=dtype)
+        unet, vae, sched, text_encoder = load_sd3_parts(
+            path, index, device=device, dtype=dtype, variant=variant
+        )
         tokenizer = None  # SD3TextEncoder holds its three tokenizers
     elif is_sdxl_index(index):
-        unet, vae, sched, text_encoder = load_sdxl_parts(path, index, device=device, dtype=dtype)
+        unet, vae, sched, text_encoder = load_sdxl_parts(
+            path, index, device=device, dtype=dtype, variant=variant
+        )
         tokenizer = None  # SDXLTextEncoder holds its two tokenizers
     else:
         check_sd_configs(path)
         sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
         unet_cls = _diffusers_class(path / "unet", index["unet"][1], "ModelMixin")
         vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-        text = load_text_parts(path, index, ("text_encoder", "tokenizer"))
-        unet = _load(path / "unet", unet_cls, torch_dtype=dtype).to(device)
-        vae = _load(path / "vae", vae_cls, torch_dtype=torch.float32).to(device)
+        text = load_text_parts(path, index, ("text_encoder", "tokenizer"), variant)
+        unet = _load(path / "unet", unet_cls, variant, torch_dtype=dtype).to(device)
+        vae = _load(path / "vae", vae_cls, variant, torch_dtype=torch.float32).to(device)
         sched = _load(path / "scheduler", sched_cls)
         text_encoder, tokenizer = text["text_encoder"].to(device), text["tokenizer"]
     native = getattr(unet, "native_schedule", None)  # Flux: the shift at the teacher's size
@@ -292,6 +299,8 @@ def load_latent_teacher(
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
     teacher.clip_skip = check_clip_skip(text_encoder, clip_skip)
+    network = "unet" if (path / "unet").is_dir() else "transformer"
+    teacher.variant = pick_variant(path / network, variant) or ""  # the exported READMEs' note
     if native is not None:  # not the scheduler's table shift (dynamic shifting ignores it)
         teacher.native_schedule = native
         teacher.schedule = native if schedule is None else teacher.schedule

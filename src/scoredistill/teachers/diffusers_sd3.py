@@ -224,6 +224,7 @@ def load_sd3_parts(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    variant: str = "",
 ) -> tuple[nn.Module, nn.Module, Any, SD3TextEncoder]:
     """``(transformer, vae, scheduler, SD3TextEncoder)`` of a ``StableDiffusion3Pipeline`` folder
     whose ``model_index.json`` is ``index``, for ``diffusers_latent.load_latent_teacher``: every
@@ -232,7 +233,13 @@ def load_sd3_parts(
     t5 = _t5_present(path, index)
     _check_configs(path, t5)
     transformer, vae, sched, text = load_pipeline_parts(
-        path, index, "transformer", [*PARTS, *(T5_PARTS if t5 else ())], device=device, dtype=dtype
+        path,
+        index,
+        "transformer",
+        [*PARTS, *(T5_PARTS if t5 else ())],
+        device=device,
+        dtype=dtype,
+        variant=variant,
     )
     encoders = [text.get(k) for k in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     encoder = folder_text_encoder(

@@ -217,6 +217,7 @@ def load_sdxl_parts(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    variant: str = "",
 ) -> tuple[nn.Module, nn.Module, Any, SDXLTextEncoder]:
     """``(unet, vae, scheduler, SDXLTextEncoder)`` of a ``StableDiffusionXLPipeline`` folder
     whose ``model_index.json`` is ``index``, for ``diffusers_latent.load_latent_teacher``: every
@@ -224,7 +225,7 @@ def load_sdxl_parts(
     _check_index(path, index)
     _check_configs(path)
     unet, vae, sched, text = load_pipeline_parts(
-        path, index, "unet", PARTS, device=device, dtype=dtype
+        path, index, "unet", PARTS, device=device, dtype=dtype, variant=variant
     )
     encoder = folder_text_encoder(
         path,
