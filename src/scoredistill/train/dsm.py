@@ -119,7 +119,8 @@ def train_dsm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: _lr_factor(k, steps, lr_schedule))
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc="dsm", dynamic_ncols=True)
+    desc = "dsm" if target is None else "tsm"  # a teacher's denoiser as the target: MSD's TSM
+    bar = tqdm(range(steps), disable=not progress, desc=desc, dynamic_ncols=True)
     for step in bar:
         out = sample_data(batch_size, rng)
         x0, cond = (out[0].to(p0), out[1]) if isinstance(out, tuple) else (out.to(p0), None)
