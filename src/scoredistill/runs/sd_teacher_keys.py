@@ -85,33 +85,45 @@ def _set_keys(keys: Any, prefix: str) -> list[str]:
 def apply_teacher_keys(cfg: Any, teacher: Any) -> None:
     """Set ``cfg``'s family keys (``sdxl``, ``flux``, ``max_sequence_length``) on a loaded
     latent teacher, before its prompts are encoded."""
-    from ..export_flux import is_flux
+    _set_t5_length(cfg.max_sequence_length, teacher)
+    _set_micro(cfg.sdxl, teacher)
+    _set_flux_guidance(cfg.flux, teacher)
+
+
+def _set_t5_length(length: int, teacher: Any) -> None:
+    if not length:
+        return
+    if not hasattr(teacher.text_encoder, "max_sequence_length"):
+        raise ConfigError(
+            "config key 'max_sequence_length': the teacher has no T5 encoder "
+            "(SD3 and Flux folders take it); valid: 0"
+        )
+    teacher.text_encoder.max_sequence_length = int(length)
+
+
+def _set_micro(sdxl: SDXLKeys, teacher: Any) -> None:
     from ..export_sdxl import is_sdxl
 
-    sdxl, flux, length = cfg.sdxl, cfg.flux, cfg.max_sequence_length
-    if length:
-        if not hasattr(teacher.text_encoder, "max_sequence_length"):
-            raise ConfigError(
-                "config key 'max_sequence_length': the teacher has no T5 encoder "
-                "(SD3 and Flux folders take it); valid: 0"
-            )
-        teacher.text_encoder.max_sequence_length = int(length)
+    if not (given := _set_keys(sdxl, "sdxl")):
+        return
+    if not is_sdxl(teacher):
+        raise ConfigError(
+            f"config key {given[0]!r}: SDXL micro-conditioning, but the teacher is not a "
+            "StableDiffusionXLPipeline folder"
+        )
+    teacher.text_encoder.micro = micro_cond(sdxl)
 
-    if given := _set_keys(sdxl, "sdxl"):
-        if not is_sdxl(teacher):
-            raise ConfigError(
-                f"config key {given[0]!r}: SDXL micro-conditioning, but the teacher is not a "
-                "StableDiffusionXLPipeline folder"
-            )
-        teacher.text_encoder.micro = micro_cond(sdxl)
-    if flux.guidance is not None:
-        if not is_flux(teacher):
-            raise ConfigError(
-                "config key 'flux.guidance': the teacher is not a FluxPipeline folder"
-            )
-        if not teacher.model.guidance_embeds:
-            raise ConfigError(
-                "config key 'flux.guidance': the teacher's transformer has guidance_embeds=false "
-                "(no embedded guidance, as FLUX.1-schnell); use objective.guidance for CFG"
-            )
-        teacher.model.guidance = float(flux.guidance)
+
+def _set_flux_guidance(flux: FluxKeys, teacher: Any) -> None:
+    from ..export_flux import is_flux
+
+    if flux.guidance is None:
+        return
+    if not is_flux(teacher):
+        raise ConfigError("config key 'flux.guidance': the teacher is not a FluxPipeline folder")
+    if not teacher.model.guidance_embeds:
+        raise ConfigError(
+            "config key 'flux.guidance': the teacher's transformer has guidance_embeds=false "
+            "(no embedded guidance, as FLUX.1-schnell); use objective.guidance for CFG"
+        )
+    teacher.model.guidance = float(flux.guidance)
