@@ -125,3 +125,21 @@ def test_fp16_only_pixel_unet_folder_loads(tmp_path):
         load_diffusers_teacher(tmp_path / "fp16")
     ours = load_diffusers_teacher(tmp_path / "fp16", variant="bf16")
     assert torch.equal(_probe(ours), _probe(ref))
+
+
+def test_distill_cli_on_an_fp16_only_folder(sd_folder, prompts, tmp_path):
+    """End to end: ``distill --preset swiftbrush-sd --quick`` (a LoRA student) on the fp16-only
+    folder exits 0 and its README names the variant."""
+    from diffusers import StableDiffusionPipeline
+
+    from scoredistill.cli import main
+
+    folder = tmp_path / "fp16-only"
+    StableDiffusionPipeline.from_pretrained(sd_folder, local_files_only=True).save_pretrained(
+        folder, variant="fp16"
+    )
+    out = tmp_path / "run"
+    code = main(["distill", "--preset", "swiftbrush-sd", "--teacher", str(folder), "--prompts",
+                 prompts, "--quick", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert 'variant="fp16"' in (out / "lora" / "README.md").read_text()
