@@ -16,6 +16,8 @@ family, no guidance embedding, no T5, a negative under guidance 1), and the CLI 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -248,3 +250,20 @@ def test_max_sequence_length_needs_t5(sdxl, tmp_path):
     _, folder, _ = sdxl
     with pytest.raises(ConfigError, match=r"'max_sequence_length'.*no T5"):
         load_teacher(_cfg(folder, tmp_path, max_sequence_length=77))
+
+
+def test_sd_precision_bf16_runs_on_the_cpu(sd_folder, prompts, tmp_path):
+    """``precision=bf16`` (autocast on the run's device; here the CPU) trains and exports, and
+    ``benchmarks/gpu_step_time.py`` reads its per-step times (no device memory on a CPU)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_step_time as bench
+
+    args = type("A", (), {"work": tmp_path, "steps": 3, "batch": 2, "warmup": 0})()
+    row = bench.time_run(Path(sd_folder), Path(prompts), "dmd2-sd", "bf16", args)
+    assert row["exit"] == 0 and row["step_s"] > 0 and row["peak_mib"] is None
+    assert (
+        json.loads((tmp_path / "dmd2-sd-bf16" / "config.json").read_text())["precision"] == "bf16"
+    )

@@ -30,7 +30,7 @@ from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..parametrization import guided
 from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
-from ..train.common import JsonlLogger
+from ..train.common import JsonlLogger, run_device
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
@@ -95,6 +95,7 @@ class SDDistillConfig:
     critic: LoraPlayer = field(default_factory=LoraPlayer)
     eval: SDEvalConfig = field(default_factory=SDEvalConfig)
     export: bool = True  # write OUT/pipeline (full student) or OUT/lora (LoRA student)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CUDA or CPU), fp32 weights
 
 
 def load_teacher(cfg: SDDistillConfig):
@@ -294,7 +295,7 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     from ..export_latent import export_latent_student
     from .unet_report import write_outputs
 
-    teacher = load_teacher(cfg)
+    teacher = load_teacher(cfg).to(run_device())  # players are copied from it: same device
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.train.seed)
@@ -305,12 +306,13 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
         z, labels, _ = student_draw(generator, teacher, min(cfg.eval.samples, 256), seed)
         return score(teacher, z, labels, seed)
 
-    start = time.perf_counter()
-    result = train_two_player(
-        cfg.train, objective=objective, generator=gen, critic=critic, teacher=teacher,
-        sample_latent=lambda n, rng: gen.sample_latent(n, rng),
-        sample_cond=_label_sampler(teacher), evaluate=evaluate, out_dir=out, resume=resume,
-    )  # fmt: skip
+    start, bf16 = time.perf_counter(), cfg.precision == "bf16"
+    with torch.autocast(run_device().type, torch.bfloat16, enabled=bf16):
+        result = train_two_player(
+            cfg.train, objective=objective, generator=gen, critic=critic, teacher=teacher,
+            sample_latent=lambda n, rng: gen.sample_latent(n, rng),
+            sample_cond=_label_sampler(teacher), evaluate=evaluate, out_dir=out, resume=resume,
+        )  # fmt: skip
     if not result["is_main_process"]:
         return {}
     ema = result["ema"]

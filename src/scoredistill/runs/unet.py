@@ -30,7 +30,7 @@ from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..presets.unet import DESCRIPTIONS, PRESETS, QUICK
-from ..train.common import JsonlLogger
+from ..train.common import JsonlLogger, run_device
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
 
@@ -222,7 +222,7 @@ def run_unet(
     from ..eval.image_baseline import best_rows, image_rows
     from .unet_report import write_outputs
 
-    teacher = load_teacher(cfg)
+    teacher = load_teacher(cfg).to(run_device())  # players are copied from it: same device
     data = load_real(cfg, teacher)
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -238,7 +238,7 @@ def run_unet(
         return score(teacher, x, labels, cfg.train.seed)
 
     start = time.perf_counter()
-    with torch.autocast("cpu", torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with torch.autocast(run_device().type, torch.bfloat16, enabled=cfg.precision == "bf16"):
         result = train_two_player(
             cfg.train,
             objective=objective,

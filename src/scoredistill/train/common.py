@@ -46,6 +46,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "module_state",
+    "run_device",
     "save_checkpoint",
 ]
 
@@ -91,6 +92,15 @@ def cosine_factor(step: int, steps: int) -> float:
 def ema_decay(halflife_steps: float) -> float:
     """Per-step EMA decay with the given half-life in steps (0 disables: decay 0)."""
     return 0.0 if halflife_steps <= 0 else 0.5 ** (1.0 / halflife_steps)
+
+
+def run_device() -> torch.device:
+    """Where a run's networks live: this process's GPU (``LOCAL_RANK`` under torchrun, as
+    Accelerate's ``Accelerator.device``) when CUDA is available, else the CPU. Runs move the
+    teacher there before the players are copied from it, so players, EMA and teacher share it."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 @torch.no_grad()

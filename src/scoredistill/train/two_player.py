@@ -183,6 +183,13 @@ def _batch(sample_latent, sample_cond, n: int, rng: torch.Generator):
     return z, (sample_cond(n, rng) if sample_cond is not None else None)
 
 
+def _memory() -> dict[str, float]:
+    """The device's peak allocated memory so far (MiB), logged with each step on a GPU."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda_max_mib": torch.cuda.max_memory_allocated() / 2**20}
+
+
 def train_two_player(
     cfg: TwoPlayerConfig,
     *,
@@ -284,7 +291,7 @@ def train_two_player(
             }
         )
         if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            logger.log({"step": done, "wall_s": time.perf_counter() - t0, **logs})
+            logger.log({"step": done, "wall_s": time.perf_counter() - t0, **logs, **_memory()})
             bar.set_postfix(g=f"{logs['generator_loss']:.3g}", c=f"{logs['critic_loss']:.3g}")
         if (
             acc.is_main_process
