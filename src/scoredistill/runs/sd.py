@@ -236,7 +236,7 @@ def prompt_forgetting(
     rng = torch.Generator().manual_seed(seed + 4242)  # its own draw, apart from student_draw's
     with torch.no_grad():
         z = generator(generator.sample_latent(len(labels), rng), labels, rng=rng)
-        pred = load_digits_feature_net().logits(teacher.decode(z).clamp(-1, 1)).argmax(dim=1)
+        pred = load_digits_feature_net().logits(teacher.decode(z).cpu().clamp(-1, 1)).argmax(dim=1)
     asked, read = labels == forget, pred == digits[labels]
     neighbours = ~asked & (digits[labels] == digits[forget])
 
@@ -263,7 +263,7 @@ def _scorer(teacher: Any):
         from ..eval.features import image_metrics
 
         with torch.no_grad():
-            images = teacher.decode(z)
+            images = teacher.decode(z).cpu()  # the metrics' networks are on the CPU
         y = None if labels is None else digits[labels.clamp(min=0)]
         return image_metrics(images, y, seed=seed)
 
@@ -318,7 +318,7 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     ema = result["ema"]
     z, labels, sample_s = student_draw(ema, teacher, cfg.eval.samples, seed)
     with torch.no_grad():
-        x = teacher.decode(z).flatten(1)
+        x = teacher.decode(z).cpu().flatten(1)
     trainable = {
         "student": sum(p.numel() for p in gen.parameters()),
         "critic": sum(p.numel() for p in critic.parameters()),

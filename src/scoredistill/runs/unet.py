@@ -138,7 +138,8 @@ def digits_like(teacher) -> bool:
 
 
 def student_draw(generator, teacher, n: int, seed: int, chunk: int = 500):
-    """The fixed evaluation draw ``(x (n, dim), labels | None, seconds)``, in chunks."""
+    """The fixed evaluation draw ``(x (n, dim), labels | None, seconds)``, in chunks; ``x`` on
+    the CPU whatever the generator's device (metrics, plots and ``samples.npz`` read it there)."""
     rng = torch.Generator().manual_seed(seed + 12345)
     sample_cond = _label_sampler(teacher)
     labels = sample_cond(n, rng) if sample_cond else None
@@ -152,7 +153,7 @@ def student_draw(generator, teacher, n: int, seed: int, chunk: int = 500):
                 )
                 for i in range(0, n, chunk)
             ]
-        )
+        ).cpu()
     return x, labels, time.perf_counter() - start
 
 
