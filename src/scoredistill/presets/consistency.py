@@ -8,7 +8,8 @@ on a shared 2-core machine (CPU time, final evaluation included; ``docs/consiste
 ``cd-ring8`` 2.4, ``rcm-ring8`` 8.9 (1500 of its steps carry 4 critic steps and 1-4-step
 simulations); the grid25 presets cost the same (same network, same batch). cond2d (ring8's
 budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, batch 256, hidden
-512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (of which
+512): ``scm-gmm64`` 6.0 (before its stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, whose
+training takes 65-67 s against 74 s), ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (of which
 digits' final evaluation, the exact PF-ODE consistency error and the teacher's sampler table,
 is ~2.9). rCM, Hyper-SD and SANA-Sprint on cond2d/gmm64/digits resolve and run (``--quick``)
 but their full budgets were not measured there. Hyper-SD's stages on ring8 (user CPU of one run
