@@ -8,8 +8,8 @@ on a shared 2-core machine (CPU time, final evaluation included; ``docs/consiste
 ``cd-ring8`` 2.4, ``rcm-ring8`` 8.9 (1500 of its steps carry 4 critic steps and 1-4-step
 simulations); the grid25 presets cost the same (same network, same batch). cond2d (ring8's
 budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, batch 256, hidden
-512): ``scm-gmm64`` 6.0 (before its stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, whose
-training takes 65-67 s against 74 s), ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (of which
+512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (the two sCM
+presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``; of which
 digits' final evaluation, the exact PF-ODE consistency error and the teacher's sampler table,
 is ~2.9). rCM, Hyper-SD and SANA-Sprint on cond2d/gmm64/digits resolve and run (``--quick``)
 but their full budgets were not measured there. Hyper-SD's stages on ring8 (user CPU of one run
@@ -36,7 +36,7 @@ _TWO_D = {
 # presets' 64-D budget (1500 steps, batch 256; presets/distill.py), with the student MLP twice as
 # wide (hidden 512; 2-D: 256): a 64-D consistency function at every noise level in one MLP. A
 # budget choice (sCM steps cost 0.13 s at 512, 0.057 s at 256, on gmm64), ablated for sCM on
-# gmm64 in stop 32, where 256 x 3000 steps wins (``_TUNED``); digits not ablated. sCM at
+# gmm64 and digits in stop 32, where 256 x 3000 steps wins (``_TUNED``). sCM at
 # 1500 steps: its 500-step warm-up is a third of the run, and its 2-step MMD^2 was still falling
 # at the end (gmm64 0.082 -> 0.035 over steps 1000-1500, seed 0; docs/consistency.md)
 _SIXTY_FOUR_D = {
@@ -189,15 +189,15 @@ _ABOUT: dict[str, str] = {
     "the frozen teacher fit, one step-adaptive student for 1-4 steps, 2-step samples",
 }
 
-# Per-preset departures from the testbed's budget, each with its evidence. scm-gmm64 (stop 32,
-# docs/consistency.md "Width against steps"): at the same CPU (training 65-67 s against the
-# hidden-512 preset's 74 s), hidden 256 for 3000 steps beats hidden 512 for 1500 at 1 and 2
-# steps on 3 seeds (2-step MMD^2 0.0065 +- 0.0009 against 0.030 +- 0.005), and its 2-step
-# student is below the teacher's best 4-NFE sampler on every seed and metric; the sCM warm-up
-# (500 steps) is a sixth of the run instead of a third
-_TUNED: dict[str, dict[str, Any]] = {
-    "scm-gmm64": {"student.hidden": 256, "train.steps": 3000},
-}
+# Per-preset departures from the testbed's budget, each with its evidence. scm-gmm64 and
+# scm-digits (stop 32, docs/consistency.md "Width against steps"): at the same CPU (an sCM step
+# costs 0.057 s at hidden 256, 0.13 s at 512; gmm64 training 65-67 s against 74 s), hidden 256
+# for 3000 steps beats hidden 512 for 1500 at 1 and 2 steps on 3 seeds (2-step MMD^2 gmm64
+# 0.0065 +- 0.0009 against 0.030 +- 0.005, digits 0.0014 +- 0.0003 against 0.0080 +- 0.0019), and
+# the 2-step student is below the teacher's best 4-NFE sampler on every seed and metric on both;
+# the sCM warm-up (500 steps) is a sixth of the run instead of a third
+_SCM_64 = {"student.hidden": 256, "train.steps": 3000}
+_TUNED: dict[str, dict[str, Any]] = {"scm-gmm64": _SCM_64, "scm-digits": _SCM_64}
 PRESETS: dict[str, dict[str, Any]] = {
     f"{m}-{tb}": {"testbed": tb, **BUDGETS[tb], **METHODS[m], **_TUNED.get(f"{m}-{tb}", {})}
     for m, testbeds in _GRID.items()
