@@ -27,7 +27,6 @@ import inspect
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,11 +317,7 @@ def load_diffusers_teacher(
         sched = sched_cls.from_pretrained(sched_dir, local_files_only=True)
     except Exception as err:
         raise _fail(sched_path, "cannot build the scheduler", err) from None
-    try:
-        picked = pick_variant(model_dir, variant)  # diffusers_variants: fp16-only folders
-    except ValueError as err:
-        raise _fail(model_dir, str(err)) from None
-    extra = {"variant": picked} if picked else {}
+    extra = variant_kwargs(model_dir, variant)  # diffusers_variants: fp16-only folders
     try:
         model = cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype, **extra)
     except Exception as err:
@@ -335,83 +330,12 @@ def load_diffusers_teacher(
         raise _fail(sched_path if "prediction" in str(err) else cfg_path, str(err)) from None
 
 
-# --- folder helpers shared by the latent teachers (diffusers_latent, diffusers_sd3) ---
-
-
-def _load(where: Path, cls: Any, variant: str = "", **kwargs: Any) -> Any:
-    """``cls.from_pretrained(where)`` offline, with the weight variant ``pick_variant`` finds
-    (``variant``: the one asked, "" none); every failure names the folder."""
+def variant_kwargs(where: Path, variant: str = "") -> dict[str, str]:
+    """``{"variant": v}`` for ``from_pretrained`` of the component folder ``where`` (the variant
+    ``diffusers_variants.pick_variant`` finds; ``{}``: the standard weights); its refusal names
+    the folder."""
     try:
         picked = pick_variant(where, variant)
     except ValueError as err:
         raise _fail(where, str(err)) from None
-    extra = {"variant": picked} if picked else {}
-    try:
-        return cls.from_pretrained(where, local_files_only=True, **extra, **kwargs)
-    except Exception as err:
-        raise _fail(where, f"cannot load {cls.__name__}", err) from None
-
-
-def check_components(path: Path, index: dict[str, Any], parts: dict[str, str]) -> None:
-    """Every ``parts`` key is ``[library, CLASS]`` in ``model_index.json`` with its folder."""
-    for key, library in parts.items():
-        entry = index.get(key)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == library):
-            want = f"['{library}', CLASS]; a latent teacher needs {', '.join(parts)}"
-            raise _fail(path / "model_index.json", f"key {key!r} is {entry!r}; valid: {want}")
-        if not (path / key).is_dir():
-            raise _fail(path / key, f"no such folder, though model_index.json lists {key!r}")
-
-
-def load_text_parts(
-    path: Path, index: dict[str, Any], keys: Sequence[str], variant: str = ""
-) -> dict[str, Any]:
-    """The transformers components ``keys`` of a pipeline folder (float32, eval mode; weight
-    ``variant`` as ``_load``)."""
-    try:
-        import transformers
-    except ImportError as err:
-        what = "text_encoder/tokenizer need the transformers package (pip install transformers)"
-        raise _fail(path / "model_index.json", what, err) from None
-    text = {}
-    for key in keys:
-        cls = getattr(transformers, index[key][1], None)
-        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-            raise _fail(
-                path / "model_index.json", f"{key}: {index[key][1]!r} is no transformers class"
-            )
-        text[key] = _load(path / key, cls, variant)
-    return text
-
-
-def load_pipeline_parts(
-    path: Path,
-    index: dict[str, Any],
-    network: str,
-    parts: Sequence[str],
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    variant: str = "",
-) -> tuple[nn.Module, nn.Module, Any, dict[str, Any]]:
-    """``(network, vae, scheduler, text parts)`` of a checked latent pipeline folder: the
-    ``network`` component (``unet`` / ``transformer``) in ``dtype``, the VAE and the text parts
-    of the family's ``parts`` (its ``text_encoder*`` and ``tokenizer*``) in float32, each with
-    the weight ``variant`` ``_load`` picks; every class is resolved before any weights load."""
-    text_keys = [k for k in parts if k.startswith(("text", "tok"))]
-    sched_cls = _scheduler_class(path / "scheduler" / "scheduler_config.json")
-    net_cls = _diffusers_class(path / network, index[network][1], "ModelMixin")
-    vae_cls = _diffusers_class(path / "vae", index["vae"][1], "ModelMixin")
-    text = load_text_parts(path, index, text_keys, variant)
-    net = _load(path / network, net_cls, variant, torch_dtype=dtype).to(device)
-    vae = _load(path / "vae", vae_cls, variant, torch_dtype=torch.float32).to(device)
-    return net, vae, _load(path / "scheduler", sched_cls), text
-
-
-def folder_text_encoder(path: Path, build: Callable[[], Any]) -> Any:
-    """``build()`` (a family's text encoder), its config mismatches as one ``TeacherFolderError``
-    line naming the folder."""
-    try:
-        return build()
-    except (ValueError, AttributeError) as err:
-        raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+    return {"variant": picked} if picked else {}

@@ -56,11 +56,9 @@ from torch import Tensor, nn
 from .diffusers import (
     ShiftedFlowSchedule,
     _fail,
-    check_components,
     component_config,
-    folder_text_encoder,
-    load_pipeline_parts,
 )
+from .diffusers_parts import check_components, folder_text_encoder, load_pipeline_parts
 from .diffusers_sd3 import GRID_KEYS, SCHEDULER
 
 __all__ = [

@@ -12,8 +12,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from .diffusers import _diffusers_class, _fail, _read_json, check_components
+from .diffusers import _diffusers_class, _fail, _read_json
 from .diffusers_flux import is_flux_index
+from .diffusers_parts import check_components
 from .diffusers_sdxl import is_sdxl_index
 
 __all__ = ["COMPONENTS", "check_sd_configs", "index_folder"]

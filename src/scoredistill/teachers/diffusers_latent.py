@@ -47,13 +47,12 @@ from .diffusers import (
     DiffusersTeacher,
     TeacherFolderError,
     _diffusers_class,
-    _load,
     _scheduler_class,
-    load_text_parts,
 )
 from .diffusers_clip_skip import check_clip_skip
 from .diffusers_flux import is_flux_index, load_flux_parts
 from .diffusers_folders import check_sd_configs, index_folder
+from .diffusers_parts import _load, load_text_parts
 from .diffusers_prompts import PromptCache, negative_row, prompt_args, prompt_rows
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts

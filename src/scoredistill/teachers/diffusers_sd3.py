@@ -42,11 +42,9 @@ from torch import Tensor, nn
 
 from .diffusers import (
     _fail,
-    check_components,
     component_config,
-    folder_text_encoder,
-    load_pipeline_parts,
 )
+from .diffusers_parts import check_components, folder_text_encoder, load_pipeline_parts
 
 __all__ = ["SD3TextEncoder", "load_sd3_parts", "pipeline_times", "width_problem"]
 PIPELINE_T5_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s max_sequence_length

@@ -48,11 +48,9 @@ from torch import Tensor, nn
 from .diffusers import (
     _diffusers_class,
     _fail,
-    check_components,
     component_config,
-    folder_text_encoder,
-    load_pipeline_parts,
 )
+from .diffusers_parts import check_components, folder_text_encoder, load_pipeline_parts
 from .diffusers_sdxl_micro import MicroCond
 
 __all__ = ["MicroCond", "SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "width_problem"]
