@@ -21,6 +21,7 @@ from .csd import CSD, CSM
 from .dmd import DMD
 from .esd import ESD
 from .fdistill import FDistill
+from .hifa import HiFA
 from .hypersd import HyperSD
 from .ism import ISM
 from .phased_dmd import PhasedDMD
@@ -55,6 +56,7 @@ __all__ = [
     "TDM",
     "VSD",
     "FDistill",
+    "HiFA",
     "HyperSD",
     "Loss",
     "PhasedDMD",
@@ -83,6 +85,7 @@ SCORE_OBJECTIVES: dict[str, type] = {
     "asd": ASD,
     "bsd": BSD,
     "ism": ISM,
+    "hifa": HiFA,
 }
 
 CONSISTENCY_OBJECTIVES: dict[str, type] = {

@@ -106,6 +106,11 @@ _FIELD_CRITIC = {**_VSD, "objective.cond_drop": 0.1}
 # ESD (Wang et al. 2024), objectives/esd.py: lam = 0.5 (the ESD README's guidance_scale_lora
 # 0.5), the rest ProlificDreamer's, as the paper builds on threestudio's VSD
 _ESD = {**_FIELD_CRITIC, "objective.lam": 0.5}
+# HiFA (Zhu et al. 2024), objectives/hifa.py: the objective keeps the official code's defaults
+# (CFG 100, a 4-step DDIM(eta 1) target, w = 0.05, lambda_rgb 0.1 on the renders' pixels); the
+# field's loop settings as sds-sd-field. objective.lambda_rgb=0 is the ablation without the
+# image-space term
+_HIFA = {"method": "hifa", **_FIELD}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "sds-sd": {**_LATENT, **_SDS},
@@ -118,6 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sds-sd-field": {**_SDS, **_FIELD},
     "vsd-sd-field": {**_FIELD_CRITIC, **_FIELD},
     "esd-sd": {**_ESD, **_FIELD},
+    "hifa-sd-field": _HIFA,
     **{f"{m}-sd-field": {**_SUCCESSORS, "method": m, **_FIELD} for m in SUCCESSORS},
 }
 _ABOUT = {
@@ -132,6 +138,8 @@ DESCRIPTIONS: dict[str, str] = {
     "vsd-sd-field": "VSD on a voxel field through the VAE, LoRA critic with a camera embedding",
     "esd-sd": "ESD (Wang et al. 2024) on a voxel field through the VAE: VSD + camera-free "
     "critic mixed at lam 0.5",
+    "hifa-sd-field": "HiFA (Zhu et al. 2024) on a voxel field: SDS toward a 4-step DDIM target "
+    "plus an image-space term on the renders (lambda_rgb 0.1)",
     "sds-sd": "SDS (DreamFusion) on latent particles of a text-to-image teacher, CFG 100",
     "vsd-sd": "VSD (ProlificDreamer) on latent particles, CFG 7.5, LoRA critic on the teacher",
     **{f"{m}-sd": f"{_ABOUT[m]}, on latent particles" for m in SUCCESSORS},

@@ -32,6 +32,7 @@ from torch import Tensor
 from ..scene.cameras import DEFAULT_FOV, DEFAULT_RADIUS, Camera
 from ..teachers.views import prompt_for_azimuth
 from ..train.optimize import Batch
+from .optimize_build import accepts
 
 __all__ = ["VIEW_SUFFIXES", "field_prompts", "field_streams", "field_task", "ring_renders"]
 
@@ -120,13 +121,16 @@ def field_task(cfg: Any, objective: Any, teacher: Any, critic: Any) -> dict[str,
         rng=torch.Generator().manual_seed(cfg.train.seed),
     )  # fmt: skip
     camera = critic is not None  # VSD/ESD: the critic sees the prompt and the camera
+    pixels = accepts(objective, "pixels")  # HiFA's image-space term takes the renders
 
     def draw(rng: torch.Generator) -> Batch:
         az = 360.0 * torch.rand(cfg.train.batch_size, generator=rng, dtype=torch.float64)
-        z = teacher.encode(render(field_, teacher, az, s.elevation, rng))
+        images = render(field_, teacher, az, s.elevation, rng)
+        z = teacher.encode(images)
         views = 1 + prompt_for_azimuth(az)  # prompt-table rows 1-3
         pc = PromptCamera(torch.zeros_like(views), az.float()) if camera else None
-        return Batch(z, views, pc, {"camera": pc} if camera else {})
+        extra = {"camera": pc} if camera else {}
+        return Batch(z, views, pc, {**extra, "pixels": images} if pixels else extra)
 
     digits = scorable_digits(teacher)
     evaluate = lambda f: field_metrics(f, teacher, cfg, digits)  # noqa: E731
