@@ -39,7 +39,7 @@ def test_target_mean_is_the_gaussian_posterior_mean(steps, u):
     (z - m) at the drawn t, for any number of steps."""
     m, s = torch.tensor([1.0, -0.5, 0.25], dtype=F64), 0.6
     teacher = GaussianMixtureTeacher(m[None], [1.0], stds=[s], schedule="vp-linear")
-    obj = HiFA(t_range=(u, u), guidance=1.0, denoise_steps=steps)
+    obj = HiFA(t_schedule="random", t_range=(u, u), guidance=1.0, denoise_steps=steps)
     n = 40_000
     z = torch.tensor([0.2, 0.7, -1.1], dtype=F64).expand(n, 3).clone()
     z_hat, t = obj.target(z, None, teacher=teacher, rng=_rng(0))
@@ -67,7 +67,7 @@ class _Linear:
 
 
 def test_gradients_are_weighted_residuals_to_the_target_and_its_decoding():
-    teacher, obj = _Linear(), HiFA(lambda_rgb=0.3)
+    teacher, obj = _Linear(), HiFA(t_schedule="random", lambda_rgb=0.3)
     z = torch.randn(5, 4, generator=_rng(1), dtype=F64).requires_grad_(True)
     px = torch.randn(5, 6, generator=_rng(2), dtype=F64).requires_grad_(True)
     obj.generator_loss(z, None, teacher=teacher, rng=_rng(3), pixels=px).value.backward()
@@ -80,11 +80,25 @@ def test_gradients_are_weighted_residuals_to_the_target_and_its_decoding():
 
 def test_without_a_decoder_the_image_term_is_the_latent_term():
     teacher = GaussianMixtureTeacher(torch.zeros(1, 3, dtype=F64), [1.0], stds=[0.5])
-    obj = HiFA(lambda_rgb=0.2)
+    obj = HiFA(lambda_rgb=0.2)  # the official sqrt schedule, halfway through the run
     z = torch.randn(4, 3, generator=_rng(1), dtype=F64).requires_grad_(True)
-    obj.generator_loss(z, None, teacher=teacher, rng=_rng(3)).value.backward()
-    z_hat, _ = obj.target(z, None, teacher=teacher, rng=_rng(3))
+    obj.generator_loss(z, None, teacher=teacher, rng=_rng(3), progress=0.25).value.backward()
+    z_hat, t = obj.target(z, None, teacher=teacher, rng=_rng(3), progress=0.25)
     torch.testing.assert_close(z.grad, obj.scale * (1 + 0.2 / 4) * (z - z_hat).detach() / 4)
+    u = ref_to_t(teacher.schedule, torch.tensor([0.64], dtype=F64), obj.t_reference)
+    assert float(t[0]) == pytest.approx(float(u[0]))  # 0.3 + 0.68 (1 - sqrt(0.25))
+
+
+@pytest.mark.parametrize("step", [0, 1, 250, 999])
+def test_annealed_t_is_the_official_schedule(step):
+    """``nerf/sd.py``: ``t = (max_step - min_step)(1 - p) + min_step`` with ``p = sqrt(step /
+    iters)`` (``"sqrt"``) or ``step / iters`` (``"linear"``), min/max 300/980 of 1000."""
+    p = step / 1000
+    for name, q in (("sqrt", math.sqrt(p)), ("linear", p)):
+        expected = ((980 - 300) * (1 - q) + 300) / 1000
+        assert HiFA(t_schedule=name).fraction(p, None) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="progress"):
+        HiFA().fraction(None, None)
 
 
 def test_bad_fields_are_refused():
@@ -92,6 +106,8 @@ def test_bad_fields_are_refused():
         HiFA(denoise_steps=0)
     with pytest.raises(ValueError, match="lambda_rgb"):
         HiFA(lambda_rgb=-1.0)
+    with pytest.raises(ValueError, match="t_schedule"):
+        HiFA(t_schedule="cosine")
     assert SCORE_OBJECTIVES["hifa"] is HiFA
 
 
@@ -103,7 +119,7 @@ def test_hifa_sd_field_passes_the_renders_to_the_image_term(
 
     @functools.wraps(real)  # the run asks the signature whether it takes ``pixels``
     def spy(self, x, cond, **kw):
-        seen.append(kw.get("pixels"))
+        seen.append((kw.get("pixels"), kw.get("progress")))
         return real(self, x, cond, **kw)
 
     monkeypatch.setattr(HiFA, "generator_loss", spy)
@@ -112,8 +128,9 @@ def test_hifa_sd_field_passes_the_renders_to_the_image_term(
             prompts, "--out", str(out), "--quick"]  # fmt: skip
     assert main(args) == 0
     assert seen and all(
-        p is not None and p.shape[-2:] == (8, 8) and p.requires_grad for p in seen
+        p is not None and p.shape[-2:] == (8, 8) and p.requires_grad for p, _ in seen
     )
+    assert [w for _, w in seen] == [0.0, 1 / 3, 2 / 3]  # the loop's step / steps
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "hifa" and config["objective"]["lambda_rgb"] == 0.1

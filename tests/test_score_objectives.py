@@ -16,6 +16,7 @@ where y = 0 and, for a point mass (s -> 0), everywhere.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import pytest
@@ -514,7 +515,11 @@ def _run(name, batch: int, conditional: bool, seed: int):
     rng = _rng(seed)
     x = torch.randn(batch, 1, 2, 2, generator=_rng(99)).requires_grad_(True)  # image-like
     cond = torch.randint(0, 2, (batch,), generator=_rng(98)) if conditional else None
-    loss = SCORE_OBJECTIVES[name]().generator_loss(x, cond, teacher=teacher, critic=critic, rng=rng)
+    obj = SCORE_OBJECTIVES[name]()
+    when = (
+        {"progress": 0.5} if "progress" in inspect.signature(obj.generator_loss).parameters else {}
+    )
+    loss = obj.generator_loss(x, cond, teacher=teacher, critic=critic, rng=rng, **when)
     loss.value.backward()
     return loss, x, teacher, critic
 

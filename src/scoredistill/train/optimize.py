@@ -9,6 +9,8 @@ step (ProlificDreamer's order and 1:1 ratio: the update uses the critic of the s
 were drawn), after ``critic_warmup`` steps on the initial samples, so the critic starts as the
 fake score of the initial source, not of noise. A critic that is not an ``nn.Module`` is a
 function returning the current exact critic (the particles' own mixture), rebuilt every step.
+An objective whose ``generator_loss`` takes ``progress`` (HiFA's annealed ``t``) gets
+``step / steps``.
 
 Shared utilities (``train.common``): the non-finite guard, JSONL logs, atomic checkpoints with
 RNG states. The learning rate is a function of the step (no scheduler state), so a resumed run is
@@ -17,6 +19,7 @@ bit-for-bit the uninterrupted one. One process: a single object is optimised (no
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -74,6 +77,11 @@ class Batch(NamedTuple):
 
 
 DrawFn = Callable[[torch.Generator], Batch]
+
+
+def _takes_progress(objective: Any) -> bool:
+    """Whether the objective anneals over the run (``generator_loss(..., progress=)``: HiFA)."""
+    return "progress" in inspect.signature(objective.generator_loss).parameters
 
 
 def _lr_factor(cfg: OptimizeLoopConfig, step: int) -> float:
@@ -176,6 +184,7 @@ def optimize(
     if resume:  # no checkpoint: the old log restarts too
         logger.truncate_after(start)
     t0, logs = time.perf_counter(), {}
+    annealed = _takes_progress(objective)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="optimize")
     for step in bar:
         for group in opt.param_groups:
@@ -184,8 +193,9 @@ def optimize(
         current = critic if trained_critic or critic is None else critic()
         if trained_critic:
             critic.requires_grad_(False)
+        when = {"progress": step / cfg.steps} if annealed else {}
         loss = objective.generator_loss(
-            batch.x, batch.cond, teacher=teacher, critic=current, rng=rng, **batch.extra
+            batch.x, batch.cond, teacher=teacher, critic=current, rng=rng, **batch.extra, **when
         )
         check_finite(loss.value, step, "generator loss")
         norm = _step(loss.value, opt, list(source.parameters()), cfg.grad_clip)
