@@ -3,7 +3,8 @@
 On the bundled view-aware teacher (``assets/teachers/views-sd``), 20 batches of 16 ring renders
 of a field: the norm of the latent term's gradient on the renders (it arrives through the VAE
 encoder's transposed Jacobian) over the norm of the image-space term's at ``lambda_rgb = 1``
-(same draws of ``t``, noise and DDIM noise). The ratio is the ``lambda_rgb`` at which the two
+(same draws of ``t``, noise and DDIM noise; ``t`` uniform over HiFA's range, ``t_schedule="random"``,
+so each batch sees another noise level). The ratio is the ``lambda_rgb`` at which the two
 terms pull the pixels equally hard. Fields: the initial one and the last checkpoint of each run
 folder given::
 
@@ -31,6 +32,7 @@ VIEWS = Path(__file__).resolve().parents[1] / "assets" / "teachers" / "views-sd"
 
 def ratios(field_, teacher, objective, cfg, batches: int = 20, batch: int = 16) -> torch.Tensor:
     """Per batch: |d latent term / d renders| / |d image term (lambda_rgb = 1) / d renders|."""
+    objective = dataclasses.replace(objective, t_schedule="random")
     latent = dataclasses.replace(objective, lambda_rgb=0.0)
     image = dataclasses.replace(objective, lambda_sds=0.0, lambda_rgb=1.0)
     out = []

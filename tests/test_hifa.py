@@ -133,5 +133,7 @@ def test_hifa_sd_field_passes_the_renders_to_the_image_term(
     assert [w for _, w in seen] == [0.0, 1 / 3, 2 / 3]  # the loop's step / steps
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    assert config["method"] == "hifa" and config["objective"]["lambda_rgb"] == 0.1
+    # the preset's departure (lambda_rgb 100); the objective keeps the official 0.1
+    assert config["method"] == "hifa" and config["objective"]["lambda_rgb"] == 100.0
+    assert HiFA().lambda_rgb == 0.1 and config["objective"]["t_schedule"] == "sqrt"
     assert metrics["view_spread"] != metrics["initial"]["view_spread"]  # the field moved

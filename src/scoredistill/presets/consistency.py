@@ -9,7 +9,7 @@ on a shared 2-core machine (CPU time, final evaluation included; ``docs/consiste
 simulations); the grid25 presets cost the same (same network, same batch). cond2d (ring8's
 budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, batch 256, hidden
 512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (the two sCM
-presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``; of which
+presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, as rCM's in stop 33; of which
 digits' final evaluation, the exact PF-ODE consistency error and the teacher's sampler table,
 is ~2.9). rCM, Hyper-SD and SANA-Sprint on cond2d/gmm64/digits resolve and run (``--quick``)
 but their full budgets were not measured there. Hyper-SD's stages on ring8 (user CPU of one run
@@ -195,9 +195,18 @@ _ABOUT: dict[str, str] = {
 # for 3000 steps beats hidden 512 for 1500 at 1 and 2 steps on 3 seeds (2-step MMD^2 gmm64
 # 0.0065 +- 0.0009 against 0.030 +- 0.005, digits 0.0014 +- 0.0003 against 0.0080 +- 0.0019), and
 # the 2-step student is below the teacher's best 4-NFE sampler on every seed and metric on both;
-# the sCM warm-up (500 steps) is a sixth of the run instead of a third
+# the sCM warm-up (500 steps) is a sixth of the run instead of a third. rcm-gmm64 and
+# rcm-digits (stop 33, docs/consistency.md "Width against steps for rCM, CD, ..."): the same
+# change, 3 seeds, 2-step MMD^2 gmm64 0.0021 +- 0.0004 against 0.0062 +- 0.0011, digits
+# 0.00015 +- 0.00016 against 0.00090 +- 0.00033, where the digits student is below the
+# teacher's best 8-NFE sampler on every seed and metric; 1 step 1.4x (gmm64) and 3.2x better
 _SCM_64 = {"student.hidden": 256, "train.steps": 3000}
-_TUNED: dict[str, dict[str, Any]] = {"scm-gmm64": _SCM_64, "scm-digits": _SCM_64}
+_TUNED: dict[str, dict[str, Any]] = {
+    "scm-gmm64": _SCM_64,
+    "scm-digits": _SCM_64,
+    "rcm-gmm64": _SCM_64,
+    "rcm-digits": _SCM_64,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     f"{m}-{tb}": {"testbed": tb, **BUDGETS[tb], **METHODS[m], **_TUNED.get(f"{m}-{tb}", {})}
     for m, testbeds in _GRID.items()

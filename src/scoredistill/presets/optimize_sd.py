@@ -107,10 +107,15 @@ _FIELD_CRITIC = {**_VSD, "objective.cond_drop": 0.1}
 # 0.5), the rest ProlificDreamer's, as the paper builds on threestudio's VSD
 _ESD = {**_FIELD_CRITIC, "objective.lam": 0.5}
 # HiFA (Zhu et al. 2024), objectives/hifa.py: the objective keeps the official code's defaults
-# (CFG 100, a 4-step DDIM(eta 1) target, w = 0.05, lambda_rgb 0.1 on the renders' pixels); the
-# field's loop settings as sds-sd-field. objective.lambda_rgb=0 is the ablation without the
-# image-space term
-_HIFA = {"method": "hifa", **_FIELD}
+# (CFG 100, a 4-step DDIM(eta 1) target, w = 0.05, t annealed 980 -> 300 as sqrt(step/steps))
+# on the field's loop settings (as sds-sd-field). Departure: lambda_rgb 100, not 0.1. The
+# weight is relative to the latent term, whose pull on the renders comes through this tiny
+# VAE's encoder 100-1600x as hard as the image term's at lambda_rgb = 1
+# (benchmarks/hifa_grad_ratio.py: median 106-126 on SDS fields, 1595 at the start); at 0.1 the
+# image term is < 0.1 % of the update and the fields stay colour noise (raw nn_rms 0.49-0.50,
+# SDS 0.51); at 100 (3 seeds) the raw renders read as the asked views 0.92 of the time (SDS
+# 0.67-0.71), nn_rms 0.24, PSNR 17.0 (11.5) (docs/text_to_image.md, "HiFA's image-space term")
+_HIFA = {"method": "hifa", **_FIELD, "objective.lambda_rgb": 100.0}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "sds-sd": {**_LATENT, **_SDS},
@@ -139,7 +144,7 @@ DESCRIPTIONS: dict[str, str] = {
     "esd-sd": "ESD (Wang et al. 2024) on a voxel field through the VAE: VSD + camera-free "
     "critic mixed at lam 0.5",
     "hifa-sd-field": "HiFA (Zhu et al. 2024) on a voxel field: SDS toward a 4-step DDIM target "
-    "plus an image-space term on the renders (lambda_rgb 0.1)",
+    "plus an image-space term on the renders (lambda_rgb 100; HiFA's 0.1 is too weak here)",
     "sds-sd": "SDS (DreamFusion) on latent particles of a text-to-image teacher, CFG 100",
     "vsd-sd": "VSD (ProlificDreamer) on latent particles, CFG 7.5, LoRA critic on the teacher",
     **{f"{m}-sd": f"{_ABOUT[m]}, on latent particles" for m in SUCCESSORS},
