@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from scoredistill.io import atomic_write_json
 from scoredistill.runs.optimize_sd import load_teacher, resolve
 from scoredistill.runs.optimize_sd_field import render
 from scoredistill.scene.field3d import VoxelField
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rows[-1]['field']:<44} ratio median {med:.0f} (IQR {q1:.0f}-{q3:.0f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_json(args.json, rows, indent=1)
     return 0
 
 

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from scoredistill.io import atomic_write_json
+
 METRICS = ("mmd", "mmd_local", "sw2")
 
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_json(args.json, rows, indent=1)
     return 0
 
 
