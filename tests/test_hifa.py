@@ -137,3 +137,15 @@ def test_hifa_sd_field_passes_the_renders_to_the_image_term(
     assert config["method"] == "hifa" and config["objective"]["lambda_rgb"] == 100.0
     assert HiFA().lambda_rgb == 0.1 and config["objective"]["t_schedule"] == "sqrt"
     assert metrics["view_spread"] != metrics["initial"]["view_spread"]  # the field moved
+
+
+def test_on_latent_particles_the_image_is_their_decoding(sd_folder, prompts, tmp_path):
+    """Without renders (latent particles) the image term compares ``D(z)`` with ``D(z^)``,
+    differentiated through the decoder: the run works and the particles move."""
+    out = tmp_path / "particles"
+    args = ["optimize", "--preset", "sds-sd", "--set", "method=hifa", "--teacher",
+            str(sd_folder), "--prompts", prompts, "--out", str(out), "--quick"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "config.json").read_text())["method"] == "hifa"
+    assert math.isfinite(metrics["fd"]) and metrics["fd"] != metrics["initial"]["fd"]
