@@ -9,11 +9,12 @@ on a shared 2-core machine (CPU time, final evaluation included; ``docs/consiste
 simulations); the grid25 presets cost the same (same network, same batch). cond2d (ring8's
 budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, batch 256, hidden
 512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (the two sCM
-presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, as rCM's in stop 33; of which
-digits' final evaluation, the exact PF-ODE consistency error and the teacher's sampler table,
-is ~2.9). rCM, Hyper-SD and SANA-Sprint on cond2d/gmm64/digits resolve and run (``--quick``)
-but their full budgets were not measured there. Hyper-SD's stages on ring8 (user CPU of one run
-on a machine loaded ~2.5x, so only the ratios travel): ``hypersd-ring8`` 0.9, ``hypersd-reward-
+presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, as rCM's and
+Hyper-SD's in stop 33; of which digits' final evaluation, the exact PF-ODE consistency error
+and the teacher's sampler table, is ~2.9). rCM, Hyper-SD and SANA-Sprint on
+cond2d/gmm64/digits resolve and run (``--quick``) but their full budgets were not measured
+there. Hyper-SD's stages on ring8 (user CPU of one run on a machine loaded ~2.5x, so only the
+ratios travel): ``hypersd-ring8`` 0.9, ``hypersd-reward-
 ring8`` 1.3 (1.45x), ``hypersd-dmd-ring8`` 2.1 (2.3x: 1250 steps carry 4 critic steps).
 """
 
@@ -199,13 +200,20 @@ _ABOUT: dict[str, str] = {
 # rcm-digits (stop 33, docs/consistency.md "Width against steps for rCM, CD, ..."): the same
 # change, 3 seeds, 2-step MMD^2 gmm64 0.0021 +- 0.0004 against 0.0062 +- 0.0011, digits
 # 0.00015 +- 0.00016 against 0.00090 +- 0.00033, where the digits student is below the
-# teacher's best 8-NFE sampler on every seed and metric; 1 step 1.4x (gmm64) and 3.2x better
+# teacher's best 8-NFE sampler on every seed and metric; 1 step 1.4x (gmm64) and 3.2x better.
+# hypersd-gmm64 and hypersd-digits (stop 33, the same section): better at 1, 2 and 4 steps on
+# every seed (2-step MMD^2 gmm64 0.0011 +- 0.0002 against 0.0029 +- 0.0007, below the best
+# 8-NFE cell on seeds 0 and 2; digits 1-step 0.0102 against 0.0241, 4-step 0.0012 against
+# 0.0024; 3 seeds). CD does not gain (gmm64: better at 2 and 4 steps, worse at 1; digits level): its
+# presets keep 512 x 1500
 _SCM_64 = {"student.hidden": 256, "train.steps": 3000}
 _TUNED: dict[str, dict[str, Any]] = {
     "scm-gmm64": _SCM_64,
     "scm-digits": _SCM_64,
     "rcm-gmm64": _SCM_64,
     "rcm-digits": _SCM_64,
+    "hypersd-gmm64": _SCM_64,
+    "hypersd-digits": _SCM_64,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     f"{m}-{tb}": {"testbed": tb, **BUDGETS[tb], **METHODS[m], **_TUNED.get(f"{m}-{tb}", {})}
