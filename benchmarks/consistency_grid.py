@@ -70,7 +70,8 @@ def _grids() -> dict[int, dict[str, tuple[float, ...]]]:
         "1.3,1.0,0.2": (1.3, 1.0, 0.2), "1.3,1.0,0.1": (1.3, 1.0, 0.1),
     }  # fmt: skip
     named = {2: two, 3: three, 4: four}
-    return {k: {"default": MID_ANGLES[k], **v} for k, v in named.items()}
+    one = {1: {"default": ()}}  # one step: no intermediate angle, only the fresh draws
+    return one | {k: {"default": MID_ANGLES[k], **v} for k, v in named.items()}
 
 
 GRIDS = _grids()

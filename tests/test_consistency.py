@@ -302,13 +302,14 @@ NEW_TESTBEDS = {"cond2d": (2, 2), "gmm64": (64, 0), "digits": (64, 10)}  # (dim,
 @pytest.mark.parametrize("method", ["cd", "scm", "rcm", "hypersd", "sana-sprint"])
 def test_presets_cover_cond2d_gmm64_digits(method: str) -> None:
     """Every method has a preset on each testbed; the 64-D students are twice as wide, except
-    ``scm-``, ``rcm-`` and ``hypersd-gmm64`` / ``-digits`` (stops 32-33: hidden 256 for twice the steps, the
-    same CPU; presets ``_TUNED``)."""
+    ``scm-``, ``rcm-`` and ``hypersd-gmm64`` / ``-digits`` and ``sana-sprint-digits`` (stops
+    32-33: hidden 256 for twice the steps, the same CPU; presets ``_TUNED``)."""
     fam = FAMILIES["distill-consistency"]
     for testbed, (dim, _) in NEW_TESTBEDS.items():
         cfg = fam.resolve(f"{method}-{testbed}", []).config
         assert cfg.testbed == testbed
         tuned = method in ("scm", "rcm", "hypersd") and testbed in ("gmm64", "digits")
+        tuned |= f"{method}-{testbed}" == "sana-sprint-digits"
         assert cfg.student.hidden == (512 if dim == 64 and not tuned else 256)
         assert cfg.train.steps == (3000 if tuned else 1500 if dim == 64 else 2000)
     assert fam.resolve(f"{method}-ring8", []).config.student.hidden == 256  # unchanged

@@ -9,9 +9,9 @@ on a shared 2-core machine (CPU time, final evaluation included; ``docs/consiste
 simulations); the grid25 presets cost the same (same network, same batch). cond2d (ring8's
 budget): ``scm-cond2d`` 3.7, ``cd-cond2d`` 2.9. The 64-D budget (1500 steps, batch 256, hidden
 512): ``scm-gmm64`` 6.0, ``cd-gmm64`` 3.9, ``scm-digits`` 8.0, ``cd-digits`` 6.2 (the two sCM
-presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, as rCM's and
-Hyper-SD's in stop 33; of which digits' final evaluation, the exact PF-ODE consistency error
-and the teacher's sampler table, is ~2.9). rCM, Hyper-SD and SANA-Sprint on
+presets before their stop-32 change to hidden 256 x 3000 steps, ``_TUNED``, as rCM's,
+Hyper-SD's and ``sana-sprint-digits`` in stop 33; of which digits' final evaluation, the exact
+PF-ODE consistency error and the teacher's sampler table, is ~2.9). rCM, Hyper-SD and SANA-Sprint on
 cond2d/gmm64/digits resolve and run (``--quick``) but their full budgets were not measured
 there. Hyper-SD's stages on ring8 (user CPU of one run on a machine loaded ~2.5x, so only the
 ratios travel): ``hypersd-ring8`` 0.9, ``hypersd-reward-
@@ -204,8 +204,11 @@ _ABOUT: dict[str, str] = {
 # hypersd-gmm64 and hypersd-digits (stop 33, the same section): better at 1, 2 and 4 steps on
 # every seed (2-step MMD^2 gmm64 0.0011 +- 0.0002 against 0.0029 +- 0.0007, below the best
 # 8-NFE cell on seeds 0 and 2; digits 1-step 0.0102 against 0.0241, 4-step 0.0012 against
-# 0.0024; 3 seeds). CD does not gain (gmm64: better at 2 and 4 steps, worse at 1; digits level): its
-# presets keep 512 x 1500
+# 0.0024; 3 seeds). sana-sprint-digits (stop 33): the one-step student 4x better (MMD^2 0.0027
+# against 0.0106) and below the teacher's best 4-NFE sampler on every seed, metric and
+# reference draw (3 seeds x 3 draws); sana-sprint-gmm64 keeps 512 x 1500 (stop 32: its one-step
+# student got worse). CD does not gain (gmm64: better at 2 and 4 steps, worse at 1; digits
+# level or worse): its presets keep 512 x 1500
 _SCM_64 = {"student.hidden": 256, "train.steps": 3000}
 _TUNED: dict[str, dict[str, Any]] = {
     "scm-gmm64": _SCM_64,
@@ -214,6 +217,7 @@ _TUNED: dict[str, dict[str, Any]] = {
     "rcm-digits": _SCM_64,
     "hypersd-gmm64": _SCM_64,
     "hypersd-digits": _SCM_64,
+    "sana-sprint-digits": _SCM_64,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     f"{m}-{tb}": {"testbed": tb, **BUDGETS[tb], **METHODS[m], **_TUNED.get(f"{m}-{tb}", {})}
