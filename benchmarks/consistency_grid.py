@@ -6,7 +6,8 @@ scored with ``runs.consistency._score`` (n = ``train.eval_samples``, ``testbed_m
 the run's default grid (``sources.consistency.MID_ANGLES``) and at each candidate grid of
 ``GRIDS``. A TrigFlow angle is the VE level ``sigma = sigma_d tan(theta)``, so an angle grid means
 the same ``sigma / sigma_d`` on every testbed; the log-uniform grids are defined in
-``sigma / sigma_d`` and mapped by ``mid_from_ratios``.
+``sigma / sigma_d`` and mapped by ``mid_from_ratios``. ``--steps 1`` has no grid: the one-step
+student on the same three draws.
 
 Three draws per run (``_score``'s ``seed``: student noise ``seed + 12345``, reference draw
 ``seed + 1``):
