@@ -21,6 +21,7 @@ Conventions (DESIGN.md, "Diffusion conventions"):
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from ..schedules import Schedule, get_schedule, log_snr, t_from_log_snr
 __all__ = [
     "GuidedView",
     "Loss",
+    "accepts",
     "add_noise",
     "bcast",
     "check_reference",
@@ -63,6 +65,16 @@ class Loss:
 
     value: Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+def accepts(objective: Any, name: str) -> bool:
+    """Whether ``generator_loss`` takes keyword ``name`` (a wrapper: its base's): what a source
+    (``camera=``, ``pixels=``) or a loop (``progress=``) hands an objective besides its samples."""
+    params = inspect.signature(objective.generator_loss).parameters
+    if name in params:
+        return True
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return var_kw and hasattr(objective, "base") and accepts(objective.base, name)
 
 
 def bcast(c: Tensor, x: Tensor) -> Tensor:

@@ -53,11 +53,17 @@ def denoise_grid(u: float, steps: int) -> Tensor:
     return torch.tensor([u - k / steps for k in range(n)], dtype=torch.float64)
 
 
-def _image(x: Tensor, teacher, pixels: Tensor | None) -> Tensor:
-    if pixels is not None:
-        return pixels
+def _image_and_target(x: Tensor, z_hat: Tensor, teacher, pixels: Tensor | None):
+    """``(image, sg(target))`` of the image term: the renders against ``D(z^)``; without
+    renders ``D(x)`` against ``D(z^)``; without a decoder ``x`` against ``z^``."""
     decode = getattr(teacher, "decode", None)
-    return x if decode is None else decode(x)
+    if decode is None:
+        if pixels is not None:
+            raise ValueError("HiFA: renders (pixels=) need a teacher with a decoder")
+        return x, z_hat
+    with torch.no_grad():
+        target = decode(z_hat)
+    return (decode(x) if pixels is None else pixels), target
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,7 @@ class HiFA:
         value = self.scale * self.lambda_sds * latent
         logs = {"t": float(t[0]), "latent_term": float(latent.detach())}
         if self.lambda_rgb > 0:
-            image = _image(x, teacher, pixels)
-            with torch.no_grad():
-                target = z_hat if image is x else teacher.decode(z_hat)
+            image, target = _image_and_target(x, z_hat, teacher, pixels)
             rgb = 0.5 * ((image - target) / 2).pow(2).flatten(1).sum(1).mean()
             value = value + self.scale * self.lambda_rgb * rgb
             logs["rgb_term"] = float(rgb.detach())

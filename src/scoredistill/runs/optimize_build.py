@@ -5,10 +5,11 @@ for (a critic, a ``camera=`` argument). Shared by the run (``runs.optimize``) an
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
+
+from ..objectives._ingredients import accepts
 
 __all__ = [
     "accepts",
@@ -19,15 +20,6 @@ __all__ = [
     "views_teacher",
     "voxel_field",
 ]
-
-
-def accepts(objective: Any, name: str) -> bool:
-    """Whether ``generator_loss`` takes keyword ``name`` (a wrapper: its base's)."""
-    params = inspect.signature(objective.generator_loss).parameters
-    if name in params:
-        return True
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return var_kw and hasattr(objective, "base") and accepts(objective.base, name)
 
 
 def needs_critic(objective: Any) -> bool:

@@ -19,7 +19,6 @@ bit-for-bit the uninterrupted one. One process: a single object is optimised (no
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import LearningRate, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
+from ..objectives._ingredients import accepts
 from .common import (
     AdamBeta,
     JsonlLogger,
@@ -77,11 +77,6 @@ class Batch(NamedTuple):
 
 
 DrawFn = Callable[[torch.Generator], Batch]
-
-
-def _takes_progress(objective: Any) -> bool:
-    """Whether the objective anneals over the run (``generator_loss(..., progress=)``: HiFA)."""
-    return "progress" in inspect.signature(objective.generator_loss).parameters
 
 
 def _lr_factor(cfg: OptimizeLoopConfig, step: int) -> float:
@@ -184,7 +179,7 @@ def optimize(
     if resume:  # no checkpoint: the old log restarts too
         logger.truncate_after(start)
     t0, logs = time.perf_counter(), {}
-    annealed = _takes_progress(objective)
+    annealed = accepts(objective, "progress")  # HiFA's annealed t
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="optimize")
     for step in bar:
         for group in opt.param_groups:
