@@ -110,8 +110,21 @@ _SFD = {
     "forget_prompt": "a handwritten 3",
     "safe_prompt": "a handwritten 8",
 }
+# SNOOPI (Nguyen et al., arXiv 2412.02687 v3, Sec. 6.1): SwiftBrush with PG-SB's random
+# teacher scale kappa ~ U(0.5, 4) (SD 1.5 / 2.1) and NASA-T: the negative prompt as the teacher's
+# CFG null (eq. 5), NASA in the student's cross-attention with alpha ~ U(0, 1) per iteration, the
+# LoRA teacher without the negative (runs/sd_nasa.py). The paper draws each negative from 10K
+# prompts built from terms like "bad photo, duplicate, low resolution, low quality"; departure:
+# one negative prompt for the run (negative_prompt; this default is of that kind: set your own).
+# The rest is swiftbrush-sd's (its CPU departures included).
+_SNOOPI = {
+    "objective.guidance_range": [0.5, 4.0],
+    "nasa.alpha_range": [0.0, 1.0],
+    "negative_prompt": "low quality, blurry",
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "swiftbrush-sd": {**_CPU, **_SWIFTBRUSH},
+    "snoopi-sd": {**_CPU, **_SWIFTBRUSH, **_SNOOPI},
     "dmd2-sd": {**_CPU, **_DMD2},
     "sid-lsg-sd": {**_CPU, **_SID_LSG},
     "sid-lsg15-sd": {**_CPU, **_SID_LSG, **_LSG_15},
@@ -120,6 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DESCRIPTIONS: dict[str, str] = {
     "swiftbrush-sd": "SwiftBrush (VSD): one-step LoRA student + LoRA critic on one base, CFG 4.5",
+    "snoopi-sd": "SNOOPI: SwiftBrush with PG-SB's random CFG and NASA-T (negative prompt in the "
+    "student's cross-attention, alpha ~ U(0, 1))",
     "dmd2-sd": "DMD2 one-step full student and full fake UNet, CFG 1.75 (SD 1.5 recipe)",
     "sid-lsg-sd": "SiD-LSG one-step student, long and short guidance 2, from timestep 625",
     "sid-lsg15-sd": "SiD-LSG at the paper's FID scale 1.5 (long and short guidance 1.5)",

@@ -33,6 +33,7 @@ from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger, run_device
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
+from .sd_nasa import NasaKeys, check_nasa, nasa_players
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
 from .sd_teacher_keys import (
     FluxKeys,
@@ -93,6 +94,7 @@ class SDDistillConfig:
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
     student: SDStudentConfig = field(default_factory=SDStudentConfig)
     critic: LoraPlayer = field(default_factory=LoraPlayer)
+    nasa: NasaKeys = field(default_factory=NasaKeys)  # SNOOPI's NASA-T (runs.sd_nasa)
     eval: SDEvalConfig = field(default_factory=SDEvalConfig)
     export: bool = True  # write OUT/pipeline (full student) or OUT/lora (LoRA student)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CUDA or CPU), fp32 weights
@@ -173,6 +175,7 @@ def forget_labels(cfg: SDDistillConfig, objective: Any, prompts: list[str]) -> A
 
 def _check(cfg: SDDistillConfig, objective: Any) -> None:
     check_negative_prompt(cfg, objective)
+    check_nasa(cfg)
     micro_cond(cfg.sdxl)  # bad pairs fail before any weights load
     if (cfg.student.lora or cfg.critic.lora) and cfg.train.parallel == "fsdp2":
         raise ConfigError(
@@ -291,19 +294,19 @@ def teacher_rows(cfg: SDDistillConfig, teacher: Any, guidance: float) -> list[di
 
 def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False):
     """Load, train, evaluate, export and write the run folder; returns the final metrics."""
-    from ..eval.image_baseline import best_rows
-    from ..export_latent import export_latent_student
-    from .unet_report import write_outputs
+    from ..sources.nasa_student import fixed_alpha
 
     teacher = load_teacher(cfg).to(run_device())  # players are copied from it: same device
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.train.seed)
     gen, critic = build_players(cfg, teacher)
-    score, seed = _scorer(teacher), cfg.train.seed
+    gen = nasa_players(cfg, teacher, gen, critic)  # NASA-T's student and critic, if on
+    score, seed, eval_alpha = _scorer(teacher), cfg.train.seed, cfg.nasa.eval_alpha
 
     def evaluate(generator) -> dict[str, Any]:
-        z, labels, _ = student_draw(generator, teacher, min(cfg.eval.samples, 256), seed)
+        with fixed_alpha(generator, eval_alpha):
+            z, labels, _ = student_draw(generator, teacher, min(cfg.eval.samples, 256), seed)
         return score(teacher, z, labels, seed)
 
     start, bf16 = time.perf_counter(), cfg.precision == "bf16"
@@ -315,7 +318,18 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
         )  # fmt: skip
     if not result["is_main_process"]:
         return {}
-    ema = result["ema"]
+    with fixed_alpha(result["ema"], eval_alpha):
+        return _finish(cfg, objective, teacher, result, gen, critic, start, out)
+
+
+def _finish(cfg, objective, teacher, result, gen, critic, start: float, out: Path):
+    """Final draw, metrics, teacher rows, ``samples.npz``, export and report of a trained run."""
+    from ..eval.image_baseline import best_rows
+    from ..export_latent import export_latent_student
+    from ..sources.nasa_student import unwrap_nasa
+    from .unet_report import write_outputs
+
+    ema, score, seed = result["ema"], _scorer(teacher), cfg.train.seed
     z, labels, sample_s = student_draw(ema, teacher, cfg.eval.samples, seed)
     with torch.no_grad():
         x = teacher.decode(z).cpu().flatten(1)
@@ -342,7 +356,7 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
 
     def export() -> str:
         prompt = teacher.prompt_table.prompts[0]
-        path = export_latent_student(ema, teacher, out, steps=ema.nfe, prompt=prompt)
+        path = export_latent_student(unwrap_nasa(ema), teacher, out, steps=ema.nfe, prompt=prompt)
         return f"`{path}` (see its README.md)"
 
     write_outputs(

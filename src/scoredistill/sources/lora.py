@@ -170,7 +170,8 @@ class AdapterView(nn.Module):
     """``denoise(x_t, t, c)`` of ``teacher`` with adapter ``name`` on. Its parameters are the
     adapter's weights only (optimizers, clipping, checkpoints and the EMA see nothing else);
     the teacher is held outside the module tree, and other attributes (``schedule``, ``model``,
-    ``shape`` …) are the teacher's."""
+    ``shape`` …) are the teacher's. A ``prompt_table`` set on the view replaces the teacher's
+    for the view's calls (a critic with another null prompt: ``runs.sd_nasa``)."""
 
     def __init__(self, teacher: Any, name: str) -> None:
         super().__init__()
@@ -192,7 +193,7 @@ class AdapterView(nn.Module):
         return self.__dict__["_teacher"]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        with adapter_on(self.teacher.model, self.name):
+        with adapter_on(self.teacher.model, self.name), _own_prompts(self):
             return self.teacher.denoise(x_t, t, cond)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
@@ -208,12 +209,30 @@ class AdapterView(nn.Module):
         inject_adapter_in_model(cfg, model, adapter_name=new)
         _rest(model, flags)
         view = AdapterView(self.teacher, new)
+        if "prompt_table" in self.__dict__:
+            view.prompt_table = self.prompt_table
         with torch.no_grad():
             for mine, theirs in zip(view.lora, self.lora, strict=True):
                 mine.copy_(theirs)
                 mine.requires_grad_(theirs.requires_grad)
         memo[id(self)] = view
         return view
+
+
+@contextmanager
+def _own_prompts(view: AdapterView) -> Iterator[None]:
+    """The view's own ``prompt_table`` (set on the view: its labels' rows, e.g. another null
+    prompt) in place of the teacher's for one call; nothing to do when the view has none."""
+    own = view.__dict__.get("prompt_table")
+    if own is None:
+        yield
+        return
+    teacher = view.teacher
+    before, teacher.prompt_table = teacher.prompt_table, own
+    try:
+        yield
+    finally:
+        teacher.prompt_table = before
 
 
 def _config_of(model: nn.Module, name: str) -> Any:
