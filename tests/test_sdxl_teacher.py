@@ -175,8 +175,10 @@ def test_ddim_sample_equals_the_pipeline(sdxl, g, negative):
                         guidance_scale=g, latents=z, output_type="latent").images  # fmt: skip
     assert ddim_pipe.scheduler.timesteps.tolist() == [999, 749, 499, 249]
     # float32 networks and DDIM arithmetic against float64 times; CFG 5 grows |x| to ~25:
-    # measured <= 9e-7 relative, so 1e-5 relative (plus 1e-5 near zero) leaves a 10x margin
-    torch.testing.assert_close(ours.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
+    # measured <= 9e-7 relative with an earlier transformers 5.x; with 5.25 (embeddings equal to 1e-6,
+    # test above) up to 2.6e-5 absolute on 4 of 128 entries near zero, ~1e-6 of |x|'s scale:
+    # 1e-5 relative plus 1e-4 absolute (4e-6 of the scale)
+    torch.testing.assert_close(ours.reshape(ref.shape), ref, rtol=1e-5, atol=1e-4)
 
 
 # --- folders -------------------------------------------------------------------------------
