@@ -4,12 +4,16 @@ Checked against independent computations: the critic's null row equals a teacher
 the empty negative prompt, the teacher's the negative prompt's; the student at a fixed alpha
 equals the plain student with NASA enabled by hand on its UNet with the negative embedded by the
 stock ``StableDiffusionPipeline.encode_prompt``; a drawn alpha is ``U(low, high)`` of the call's
-generator; the shared base's processors are the same objects after a call; gradients reach the
-student only; bad keys are one line, exit 2; a quick run resumes bit for bit.
+generator; a negative drawn from ``nasa.negatives`` is, for that call, both the student's NASA
+negative and the teacher's guidance null (the stock pipeline's embedding), uniform over the
+list; the shared base's processors are the same objects after a call; gradients reach the
+student only; bad keys are one line, exit 2; a quick run resumes bit for bit (with a list too).
 """
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -131,6 +135,76 @@ def test_shared_base_is_restored_and_gradients_reach_the_student_only(sd_folder,
     assert all(p.grad is None for p in base)
 
 
+NEGATIVES = ("a bold handwritten 3", "a bold handwritten 7", "blurry")
+
+
+def _negatives(tmp_path) -> str:
+    path = tmp_path / "negatives.txt"
+    path.write_text("\n".join(NEGATIVES) + "\n\n")
+    return str(path)
+
+
+def test_a_drawn_negative_is_the_students_and_the_teachers_for_that_call(
+    sd_folder, prompts, tmp_path
+):
+    from diffusers import StableDiffusionPipeline
+
+    sets = (f"nasa.negatives={_negatives(tmp_path)}", "student.lora=false")
+    _, teacher, student, critic = _players(sd_folder, prompts, *sets)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
+    stock = lambda text: pipe.encode_prompt([text], "cpu", 1, False)[0]  # noqa: E731
+    z, c = student.sample_latent(2, torch.Generator().manual_seed(3)), torch.tensor([1, 0])
+    x, t = _xt(teacher)
+    null = torch.full((3,), NULL_LABEL)
+    with torch.no_grad():
+        critic_null = critic.denoise(x, t, null)
+        g = torch.Generator().manual_seed(9)  # the call's draws, replayed: alpha, then the index
+        alpha = float(torch.rand((), generator=g))
+        neg = NEGATIVES[int(torch.randint(len(NEGATIVES), (), generator=g))]
+        drawn = student(z, c, rng=torch.Generator().manual_seed(9))
+        torch.testing.assert_close(teacher.prompt_table.null, stock(neg), atol=TOL, rtol=0)
+        torch.testing.assert_close(critic.denoise(x, t, null), critic_null)  # empty, unchanged
+        plain, unet = unwrap_nasa(student), unwrap_nasa(student).denoiser.model
+        enable_nasa(unet, alpha, stock(neg))
+        by_hand = plain(z, c)
+        disable_nasa(unet)
+        torch.testing.assert_close(drawn, by_hand, atol=TOL, rtol=0)
+        with fixed_alpha(student, 0.0):  # evaluation: the run's negative_prompt again
+            torch.testing.assert_close(teacher.prompt_table.null, stock(NEG), atol=TOL, rtol=0)
+    assert copy.deepcopy(student).negatives is student.negatives  # the EMA copy shares it
+
+
+def test_negatives_are_drawn_uniformly(sd_folder, prompts, tmp_path):
+    _, _, student, _ = _players(sd_folder, prompts, f"nasa.negatives={_negatives(tmp_path)}")
+    g, n = torch.Generator().manual_seed(0), 3000
+    counts = Counter(student.negatives.pick(g, training=True) for _ in range(n))
+    sd = (n * (1 / 3) * (2 / 3)) ** 0.5  # binomial(n, 1/3) per negative
+    assert set(counts) == set(NEGATIVES) and all(abs(k - n / 3) < 4 * sd for k in counts.values())
+    assert student.negatives.pick(g, training=False) == NEG
+
+
+@pytest.mark.parametrize(
+    ("preset", "sets", "file"),
+    [
+        ("swiftbrush-sd", [], "list"),  # a list without NASA-T
+        ("snoopi-sd", [], "missing"),
+        ("snoopi-sd", [], "empty"),
+        ("snoopi-sd", ["negative_prompt_2=ugly"], "list"),
+    ],
+)
+def test_bad_negative_lists_are_one_line_exit_2(
+    preset, sets, file, sd_folder, prompts, tmp_path, capsys
+):
+    path = {"list": _negatives(tmp_path), "missing": str(tmp_path / "none.txt")}.get(file)
+    if file == "empty":
+        (path := tmp_path / "empty.txt").write_text("\n  \n")
+    args = _args(tmp_path / "o", sd_folder, prompts, *sets, f"nasa.negatives={path}", preset=preset)
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nasa.negatives" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_teacher_without_cross_attention_is_refused():
     cfg = SimpleNamespace(nasa=SimpleNamespace(alpha_range=(0.0, 1.0), critic_negative=False))
     teacher = SimpleNamespace(model=torch.nn.Linear(2, 2))
@@ -165,9 +239,11 @@ def test_bad_nasa_keys_are_one_line_exit_2(
 
 
 @pytest.mark.slow
-def test_snoopi_quick_run_resumes_bit_exactly(sd_folder, prompts, tmp_path):
+@pytest.mark.parametrize("listed", [False, True])
+def test_snoopi_quick_run_resumes_bit_exactly(sd_folder, prompts, tmp_path, listed):
     straight, resumed = tmp_path / "a", tmp_path / "b"
     sets = (f"negative_prompt={NEG}", "nasa.eval_alpha=0.1")
+    sets += (f"nasa.negatives={_negatives(tmp_path)}",) if listed else ()
     assert main([*_args(straight, sd_folder, prompts, *sets), "--quick"]) == 0
     assert main([*_args(resumed, sd_folder, prompts, *sets), "--quick", "--steps", "2"]) == 0
     again = [*_args(resumed, sd_folder, prompts, *sets), "--quick", "--resume", "--steps", "3"]

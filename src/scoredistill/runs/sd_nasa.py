@@ -7,12 +7,18 @@
 - ``nasa.critic_negative``: false (SNOOPI's choice, Table 5): the critic's null is the empty
   prompt, so only the teacher is steered away from the negative; true: the critic shares the
   teacher's negative null (the paper's ablation row "Teacher + LoRA teacher").
+- ``nasa.negatives: FILE`` (one negative prompt per line; "": off): SNOOPI's list of negatives
+  (its 10K, Sec. 6.1). Each training call of the student draws one uniformly, with ``alpha``,
+  and it is the teacher's guidance null for that step (and the critic's with
+  ``critic_negative``); ``negative_prompt`` stays the negative of evaluation and NASA-I.
 - ``nasa.eval_alpha``: the NASA-I scale of the run's evaluation draws and ``samples.npz``
   (0: the plain student, the paper's "NASA-T" rows; SNOOPI's SD 1.5 value is 0.1). The export
   is the plain student; NASA-I at inference is ``sources.nasa_attention.enable_nasa``.
 
-Refused, naming the key: a range without a negative prompt, a bad range, and a teacher without
-cross-attention layers (SD3/Flux joint attention).
+Refused, naming the key: a range without a negative prompt, a bad range, a missing or empty
+``nasa.negatives`` file (or one beside ``negative_prompt_2``/``_3``, whose per-encoder negatives
+a drawn text does not have), and a teacher without cross-attention layers (SD3/Flux joint
+attention).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from ..config import ConfigError, NonNegativeFloat
 
-__all__ = ["NasaKeys", "check_nasa", "nasa_players"]
+__all__ = ["NasaKeys", "check_nasa", "nasa_players", "read_negatives"]
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,14 @@ class NasaKeys:
     alpha_range: tuple[float, ...] | None = None  # [low, high]; SNOOPI: [0, 1]; null: off
     critic_negative: bool = False  # SNOOPI: the LoRA teacher without the negative prompt
     eval_alpha: NonNegativeFloat = 0.0  # NASA-I at evaluation (0: the plain student)
+    negatives: str = ""  # a file of negative prompts drawn per training call ("": negative_prompt)
 
 
 def check_nasa(cfg: Any) -> None:
     """The ``nasa.*`` keys against each other and ``negative_prompt`` (no network loaded)."""
     keys = cfg.nasa
     if keys.alpha_range is None:
-        for name in ("critic_negative", "eval_alpha"):
+        for name in ("critic_negative", "eval_alpha", "negatives"):
             if getattr(keys, name) != getattr(NasaKeys(), name):
                 raise ConfigError(f"config key 'nasa.{name}': acts only with nasa.alpha_range set")
         return
@@ -56,6 +63,22 @@ def check_nasa(cfg: Any) -> None:
             "config key 'negative_prompt': NASA-T (nasa.alpha_range) steers the student away "
             "from a negative prompt; set one (e.g. --set negative_prompt='low quality')"
         )
+    if keys.negatives:
+        read_negatives(cfg)
+
+
+def read_negatives(cfg: Any) -> list[str]:
+    """``nasa.negatives``' lines, refused beside per-encoder negatives (``ConfigError``)."""
+    from .sd_prompts import read_prompts
+
+    texts = read_prompts(cfg.nasa.negatives, key="nasa.negatives")
+    per_encoder = [k for k in ("negative_prompt_2", "negative_prompt_3") if getattr(cfg, k, "")]
+    if per_encoder:
+        raise ConfigError(
+            f"config key 'nasa.negatives': a drawn negative has no {per_encoder[0]}; "
+            f"unset {per_encoder[0]} (each encoder then reads the drawn text)"
+        )
+    return texts
 
 
 def nasa_players(cfg: Any, teacher: Any, gen: Any, critic: Any) -> Any:
@@ -67,7 +90,7 @@ def nasa_players(cfg: Any, teacher: Any, gen: Any, critic: Any) -> Any:
     if keys.alpha_range is None:
         return gen
     from ..sources.nasa_attention import nasa_layers
-    from ..sources.nasa_student import NasaStudent
+    from ..sources.nasa_student import NasaStudent, NegativeDraw
 
     if not hasattr(teacher.model, "set_attn_processor") or not nasa_layers(teacher.model):
         raise ConfigError(
@@ -80,4 +103,8 @@ def nasa_players(cfg: Any, teacher: Any, gen: Any, critic: Any) -> Any:
         critic.denoiser.prompt_table = replace(
             table, null=empty.null, null_pooled=empty.null_pooled
         )
-    return NasaStudent(gen, table.null, tuple(keys.alpha_range))
+    draw = None
+    if keys.negatives:
+        holders = [teacher, critic.denoiser] if keys.critic_negative else [teacher]
+        draw = NegativeDraw(read_negatives(cfg), cfg.negative_prompt, teacher.encode_null, holders)
+    return NasaStudent(gen, table.null, tuple(keys.alpha_range), draw)

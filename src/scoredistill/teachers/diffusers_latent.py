@@ -128,14 +128,31 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         null_row = negative_row(args, negative_prompt, **negs)
         keys = [(r, self.clip_skip) for r in prompt_rows(prompts, args, **streams)]
         (null, null_pooled), *got = self.prompt_cache.get([(null_row, 0), *keys])  # null: no skip
-        zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)  # SDXL's
-        if zeros and null_row == ("",) * len(args):  # the pipeline's negative_prompt=None
-            null, null_pooled = torch.zeros_like(null), _opt(null_pooled, torch.zeros_like)
         stack = torch.stack([e for e, _ in got])
         pooled_stack = None if null_pooled is None else torch.stack([p for _, p in got])
-        nulls = (null[None], _opt(null_pooled, lambda p: p[None]))
+        nulls = self._null_of(null_row, null, null_pooled)
         ids, null_ids = self._time_id_rows(len(prompts))
         return TextCond(stack, nulls[0], tuple(prompts), pooled_stack, nulls[1], ids, null_ids)
+
+    def encode_null(self, negative_prompt: str) -> tuple[Tensor, Tensor | None]:
+        """``(null (1, L, E), null_pooled (1, P) or None)``: guidance's unconditional row for
+        ``negative_prompt`` exactly as ``encode_prompts`` gives it (no clip skip; SDXL's zeros
+        for an empty one), encoded without gradients and *not* cached: for drawing from a long
+        list of negatives (SNOOPI's NASA-T, ``sources.nasa_student.NegativeDraw``)."""
+        row = negative_row(prompt_args(self.text_encoder), negative_prompt)
+        with torch.no_grad():
+            embeds, pooled = self._encode_rows([row], 0)
+        return self._null_of(row, embeds[0], _opt(pooled, lambda p: p[0]))
+
+    def _null_of(
+        self, row: tuple[str, ...], null: Tensor, pooled: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The null row ``(1, L, E)``, ``(1, P)`` of ``row``'s embeddings: zeros where the text
+        encoder says so for the empty negative (SDXL's ``negative_prompt=None``)."""
+        zeros = getattr(self.text_encoder, "force_zeros_for_empty_prompt", False)  # SDXL's
+        if zeros and row == ("",) * len(row):
+            null, pooled = torch.zeros_like(null), _opt(pooled, torch.zeros_like)
+        return null[None], _opt(pooled, lambda p: p[None])
 
     def _time_id_rows(self, n: int) -> tuple[Tensor | None, Tensor | None]:
         """SDXL's ``(time_ids (n, 6), null_time_ids (1, 6))`` at the training size (the text
