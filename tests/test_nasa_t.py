@@ -252,3 +252,5 @@ def test_snoopi_quick_run_resumes_bit_exactly(sd_folder, prompts, tmp_path, list
     b = load_file(resumed / "checkpoints" / "step-3" / "state.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert (straight / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    readme = (straight / "lora" / "README.md").read_text()
+    assert "NASA-T" in readme and f"negative {NEG!r}" in readme and "enable_nasa" in readme

@@ -33,7 +33,7 @@ from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger, run_device
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
-from .sd_nasa import NasaKeys, check_nasa, nasa_players
+from .sd_nasa import NasaKeys, check_nasa, nasa_export_note, nasa_players
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
 from .sd_teacher_keys import (
     FluxKeys,
@@ -356,7 +356,9 @@ def _finish(cfg, objective, teacher, result, gen, critic, start: float, out: Pat
 
     def export() -> str:
         prompt = teacher.prompt_table.prompts[0]
-        path = export_latent_student(unwrap_nasa(ema), teacher, out, steps=ema.nfe, prompt=prompt)
+        path = export_latent_student(
+            unwrap_nasa(ema), teacher, out, steps=ema.nfe, prompt=prompt, note=nasa_export_note(cfg)
+        )
         return f"`{path}` (see its README.md)"
 
     write_outputs(

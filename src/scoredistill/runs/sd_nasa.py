@@ -29,7 +29,7 @@ from typing import Any
 
 from ..config import ConfigError, NonNegativeFloat
 
-__all__ = ["NasaKeys", "check_nasa", "nasa_players", "read_negatives"]
+__all__ = ["NasaKeys", "check_nasa", "nasa_export_note", "nasa_players", "read_negatives"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,20 @@ def nasa_players(cfg: Any, teacher: Any, gen: Any, critic: Any) -> Any:
         holders = [teacher, critic.denoiser] if keys.critic_negative else [teacher]
         draw = NegativeDraw(read_negatives(cfg), cfg.negative_prompt, teacher.encode_null, holders)
     return NasaStudent(gen, table.null, tuple(keys.alpha_range), draw)
+
+
+def nasa_export_note(cfg: Any) -> str:
+    """The exported README's lines on NASA-I for a NASA-T student ("" when NASA-T is off): the
+    export is the plain student; the negative is applied at inference by ``enable_nasa``."""
+    if cfg.nasa.alpha_range is None:
+        return ""
+    lo, hi = cfg.nasa.alpha_range
+    return (
+        f"Trained with SNOOPI's NASA-T (NASA in the cross-attention, alpha ~ U({lo:g}, {hi:g}), "
+        f"negative {cfg.negative_prompt!r}). These weights are the plain student; to steer away "
+        "from a negative prompt at inference (NASA-I), after loading: "
+        "`from scoredistill.sources.nasa_attention import enable_nasa; "
+        "enable_nasa(pipe.unet, alpha, negative=neg)` with `neg` the negative's prompt "
+        "embeddings (1, L, E) (SD 1.5: `neg = pipe.encode_prompt([NEGATIVE], pipe.device, 1, "
+        "False)[0]`); SNOOPI's SD 1.5 value: alpha = 0.1."
+    )
