@@ -13,6 +13,7 @@ the teacher's own denoiser and DMD's ``g`` vanishes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -271,6 +272,20 @@ def test_hypersd_stage_presets_resolve_and_leave_hypersd_as_it_was() -> None:
     assert reward.reward_weight == 1e-3 and reward.refl.margin == 2.0 and not reward.needs_critic
     with pytest.raises(ConfigError, match=re.escape("objective.refl.no_such_key")):
         fam.resolve("hypersd-reward-ring8", ["objective.refl.no_such_key=1"])
+
+
+@pytest.mark.parametrize("testbed", ["ring8", "cond2d", "gmm64", "digits"])
+def test_a_stage_preset_is_hypersd_plus_its_stage_on_every_testbed(testbed: str) -> None:
+    fam = FAMILIES["distill-consistency"]
+    base = fam.resolve(f"hypersd-{testbed}", [])
+    for stage, key in (("dmd", "dmd_weight"), ("reward", "reward_weight")):
+        staged = fam.resolve(f"hypersd-{stage}-{testbed}", [])
+        assert staged.config.testbed == testbed
+        assert staged.config.student.hidden == base.config.student.hidden
+        assert staged.config.train.steps == base.config.train.steps
+        names = [f.name for f in dataclasses.fields(base.extra)]
+        changed = {n for n in names if getattr(base.extra, n) != getattr(staged.extra, n)}
+        assert changed == {key}
 
 
 @pytest.mark.slow

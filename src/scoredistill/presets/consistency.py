@@ -169,8 +169,8 @@ METHODS: dict[str, dict[str, Any]] = {
 _GRID: dict[str, tuple[str, ...]] = {
     "cd": ("ring8", "grid25", *_NEW),
     "hypersd": ("ring8", *_NEW),
-    "hypersd-dmd": ("ring8",),
-    "hypersd-reward": ("ring8",),
+    "hypersd-dmd": ("ring8", *_NEW),
+    "hypersd-reward": ("ring8", *_NEW),
     "scm": ("ring8", "grid25", *_NEW),
     "rcm": ("ring8", "grid25", *_NEW),
     "sana-sprint": ("ring8", "grid25", *_NEW),
@@ -217,6 +217,8 @@ _TUNED: dict[str, dict[str, Any]] = {
     "rcm-digits": _SCM_64,
     "hypersd-gmm64": _SCM_64,
     "hypersd-digits": _SCM_64,
+    # Hyper-SD's stages keep hypersd-<tb>'s student and budget, so the stage is the only change
+    **{f"hypersd-{stage}-{tb}": _SCM_64 for stage in ("dmd", "reward") for tb in ("gmm64", "digits")},
     "sana-sprint-digits": _SCM_64,
 }
 PRESETS: dict[str, dict[str, Any]] = {
