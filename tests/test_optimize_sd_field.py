@@ -171,3 +171,30 @@ def test_the_successors_optimise_a_field_with_their_defaults(method, sd_folder, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_params"] == {"field": 4 * 16**3, "critic": 0}
     assert metrics["view_spread"] != metrics["initial"]["view_spread"]  # the field moved
+
+
+def test_a_tv_prior_smooths_the_field_and_needs_one(sd_folder, prompts, tmp_path, capsys):
+    runs = {w: tmp_path / f"tv{w}" for w in (0, 1000)}
+    for w, out in runs.items():
+        extra = ("--quick", "--set", f"source.tv_weight={w}")
+        assert main(_args("sds-sd-field", sd_folder, prompts, out, *extra)) == 0
+    rows = {w: [json.loads(r) for r in (out / "metrics.jsonl").open()] for w, out in runs.items()}
+    assert all("prior" in r for r in rows[1000] if "loss" in r)
+    assert not any("prior" in r for r in rows[0])
+
+    def tv(out):  # the final field's total variation, recomputed from its checkpoint
+        from safetensors.torch import load_file
+
+        from scoredistill.scene.field3d import VoxelField
+
+        state = load_file(out / "checkpoints" / "step-3" / "state.safetensors")
+        field = VoxelField(16, init="constant")
+        for name in ("density_raw", "colour_raw"):
+            getattr(field, name).data.copy_(state[f"model/source/{name}"])
+        return float(field.total_variation())
+
+    assert tv(runs[1000]) < tv(runs[0])
+    capsys.readouterr()
+    code = main(_args("sds-sd", sd_folder, prompts, tmp_path / "p", "--set", "source.tv_weight=1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "source.tv_weight" in err[0]

@@ -214,3 +214,28 @@ def test_voxel_field_init_and_errors():
         VoxelField(4, density_activation="relu")
     with pytest.raises(ValueError, match="init"):
         VoxelField(4, init="zeros")
+
+
+def test_total_variation_closed_forms_and_its_descent():
+    const = VoxelField(5, init="constant", init_density=0.7)
+    assert float(const.total_variation().detach()) == 0.0
+    c = 0.1
+    ramp = torch.zeros(4, 5, 5, 5, dtype=torch.float64)
+    ramp[0] = 2.0  # constant density: its opacity does not vary
+    ramp[1:] = 0.3 + c * torch.arange(5, dtype=torch.float64).reshape(1, 5, 1, 1)
+    f = VoxelField.from_grid(ramp)
+    # 3 colour channels of 4 step by c along the first axis; the others do not vary: 3 c^2 / 4
+    torch.testing.assert_close(float(f.total_variation()), 0.75 * c**2, rtol=1e-5, atol=0)
+    density = torch.zeros(4, 2, 2, 2, dtype=torch.float64)
+    density[1:] = 0.5
+    density[0, 1] = 3.0  # one opacity step along axis 1: (1 - exp(-3 * voxel_size))^2 / 4
+    g = VoxelField.from_grid(density)
+    step = 1 - math.exp(-3.0 * g.voxel_size)
+    torch.testing.assert_close(float(g.total_variation()), step**2 / 4, rtol=1e-5, atol=0)
+    field = VoxelField(6, rng=torch.Generator().manual_seed(0))  # noise: a rough grid
+    opt, before = torch.optim.Adam(field.parameters(), lr=0.05), float(field.total_variation())
+    for _ in range(20):
+        opt.zero_grad()
+        field.total_variation().backward()
+        opt.step()
+    assert float(field.total_variation()) < 0.2 * before

@@ -218,7 +218,11 @@ _TUNED: dict[str, dict[str, Any]] = {
     "hypersd-gmm64": _SCM_64,
     "hypersd-digits": _SCM_64,
     # Hyper-SD's stages keep hypersd-<tb>'s student and budget, so the stage is the only change
-    **{f"hypersd-{stage}-{tb}": _SCM_64 for stage in ("dmd", "reward") for tb in ("gmm64", "digits")},
+    **{
+        f"hypersd-{stage}-{tb}": _SCM_64
+        for stage in ("dmd", "reward")
+        for tb in ("gmm64", "digits")
+    },
     "sana-sprint-digits": _SCM_64,
 }
 PRESETS: dict[str, dict[str, Any]] = {

@@ -78,6 +78,8 @@ class LatentSourceConfig:
     background: Annotated[float, Range(0.0, 1.0)] = 0.0  # field: grey level behind the box
     elevation: Annotated[float, Range(-89.0, 89.0)] = 15.0  # field: cameras' elevation (deg)
     eval_views: PositiveInt = 24  # field: ring renders scored at the end (every 360/n deg)
+    # field: weight of a smoothness prior, the grid's total variation (VoxelField.total_variation)
+    tv_weight: NonNegativeFloat = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def _check(cfg: OptimizeSDConfig, objective: Any) -> None:
         raise ConfigError(
             f"config key 'objective.lam': {lam} needs cameras (source.kind=field, preset "
             "esd-sd); on particles a critic's only label is the prompt; valid: 0 (VSD)"
+        )
+    if cfg.source.tv_weight > 0 and cfg.source.kind != "field":
+        raise ConfigError(
+            f"config key 'source.tv_weight': {cfg.source.tv_weight} is a prior on a voxel "
+            "field's grid; particles have none (source.kind=field, or 0)"
         )
 
 
@@ -235,6 +242,7 @@ def run_optimize_sd(
     result = optimize(
         cfg.train, source=source, objective=objective, teacher=teacher, draw=task["draw"],
         evaluate=task["evaluate"], out_dir=out, resume=resume, critic=task["critic"],
+        prior=task.get("prior"),
     )  # fmt: skip
     critic = task["critic"]
     metrics = {

@@ -140,5 +140,7 @@ def field_task(cfg: Any, objective: Any, teacher: Any, critic: Any) -> dict[str,
         views = 1 + prompt_for_azimuth(az)
         return images, views, {"azimuth": az.numpy(), "labels": views.numpy()}
 
+    prior = (lambda: s.tv_weight * field_.total_variation()) if s.tv_weight > 0 else None
     return {"source": field_, "critic": critic, "draw": draw, "evaluate": evaluate,
-            "pictures": pictures, "what": f"a voxel field, {s.eval_views} ring views"}  # fmt: skip
+            "pictures": pictures, "what": f"a voxel field, {s.eval_views} ring views",
+            "prior": prior}  # fmt: skip

@@ -10,7 +10,8 @@ were drawn), after ``critic_warmup`` steps on the initial samples, so the critic
 fake score of the initial source, not of noise. A critic that is not an ``nn.Module`` is a
 function returning the current exact critic (the particles' own mixture), rebuilt every step.
 An objective whose ``generator_loss`` takes ``progress`` (HiFA's annealed ``t``) gets
-``step / steps``.
+``step / steps``. A ``prior()`` (e.g. the field's weighted total variation) is added to the
+source's loss every step and logged as ``prior``.
 
 Shared utilities (``train.common``): the non-finite guard, JSONL logs, atomic checkpoints with
 RNG states. The learning rate is a function of the step (no scheduler state), so a resumed run is
@@ -156,6 +157,7 @@ def optimize(
     out_dir: Path,
     resume: bool = False,
     critic: nn.Module | Callable[[], Any] | None = None,
+    prior: Callable[[], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Optimise ``source`` with ``objective`` against ``teacher``; returns logs and history.
 
@@ -193,9 +195,14 @@ def optimize(
             batch.x, batch.cond, teacher=teacher, critic=current, rng=rng, **batch.extra, **when
         )
         check_finite(loss.value, step, "generator loss")
-        norm = _step(loss.value, opt, list(source.parameters()), cfg.grad_clip)
+        value, extra = loss.value, {}
+        if prior is not None:
+            penalty = prior()
+            check_finite(penalty, step, "prior")
+            value, extra = value + penalty, {"prior": penalty.item()}
+        norm = _step(value, opt, list(source.parameters()), cfg.grad_clip)
         check_finite(torch.tensor(norm), step, "source gradient")  # finite loss, inf gradient
-        logs = {"loss": loss.value.item(), "source_grad_norm": norm, **loss.logs}
+        logs = {"loss": loss.value.item(), "source_grad_norm": norm, **extra, **loss.logs}
         if trained_critic:
             critic.requires_grad_(True)
             opt_c, n_c = state.optimizers["critic"], cfg.critic_updates
