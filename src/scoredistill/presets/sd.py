@@ -114,8 +114,9 @@ _SFD = {
 # teacher scale kappa ~ U(0.5, 4) (SD 1.5 / 2.1) and NASA-T: the negative prompt as the teacher's
 # CFG null (eq. 5), NASA in the student's cross-attention with alpha ~ U(0, 1) per iteration, the
 # LoRA teacher without the negative (runs/sd_nasa.py). The paper draws each negative from 10K
-# prompts built from terms like "bad photo, duplicate, low resolution, low quality"; departure:
-# one negative prompt for the run (negative_prompt; this default is of that kind: set your own).
+# prompts built from terms like "bad photo, duplicate, low resolution, low quality": give such a
+# list as nasa.negatives=FILE (one drawn per step). Departure: the preset has no list, so it
+# trains with one negative prompt (negative_prompt; this default is of that kind: set your own).
 # The rest is swiftbrush-sd's (its CPU departures included).
 _SNOOPI = {
     "objective.guidance_range": [0.5, 4.0],

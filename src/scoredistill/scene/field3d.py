@@ -136,13 +136,14 @@ class VoxelField(nn.Module):
         return torch.cat([self.density(), torch.sigmoid(self.colour_raw)], dim=0)
 
     def total_variation(self) -> Tensor:
-        """A smoothness prior: the squared total variation of the grid (Plenoxels' TV
-        regulariser, Fridovich-Keil et al. 2022, eq. 3, as a mean), on quantities in ``[0, 1]``
-        so that one weight means the same at every resolution and density scale: each voxel's
-        opacity ``1 - exp(-sigma * voxel_size)`` and its RGB. It is the mean over the 4
-        channels and the ``G - 1`` neighbour pairs of the squared difference, summed over the
-        three axes (0 for a constant field; a colour ramp with step ``c`` along one axis: 3 c^2 /
-        4)."""
+        """A smoothness prior: the quadratic (Tikhonov) form of the grid's total variation, the
+        squared difference of neighbouring voxels (voxel-grid radiance fields regularise their
+        grids this way; Plenoxels, Yu, Fridovich-Keil et al., CVPR 2022, takes the square root
+        of each voxel's sum over the three axes, the isotropic TV). On quantities in ``[0, 1]``,
+        so that one weight means the same at every density scale: each voxel's opacity ``1 -
+        exp(-sigma * voxel_size)`` and its RGB. The mean over the 4 channels and the ``G - 1``
+        neighbour pairs, summed over the three axes (0 for a constant field; a colour ramp with
+        step ``c`` along one axis: 3 c^2 / 4)."""
         opacity = -torch.expm1(-self.density() * self.voxel_size)
         g = torch.cat([opacity, torch.sigmoid(self.colour_raw)], dim=0)
         return sum(g.diff(dim=d).square().mean() for d in (1, 2, 3))
