@@ -15,7 +15,6 @@ digits feature network scores FD, precision/recall and prompt accuracy (a CLIP-s
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..presets.sd import DESCRIPTIONS, PRESETS, QUICK
 from ..train.common import JsonlLogger, run_device
 from ..train.two_player import TwoPlayerConfig, train_two_player
 from .family import Family, Resolved, report_section
+from .sd_digits import prompt_digits, prompt_forgetting, scorable_digits
 from .sd_nasa import NasaKeys, check_nasa, nasa_export_note, nasa_players
 from .sd_prompts import prompt_streams, read_prompts, sd_paths
 from .sd_teacher_keys import (
@@ -44,7 +44,15 @@ from .sd_teacher_keys import (
 )
 from .unet import _label_sampler, student_draw
 
-__all__ = ["FAMILY", "SDDistillConfig", "read_prompts", "run_sd"]
+__all__ = [
+    "FAMILY",
+    "SDDistillConfig",
+    "prompt_digits",
+    "prompt_forgetting",
+    "read_prompts",
+    "run_sd",
+    "scorable_digits",
+]
 
 
 @dataclass(frozen=True)
@@ -207,53 +215,6 @@ def build_players(cfg: SDDistillConfig, teacher: Any):
     if critic is None:
         critic = make_diffusers_critic(teacher, denoiser=view("critic", cfg.critic))
     return gen, critic
-
-
-def prompt_digits(prompts: list[str]) -> torch.Tensor | None:
-    """The digit each prompt names, when every prompt names exactly one; else None."""
-    found = [re.findall(r"(?<![\w.])(\d)(?![\w.])", p) for p in prompts]
-    return torch.tensor([int(d[0]) for d in found]) if all(len(d) == 1 for d in found) else None
-
-
-def scorable_digits(teacher: Any) -> torch.Tensor | None:
-    """The digit of each prompt when the decoded images are 8×8 digits the feature network
-    reads (the bundled teacher); else None (the run keeps samples and wall times only)."""
-    digits = prompt_digits(list(teacher.prompt_table.prompts))
-    return digits if teacher.image_shape == (1, 8, 8) else None
-
-
-def prompt_forgetting(
-    generator: Any, teacher: Any, forget: int, safe: int, n: int, seed: int
-) -> dict[str, float]:
-    """How a student answers a forgotten prompt (SFD), by the digits classifier: ``n`` draws of
-    prompt ``forget`` read as its digit (``forget_acc``) or the safe prompt's (``to_safe``);
-    ``n // 4`` draws of every other prompt read as their digits (``retain_acc``), and of those
-    naming the forgotten digit (``retain_same_digit_acc``: a leak to the concept's neighbours)."""
-    from ..eval.features import load_digits_feature_net
-
-    digits = scorable_digits(teacher)
-    if digits is None:
-        raise ValueError("prompt_forgetting needs 8x8 digit images and one digit per prompt")
-    others = torch.tensor([i for i in range(len(digits)) if i != forget])
-    labels = torch.cat([torch.full((n,), forget), others.repeat_interleave(max(1, n // 4))])
-    rng = torch.Generator().manual_seed(seed + 4242)  # its own draw, apart from student_draw's
-    with torch.no_grad():
-        z = generator(generator.sample_latent(len(labels), rng), labels, rng=rng)
-        pred = load_digits_feature_net().logits(teacher.decode(z).cpu().clamp(-1, 1)).argmax(dim=1)
-    asked, read = labels == forget, pred == digits[labels]
-    neighbours = ~asked & (digits[labels] == digits[forget])
-
-    def share(hit: torch.Tensor) -> float:
-        return float(hit.double().mean())
-
-    return {
-        "forget_acc": share(read[asked]),
-        "to_safe": share(pred[asked] == digits[safe]),
-        "retain_acc": share(read[~asked]),
-        "retain_same_digit_acc": share(read[neighbours]) if bool(neighbours.any()) else None,
-        "n_forget": n,
-        "n_retain": int((~asked).sum()),
-    }
 
 
 def _scorer(teacher: Any):
