@@ -15,7 +15,9 @@ PF-ODE consistency error and the teacher's sampler table, is ~2.9). rCM, Hyper-S
 cond2d/gmm64/digits resolve and run (``--quick``) but their full budgets were not measured
 there. Hyper-SD's stages on ring8 (user CPU of one run on a machine loaded ~2.5x, so only the
 ratios travel): ``hypersd-ring8`` 0.9, ``hypersd-reward-
-ring8`` 1.3 (1.45x), ``hypersd-dmd-ring8`` 2.1 (2.3x: 1250 steps carry 4 critic steps).
+ring8`` 1.3 (1.45x), ``hypersd-dmd-ring8`` 2.1 (2.3x: 1250 steps carry 4 critic steps). Their
+cond2d/gmm64/digits presets (stop 35, wall time with one or two other jobs): ``hypersd-dmd``
+4.0-4.7 / 5.7-8.4 / 9.2-9.6 min, ``hypersd-reward`` 2.1-3.2 / 3.1-3.3 / 5.6-6.0 min.
 """
 
 from __future__ import annotations
