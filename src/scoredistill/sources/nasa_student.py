@@ -70,6 +70,7 @@ class NegativeDraw:
             raise ValueError(f"NegativeDraw needs non-empty negative prompts, got {texts!r}")
         self.texts, self.default = tuple(texts), default
         self.encode, self.holders = encode, tuple(holders)
+        self._default_rows: tuple[Tensor, Tensor | None] | None = None  # encoded once
 
     def pick(self, rng: torch.Generator | None, training: bool) -> str:
         """A uniform draw of ``texts`` from ``rng`` (the global RNG when None) in training,
@@ -83,8 +84,14 @@ class NegativeDraw:
         return self  # the EMA student shares it: references (the teacher), no state of its own
 
     def use(self, text: str) -> Tensor:
-        """``text``'s null row, set as every holder's guidance null; returns it ``(1, L, E)``."""
-        null, pooled = self.encode(text)
+        """``text``'s null row, set as every holder's guidance null; returns it ``(1, L, E)``.
+        The run's ``default`` (every evaluation call) is encoded once."""
+        if text != self.default:
+            null, pooled = self.encode(text)
+        else:
+            if self._default_rows is None:
+                self._default_rows = self.encode(text)
+            null, pooled = self._default_rows
         for holder in self.holders:
             holder.prompt_table = replace(holder.prompt_table, null=null, null_pooled=pooled)
         return null
