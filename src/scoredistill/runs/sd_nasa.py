@@ -106,7 +106,10 @@ def nasa_players(cfg: Any, teacher: Any, gen: Any, critic: Any) -> Any:
     draw = None
     if keys.negatives:
         holders = [teacher, critic.denoiser] if keys.critic_negative else [teacher]
-        draw = NegativeDraw(read_negatives(cfg), cfg.negative_prompt, teacher.encode_null, holders)
+        default = (table.null, table.null_pooled)  # negative_prompt's rows, encoded already
+        draw = NegativeDraw(
+            read_negatives(cfg), cfg.negative_prompt, default, teacher.encode_null, holders
+        )
     return NasaStudent(gen, table.null, tuple(keys.alpha_range), draw)
 
 

@@ -58,19 +58,24 @@ Encode = Callable[[str], tuple[Tensor, "Tensor | None"]]  # text -> (null (1, L,
 
 class NegativeDraw:
     """A list of negative prompts for NASA-T (module docstring). ``texts``: the list (the
-    paper's 10K); ``default``: the run's ``negative_prompt`` (evaluation calls); ``encode``: a
-    text's null row (``DiffusersLatentTeacher.encode_null``: encoded per call, not cached, so a
-    long list costs no memory); ``holders``: the objects whose ``prompt_table`` null follows the
+    paper's 10K); ``default``: the run's ``negative_prompt`` (evaluation calls) and
+    ``default_rows`` its null rows, already in the teacher's table; ``encode``: a drawn text's
+    null row (``DiffusersLatentTeacher.encode_null``: encoded per call, not cached, so a long
+    list costs no memory); ``holders``: the objects whose ``prompt_table`` null follows the
     negative in use (the teacher, and the critic when it shares the negative)."""
 
     def __init__(
-        self, texts: Sequence[str], default: str, encode: Encode, holders: Sequence[Any]
+        self,
+        texts: Sequence[str],
+        default: str,
+        default_rows: tuple[Tensor, Tensor | None],
+        encode: Encode,
+        holders: Sequence[Any],
     ) -> None:
         if not texts or not all(isinstance(t, str) and t for t in texts):
             raise ValueError(f"NegativeDraw needs non-empty negative prompts, got {texts!r}")
-        self.texts, self.default = tuple(texts), default
+        self.texts, self.default, self.default_rows = tuple(texts), default, default_rows
         self.encode, self.holders = encode, tuple(holders)
-        self._default_rows: tuple[Tensor, Tensor | None] | None = None  # encoded once
 
     def pick(self, rng: torch.Generator | None, training: bool) -> str:
         """A uniform draw of ``texts`` from ``rng`` (the global RNG when None) in training,
@@ -84,14 +89,8 @@ class NegativeDraw:
         return self  # the EMA student shares it: references (the teacher), no state of its own
 
     def use(self, text: str) -> Tensor:
-        """``text``'s null row, set as every holder's guidance null; returns it ``(1, L, E)``.
-        The run's ``default`` (every evaluation call) is encoded once."""
-        if text != self.default:
-            null, pooled = self.encode(text)
-        else:
-            if self._default_rows is None:
-                self._default_rows = self.encode(text)
-            null, pooled = self._default_rows
+        """``text``'s null row, set as every holder's guidance null; returns it ``(1, L, E)``."""
+        null, pooled = self.default_rows if text == self.default else self.encode(text)
         for holder in self.holders:
             holder.prompt_table = replace(holder.prompt_table, null=null, null_pooled=pooled)
         return null
