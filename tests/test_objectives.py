@@ -374,6 +374,22 @@ def test_surrogate_gradient_is_g_over_batch():
     torch.testing.assert_close(x.grad, g / 5, rtol=1e-14, atol=1e-16)
 
 
+@pytest.mark.parametrize("shape", [(6, 2), (6, 64), (6, 3, 4, 4)])
+def test_dmd_regression_is_reduced_like_the_surrogate(shape):
+    """DMD v1's regression gradient is ``2 lambda (x - y) / B`` per element at every data
+    dimension, as the matching surrogate's is ``g / B``: the weight means the same on 2-D and
+    64-D testbeds (a mean over dims made it 1/D as strong)."""
+    rng = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, dtype=F64, generator=rng).requires_grad_()
+    y = torch.randn(*shape, dtype=F64, generator=rng)
+    loss = DMD(regression_weight=0.25).regression_loss(x, y)
+    loss.value.backward()
+    torch.testing.assert_close(x.grad, 2 * 0.25 * (x - y).detach() / shape[0], rtol=1e-13, atol=0)
+    mse = (x - y).pow(2).mean().item()
+    assert loss.logs["regression_mse"] == pytest.approx(mse, rel=1e-12)
+    assert loss.value.item() == pytest.approx(0.25 * mse * x[0].numel(), rel=1e-12)
+
+
 def test_pg_sb_scale_is_drawn_in_range_and_deterministic():
     obj = VSD(guidance_range=(2.0, 6.0))
     a = [obj.scale(torch.Generator().manual_seed(3)) for _ in range(2)]
