@@ -22,7 +22,7 @@ TEACHER_NFE = (1, 2, 4, 8)
 _MAIN = (
     "dmd2",
     "dmd2-teacher-init",
-    "dmd2-teacher-init-reg",  # + DMD v1's regression term, 6000 steps (stop 36)
+    "dmd2-teacher-init-reg",  # + DMD v1's regression term (stop 36)
     "dmd2-gan",
     "dmd",
     "vsd",
