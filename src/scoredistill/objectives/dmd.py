@@ -16,10 +16,10 @@ critic learns ``D_fake`` by EDM-weighted DSM on ``sg(x)`` over all times. DMD v1
 term ``lambda_reg ||G(z) - y||^2`` on (noise, teacher-ODE output) pairs is ``regression_loss``
 (a squared distance as in revsic/flowmodels; the paper uses LPIPS). It is reduced like ``L``
 (summed over the non-batch dims, mean over the batch), so its gradient ``2 lambda_reg (x - y) / B``
-stands to ``g / B`` in the same ratio at every data dimension, as in DMD v1's Algorithm 1, where
-both the distribution-matching MSE and the regression are means over pixels. (Until stop 36 it
-was a mean over dims too, which weakened it by the data dimension against ``L``: half on the 2-D
-testbeds, 1/64 on digits.)
+stands to ``g / B`` in the same ratio at every data dimension, as where both are means over
+dims (DMD2's ``0.5 MSE_mean(x, sg(x - g))``, revsic/flowmodels' MSE regression with 0.25; LPIPS
+is a spatial mean too). (Until stop 36 it was a mean over dims against this sum, which weakened
+it by the data dimension: half on the 2-D testbeds, 1/64 on digits.)
 "DMD2 + GAN" (``gan_generator_weight > 0``) adds the diffusion-GAN term of ``_gan.py`` with the
 classifier head on the critic: ``+ gan_generator_weight L_G`` in the generator step and
 ``+ gan_critic_weight L_D`` (on teacher samples ``real``) in the critic step.
