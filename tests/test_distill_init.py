@@ -286,3 +286,50 @@ def test_latent_extra_is_refused_where_no_teacher_copy_takes_it():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(gen) == count(critic) + 6 * cfg.critic.hidden
     assert gen.sample_latent(4, torch.Generator().manual_seed(0)).shape == (4, 8)
+
+
+class _Recorder(torch.nn.Module):
+    """Delegates to ``inner`` and records the keyword arguments of every call."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, z, cond=None, **kw):
+        self.calls.append(kw)
+        return self.inner(z, cond, **kw)
+
+
+@pytest.mark.parametrize("kind", ["one_step", "few_step"])
+def test_regression_term_regresses_the_deterministic_map_of_z(kind):
+    """DMD v1's regression needs a deterministic ``z -> x``: a one-step student's ``G(z)``, a
+    few-step student's **first** step (its later steps re-noise with fresh noise). So the term
+    is the same under any state of torch's global generator, and is the first step's MSE."""
+    from scoredistill.runs.distill import _regression_term
+
+    sets = [*TINY, "objective.regression_weight=2", "regression_pairs=32", "regression_nfe=4"]
+    sets += ["train.batch_size=8", "generator.init=teacher", "generator.sigma_init=2.5"]
+    sets += ["generator.kind=few_step", "generator.steps=4"] if kind == "few_step" else []
+    cfg, objective = resolve("dmd2-teacher-init-ring8", sets)
+    testbed = get_testbed("ring8")
+    gen, _, _ = _build(cfg, testbed)
+    term = _regression_term(cfg, objective, testbed, gen)
+    rec = _Recorder(gen)
+    values = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the re-noising of a full rollout would draw from it
+        values.append(term(rec, torch.Generator().manual_seed(0)).value.item())
+    assert values[0] == values[1]
+    assert rec.calls == [{"k": 1}] * 2 if kind == "few_step" else rec.calls == [{}] * 2
+    mse = term(gen, torch.Generator().manual_seed(0)).logs["regression_mse"]
+    assert values[0] == pytest.approx(2.0 * mse * 2, rel=1e-5)  # lambda * sum over D=2 dims
+
+
+def test_regression_term_refuses_a_student_without_a_deterministic_map():
+    from scoredistill.runs.distill import _regression_term
+
+    cfg, objective = resolve(
+        "dmd2-digits", [*TINY, "objective.regression_weight=1", "generator.kind=conv"]
+    )
+    with pytest.raises(ConfigError, match=r"regression_weight > 0 needs generator\.kind"):
+        _regression_term(cfg, objective, get_testbed("digits"), None)

@@ -102,13 +102,22 @@ def _real_sampler(testbed):
 
 def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
     """DMD v1's regression loss on ``regression_pairs`` (noise, teacher-ODE sample) pairs drawn
-    once with DPM-Solver++(2M) at ``regression_nfe``; None when the objective has no such term."""
+    once with DPM-Solver++(2M) at ``regression_nfe``; None when the objective has no such term.
+
+    A few-step student regresses its **first** step's output ``D(sigma_1 z, t_1)`` (the one
+    deterministic map from ``z``; later steps re-noise with fresh noise), the role split of
+    DP-DMD (Wu et al. 2026, arXiv 2602.03139: a teacher-derived target for the first step, DMD
+    for the rest), here with DMD v1's ODE-endpoint target rather than its v-prediction one."""
     from ..samplers import sample
 
     if getattr(objective, "regression_weight", 0.0) <= 0:
         return None
-    if cfg.generator.kind != "one_step":
-        raise ConfigError("objective.regression_weight > 0 needs generator.kind=one_step")
+    if cfg.generator.kind not in ("one_step", "few_step"):
+        raise ConfigError(
+            "objective.regression_weight > 0 needs generator.kind=one_step or few_step, got "
+            f"{cfg.generator.kind}"
+        )
+    first_step = {"k": 1} if cfg.generator.kind == "few_step" else {}
     rng = torch.Generator().manual_seed(cfg.train.seed + 555)
     n, sample_cond = cfg.regression_pairs, _label_sampler(testbed)
     labels = sample_cond(n, rng) if sample_cond else None
@@ -118,7 +127,7 @@ def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
     def term(generator, step_rng: torch.Generator):
         idx = torch.randint(n, (cfg.train.batch_size,), generator=step_rng)
         c = labels[idx] if labels is not None else None
-        return objective.regression_loss(generator(z[idx], c), y[idx])
+        return objective.regression_loss(generator(z[idx], c, **first_step), y[idx])
 
     return term
 
