@@ -113,6 +113,11 @@ _TEACHER_INIT_STEPS = {"train.steps": 3000}
 # 64-NFE samples of the exact teacher (DistillConfig's defaults). docs/benchmarks.md, "DMD v1's
 # regression term on the teacher-initialised student" (stop 36)
 _REGRESSION = {"objective.regression_weight": 4.0}
+# 6000 steps on ring8 and digits, where 3000 fall short of issue 15's one-step target on some seed
+# and 6000 meet it on every seed (ring8: 0.893 -> 0.915 of seed 2's samples within 3 std; digits:
+# MMD^2 1.6-1.8x the best 4-NFE cell -> below it on all three metrics; docs/benchmarks.md, "The
+# regression preset at 6000 steps", stop 37). The other testbeds keep 3000
+_REG_LONG = {"ring8": 6000, "digits": 6000}
 # DMD2's 4-step student from the teacher (as DMD2 starts), its grid from SiD's VE level 2.5 down
 # (generator.sigma_init; the UNet presets' dmd2-4step-unet does the same): from scratch on the
 # default grid (t = 999 first, where the denoiser returns the mean whatever z) ring8 collapsed to
@@ -204,6 +209,8 @@ def _preset(method: str, testbed: str) -> dict[str, Any]:
         out["objective.base.t_reference"] = "edm"
     if method in ("msd", "msd-teacher-init"):
         out["generator.students"] = _MSD_STUDENTS[testbed]
+    if method == "dmd2-teacher-init-reg" and testbed in _REG_LONG:
+        out["train.steps"] = _REG_LONG[testbed]
     return out
 
 
@@ -215,7 +222,7 @@ _ABOUT: dict[str, str] = {
     "dmd": "DMD (Yin et al. 2023): distribution matching + regression to teacher-ODE pairs",
     "dmd2": "DMD2 (Yin et al. 2024): distribution matching, 5 critic updates per step",
     "dmd2-teacher-init-reg": "DMD2 from the teacher plus DMD v1's regression to teacher-ODE "
-    "pairs (lambda_reg 4), 3000 steps",
+    "pairs (lambda_reg 4), 3000 steps (6000 on ring8 and digits)",
     "dmd2-gan": "DMD2 + its diffusion-GAN head on the critic",
     "dmd2-teacher-init": "DMD2, student from the teacher (its critic's DSM fit), 3000 steps",
     "dmd2-4step": "DMD2 4-step student from the teacher, backward simulation, grid from sigma 2.5",
