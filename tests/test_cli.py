@@ -212,6 +212,12 @@ def test_distill_dry_run_and_bad_keys(tmp_path, capsys):
         assert code == 2 and needle in err and err.count("\n") == 1, (bad, err)
     code, _, err = _run(["distill", "--preset", "nope", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "dmd2-ring8" in err
+    # a setting that only the objective and the generator together rule out, before any training
+    bad = ["--set", "objective.regression_weight=1", "--set", "generator.kind=conv", "--dry-run"]
+    code, _, err = _run(
+        ["distill", "--preset", "dmd2-digits", *bad, "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "objective.regression_weight" in err and err.count("\n") == 1, err
 
 
 def test_distill_refuses_a_used_folder_without_resume(tmp_path, capsys):

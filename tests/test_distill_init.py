@@ -325,11 +325,9 @@ def test_regression_term_regresses_the_deterministic_map_of_z(kind):
     assert values[0] == pytest.approx(2.0 * mse * 2, rel=1e-5)  # lambda * sum over D=2 dims
 
 
-def test_regression_term_refuses_a_student_without_a_deterministic_map():
-    from scoredistill.runs.distill import _regression_term
-
-    cfg, objective = resolve(
-        "dmd2-digits", [*TINY, "objective.regression_weight=1", "generator.kind=conv"]
-    )
+def test_regression_on_a_student_without_a_deterministic_map_is_refused_at_resolution():
+    """Refused when the config resolves (before the critic's DSM start), the key named."""
     with pytest.raises(ConfigError, match=r"regression_weight > 0 needs generator\.kind"):
-        _regression_term(cfg, objective, get_testbed("digits"), None)
+        resolve("dmd2-digits", [*TINY, "objective.regression_weight=1", "generator.kind=conv"])
+    cfg, _ = resolve("dmd2-digits", [*TINY, "objective.regression_weight=0", "generator.kind=conv"])
+    assert cfg.generator.kind == "conv"

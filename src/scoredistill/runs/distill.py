@@ -79,7 +79,21 @@ class DistillConfig:
 
 def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
     """Preset + ``--set`` overrides -> (validated config, objective instance)."""
-    return resolve_config(DistillConfig(), PRESETS, preset, sets, OBJECTIVES)
+    cfg, objective = resolve_config(DistillConfig(), PRESETS, preset, sets, OBJECTIVES)
+    _check_regression(cfg, objective)
+    return cfg, objective
+
+
+def _check_regression(cfg: DistillConfig, objective: Any) -> None:
+    """DMD v1's regression needs a deterministic map ``z -> x`` to regress (``_regression_term``)."""
+    if getattr(objective, "regression_weight", 0.0) > 0 and cfg.generator.kind not in (
+        "one_step",
+        "few_step",
+    ):
+        raise ConfigError(
+            "objective.regression_weight > 0 needs generator.kind=one_step or few_step, got "
+            f"{cfg.generator.kind}"
+        )
 
 
 def _label_sampler(testbed):
@@ -112,11 +126,6 @@ def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
 
     if getattr(objective, "regression_weight", 0.0) <= 0:
         return None
-    if cfg.generator.kind not in ("one_step", "few_step"):
-        raise ConfigError(
-            "objective.regression_weight > 0 needs generator.kind=one_step or few_step, got "
-            f"{cfg.generator.kind}"
-        )
     first_step = {"k": 1} if cfg.generator.kind == "few_step" else {}
     rng = torch.Generator().manual_seed(cfg.train.seed + 555)
     n, sample_cond = cfg.regression_pairs, _label_sampler(testbed)
