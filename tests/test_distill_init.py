@@ -331,3 +331,66 @@ def test_regression_on_a_student_without_a_deterministic_map_is_refused_at_resol
         resolve("dmd2-digits", [*TINY, "objective.regression_weight=1", "generator.kind=conv"])
     cfg, _ = resolve("dmd2-digits", [*TINY, "objective.regression_weight=0", "generator.kind=conv"])
     assert cfg.generator.kind == "conv"
+
+
+def test_later_step_pairs_are_the_gaussian_flow_in_closed_form(tmp_path):
+    """``regression_steps=all``'s pairs for step k >= 2 on a one-Gaussian teacher N(mu, s^2 I):
+    the input is the teacher's samples noised to the student's level sigma_k, and the EDM
+    PF-ODE flow from sigma_k to sigma_min is the affine map
+    ``mu + sqrt(s^2 + sigma_min^2) / sqrt(s^2 + sigma_k^2) (x - mu)``."""
+    import numpy as np
+
+    from scoredistill.runs.distill import _later_step_pairs
+
+    mu, s = np.array([[1.0, -2.0]]), 0.3
+    np.savez(tmp_path / "g.npz", means=mu, weights=np.ones(1), stds=np.full(1, s))
+    cfg, _ = resolve(
+        "dmd2-4step-ring8", [*TINY, "testbed=" + str(tmp_path / "g.npz"), "train.batch_size=8"]
+    )
+    testbed = get_testbed(cfg.testbed)
+    gen, _, _ = _build(cfg, testbed)
+    y = testbed.truth.sample(4000, rng=torch.Generator().manual_seed(3))
+    pairs = _later_step_pairs(testbed, gen, y, None, torch.Generator().manual_seed(4))
+    sched, m = testbed.teacher.schedule, torch.tensor(mu, dtype=torch.float32)
+    floor = sched.alpha_sigma(torch.tensor(0.0))[1].item()  # EDM at t = 0: sigma_min, alpha 1
+    assert len(pairs) == 3
+    for t_k, (x_k, y_k) in zip(gen.ts[1:], pairs, strict=True):
+        sigma = sched.alpha_sigma(torch.tensor(t_k))[1].item()
+        assert x_k.std(0).mean().item() == pytest.approx(math.hypot(s, sigma), rel=0.05)
+        scale = math.hypot(s, floor) / math.hypot(s, sigma)
+        torch.testing.assert_close(y_k, m + scale * (x_k - m), atol=2e-4, rtol=0)
+
+
+def test_all_steps_regression_is_each_steps_mse_on_its_own_pairs():
+    """Every step k is called once on its own rows (step 1 on ``z``, k >= 2 on ``x_t`` at t_k),
+    and the term is the mean of the K regression losses."""
+    from scoredistill.runs.distill import _regression_term
+
+    sets = [*TINY, "objective.regression_weight=2", "regression_pairs=32", "regression_nfe=4"]
+    sets += ["train.batch_size=8", "regression_steps=all"]
+    cfg, objective = resolve("dmd2-4step-ring8", sets)
+    testbed = get_testbed("ring8")
+    gen, _, _ = _build(cfg, testbed)
+    term = _regression_term(cfg, objective, testbed, gen)
+    rec = _Recorder(gen)
+    loss = term(rec, torch.Generator().manual_seed(0))
+    assert [c["k"] for c in rec.calls] == [1, 2, 3, 4]
+    assert "x_t" not in rec.calls[0] and all(c["x_t"].shape == (2, 2) for c in rec.calls[1:])
+    mses = [loss.logs[f"regression_mse_{k}"] for k in range(1, 5)]
+    assert loss.value.item() == pytest.approx(2.0 * 2 * sum(mses) / 4, rel=1e-5)
+    t_2 = torch.full((2,), gen.ts[1])
+    x = rec.calls[1]["x_t"]
+    torch.testing.assert_close(gen(x, None, k=2, x_t=x), gen.denoiser(x, t_2, None))
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["regression_steps=all"],  # no regression weight
+        ["regression_steps=all", "objective.regression_weight=1", "generator.kind=one_step"],
+        ["regression_steps=all", "objective.regression_weight=1", "generator.experts=2"],
+    ],
+)
+def test_all_steps_regression_is_refused_without_one_few_step_network(sets):
+    with pytest.raises(ConfigError, match=r"regression_steps=all"):
+        resolve("dmd2-4step-ring8", [*TINY, *sets])

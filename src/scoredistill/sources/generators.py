@@ -359,11 +359,14 @@ class FewStepGenerator(nn.Module):
         rng: torch.Generator | None = None,
         k: int | None = None,
         noise_scale: float = 1.0,
+        x_t: Tensor | None = None,
     ) -> Tensor:
         """``z: (B, dim)``, ``cond: (B,)`` or None -> ``x: (B, dim)``.
 
         ``k=None``: the full K-step rollout (every call records gradients if enabled).
         ``k`` in ``1..K``: backward simulation; only the ``k``-th call records gradients.
+        ``x_t`` (with ``k``): the ``k``-th step's output from this input at ``t_k`` (``z`` is
+        unused; the per-step regression of ``runs.distill``), through ``forward`` so that DDP sees it.
         ``rng`` draws the re-noising noise (None: torch's global generator).
         ``noise_scale`` (γ) multiplies the input noise ``sigma_1 z`` and every re-noising
         ``sigma_k eps``: inference-time noise modulation (SiD-Protein, Xie et al. 2025, its
@@ -372,6 +375,10 @@ class FewStepGenerator(nn.Module):
         last = self.nfe if k is None else int(k)
         if not 1 <= last <= self.nfe:
             raise ValueError(f"k must lie in 1..{self.nfe} (the number of steps), got {k}")
+        if x_t is not None:
+            if k is None:
+                raise ValueError("x_t needs the step k it is the input of")
+            return self.denoiser(x_t, self._t(last, x_t), cond)
         z = z.reshape(z.shape[0], self.dim)
         x_t = noise_scale * self._alpha_sigma(1, z)[1] * z
         with torch.set_grad_enabled(torch.is_grad_enabled() and k is None):
