@@ -21,11 +21,19 @@ import torch
 
 from scoredistill.config import to_dict
 from scoredistill.eval.metrics import testbed_metrics
-from scoredistill.runs.distill import _build, _label_sampler, resolve
+from scoredistill.runs.distill import DistillConfig, _build, _label_sampler, resolve
 from scoredistill.teachers.testbeds import get_testbed
 from scoredistill.train.common import latest_checkpoint, module_state
 
 SHOW = ("mmd", "mmd_local", "sw2", "within_3std", "spread_ratio", "mode_coverage")
+
+
+def _same_config(cfg: DistillConfig, saved: dict) -> bool:
+    """``cfg`` is the saved run's config; a key the saved file lacks (written before the key
+    existed) must hold its default."""
+    new, default = (json.loads(json.dumps(to_dict(c))) for c in (cfg, DistillConfig()))
+    added = new.keys() - saved.keys()
+    return all(new[k] == default[k] for k in added) and {k: new.get(k) for k in saved} == saved
 
 
 def main() -> None:
@@ -37,7 +45,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     cfg, _ = resolve(args.preset, args.sets)
-    if json.loads(json.dumps(to_dict(cfg))) != json.loads((args.run / "config.json").read_text()):
+    if not _same_config(cfg, json.loads((args.run / "config.json").read_text())):
         raise SystemExit(f"{args.run}: --preset/--set do not resolve to its config.json")
     testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
     gen, _, _ = _build(cfg, testbed)
