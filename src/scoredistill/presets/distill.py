@@ -124,6 +124,13 @@ _REG_LONG = {"ring8": 6000, "digits": 6000}
 # one mode over 3 seeds (MMD^2 1.94); docs/benchmarks.md, "The 4-step DMD2 student"
 _FOUR_STEP_DMD2 = {"generator.kind": "few_step", "generator.steps": 4, **_TEACHER_INIT}
 
+# The 4-step student from the teacher with DMD v1's regression on **every** step (regression_steps
+# = all; ours): step k regresses the exact PF-ODE map from t_k on the teacher's own marginal
+# there, step 1 the 64-NFE pairs as the one-step preset. On the first step alone (stop 37) the
+# later DMD-trained steps blurred a sharp first step (90 % -> 43 % within 3 std on ring8). Same
+# lambda_reg 4 and 3000 steps as dmd2-teacher-init-reg; docs/benchmarks.md, "Every step regressed"
+_FOUR_STEP_REG = {**_REGRESSION, "regression_steps": "all", **_TEACHER_INIT_STEPS}
+
 METHODS: dict[str, dict[str, Any]] = {
     "dmd": {"method": "dmd", "objective.regression_weight": 0.25, "train.critic_updates": 1},
     "dmd2": {"method": "dmd", **_DMD2_OPT},
@@ -137,6 +144,7 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     "dmd2-gan": {"method": "dmd", **_DMD2_OPT, "objective.gan_generator_weight": 3e-3},
     "dmd2-4step": {"method": "dmd", **_DMD2_OPT, **_FOUR_STEP_DMD2},
+    "dmd2-4step-reg": {"method": "dmd", **_DMD2_OPT, **_FOUR_STEP_DMD2, **_FOUR_STEP_REG},
     # SwiftBrush updates its LoRA critic once per student step (train_swiftbrush.py)
     "vsd": {"method": "vsd", **_NO_CFG, "train.critic_updates": 1},
     "sid": {"method": "sid", **_SID_LIKE},
@@ -182,6 +190,7 @@ _GRID: dict[str, tuple[str, ...]] = {
     "dmd2-gan": TESTBEDS,
     "dmd2-teacher-init": TESTBEDS,  # leaderboard: 3 seeds on all but digits (1 seed)
     "dmd2-4step": ("ring8", "digits"),
+    "dmd2-4step-reg": TESTBEDS,
     "vsd": TESTBEDS,
     "sid": TESTBEDS,
     "sid-lsg": ("cond2d",),
@@ -226,6 +235,8 @@ _ABOUT: dict[str, str] = {
     "dmd2-gan": "DMD2 + its diffusion-GAN head on the critic",
     "dmd2-teacher-init": "DMD2, student from the teacher (its critic's DSM fit), 3000 steps",
     "dmd2-4step": "DMD2 4-step student from the teacher, backward simulation, grid from sigma 2.5",
+    "dmd2-4step-reg": "dmd2-4step plus DMD v1's regression on every step (exact PF-ODE pairs at "
+    "each step's time), 3000 steps",
     "vsd": "VSD / SwiftBrush (Nguyen & Tran 2024): one-step variational score distillation",
     "sid": "SiD (Zhou et al. 2024): score identity distillation",
     "sid-lsg": "SiD-LSG: SiD with long-and-short guidance, kappa = 1.5 on all four scales",
