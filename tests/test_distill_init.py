@@ -394,3 +394,27 @@ def test_all_steps_regression_is_each_steps_mse_on_its_own_pairs():
 def test_all_steps_regression_is_refused_without_one_few_step_network(sets):
     with pytest.raises(ConfigError, match=r"regression_steps=all"):
         resolve("dmd2-4step-ring8", [*TINY, *sets])
+
+
+def test_the_every_step_regression_preset_runs_and_logs_each_step(tmp_path):
+    """``dmd2-4step-reg`` end to end at a tiny budget: the loop adds the term to each generator
+    step and logs every step's regression MSE."""
+    import json
+
+    from scoredistill.runs.distill import run_distill
+
+    sets = [*TINY, "train.steps=3", "train.batch_size=16", "train.eval_every=0"]
+    sets += [
+        "train.eval_samples=100",
+        "train.log_every=1",
+        "regression_pairs=64",
+        "regression_nfe=4",
+    ]
+    sets += ["generator.hidden=32", "generator.depth=2"]
+    cfg, objective = resolve("dmd2-4step-reg-ring8", sets)
+    assert cfg.regression_steps == "all" and objective.regression_weight == 4.0
+    metrics = run_distill(cfg, objective, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "regression_mse_4" in r]
+    assert len(logged) == 3 and all(r["regression_mse_4"] >= 0 for r in logged)
+    assert metrics["nfe"] == 4

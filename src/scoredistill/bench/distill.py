@@ -31,6 +31,7 @@ _MAIN = (
     "fdistill-js",
     "sfd",
     "dmd2-4step",  # a 4-step student: read against the best 8-NFE rows (issue 15)
+    "dmd2-4step-reg",  # + DMD v1's regression on every step (stop 38)
     "tdm",  # 4-step (issue 13)
     "phased-dmd",  # 4-step, two experts
     "disback",  # DMD2 after a recorded backtracking path
