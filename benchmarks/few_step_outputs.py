@@ -21,9 +21,8 @@ import torch
 
 from scoredistill.config import to_dict
 from scoredistill.eval.metrics import testbed_metrics
-from scoredistill.runs.distill import DistillConfig, _build, _label_sampler, resolve
-from scoredistill.teachers.testbeds import get_testbed
-from scoredistill.train.common import latest_checkpoint, module_state
+from scoredistill.runs.distill import DistillConfig, _label_sampler, resolve, trained_student
+from scoredistill.train.common import latest_checkpoint
 
 SHOW = ("mmd", "mmd_local", "sw2", "within_3std", "spread_ratio", "mode_coverage")
 
@@ -47,10 +46,8 @@ def main() -> None:
     cfg, _ = resolve(args.preset, args.sets)
     if not _same_config(cfg, json.loads((args.run / "config.json").read_text())):
         raise SystemExit(f"{args.run}: --preset/--set do not resolve to its config.json")
-    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
-    gen, _, _ = _build(cfg, testbed)
+    _, testbed, gen = trained_student(args.run, cfg)
     checkpoint = latest_checkpoint(args.run / "checkpoints")
-    gen.load_state_dict(module_state(checkpoint, "ema"))
     rows, draw_labels = {}, _label_sampler(testbed)
     for k in range(1, gen.nfe + 1):
         rng = torch.Generator().manual_seed(cfg.train.seed + 12345)

@@ -25,20 +25,9 @@ from pathlib import Path
 
 import torch
 
-from scoredistill.config import from_dict
 from scoredistill.eval.metrics import testbed_metrics
 from scoredistill.eval.teacher_best import KEYS, grid_rows
-from scoredistill.runs.distill import DistillConfig, _build, _label_sampler
-from scoredistill.teachers.testbeds import get_testbed
-from scoredistill.train.common import latest_checkpoint, module_state
-
-
-def _student(run: Path):
-    cfg = from_dict(DistillConfig, json.loads((run / "config.json").read_text()))
-    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
-    gen, _, _ = _build(cfg, testbed)
-    gen.load_state_dict(module_state(latest_checkpoint(run / "checkpoints"), "ema"))
-    return cfg, testbed, gen.eval()
+from scoredistill.runs.distill import _label_sampler, trained_student
 
 
 def _student_row(gen, testbed, n: int, seed: int) -> dict[str, float]:
@@ -59,7 +48,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    cfg, testbed, gen = _student(args.run)
+    cfg, testbed, gen = trained_student(args.run)
     students, cells = [], {}
     seeds = [cfg.train.seed + 1000 * (d + 1) for d in range(args.draws)]
     for seed in seeds:

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,7 +90,8 @@ def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
 def _check_regression(cfg: DistillConfig, objective: Any) -> None:
     """DMD v1's regression needs a deterministic map ``z -> x`` to regress (``_regression_term``);
     every step's regression needs one few-step network."""
-    on = getattr(objective, "regression_weight", 0.0) > 0
+    weight = getattr(objective, "regression_weight", 0.0)
+    on = weight > 0
     if on and cfg.generator.kind not in ("one_step", "few_step"):
         raise ConfigError(
             "objective.regression_weight > 0 needs generator.kind=one_step or few_step, got "
@@ -101,7 +102,7 @@ def _check_regression(cfg: DistillConfig, objective: Any) -> None:
         raise ConfigError(
             "regression_steps=all regresses each step of one few-step network: it needs "
             "objective.regression_weight > 0, generator.kind=few_step and generator.experts=1 "
-            f"(got {getattr(objective, 'regression_weight', 0.0)}, {g.kind}, {g.experts})"
+            f"(got {weight}, {g.kind}, {g.experts})"
         )
 
 
@@ -260,6 +261,24 @@ def _build(cfg: DistillConfig, testbed, gan_head: bool = False):
     if cfg.generator.init == "teacher":
         gen = build_teacher_init(cfg.generator, cfg.critic, testbed, critic, cfg.train.seed)
     return gen, critic, init
+
+
+def trained_student(run: Path, cfg: DistillConfig | None = None):
+    """``(config, testbed, EMA student)`` of a finished run folder: the student rebuilt from the
+    run's ``config.json`` (or ``cfg``) and its EMA loaded from the latest checkpoint. The critic's
+    DSM fit, which only shapes a teacher-initialised student before the weights are replaced, runs
+    one step."""
+    from ..config import from_dict
+    from ..teachers.testbeds import get_testbed
+    from ..train.common import latest_checkpoint, module_state
+
+    if cfg is None:
+        cfg = from_dict(DistillConfig, json.loads((run / "config.json").read_text()))
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
+    shape_only = replace(cfg, critic=replace(cfg.critic, init_steps=1))
+    gen, _, _ = _build(shape_only, testbed)
+    gen.load_state_dict(module_state(latest_checkpoint(run / "checkpoints"), "ema"))
+    return cfg, testbed, gen.eval()
 
 
 def run_distill(
