@@ -28,6 +28,7 @@ import torch
 from scoredistill.eval.metrics import testbed_metrics
 from scoredistill.eval.teacher_best import KEYS, grid_rows
 from scoredistill.runs.distill import _label_sampler, trained_student
+from scoredistill.sources.generators import rollout
 
 
 def _student_row(gen, testbed, n: int, seed: int) -> dict[str, float]:
@@ -36,7 +37,7 @@ def _student_row(gen, testbed, n: int, seed: int) -> dict[str, float]:
     labels = draw_labels(n, rng) if draw_labels else None
     with torch.no_grad():
         z = gen.sample_latent(n, rng)
-        x = gen(z, labels, rng=rng) if hasattr(gen, "ts") else gen(z, labels)
+        x = rollout(gen, z, labels, rng)
     return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
 
 

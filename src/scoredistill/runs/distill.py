@@ -24,6 +24,7 @@ from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..presets.distill import DESCRIPTIONS, PRESETS, QUICK
+from ..sources.generators import rollout
 from ..train.common import JsonlLogger
 from ..train.disback import BacktrackConfig, TeacherPath, record_degradation
 from ..train.two_player import TwoPlayerConfig, train_two_player
@@ -208,7 +209,7 @@ def _student_samples(generator, testbed, n: int, seed: int):
     labels = sample_cond(n, rng) if sample_cond else None
     start = time.perf_counter()
     with torch.no_grad():
-        x = generator(generator.sample_latent(n, rng), labels)
+        x = rollout(generator, generator.sample_latent(n, rng), labels, rng)
     return x, labels, time.perf_counter() - start, rng
 
 
@@ -361,7 +362,7 @@ def _backtrack_path(cfg: DistillConfig, testbed, gen, critic) -> TeacherPath:
     def sample_generator(n: int, rng: torch.Generator):
         z = gen.sample_latent(n, rng)
         c = label(n, rng) if label is not None else None
-        x = gen(z, c)  # a few-step generator: its full rollout
+        x = rollout(gen, z, c, rng)  # a few-step generator: its full rollout
         return (x, c) if c is not None else x
 
     bt = cfg.backtrack

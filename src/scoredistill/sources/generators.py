@@ -364,3 +364,12 @@ class FewStepGenerator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"nfe={self.nfe}, ts={tuple(round(t, 4) for t in self.ts)}"
+
+
+def rollout(generator: nn.Module, z: Tensor, cond: Tensor | None, rng: torch.Generator) -> Tensor:
+    """A student's samples from latents ``z``: a ``FewStepGenerator``'s re-noising noise comes
+    from ``rng`` too (not torch's global generator), so an evaluation draw is fixed by its seed
+    alone; any other generator is one call ``generator(z, cond)``."""
+    if isinstance(generator, FewStepGenerator):
+        return generator(z, cond, rng=rng)
+    return generator(z, cond)
