@@ -305,7 +305,7 @@ def test_regression_term_regresses_the_deterministic_map_of_z(kind):
     """DMD v1's regression needs a deterministic ``z -> x``: a one-step student's ``G(z)``, a
     few-step student's **first** step (its later steps re-noise with fresh noise). So the term
     is the same under any state of torch's global generator, and is the first step's MSE."""
-    from scoredistill.runs.distill import _regression_term
+    from scoredistill.runs.distill_regression import regression_term as _regression_term
 
     sets = [*TINY, "objective.regression_weight=2", "regression_pairs=32", "regression_nfe=4"]
     sets += ["train.batch_size=8", "generator.init=teacher", "generator.sigma_init=2.5"]
@@ -340,7 +340,7 @@ def test_later_step_pairs_are_the_gaussian_flow_in_closed_form(tmp_path):
     ``mu + sqrt(s^2 + sigma_min^2) / sqrt(s^2 + sigma_k^2) (x - mu)``."""
     import numpy as np
 
-    from scoredistill.runs.distill import _later_step_pairs
+    from scoredistill.runs.distill_regression import later_step_pairs as _later_step_pairs
 
     mu, s = np.array([[1.0, -2.0]]), 0.3
     np.savez(tmp_path / "g.npz", means=mu, weights=np.ones(1), stds=np.full(1, s))
@@ -364,7 +364,7 @@ def test_later_step_pairs_are_the_gaussian_flow_in_closed_form(tmp_path):
 def test_all_steps_regression_is_each_steps_mse_on_its_own_pairs():
     """Every step k is called once on its own rows (step 1 on ``z``, k >= 2 on ``x_t`` at t_k),
     and the term is the mean of the K regression losses."""
-    from scoredistill.runs.distill import _regression_term
+    from scoredistill.runs.distill_regression import regression_term as _regression_term
 
     sets = [*TINY, "objective.regression_weight=2", "regression_pairs=32", "regression_nfe=4"]
     sets += ["train.batch_size=8", "regression_steps=all"]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError, LearningRate, PositiveFloat, PositiveInt, to_dict
+from ..config import LearningRate, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
@@ -35,6 +35,7 @@ from .distill_generator import (
     make_distill_critic,
     make_generator,
 )
+from .distill_regression import check_regression, regression_term
 from .distill_report import placement, save_previews, write_report
 from .dry_run import param_report
 from .family import Family, Resolved, report_section
@@ -76,7 +77,8 @@ class DistillConfig:
     regression_pairs: PositiveInt = 4096  # DMD v1: teacher-ODE (noise, sample) pairs, drawn once
     regression_nfe: PositiveInt = 64  # DPM-Solver++(2M) evaluations per pair
     # few-step students: "first" regresses step 1 (DP-DMD's split); "all" every step k on the
-    # teacher's marginal at t_k with exact PF-ODE targets (_later_step_pairs; ours, not a paper's)
+    # teacher's marginal at t_k with exact PF-ODE targets (distill_regression.later_step_pairs;
+    # ours, not a paper's)
     regression_steps: Literal["first", "all"] = "first"
     backtrack: BacktrackConfig = field(default_factory=BacktrackConfig)  # DisBack (train.disback)
 
@@ -84,27 +86,8 @@ class DistillConfig:
 def resolve(preset: str | None, sets: list[str]) -> tuple[DistillConfig, Any]:
     """Preset + ``--set`` overrides -> (validated config, objective instance)."""
     cfg, objective = resolve_config(DistillConfig(), PRESETS, preset, sets, OBJECTIVES)
-    _check_regression(cfg, objective)
+    check_regression(cfg, objective)
     return cfg, objective
-
-
-def _check_regression(cfg: DistillConfig, objective: Any) -> None:
-    """DMD v1's regression needs a deterministic map ``z -> x`` to regress (``_regression_term``);
-    every step's regression needs one few-step network."""
-    weight = getattr(objective, "regression_weight", 0.0)
-    on = weight > 0
-    if on and cfg.generator.kind not in ("one_step", "few_step"):
-        raise ConfigError(
-            "objective.regression_weight > 0 needs generator.kind=one_step or few_step, got "
-            f"{cfg.generator.kind}"
-        )
-    g = cfg.generator
-    if cfg.regression_steps == "all" and not (on and g.kind == "few_step" and g.experts == 1):
-        raise ConfigError(
-            "regression_steps=all regresses each step of one few-step network: it needs "
-            "objective.regression_weight > 0, generator.kind=few_step and generator.experts=1 "
-            f"(got {weight}, {g.kind}, {g.experts})"
-        )
 
 
 def _label_sampler(testbed):
@@ -123,82 +106,6 @@ def _real_sampler(testbed):
         return testbed.truth.sample(n, rng=rng, cond=labels), labels
 
     return sample
-
-
-def _regression_term(cfg: DistillConfig, objective: Any, testbed, gen):
-    """DMD v1's regression loss on ``regression_pairs`` (noise, teacher-ODE sample) pairs drawn
-    once with DPM-Solver++(2M) at ``regression_nfe``; None when the objective has no such term.
-
-    A few-step student regresses its **first** step's output ``D(sigma_1 z, t_1)`` (the one
-    deterministic map from ``z``; later steps re-noise with fresh noise), the role split of
-    DP-DMD (Wu et al. 2026, arXiv 2602.03139: a teacher-derived target for the first step, DMD
-    for the rest), here with DMD v1's ODE-endpoint target rather than its v-prediction one.
-    ``regression_steps="all"`` regresses every step ``k`` on pairs at its own time (our
-    extension, ``_later_step_pairs``); the term is then the mean over the K steps, each on
-    ``batch_size // K`` rows, so its weight and cost per generator step are the first-step form's."""
-    from ..samplers import sample
-
-    if getattr(objective, "regression_weight", 0.0) <= 0:
-        return None
-    first_step = {"k": 1} if cfg.generator.kind == "few_step" else {}
-    rng = torch.Generator().manual_seed(cfg.train.seed + 555)
-    n, sample_cond = cfg.regression_pairs, _label_sampler(testbed)
-    labels = sample_cond(n, rng) if sample_cond else None
-    z = gen.sample_latent(n, rng)
-    y, _ = sample(testbed.teacher, "dpmpp-2m", cfg.regression_nfe, n, rng=rng, cond=labels, z=z)
-    if cfg.regression_steps == "all":
-        return _all_steps_term(
-            cfg, objective, (z, y, labels), _later_step_pairs(testbed, gen, y, labels, rng)
-        )
-
-    def term(generator, step_rng: torch.Generator):
-        idx = torch.randint(n, (cfg.train.batch_size,), generator=step_rng)
-        c = labels[idx] if labels is not None else None
-        return objective.regression_loss(generator(z[idx], c, **first_step), y[idx])
-
-    return term
-
-
-def _later_step_pairs(testbed, gen, y: torch.Tensor, labels, rng: torch.Generator) -> list:
-    """``[(x_k, y_k)]`` for steps ``k = 2..K`` of a few-step student: ``x_k = alpha_k y +
-    sigma_k eps`` the teacher's own marginal at the student's time ``t_k`` (``y`` its ODE samples,
-    fresh ``eps``), ``y_k = Phi(x_k, t_k -> 0)`` the exact PF-ODE map to the schedule's end
-    (``teachers.pf_ode``). If step ``k - 1`` samples the teacher's law, step ``k``'s input is
-    distributed as ``x_k`` and this target carries it to the teacher's law again: each step is
-    fitted on the input it would see at the optimum, not on the student's current one."""
-    from ..teachers.pf_ode import pf_ode_map
-
-    sched, pairs = testbed.teacher.schedule, []
-    for t_k in gen.ts[1:]:
-        t = torch.full((len(y),), t_k, dtype=torch.float64)
-        alpha, sigma = (v.to(y.dtype)[:, None] for v in sched.alpha_sigma(t))
-        x_k = alpha * y + sigma * torch.randn(y.shape, generator=rng, dtype=y.dtype)
-        y_k = pf_ode_map(testbed.teacher, x_k, t, torch.zeros_like(t), cond=labels)
-        pairs.append((x_k, y_k))
-    return pairs
-
-
-def _all_steps_term(cfg: DistillConfig, objective: Any, first: tuple, later: list):
-    """The regression of every step of a few-step student (``_regression_term``): step 1 on
-    ``(z, y)``, step ``k >= 2`` on ``later[k - 2]``; the mean of the K losses."""
-    z, y, labels = first
-    steps = 1 + len(later)
-    rows = max(cfg.train.batch_size // steps, 1)
-
-    def term(generator, step_rng: torch.Generator):
-        losses = []
-        for k, (x_in, target) in enumerate([(z, y), *later], start=1):
-            idx = torch.randint(len(target), (rows,), generator=step_rng)
-            c = labels[idx] if labels is not None else None
-            given = {"k": 1} if k == 1 else {"k": k, "x_t": x_in[idx]}
-            losses.append(objective.regression_loss(generator(z[idx], c, **given), target[idx]))
-        logs = {
-            f"regression_mse_{k}": loss.logs["regression_mse"] for k, loss in enumerate(losses, 1)
-        }
-        value = torch.stack([loss.value for loss in losses]).mean()
-        return type(losses[0])(value, {"regression_mse": losses[0].logs["regression_mse"], **logs})
-
-    return term
 
 
 def _student_samples(generator, testbed, n: int, seed: int):
@@ -311,7 +218,7 @@ def run_distill(
         out_dir=out,
         resume=resume,
         sample_real=_real_sampler(testbed) if needs_real else None,
-        extra_generator_loss=_regression_term(cfg, objective, testbed, gen),
+        extra_generator_loss=regression_term(cfg, objective, testbed, gen),
     )
     ema = result["ema"]
     if not result["is_main_process"]:  # one writer per run folder
