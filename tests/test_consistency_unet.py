@@ -62,6 +62,30 @@ def test_table_grid_is_lcms_ddim_solver_pairs(teacher):
         table_times(teacher.schedule, 500)
 
 
+def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher):
+    """``original_steps = 49`` of 1000: the drawn starts are exactly the 49 timesteps of
+    ``LCMScheduler(original_inference_steps=49)`` (19, ..., 979), never 999; 50 keeps 999."""
+    from diffusers import LCMScheduler
+
+    x0 = torch.zeros(4000, 64)
+    for m in (49, 48, 50):
+        cd = CD(spacing="table", original_steps=m)
+        t, t_next, _, _ = cd.draw(x0, teacher, torch.Generator().manual_seed(0))
+        k, k_next = (t * 999).round().long(), (t_next * 999).round().long()
+        sched = LCMScheduler(original_inference_steps=m)
+        sched.set_timesteps(m)
+        assert set(k.tolist()) == set(sched.timesteps.tolist())
+        assert torch.equal(k_next, (k - 20).clamp(min=0))
+    assert int(k.max()) == 999 and CD(spacing="table").starts == 50
+
+
+@pytest.mark.parametrize("m", [47, 51])
+def test_a_topped_grid_must_keep_lcms_stride(m):
+    # LCMScheduler's stride is 1000 // m: 21 for 47 (not the solver's skip 20); 51 > 50 starts
+    with pytest.raises(ValueError, match=r"'original_steps'.*valid: 0 or one of \[48, 49, 50\]"):
+        CD(spacing="table", original_steps=m)
+
+
 def test_draw_noises_like_ddpm_add_noise_and_solve_is_ddim_step(teacher_dir):
     """``x_t`` = ``DDPMScheduler.add_noise`` at the drawn LCM timestep; the solver step = one
     ``DDIMScheduler.step`` of 20 timesteps (50 inference steps), on an unclipped teacher."""
@@ -142,6 +166,32 @@ def test_exported_pipeline_reproduces_the_student(teacher, student, tmp_path, st
     assert torch.allclose(images, (x.reshape(4, 1, 8, 8) / 2 + 0.5).clamp(0, 1), atol=ATOL)
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_topped_grid_exports_a_stock_scheduler_that_starts_at_979(
+    teacher, student, tmp_path, steps
+):
+    from diffusers import DiffusionPipeline
+
+    from scoredistill.export import export_consistency_pipeline
+
+    topped = LCMConsistency(teacher, original_steps=49).eval()
+    topped.load_state_dict(student.state_dict())
+    assert topped.timesteps(steps) == ((979,), (979, 499))[steps - 1]
+    export_consistency_pipeline(topped, teacher, tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    labels = torch.tensor([2, 5])
+    images = pipe(
+        batch_size=2, class_labels=labels, num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(3), output_type="pt",
+    ).images  # fmt: skip
+    assert tuple(pipe.scheduler.timesteps.tolist()) == topped.timesteps(steps)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        x = topped.sample(topped.sample_latent(2, g), labels, steps=steps, rng=g)
+    assert torch.allclose(images, (x.reshape(2, 1, 8, 8) / 2 + 0.5).clamp(0, 1), atol=ATOL)
+
+
 def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     args = ["distill", "--preset", "cd-unet", "--teacher", teacher_dir, "--out", "unused"]
     assert main([*args, "--dry-run"]) == 0
@@ -151,6 +201,8 @@ def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     assert out["method"] == "cd" and out["objective"]["spacing"] == "table"
     assert main([*args, "--dry-run", "--set", "objective.grid=500"]) == 2
     assert "objective.grid" in capsys.readouterr().err
+    assert main([*args, "--dry-run", "--set", "objective.original_steps=47"]) == 2
+    assert "original_steps" in capsys.readouterr().err
 
 
 @pytest.mark.slow

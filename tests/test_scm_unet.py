@@ -124,6 +124,18 @@ def test_scm_clamps_angles_to_the_table(attn_teacher):
     assert float(theta.min()) >= lo * (1 - 1e-6) and float(theta.max()) <= hi
 
 
+@pytest.mark.parametrize(("m", "top"), [(50, 999), (49, 979), (48, 959)])
+def test_theta_range_tops_at_the_grids_first_timestep(attn_teacher, m, top):
+    """sCM trains no level above the sampler's first timestep: tan(theta_max) sigma_d is
+    sigma/alpha of ``DDPMScheduler.alphas_cumprod[top]`` (diffusers' own table)."""
+    from diffusers import DDPMScheduler
+
+    abar = float(DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod[top])
+    s = TrigFlowLCM(LCMConsistency(attn_teacher, original_steps=m), SD)
+    assert s.timesteps(1) == (top,)
+    assert SD * math.tan(s.theta_range[1]) == pytest.approx(math.sqrt((1 - abar) / abar), rel=1e-4)
+
+
 def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     args = ["distill", "--preset", "scm-unet", "--teacher", teacher_dir, "--out", "unused"]
     assert main([*args, "--dry-run"]) == 0

@@ -32,6 +32,14 @@ to ``k - skip`` clamped at 0 (``train_lcm_distill_sd_wds.py``: ``timesteps = sta
 topk``, ``torch.where(timesteps < 0, 0, ...)``), so the last jump is 19 -> 0 and the boundary sits
 at ``k = 0``; these are the ``original_inference_steps = grid/skip`` timesteps of
 ``LCMScheduler``.
+
+``original_steps = m`` keeps the lowest ``m`` of the ``grid / skip`` starts (LCM's
+``num_ddim_timesteps``; ``LCMScheduler``'s ``original_inference_steps``, whose stride
+``grid // m`` must then equal ``skip``): with ``m = 49`` of 1000 the grid is 19, ..., 979, topped
+below k = 999. On a cosine table (``squaredcos_cap_v2``) sqrt(abar_999) = 4.9e-5, so the
+eps-network's x0 at k = 999 multiplies its error by 2e4 and saturates at the clip; at k = 979 the
+factor is 32, and the pure-noise start differs from x_979 by a signal of std 0.03 x0
+(``docs/consistency.md``, "A grid topped below k = 999"). 0 (LCM's default): every start.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
+from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
 from ..samplers import time_grid
 from ..teachers.pf_ode import pf_ode_map
 from ._ingredients import Loss
@@ -60,6 +68,8 @@ class CD:
     solver: Literal["ddim", "exact"] = "ddim"  # exact: the exact PF-ODE map (exact teachers)
     # schedule: the sampler grid (time_grid); table: LCM's grid on a table of `grid` entries
     spacing: Literal["schedule", "table"] = "schedule"
+    # the lowest m starts (LCM's num_ddim_timesteps); 0: all grid // skip (module docstring)
+    original_steps: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         if self.grid % self.skip:
@@ -68,6 +78,18 @@ class CD:
                 f"{self.skip}): the DDIM jumps of {self.skip} grid steps would not end on "
                 f"t_min; valid: a divisor such as {_divisors(self.grid)}"
             )
+        m, full = self.original_steps, self.grid // self.skip
+        if m > full or (m and self.grid // m != self.skip):
+            raise ConfigError(
+                f"config key 'original_steps': {m} starts need grid // original_steps = skip "
+                f"({self.grid} // {m} != {self.skip}) and at most {full}; valid: 0 or one of "
+                f"{[j for j in range(1, full + 1) if self.grid // j == self.skip]}"
+            )
+
+    @property
+    def starts(self) -> int:
+        """The number of solver starts (``original_steps``, or all ``grid // skip``)."""
+        return self.original_steps or self.grid // self.skip
 
     def times(self, schedule) -> Tensor:
         """The ``grid + 1`` teacher times, ``t_max`` first (float64)."""
@@ -102,7 +124,9 @@ class CD:
         """``(t_n, t_{n+k}, x_{t_n}, n)``: a start index ``n`` per row, its time and the next
         solver time (float64, ``(B,)``), and the noised data ``x_{t_n}: (B, D)``."""
         ts = self.times(teacher.schedule)
-        starts = torch.randint(self.grid // self.skip, (x0.shape[0],), generator=rng) * self.skip
+        dropped = self.grid // self.skip - self.starts  # the top starts a topped grid leaves out
+        draw = torch.randint(self.starts, (x0.shape[0],), generator=rng)
+        starts = (draw + dropped) * self.skip
         t, t_next = ts[starts], ts[starts + self.skip]
         alpha, sigma = (c.to(x0.dtype) for c in teacher.schedule.alpha_sigma(t))
         eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype)

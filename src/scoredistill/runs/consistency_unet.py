@@ -77,9 +77,9 @@ class ConsistencyUNetConfig:
 
 
 def _original_steps(cfg: ConsistencyUNetConfig, objective: CD | SCM) -> int:
-    """The LCM grid the student samples on: CD's solver grid, or ``student.original_steps``."""
+    """The LCM grid the student samples on: CD's solver starts, or ``student.original_steps``."""
     if isinstance(objective, CD):
-        return objective.grid // objective.skip
+        return objective.starts
     return cfg.student.original_steps
 
 

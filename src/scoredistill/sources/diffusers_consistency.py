@@ -28,7 +28,9 @@ so ``cos x_hat - sin sigma_d F = f`` holds by construction and the sCM student *
 network: ``export_consistency_pipeline`` writes it unchanged. ``k(s)`` is the teacher table's
 fractional index at log-SNR ``-2 log s`` (``index_from_log_snr``, piecewise linear, so a
 forward-mode JVP carries ``d/dtheta`` through the time input). The angles are restricted to the
-table's range (``theta_range``): an eps-network is undefined outside what it was trained on.
+table's range (``theta_range``): an eps-network is undefined outside what it was trained on; and
+below the sampler grid's top timestep, so that a grid topped below k = 999 (``original_steps``
+49 of 1000) is also the top level sCM trains (``objectives/cd.py``).
 """
 
 from __future__ import annotations
@@ -208,10 +210,17 @@ class TrigFlowLCM(nn.Module):
             (consistency.shape),
         )
         lo, hi = consistency.denoiser.log_snr_range  # log-SNR = -2 log s
+        lo = max(lo, self._log_snr(consistency.timesteps(1)[0]))  # a topped grid's top level
         self.theta_range = tuple(math.atan(math.exp(-lam / 2) / sigma_data) for lam in (hi, lo))
         self.logvar_head = nn.Linear(1 + 2 * _LOGVAR_FREQS.numel(), 1)
         nn.init.zeros_(self.logvar_head.weight)  # u = 0 at the start (sCM's adaptive weight)
         nn.init.zeros_(self.logvar_head.bias)
+
+    def _log_snr(self, k: int) -> float:
+        """The table's log-SNR at native timestep ``k``."""
+        t = torch.tensor([k / (self.f.n_train - 1)], dtype=torch.float64)
+        a, s = self.f.denoiser.native_schedule.alpha_sigma(t)
+        return float(2 * (torch.log(a) - torch.log(s)))
 
     def _native(self, x_hat: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(x_k, t)``: the native sample and library time ``k / (N - 1)`` at ``theta``."""

@@ -1,0 +1,79 @@
+"""One-step samples of exported consistency-UNet pipelines started at several top timesteps.
+
+Loads each run's ``pipeline/`` with plain ``DiffusionPipeline.from_pretrained`` (the stock
+``ConsistencyModelPipeline`` + ``LCMScheduler`` a user gets), draws one-step samples from the
+run's own fixed evaluation noise and labels (``runs.unet.student_draw``'s seed) with
+``timesteps=[k]`` for each ``k`` of ``--tops``, and scores them as the run scores its draw
+(``runs.unet.score``: FD, precision / recall, class accuracy of the digits feature network,
+score seed = seed + 1). The pipeline's own default (no ``timesteps``) is the first row of each run.
+
+This is the measurement behind "a grid topped below k = 999" (``docs/consistency.md``): on a
+cosine table sqrt(abar_999) = 4.9e-5, so an eps-network's x0 at k = 999 amplifies its error 2e4×.
+
+    OMP_NUM_THREADS=1 python benchmarks/consistency_unet_top_step.py runs/s40/cd-s0 runs/s40/scm-s0 \
+        --tops 999 979 959 939 899
+
+Prints a table and writes ``--json`` (default ``benchmarks/out/consistency_unet_top_step.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from scoredistill.runs import unet
+from scoredistill.runs.consistency_unet import ConsistencyUNetConfig
+
+
+def one_step(pipe, z: torch.Tensor, labels, top: int | None, shape) -> torch.Tensor:
+    """``(n, dim)`` samples in [-1, 1] of ``pipe`` at one step from ``z``, at ``timesteps=[top]``
+    (``None``: the scheduler's own one-step grid)."""
+    extra = {"timesteps": [top]} if top is not None else {"num_inference_steps": 1}
+    with warnings.catch_warnings():  # LCMScheduler warns when a custom grid does not start at 999
+        warnings.simplefilter("ignore")
+        images = pipe(
+            batch_size=z.shape[0], class_labels=labels, latents=z.reshape(-1, *shape),
+            output_type="pt", **extra,
+        ).images  # fmt: skip
+    return (images * 2 - 1).flatten(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--tops", type=int, nargs="+", default=[999, 979, 959, 939, 899])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--json", default="benchmarks/out/consistency_unet_top_step.json")
+    args = ap.parse_args()
+    from diffusers import DiffusionPipeline
+
+    rows = []
+    print(f"{'run':32} {'top k':>8} {'FD':>8} {'precision':>9} {'recall':>7} {'class acc':>9}")
+    for run in args.runs:
+        cfg = json.loads((run / "config.json").read_text())
+        teacher = unet.load_teacher(ConsistencyUNetConfig(teacher=cfg["teacher"]))
+        pipe = DiffusionPipeline.from_pretrained(run / "pipeline", local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        seed = cfg["train"]["seed"]
+        rng = torch.Generator().manual_seed(seed + 12345)  # runs.unet.student_draw's draw
+        sample_cond = unet._label_sampler(teacher)
+        labels = sample_cond(args.n, rng) if sample_cond else None
+        z = torch.randn(args.n, teacher.dim, generator=rng)
+        for top in [None, *args.tops]:
+            x = one_step(pipe, z, labels, top, teacher.shape)
+            row = {"run": str(run), "top": top, **unet.score(teacher, x, labels, seed + 1)}
+            rows.append(row)
+            name = "default" if top is None else str(top)
+            print(f"{run!s:32} {name:>8} {row['fd']:8.1f} {row['precision']:9.3f} "
+                  f"{row['recall']:7.3f} {row['class_acc']:9.3f}")  # fmt: skip
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        main()
