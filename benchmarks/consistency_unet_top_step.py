@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -29,16 +28,13 @@ from scoredistill.runs import unet
 from scoredistill.runs.consistency_unet import ConsistencyUNetConfig
 
 
-def one_step(pipe, z: torch.Tensor, labels, top: int | None, shape) -> torch.Tensor:
-    """``(n, dim)`` samples in [-1, 1] of ``pipe`` at one step from ``z``, at ``timesteps=[top]``
-    (``None``: the scheduler's own one-step grid)."""
+def one_step(pipe, n: int, labels, top: int | None, rng: torch.Generator) -> torch.Tensor:
+    """``(n, dim)`` samples in [-1, 1] of ``pipe`` at one step, at ``timesteps=[top]`` (``None``:
+    the scheduler's own one-step grid); the pipeline draws its noise from a copy of ``rng``
+    (``latents`` cannot be passed: the pipeline's shape check assumes 3 channels)."""
     extra = {"timesteps": [top]} if top is not None else {"num_inference_steps": 1}
-    with warnings.catch_warnings():  # LCMScheduler warns when a custom grid does not start at 999
-        warnings.simplefilter("ignore")
-        images = pipe(
-            batch_size=z.shape[0], class_labels=labels, latents=z.reshape(-1, *shape),
-            output_type="pt", **extra,
-        ).images  # fmt: skip
+    g = torch.Generator().set_state(rng.get_state())
+    images = pipe(batch_size=n, class_labels=labels, generator=g, output_type="pt", **extra).images
     return (images * 2 - 1).flatten(1)
 
 
@@ -50,7 +46,9 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/out/consistency_unet_top_step.json")
     args = ap.parse_args()
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging
 
+    logging.set_verbosity_error()  # LCMScheduler warns when a custom grid does not start at 999
     rows = []
     print(f"{'run':32} {'top k':>8} {'FD':>8} {'precision':>9} {'recall':>7} {'class acc':>9}")
     for run in args.runs:
@@ -62,9 +60,8 @@ def main() -> None:
         rng = torch.Generator().manual_seed(seed + 12345)  # runs.unet.student_draw's draw
         sample_cond = unet._label_sampler(teacher)
         labels = sample_cond(args.n, rng) if sample_cond else None
-        z = torch.randn(args.n, teacher.dim, generator=rng)
         for top in [None, *args.tops]:
-            x = one_step(pipe, z, labels, top, teacher.shape)
+            x = one_step(pipe, args.n, labels, top, rng)
             row = {"run": str(run), "top": top, **unet.score(teacher, x, labels, seed + 1)}
             rows.append(row)
             name = "default" if top is None else str(top)

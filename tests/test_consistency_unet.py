@@ -63,27 +63,23 @@ def test_table_grid_is_lcms_ddim_solver_pairs(teacher):
 
 
 def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher):
-    """``original_steps = 49`` of 1000: the drawn starts are exactly the 49 timesteps of
-    ``LCMScheduler(original_inference_steps=49)`` (19, ..., 979), never 999; 50 keeps 999."""
+    """``original_steps = m``: the drawn starts are exactly the ``m`` timesteps of
+    ``LCMScheduler(num_train_timesteps=20 m, original_inference_steps=m)`` (19, ..., 20 m - 1: the
+    table cut after them), never 999 for m < 50."""
     from diffusers import LCMScheduler
 
     x0 = torch.zeros(4000, 64)
-    for m in (49, 48, 50):
+    for m in (47, 49, 50):
         cd = CD(spacing="table", original_steps=m)
         t, t_next, _, _ = cd.draw(x0, teacher, torch.Generator().manual_seed(0))
         k, k_next = (t * 999).round().long(), (t_next * 999).round().long()
-        sched = LCMScheduler(original_inference_steps=m)
+        sched = LCMScheduler(num_train_timesteps=20 * m, original_inference_steps=m)
         sched.set_timesteps(m)
         assert set(k.tolist()) == set(sched.timesteps.tolist())
-        assert torch.equal(k_next, (k - 20).clamp(min=0))
-    assert int(k.max()) == 999 and CD(spacing="table").starts == 50
-
-
-@pytest.mark.parametrize("m", [47, 51])
-def test_a_topped_grid_must_keep_lcms_stride(m):
-    # LCMScheduler's stride is 1000 // m: 21 for 47 (not the solver's skip 20); 51 > 50 starts
-    with pytest.raises(ValueError, match=r"'original_steps'.*valid: 0 or one of \[48, 49, 50\]"):
-        CD(spacing="table", original_steps=m)
+        assert int(k.max()) == 20 * m - 1 and torch.equal(k_next, (k - 20).clamp(min=0))
+    assert CD(spacing="table").starts == 50
+    with pytest.raises(ValueError, match=r"'original_steps': 51 starts exceed the 50"):
+        CD(spacing="table", original_steps=51)
 
 
 def test_draw_noises_like_ddpm_add_noise_and_solve_is_ddim_step(teacher_dir):
@@ -166,30 +162,37 @@ def test_exported_pipeline_reproduces_the_student(teacher, student, tmp_path, st
     assert torch.allclose(images, (x.reshape(4, 1, 8, 8) / 2 + 0.5).clamp(0, 1), atol=ATOL)
 
 
-@pytest.mark.parametrize("steps", [1, 2])
-def test_a_topped_grid_exports_a_stock_scheduler_that_starts_at_979(
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_a_topped_grid_exports_a_stock_scheduler_that_starts_at_939(
     teacher, student, tmp_path, steps
 ):
-    from diffusers import DiffusionPipeline
+    """47 timesteps 20 apart: the stock pipeline runs the student on 939, ..., 19 (the teacher's
+    table cut after 940 entries: same abar at every kept k)."""
+    from diffusers import DDPMScheduler, DiffusionPipeline
 
     from scoredistill.export import export_consistency_pipeline
 
-    topped = LCMConsistency(teacher, original_steps=49).eval()
+    topped = LCMConsistency(teacher, original_steps=47, stride=20).eval()
     topped.load_state_dict(student.state_dict())
-    assert topped.timesteps(steps) == ((979,), (979, 499))[steps - 1]
+    want = {1: (939,), 2: (939, 479), 4: (939, 719, 479, 239)}[steps]
+    assert topped.timesteps(steps) == want
     export_consistency_pipeline(topped, teacher, tmp_path)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod[:940]
+    assert torch.allclose(pipe.scheduler.alphas_cumprod, abar)
     labels = torch.tensor([2, 5])
     images = pipe(
         batch_size=2, class_labels=labels, num_inference_steps=steps,
         generator=torch.Generator().manual_seed(3), output_type="pt",
     ).images  # fmt: skip
-    assert tuple(pipe.scheduler.timesteps.tolist()) == topped.timesteps(steps)
+    assert tuple(pipe.scheduler.timesteps.tolist()) == want
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         x = topped.sample(topped.sample_latent(2, g), labels, steps=steps, rng=g)
     assert torch.allclose(images, (x.reshape(2, 1, 8, 8) / 2 + 0.5).clamp(0, 1), atol=ATOL)
+    with pytest.raises(ValueError, match="50 timesteps 21 apart exceeds the teacher's 1000"):
+        LCMConsistency(teacher, original_steps=50, stride=21)
 
 
 def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
@@ -201,7 +204,7 @@ def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     assert out["method"] == "cd" and out["objective"]["spacing"] == "table"
     assert main([*args, "--dry-run", "--set", "objective.grid=500"]) == 2
     assert "objective.grid" in capsys.readouterr().err
-    assert main([*args, "--dry-run", "--set", "objective.original_steps=47"]) == 2
+    assert main([*args, "--dry-run", "--set", "objective.original_steps=51"]) == 2
     assert "original_steps" in capsys.readouterr().err
 
 

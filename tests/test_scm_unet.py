@@ -124,14 +124,14 @@ def test_scm_clamps_angles_to_the_table(attn_teacher):
     assert float(theta.min()) >= lo * (1 - 1e-6) and float(theta.max()) <= hi
 
 
-@pytest.mark.parametrize(("m", "top"), [(50, 999), (49, 979), (48, 959)])
-def test_theta_range_tops_at_the_grids_first_timestep(attn_teacher, m, top):
+@pytest.mark.parametrize(("m", "stride", "top"), [(50, 0, 999), (49, 0, 979), (47, 20, 939)])
+def test_theta_range_tops_at_the_grids_first_timestep(attn_teacher, m, stride, top):
     """sCM trains no level above the sampler's first timestep: tan(theta_max) sigma_d is
     sigma/alpha of ``DDPMScheduler.alphas_cumprod[top]`` (diffusers' own table)."""
     from diffusers import DDPMScheduler
 
     abar = float(DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod[top])
-    s = TrigFlowLCM(LCMConsistency(attn_teacher, original_steps=m), SD)
+    s = TrigFlowLCM(LCMConsistency(attn_teacher, original_steps=m, stride=stride), SD)
     assert s.timesteps(1) == (top,)
     assert SD * math.tan(s.theta_range[1]) == pytest.approx(math.sqrt((1 - abar) / abar), rel=1e-4)
 
@@ -143,6 +143,8 @@ def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     assert out["method"] == "scm" and out["objective"]["tangent_warmup_steps"] == 400
     assert main([*args, "--dry-run", "--set", "student.original_steps=2000"]) == 2
     assert "student.original_steps" in capsys.readouterr().err
+    assert main([*args, "--dry-run", "--set", "student.stride=21"]) == 2
+    assert "student.stride" in capsys.readouterr().err
 
 
 @pytest.mark.slow

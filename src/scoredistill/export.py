@@ -288,7 +288,7 @@ def export_consistency_pipeline(
     docstring) running ``student`` at any step count up to its ``original_steps``."""
     from diffusers import ConsistencyModelPipeline, LCMScheduler
 
-    n = student.n_train
+    n = student.n_table  # the teacher's table, cut after a topped grid's top timestep
     lcm = LCMScheduler(
         num_train_timesteps=n,
         trained_betas=_betas(teacher)[:n],
@@ -298,7 +298,7 @@ def export_consistency_pipeline(
         clip_sample_range=teacher.clip_sample or 1.0,
         timestep_scaling=student.timestep_scaling,
     )
-    abar = torch.tensor(teacher.native_schedule.alphas_cumprod, dtype=torch.float64)
+    abar = torch.tensor(teacher.native_schedule.alphas_cumprod[:n], dtype=torch.float64)
     if not torch.allclose(lcm.alphas_cumprod.double(), abar):
         raise ValueError("the scheduler's table differs from the teacher's: not its student")
     pipe = ConsistencyModelPipeline(unet=_frozen(student.denoiser.model), scheduler=lcm)

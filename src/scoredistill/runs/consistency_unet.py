@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError, PositiveFloat, PositiveInt, to_dict
+from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives.cd import CD
@@ -50,8 +50,11 @@ METHODS: dict[str, type] = {"cd": CD, "scm": SCM}
 class StudentConfig:
     timestep_scaling: PositiveFloat = 10.0  # LCM's c_skip/c_out scale (LCMScheduler's default)
     sample_steps: PositiveInt = 1  # steps of samples.npz and the top-level metrics
-    # scm: LCM grid size the student samples and exports on (cd: objective.grid // skip)
+    # scm: LCM grid size the student samples and exports on (cd: objective.original_steps)
     original_steps: PositiveInt = 50
+    # scm: the grid's spacing; 0: the teacher's n // original_steps (LCMScheduler's), else the
+    # grid tops at original_steps * stride - 1 (cd: objective.skip; objectives/cd.py)
+    stride: NonNegativeInt = 0
     sigma_data: PositiveFloat = 0.5  # scm: TrigFlow's sigma_d (sCM's, images in [-1, 1])
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"  # attention kernels (runs.unet.load_teacher)
@@ -76,11 +79,12 @@ class ConsistencyUNetConfig:
     export: bool = True  # write OUT/pipeline/
 
 
-def _original_steps(cfg: ConsistencyUNetConfig, objective: CD | SCM) -> int:
-    """The LCM grid the student samples on: CD's solver starts, or ``student.original_steps``."""
+def _grid(cfg: ConsistencyUNetConfig, objective: CD | SCM) -> tuple[int, int]:
+    """``(original_steps, stride)`` of the LCM grid the student samples on: CD's solver starts
+    and skip, or ``student.original_steps`` and ``student.stride``."""
     if isinstance(objective, CD):
-        return objective.starts
-    return cfg.student.original_steps
+        return objective.starts, objective.skip
+    return cfg.student.original_steps, cfg.student.stride
 
 
 def _check(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> None:
@@ -91,12 +95,16 @@ def _check(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> None:
             f"config key 'teacher': LCM's grid needs a VP-table teacher (DDPM, DDIM, ...), not a "
             f"{type(teacher.scheduler).__name__}"
         )
-    m = _original_steps(cfg, objective)
+    (m, stride), n = _grid(cfg, objective), teacher.native_schedule.n
     if isinstance(objective, SCM):
-        if m > teacher.native_schedule.n:
+        if m > n:
             raise ConfigError(
-                f"config key 'student.original_steps': {m} exceeds the teacher's "
-                f"{teacher.native_schedule.n} timesteps"
+                f"config key 'student.original_steps': {m} exceeds the teacher's {n} timesteps"
+            )
+        if m * stride > n:
+            raise ConfigError(
+                f"config key 'student.stride': {m} timesteps {stride} apart exceed the teacher's "
+                f"{n}; valid: 0 (n // original_steps) to {n // m}"
             )
     else:
         _check_cd(objective, teacher)
@@ -136,7 +144,8 @@ def _student(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher):
     torch.manual_seed(cfg.train.seed)
     lcm = LCMConsistency(
         teacher,
-        original_steps=_original_steps(cfg, objective),
+        original_steps=_grid(cfg, objective)[0],
+        stride=_grid(cfg, objective)[1],
         timestep_scaling=cfg.student.timestep_scaling,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
     )

@@ -29,8 +29,8 @@ network: ``export_consistency_pipeline`` writes it unchanged. ``k(s)`` is the te
 fractional index at log-SNR ``-2 log s`` (``index_from_log_snr``, piecewise linear, so a
 forward-mode JVP carries ``d/dtheta`` through the time input). The angles are restricted to the
 table's range (``theta_range``): an eps-network is undefined outside what it was trained on; and
-below the sampler grid's top timestep, so that a grid topped below k = 999 (``original_steps``
-49 of 1000) is also the top level sCM trains (``objectives/cd.py``).
+below the sampler grid's top timestep, so that a grid topped below k = 999 (``original_steps`` 47
+at stride 20 tops at k = 939) is also the top level sCM trains (``objectives/cd.py``).
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ def lcm_inference_timesteps(n_train: int, original_steps: int, steps: int) -> tu
 class LCMConsistency(nn.Module):
     """``forward(x_t, t, cond) -> (B, dim)``: ``f_theta`` at library time ``t`` of the teacher's
     native table (``t = k / (N - 1)``); ``sample(z, cond, steps=, rng=)``: the LCM sampler.
-    ``original_steps``: the training grid's number of DDIM timesteps (LCM's 50 of 1000)."""
+    ``original_steps``: the training grid's number of DDIM timesteps ``m`` (LCM's 50 of 1000);
+    ``stride``: their spacing (0: ``N // m``, ``LCMScheduler``'s). The grid is ``j stride - 1``,
+    ``j = 1..m``, LCMScheduler's on the table cut after ``n_table = m stride`` entries: with
+    ``m = 47``, ``stride = 20`` it tops at k = 939, not 999 (``objectives/cd.py``)."""
 
     def __init__(
         self,
         teacher: DiffusersTeacher,
         *,
         original_steps: int = 50,
+        stride: int = 0,
         timestep_scaling: float = 10.0,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -95,6 +99,12 @@ class LCMConsistency(nn.Module):
         self.n_train = teacher.native_schedule.n
         self.original_steps, self.timestep_scaling = int(original_steps), float(timestep_scaling)
         lcm_inference_timesteps(self.n_train, self.original_steps, 1)  # checks the sizes
+        self.n_table = self.original_steps * (int(stride) or self.n_train // self.original_steps)
+        if self.n_table > self.n_train:
+            raise ValueError(
+                f"a grid of {original_steps} timesteps {stride} apart exceeds the teacher's "
+                f"{self.n_train}"
+            )
         self.dim, self.num_classes, self.shape = teacher.dim, teacher.num_classes, teacher.shape
 
     @property
@@ -115,7 +125,7 @@ class LCMConsistency(nn.Module):
 
     def timesteps(self, steps: int) -> tuple[int, ...]:
         """The ``steps`` native timesteps of the sampler (``lcm_inference_timesteps``)."""
-        return lcm_inference_timesteps(self.n_train, self.original_steps, steps)
+        return lcm_inference_timesteps(self.n_table, self.original_steps, steps)
 
     def sample_latent(self, n: int, rng: torch.Generator | None = None) -> Tensor:
         """``z: (n, dim) ~ N(0, I)``: a pipeline's ``randn((n, C, H, W), generator)``."""
