@@ -177,6 +177,10 @@ def test_a_topped_grid_exports_a_stock_scheduler_that_starts_at_939(
     want = {1: (939,), 2: (939, 479), 4: (939, 719, 479, 239)}[steps]
     assert topped.timesteps(steps) == want
     export_consistency_pipeline(topped, teacher, tmp_path)
+    assert (
+        "cut after 940 entries: the grid tops at 939"
+        in (tmp_path / "pipeline/README.md").read_text()
+    )
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod[:940]

@@ -315,7 +315,8 @@ def export_consistency_pipeline(
         f"# Consistency student distilled with scoredistill\n\n{how}\n\n"
         f"- Stock `ConsistencyModelPipeline` + `LCMScheduler` (`timestep_scaling` "
         f"{student.timestep_scaling:g}, `original_inference_steps` {student.original_steps}: "
-        "the training grid). Any `num_inference_steps` from 1 to that grid runs; "
+        f"the training grid{_cut(n, student.n_train)}). Any `num_inference_steps` from 1 to that "
+        "grid runs; "
         f"timesteps per step count: {'; '.join(grids)}.\n"
         "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
         + _labels_text(student, teacher, pipe=True)  # type: ignore[arg-type]
@@ -325,6 +326,15 @@ def export_consistency_pipeline(
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").write_text(readme, encoding="utf-8")
     return Path(out_dir) / "pipeline"
+
+
+def _cut(n: int, n_train: int) -> str:
+    """The README's note on a table cut after a topped grid's top timestep."""
+    if n == n_train:
+        return ""
+    return (
+        f", on the teacher's {n_train}-entry table cut after {n} entries: the grid tops at {n - 1}"
+    )
 
 
 def export_run(
