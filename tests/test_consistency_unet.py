@@ -62,24 +62,38 @@ def test_table_grid_is_lcms_ddim_solver_pairs(teacher):
         table_times(teacher.schedule, 500)
 
 
-def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher):
-    """``original_steps = m``: the drawn starts are exactly the ``m`` timesteps of
+@pytest.mark.parametrize(("top_alpha", "m"), [(0.0, 50), (0.05, 48), (0.068, 47)])
+def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher, top_alpha, m):
+    """``top_alpha``: the drawn starts are exactly the ``m`` timesteps of
     ``LCMScheduler(num_train_timesteps=20 m, original_inference_steps=m)`` (19, ..., 20 m - 1: the
-    table cut after them), never 999 for m < 50."""
-    from diffusers import LCMScheduler
+    table cut after them) with sqrt(abar) >= top_alpha in diffusers' own cosine table."""
+    from diffusers import DDPMScheduler, LCMScheduler
 
-    x0 = torch.zeros(4000, 64)
-    for m in (47, 49, 50):
-        cd = CD(spacing="table", original_steps=m)
-        t, t_next, _, _ = cd.draw(x0, teacher, torch.Generator().manual_seed(0))
-        k, k_next = (t * 999).round().long(), (t_next * 999).round().long()
-        sched = LCMScheduler(num_train_timesteps=20 * m, original_inference_steps=m)
-        sched.set_timesteps(m)
-        assert set(k.tolist()) == set(sched.timesteps.tolist())
-        assert int(k.max()) == 20 * m - 1 and torch.equal(k_next, (k - 20).clamp(min=0))
-    assert CD(spacing="table").starts == 50
-    with pytest.raises(ValueError, match=r"'original_steps': 51 starts exceed the 50"):
-        CD(spacing="table", original_steps=51)
+    cd = CD(spacing="table", top_alpha=top_alpha)
+    assert cd.starts(teacher.schedule) == m
+    t, t_next, _, _ = cd.draw(torch.zeros(4000, 64), teacher, torch.Generator().manual_seed(0))
+    k, k_next = (t * 999).round().long(), (t_next * 999).round().long()
+    sched = LCMScheduler(num_train_timesteps=20 * m, original_inference_steps=m)
+    sched.set_timesteps(m)
+    assert set(k.tolist()) == set(sched.timesteps.tolist())
+    assert torch.equal(k_next, (k - 20).clamp(min=0))
+    abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    assert float(abar[20 * m - 1]) ** 0.5 >= top_alpha
+    assert m == 50 or float(abar[20 * m + 19]) ** 0.5 < top_alpha  # the next one up is cut
+
+
+def test_top_alpha_cuts_cd_and_scm_grids_alike_and_a_bad_one_is_named(teacher_dir, teacher, capsys):
+    from scoredistill.objectives.scm import SCM
+    from scoredistill.runs.consistency_unet import ConsistencyUNetConfig, StudentConfig, _grid
+
+    cfg = ConsistencyUNetConfig(student=StudentConfig(top_alpha=0.068))
+    assert _grid(cfg, CD(spacing="table", top_alpha=0.068), teacher) == (47, 20)
+    assert _grid(cfg, SCM(), teacher) == (47, 20)
+    assert _grid(ConsistencyUNetConfig(), SCM(), teacher) == (50, 20)
+    for preset, key in (("cd-unet", "objective.top_alpha"), ("scm-unet", "student.top_alpha")):
+        args = ["distill", "--preset", preset, "--teacher", teacher_dir, "--out", "unused"]
+        assert main([*args, "--dry-run", "--set", f"{key}=0.9999"]) == 2
+        assert key in capsys.readouterr().err
 
 
 def test_draw_noises_like_ddpm_add_noise_and_solve_is_ddim_step(teacher_dir):
@@ -208,8 +222,6 @@ def test_dry_run_and_a_bad_grid(teacher_dir, capsys):
     assert out["method"] == "cd" and out["objective"]["spacing"] == "table"
     assert main([*args, "--dry-run", "--set", "objective.grid=500"]) == 2
     assert "objective.grid" in capsys.readouterr().err
-    assert main([*args, "--dry-run", "--set", "objective.original_steps=51"]) == 2
-    assert "original_steps" in capsys.readouterr().err
 
 
 @pytest.mark.slow

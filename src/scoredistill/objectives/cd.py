@@ -33,14 +33,14 @@ topk``, ``torch.where(timesteps < 0, 0, ...)``), so the last jump is 19 -> 0 and
 at ``k = 0``; these are the ``original_inference_steps = grid/skip`` timesteps of
 ``LCMScheduler``.
 
-``original_steps = m`` keeps the lowest ``m`` of the ``grid / skip`` starts (LCM's
-``num_ddim_timesteps``; 0, LCM's default: all). With ``m = 47`` of 1000 the grid is 19, ..., 939,
-topped below k = 999, and the exported ``LCMScheduler`` (``original_inference_steps = m``) runs
-on the teacher's table cut after ``m skip`` entries, so its stride is still ``skip``. On a cosine
-table (``squaredcos_cap_v2``) sqrt(abar_999) = 4.9e-5: the eps-network's x0 at k = 999 multiplies
-its error by 2e4 and saturates at the clip; at k = 939 the factor is 11 and the pure-noise start
-differs from x_939 by a signal of 0.09 x0, about that of k = 999 on Stable Diffusion's table
-(0.068), for which LCM was built (``docs/consistency.md``, "A grid topped below k = 999").
+``top_alpha`` tops the grid: only starts whose signal level ``alpha`` (sqrt(abar)) is at least
+``top_alpha`` are drawn (0, LCM's default: all). The cut is defined on the signal level, so it
+means the same on every table. ``runs/consistency_unet.py``'s presets use 0.068, Stable
+Diffusion's sqrt(abar_999) (``scaled_linear``), the top LCM was built on: its grid there is LCM's
+own, while on a cosine table (``squaredcos_cap_v2``, sqrt(abar_999) = 4.9e-5: the eps-network's
+x0 at k = 999 multiplies its error by 2e4 and saturates at the clip) the grid tops at k = 939
+(alpha 0.093) and the exported ``LCMScheduler`` runs on the teacher's table cut after 940 entries
+(``docs/consistency.md``, "A grid topped below k = 999").
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
+from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
 from ..samplers import time_grid
 from ..teachers.pf_ode import pf_ode_map
 from ._ingredients import Loss
@@ -69,8 +69,8 @@ class CD:
     solver: Literal["ddim", "exact"] = "ddim"  # exact: the exact PF-ODE map (exact teachers)
     # schedule: the sampler grid (time_grid); table: LCM's grid on a table of `grid` entries
     spacing: Literal["schedule", "table"] = "schedule"
-    # the lowest m starts (LCM's num_ddim_timesteps); 0: all grid // skip (module docstring)
-    original_steps: NonNegativeInt = 0
+    # the drawn starts' minimal signal level alpha; 0: every start (module docstring)
+    top_alpha: UnitFloat = 0.0
 
     def __post_init__(self) -> None:
         if self.grid % self.skip:
@@ -79,17 +79,18 @@ class CD:
                 f"{self.skip}): the DDIM jumps of {self.skip} grid steps would not end on "
                 f"t_min; valid: a divisor such as {_divisors(self.grid)}"
             )
-        if self.original_steps > self.grid // self.skip:
-            raise ConfigError(
-                f"config key 'original_steps': {self.original_steps} starts exceed the "
-                f"{self.grid // self.skip} of grid {self.grid} at skip {self.skip}; valid: 0 "
-                f"(all) to {self.grid // self.skip}"
-            )
 
-    @property
-    def starts(self) -> int:
-        """The number of solver starts (``original_steps``, or all ``grid // skip``)."""
-        return self.original_steps or self.grid // self.skip
+    def starts(self, schedule) -> int:
+        """The number of solver starts kept on ``schedule``: those with ``alpha >= top_alpha``
+        (the lowest ones); ``ConfigError`` naming ``top_alpha`` when none is."""
+        ts = self.times(schedule)[: self.grid : self.skip]
+        m = int((schedule.alpha_sigma(ts)[0] >= self.top_alpha).sum())
+        if m == 0:
+            raise ConfigError(
+                f"config key 'objective.top_alpha': no solver start has a signal level alpha >= "
+                f"{self.top_alpha} (the lowest start's is {float(schedule.alpha_sigma(ts)[0][-1]):.3g})"
+            )
+        return m
 
     def times(self, schedule) -> Tensor:
         """The ``grid + 1`` teacher times, ``t_max`` first (float64)."""
@@ -124,8 +125,9 @@ class CD:
         """``(t_n, t_{n+k}, x_{t_n}, n)``: a start index ``n`` per row, its time and the next
         solver time (float64, ``(B,)``), and the noised data ``x_{t_n}: (B, D)``."""
         ts = self.times(teacher.schedule)
-        dropped = self.grid // self.skip - self.starts  # the top starts a topped grid leaves out
-        draw = torch.randint(self.starts, (x0.shape[0],), generator=rng)
+        kept = self.starts(teacher.schedule)
+        dropped = self.grid // self.skip - kept  # the top starts a topped grid leaves out
+        draw = torch.randint(kept, (x0.shape[0],), generator=rng)
         starts = (draw + dropped) * self.skip
         t, t_next = ts[starts], ts[starts + self.skip]
         alpha, sigma = (c.to(x0.dtype) for c in teacher.schedule.alpha_sigma(t))

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, to_dict
+from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives.cd import CD
@@ -52,9 +52,9 @@ class StudentConfig:
     sample_steps: PositiveInt = 1  # steps of samples.npz and the top-level metrics
     # scm: LCM grid size the student samples and exports on (cd: objective.original_steps)
     original_steps: PositiveInt = 50
-    # scm: the grid's spacing; 0: the teacher's n // original_steps (LCMScheduler's), else the
-    # grid tops at original_steps * stride - 1 (cd: objective.skip; objectives/cd.py)
-    stride: NonNegativeInt = 0
+    # scm: the grid's top timestep is the highest with signal level sqrt(abar) >= top_alpha;
+    # 0: LCM's grid to k = N - 1 (cd: objective.top_alpha; objectives/cd.py)
+    top_alpha: UnitFloat = 0.0
     sigma_data: PositiveFloat = 0.5  # scm: TrigFlow's sigma_d (sCM's, images in [-1, 1])
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"  # attention kernels (runs.unet.load_teacher)
@@ -79,12 +79,21 @@ class ConsistencyUNetConfig:
     export: bool = True  # write OUT/pipeline/
 
 
-def _grid(cfg: ConsistencyUNetConfig, objective: CD | SCM) -> tuple[int, int]:
-    """``(original_steps, stride)`` of the LCM grid the student samples on: CD's solver starts
-    and skip, or ``student.original_steps`` and ``student.stride``."""
+def _grid(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> tuple[int, int]:
+    """``(m, stride)`` of the LCM grid the student samples on, ``j stride - 1`` for ``j = 1..m``:
+    CD's kept solver starts and skip, or ``student.original_steps``' grid (stride ``N // m``)
+    kept up to its highest timestep with ``sqrt(abar) >= student.top_alpha``."""
     if isinstance(objective, CD):
-        return objective.starts, objective.skip
-    return cfg.student.original_steps, cfg.student.stride
+        return objective.starts(teacher.schedule), objective.skip
+    m, abar = cfg.student.original_steps, teacher.native_schedule.alphas_cumprod
+    stride = len(abar) // m
+    kept = sum(float(abar[j * stride - 1]) ** 0.5 >= cfg.student.top_alpha for j in range(1, m + 1))
+    if kept == 0:
+        raise ConfigError(
+            f"config key 'student.top_alpha': no grid timestep has sqrt(abar) >= "
+            f"{cfg.student.top_alpha} (timestep {stride - 1}: {float(abar[stride - 1]) ** 0.5:.3g})"
+        )
+    return kept, stride
 
 
 def _check(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> None:
@@ -95,19 +104,16 @@ def _check(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> None:
             f"config key 'teacher': LCM's grid needs a VP-table teacher (DDPM, DDIM, ...), not a "
             f"{type(teacher.scheduler).__name__}"
         )
-    (m, stride), n = _grid(cfg, objective), teacher.native_schedule.n
+    n = teacher.native_schedule.n
     if isinstance(objective, SCM):
-        if m > n:
+        if cfg.student.original_steps > n:
             raise ConfigError(
-                f"config key 'student.original_steps': {m} exceeds the teacher's {n} timesteps"
-            )
-        if m * stride > n:
-            raise ConfigError(
-                f"config key 'student.stride': {m} timesteps {stride} apart exceed the teacher's "
-                f"{n}; valid: 0 (n // original_steps) to {n // m}"
+                f"config key 'student.original_steps': {cfg.student.original_steps} exceeds the "
+                f"teacher's {n} timesteps"
             )
     else:
         _check_cd(objective, teacher)
+    m, _ = _grid(cfg, objective, teacher)
     bad = [k for k in (*cfg.eval.steps, cfg.student.sample_steps) if k > m]
     if bad:
         raise ConfigError(f"config key 'eval.steps': {bad} exceed the {m} grid timesteps")
@@ -144,8 +150,8 @@ def _student(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher):
     torch.manual_seed(cfg.train.seed)
     lcm = LCMConsistency(
         teacher,
-        original_steps=_grid(cfg, objective)[0],
-        stride=_grid(cfg, objective)[1],
+        original_steps=_grid(cfg, objective, teacher)[0],
+        stride=_grid(cfg, objective, teacher)[1],
         timestep_scaling=cfg.student.timestep_scaling,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
     )
