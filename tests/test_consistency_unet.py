@@ -62,14 +62,14 @@ def test_table_grid_is_lcms_ddim_solver_pairs(teacher):
         table_times(teacher.schedule, 500)
 
 
-@pytest.mark.parametrize(("top_alpha", "m"), [(0.0, 50), (0.05, 48), (0.068, 47)])
-def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher, top_alpha, m):
-    """``top_alpha``: the drawn starts are exactly the ``m`` timesteps of
+@pytest.mark.parametrize(("top", "m"), [(None, 50), (-6.0, 48), (-5.4, 47), (-3.8, 45)])
+def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher, top, m):
+    """``top_log_snr``: the drawn starts are exactly the ``m`` timesteps of
     ``LCMScheduler(num_train_timesteps=20 m, original_inference_steps=m)`` (19, ..., 20 m - 1: the
-    table cut after them) with sqrt(abar) >= top_alpha in diffusers' own cosine table."""
+    table cut after them) with log-SNR >= top in diffusers' own cosine table."""
     from diffusers import DDPMScheduler, LCMScheduler
 
-    cd = CD(spacing="table", top_alpha=top_alpha)
+    cd = CD(spacing="table", top_log_snr=top)
     assert cd.starts(teacher.schedule) == m
     t, t_next, _, _ = cd.draw(torch.zeros(4000, 64), teacher, torch.Generator().manual_seed(0))
     k, k_next = (t * 999).round().long(), (t_next * 999).round().long()
@@ -77,22 +77,26 @@ def test_a_topped_grid_draws_lcm_schedulers_timesteps_below_999(teacher, top_alp
     sched.set_timesteps(m)
     assert set(k.tolist()) == set(sched.timesteps.tolist())
     assert torch.equal(k_next, (k - 20).clamp(min=0))
-    abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
-    assert float(abar[20 * m - 1]) ** 0.5 >= top_alpha
-    assert m == 50 or float(abar[20 * m + 19]) ** 0.5 < top_alpha  # the next one up is cut
+    abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    lam = torch.log(abar / (1 - abar))
+    if top is not None:
+        assert float(lam[20 * m - 1]) >= top > float(lam[20 * m + 19])  # the next one up is cut
 
 
-def test_top_alpha_cuts_cd_and_scm_grids_alike_and_a_bad_one_is_named(teacher_dir, teacher, capsys):
+def test_top_log_snr_cuts_cd_and_scm_grids_alike_and_a_bad_one_is_named(
+    teacher_dir, teacher, capsys
+):
     from scoredistill.objectives.scm import SCM
     from scoredistill.runs.consistency_unet import ConsistencyUNetConfig, StudentConfig, _grid
 
-    cfg = ConsistencyUNetConfig(student=StudentConfig(top_alpha=0.068))
-    assert _grid(cfg, CD(spacing="table", top_alpha=0.068), teacher) == (47, 20)
-    assert _grid(cfg, SCM(), teacher) == (47, 20)
+    for top, m in ((-5.4, 47), (-3.8, 45)):
+        cfg = ConsistencyUNetConfig(student=StudentConfig(top_log_snr=top))
+        assert _grid(cfg, CD(spacing="table", top_log_snr=top), teacher) == (m, 20)
+        assert _grid(cfg, SCM(), teacher) == (m, 20)
     assert _grid(ConsistencyUNetConfig(), SCM(), teacher) == (50, 20)
-    for preset, key in (("cd-unet", "objective.top_alpha"), ("scm-unet", "student.top_alpha")):
+    for preset, key in (("cd-unet", "objective.top_log_snr"), ("scm-unet", "student.top_log_snr")):
         args = ["distill", "--preset", preset, "--teacher", teacher_dir, "--out", "unused"]
-        assert main([*args, "--dry-run", "--set", f"{key}=0.9999"]) == 2
+        assert main([*args, "--dry-run", "--set", f"{key}=9"]) == 2
         assert key in capsys.readouterr().err
 
 

@@ -33,14 +33,14 @@ topk``, ``torch.where(timesteps < 0, 0, ...)``), so the last jump is 19 -> 0 and
 at ``k = 0``; these are the ``original_inference_steps = grid/skip`` timesteps of
 ``LCMScheduler``.
 
-``top_alpha`` tops the grid: only starts whose signal level ``alpha`` (sqrt(abar)) is at least
-``top_alpha`` are drawn (0, LCM's default: all). The cut is defined on the signal level, so it
-means the same on every table. ``runs/consistency_unet.py``'s presets use 0.068, Stable
-Diffusion's sqrt(abar_999) (``scaled_linear``), the top LCM was built on: its grid there is LCM's
-own, while on a cosine table (``squaredcos_cap_v2``, sqrt(abar_999) = 4.9e-5: the eps-network's
-x0 at k = 999 multiplies its error by 2e4 and saturates at the clip) the grid tops at k = 939
-(alpha 0.093) and the exported ``LCMScheduler`` runs on the teacher's table cut after 940 entries
-(``docs/consistency.md``, "A grid topped below k = 999").
+``top_log_snr`` tops the grid: only starts whose log-SNR ``log(alpha^2 / sigma^2)`` is at least
+``top_log_snr`` are drawn (None, LCM's default: all); on the SNR, so the cut means the same on
+every schedule. ``presets/consistency_unet.py`` uses -5.4, just below Stable Diffusion's
+k = 999 (-5.36 on ``scaled_linear``, the table LCM was built on): its grid there is LCM's own,
+while on a cosine table (``squaredcos_cap_v2``, sqrt(abar_999) = 4.9e-5, log-SNR -19.8: the
+eps-network's x0 at k = 999 multiplies its error by 2e4 and saturates at the clip) the grid tops
+at k = 939 (log-SNR -4.73; 959 has -5.55) and the exported ``LCMScheduler`` runs on the
+teacher's table cut after 940 entries (``docs/consistency.md``, "A grid topped below k = 999").
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from torch import Tensor
 
 from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat
 from ..samplers import time_grid
+from ..schedules import log_snr
 from ..teachers.pf_ode import pf_ode_map
 from ._ingredients import Loss
 
@@ -69,8 +70,8 @@ class CD:
     solver: Literal["ddim", "exact"] = "ddim"  # exact: the exact PF-ODE map (exact teachers)
     # schedule: the sampler grid (time_grid); table: LCM's grid on a table of `grid` entries
     spacing: Literal["schedule", "table"] = "schedule"
-    # the drawn starts' minimal signal level alpha; 0: every start (module docstring)
-    top_alpha: UnitFloat = 0.0
+    # the drawn starts' minimal log-SNR; None: every start (module docstring)
+    top_log_snr: float | None = None
 
     def __post_init__(self) -> None:
         if self.grid % self.skip:
@@ -81,14 +82,16 @@ class CD:
             )
 
     def starts(self, schedule) -> int:
-        """The number of solver starts kept on ``schedule``: those with ``alpha >= top_alpha``
-        (the lowest ones); ``ConfigError`` naming ``top_alpha`` when none is."""
-        ts = self.times(schedule)[: self.grid : self.skip]
-        m = int((schedule.alpha_sigma(ts)[0] >= self.top_alpha).sum())
+        """The number of solver starts kept on ``schedule``: those with log-SNR ``>=
+        top_log_snr`` (the lowest ones); ``ConfigError`` naming ``top_log_snr`` when none is."""
+        if self.top_log_snr is None:
+            return self.grid // self.skip
+        lam = log_snr(schedule, self.times(schedule)[: self.grid : self.skip])
+        m = int((lam >= self.top_log_snr).sum())
         if m == 0:
             raise ConfigError(
-                f"config key 'objective.top_alpha': no solver start has a signal level alpha >= "
-                f"{self.top_alpha} (the lowest start's is {float(schedule.alpha_sigma(ts)[0][-1]):.3g})"
+                f"config key 'objective.top_log_snr': no solver start has log-SNR >= "
+                f"{self.top_log_snr} (the lowest start's is {float(lam[-1]):.3g})"
             )
         return m
 

@@ -17,13 +17,13 @@ from .unet import QUICK as UNET_QUICK
 
 __all__ = ["DESCRIPTIONS", "PRESETS", "QUICK"]
 
-# Departure (both presets): LCM's grid (50 of 1000, k = 19 ... 999) topped where the signal level
-# sqrt(abar) falls below 0.068, Stable Diffusion's at k = 999 (the table LCM was built on, whose
-# grid is unchanged by the cut). On the bundled cosine table sqrt(abar_999) = 4.9e-5: an
-# eps-network's x0 there amplifies its error 2e4x and saturates at the clip, and the 1-step FD was
-# 150.5 (cd) / 175.9 (scm); topped at k = 939 (alpha 0.093) the students train and sample where x0
-# is defined (docs/consistency.md, "A grid topped below k = 999")
-_TOP = 0.068
+# Departure (both presets): LCM's grid (50 of 1000, k = 19 ... 999) topped where the log-SNR falls
+# below -5.4, just under Stable Diffusion's k = 999 (-5.36; the table LCM was built on, whose grid
+# the cut leaves whole). On the bundled cosine table sqrt(abar_999) = 4.9e-5: an eps-network's x0
+# there amplifies its error 2e4x and saturates at the clip, and the 1-step FD was 150.5 (cd) /
+# 175.9 (scm); topped at k = 939 (log-SNR -4.73) the students train and sample where x0 is
+# defined (docs/consistency.md, "A grid topped below k = 999")
+_TOP = -5.4
 _CPU = {
     "train.steps": 1200,
     "train.batch_size": 32,
@@ -45,7 +45,7 @@ _CPU = {
 _CD = {
     "method": "cd",
     "objective.spacing": "table",
-    "objective.top_alpha": _TOP,
+    "objective.top_log_snr": _TOP,
     "train.optimizer": "adamw",
     "train.beta1": 0.9,
     "train.beta2": 0.999,
@@ -67,7 +67,7 @@ _CD = {
 _SCM = {
     "method": "scm",
     "objective.tangent_warmup_steps": 400,
-    "student.top_alpha": _TOP,
+    "student.top_log_snr": _TOP,
     "train.optimizer": "adamw",
     "train.beta1": 0.9,
     "train.beta2": 0.99,

@@ -22,6 +22,7 @@ step count.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError, PositiveFloat, PositiveInt, UnitFloat, to_dict
+from ..config import ConfigError, PositiveFloat, PositiveInt, to_dict
 from ..config import resolve as resolve_config
 from ..io import atomic_write_json
 from ..objectives.cd import CD
@@ -52,9 +53,9 @@ class StudentConfig:
     sample_steps: PositiveInt = 1  # steps of samples.npz and the top-level metrics
     # scm: LCM grid size the student samples and exports on (cd: objective.original_steps)
     original_steps: PositiveInt = 50
-    # scm: the grid's top timestep is the highest with signal level sqrt(abar) >= top_alpha;
-    # 0: LCM's grid to k = N - 1 (cd: objective.top_alpha; objectives/cd.py)
-    top_alpha: UnitFloat = 0.0
+    # scm: the grid's top timestep is the highest with log-SNR >= top_log_snr; None: LCM's grid
+    # to k = N - 1 (cd: objective.top_log_snr; objectives/cd.py)
+    top_log_snr: float | None = None
     sigma_data: PositiveFloat = 0.5  # scm: TrigFlow's sigma_d (sCM's, images in [-1, 1])
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"  # attention kernels (runs.unet.load_teacher)
@@ -82,16 +83,17 @@ class ConsistencyUNetConfig:
 def _grid(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> tuple[int, int]:
     """``(m, stride)`` of the LCM grid the student samples on, ``j stride - 1`` for ``j = 1..m``:
     CD's kept solver starts and skip, or ``student.original_steps``' grid (stride ``N // m``)
-    kept up to its highest timestep with ``sqrt(abar) >= student.top_alpha``."""
+    kept up to its highest timestep with log-SNR ``>= student.top_log_snr``."""
     if isinstance(objective, CD):
         return objective.starts(teacher.schedule), objective.skip
     m, abar = cfg.student.original_steps, teacher.native_schedule.alphas_cumprod
-    stride = len(abar) // m
-    kept = sum(float(abar[j * stride - 1]) ** 0.5 >= cfg.student.top_alpha for j in range(1, m + 1))
+    stride, top = len(abar) // m, cfg.student.top_log_snr
+    lam = [math.log(abar[j * stride - 1] / (1 - abar[j * stride - 1])) for j in range(1, m + 1)]
+    kept = m if top is None else sum(x >= top for x in lam)
     if kept == 0:
         raise ConfigError(
-            f"config key 'student.top_alpha': no grid timestep has sqrt(abar) >= "
-            f"{cfg.student.top_alpha} (timestep {stride - 1}: {float(abar[stride - 1]) ** 0.5:.3g})"
+            f"config key 'student.top_log_snr': no grid timestep has log-SNR >= {top} "
+            f"(timestep {stride - 1}: {lam[0]:.3g})"
         )
     return kept, stride
 
