@@ -149,11 +149,12 @@ def _student(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher):
     JVP is forward mode)."""
     from ..sources.diffusers_consistency import LCMConsistency, TrigFlowLCM, forward_ad_attention
 
+    m, stride = _grid(cfg, objective, teacher)
     torch.manual_seed(cfg.train.seed)
     lcm = LCMConsistency(
         teacher,
-        original_steps=_grid(cfg, objective, teacher)[0],
-        stride=_grid(cfg, objective, teacher)[1],
+        original_steps=m,
+        stride=stride,
         timestep_scaling=cfg.student.timestep_scaling,
         gradient_checkpointing=cfg.student.gradient_checkpointing,
     )
