@@ -159,7 +159,7 @@ def test_cd_loss_trains_the_student_only(teacher, student):
 def test_exported_pipeline_reproduces_the_student(teacher, student, tmp_path, steps):
     from diffusers import DiffusionPipeline
 
-    from scoredistill.export import export_consistency_pipeline
+    from scoredistill.export_consistency import export_consistency_pipeline
 
     export_consistency_pipeline(student, teacher, tmp_path)
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "pipeline", local_files_only=True)
@@ -188,7 +188,7 @@ def test_a_topped_grid_exports_a_stock_scheduler_that_starts_at_939(
     table cut after 940 entries: same abar at every kept k)."""
     from diffusers import DDPMScheduler, DiffusionPipeline
 
-    from scoredistill.export import export_consistency_pipeline
+    from scoredistill.export_consistency import export_consistency_pipeline
 
     topped = LCMConsistency(teacher, original_steps=47, stride=20).eval()
     topped.load_state_dict(student.state_dict())

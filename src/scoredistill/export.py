@@ -37,10 +37,8 @@ Why the VP row reproduces the student (``pipeline_consistency_models.py``, ``sch
   teacher's betas cut to ``N'`` (``trained_betas``), so an intermediate top (SiD's
   ``sigma_init``) is exported too.
 
-``export_consistency_pipeline`` writes the same stock pair for a consistency student
-(``sources.diffusers_consistency.LCMConsistency``): the LCM scheduler with the student's own
-``timestep_scaling`` (LCM's 10, not 1e4: its boundary blend is part of the student) and
-``original_inference_steps`` = the training grid, so 1, 2, 4, ... steps all run.
+``export_consistency.export_consistency_pipeline`` writes the same stock pair for a consistency
+student on ``cut_lcm_scheduler``, the one ``LCMScheduler`` construction both use.
 
 DDPM/DDIM pipelines were not usable: they pass no class labels, and DDIM re-noises with the
 predicted noise (``eta = 0``), not fresh noise. ``ConsistencyModelPipeline``'s docstring names
@@ -63,14 +61,15 @@ from .export_families import check_grid
 from .io import atomic_folder
 from .parametrization import NULL_LABEL
 from .sources.diffusers import DiffusersGenerator
-from .sources.diffusers_consistency import LCMConsistency
 from .teachers.diffusers import DiffusersTeacher
 
 __all__ = [
-    "export_consistency_pipeline",
+    "cut_lcm_scheduler",
     "export_pipeline",
     "export_run",
     "export_student",
+    "frozen",
+    "labels_text",
     "sample_exported",
     "stock_pipeline",
     "student_scheduler",
@@ -97,26 +96,35 @@ def _betas(teacher: DiffusersTeacher) -> list[float]:
     return (1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])).tolist()
 
 
-def _lcm_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> Any:
-    """The stock ``LCMScheduler`` whose ``set_timesteps(K)`` grid and table are the student's."""
+def cut_lcm_scheduler(
+    teacher: DiffusersTeacher, n_cut: int, original_steps: int, timestep_scaling: float
+) -> Any:
+    """A stock ``LCMScheduler`` on the teacher's table cut after ``n_cut`` entries (its top
+    timestep ``n_cut - 1``), converting as the teacher does; ``ValueError`` when its table is not
+    the teacher's."""
     from diffusers import LCMScheduler
 
-    steps, n_cut = generator.nfe, generator.timesteps[0] + 1
     lcm = LCMScheduler(
         num_train_timesteps=n_cut,
         trained_betas=_betas(teacher)[:n_cut],
-        original_inference_steps=steps,
+        original_inference_steps=original_steps,
         prediction_type=teacher.prediction_type,
         clip_sample=teacher.clip_sample is not None,  # the student clips x0 as its teacher does
         clip_sample_range=teacher.clip_sample or 1.0,
-        timestep_scaling=TIMESTEP_SCALING,
+        timestep_scaling=timestep_scaling,
     )
+    abar = torch.tensor(teacher.native_schedule.alphas_cumprod[:n_cut], dtype=torch.float64)
+    if not torch.allclose(lcm.alphas_cumprod.double(), abar):
+        raise ValueError("the scheduler's table differs from the teacher's: not its student")
+    return lcm
+
+
+def _lcm_scheduler(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> Any:
+    """The stock ``LCMScheduler`` whose ``set_timesteps(K)`` grid and table are the student's."""
+    steps, n_cut = generator.nfe, generator.timesteps[0] + 1
+    lcm = cut_lcm_scheduler(teacher, n_cut, steps, TIMESTEP_SCALING)
     lcm.set_timesteps(steps)
-    abar = generator.denoiser.native_schedule.alphas_cumprod[:n_cut]
-    same_table = torch.allclose(
-        lcm.alphas_cumprod.double(), torch.tensor(abar, dtype=torch.float64)
-    )
-    if tuple(lcm.timesteps.tolist()) != generator.timesteps or not same_table:
+    if tuple(lcm.timesteps.tolist()) != generator.timesteps:
         raise ValueError("the generator was not built from this teacher: grids or tables differ")
     return lcm
 
@@ -149,7 +157,7 @@ def stock_pipeline(model: nn.Module, teacher: DiffusersTeacher) -> tuple[str, st
     return ("DDPMPipeline" if teacher.family == "flow" else "ConsistencyModelPipeline"), ""
 
 
-def _labels_text(generator: DiffusersGenerator, teacher: DiffusersTeacher, pipe: bool) -> str:
+def labels_text(generator: DiffusersGenerator, teacher: DiffusersTeacher, pipe: bool) -> str:
     if not generator.num_classes:
         return "- Unconditional.\n"
     always = (
@@ -177,7 +185,7 @@ def _readme(
         f"- Stock scheduler `{name}`: its loop is the student's ({WHY[name]}).\n"
         f"- {k} step(s) only: other step counts are not what the student learned.\n"
         "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
-        + _labels_text(generator, teacher, pipe="DiffusionPipeline" in how)
+        + labels_text(generator, teacher, pipe="DiffusionPipeline" in how)
         + (f"\n{note}\n" if note else "")
     )
 
@@ -219,7 +227,7 @@ def _student_how(generator: DiffusersGenerator, sched: Any, model: nn.Module, pa
     )
 
 
-def _frozen(model: nn.Module) -> nn.Module:
+def frozen(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval().requires_grad_(False)
 
 
@@ -248,7 +256,7 @@ def export_pipeline(
     pipe_name, why = stock_pipeline(model, teacher)
     if not pipe_name:
         raise ValueError(f"no stock pipeline: {why}; export_student writes OUT/student/ instead")
-    pipe = getattr(diffusers, pipe_name)(unet=_frozen(model), scheduler=sched)
+    pipe = getattr(diffusers, pipe_name)(unet=frozen(model), scheduler=sched)
     readme = _readme(generator, teacher, sched, _pipeline_how(generator, pipe_name), note)
     with atomic_folder(Path(out_dir) / "pipeline") as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -271,7 +279,7 @@ def export_student(
     from diffusers import UNet2DModel
 
     sched = _checked(generator, teacher, steps)
-    model = _frozen(generator.denoiser.model)
+    model = frozen(generator.denoiser.model)
     part = "unet" if isinstance(model, UNet2DModel) else "transformer"
     readme = _readme(generator, teacher, sched, _student_how(generator, sched, model, part), note)
     with atomic_folder(Path(out_dir) / "student") as tmp:
@@ -279,62 +287,6 @@ def export_student(
         sched.save_pretrained(tmp / "scheduler")
         (tmp / "README.md").write_text(readme, encoding="utf-8")
     return Path(out_dir) / "student"
-
-
-def export_consistency_pipeline(
-    student: LCMConsistency, teacher: DiffusersTeacher, out_dir: str | Path, *, note: str = ""
-) -> Path:
-    """Write ``out_dir/pipeline/``: ``ConsistencyModelPipeline`` + ``LCMScheduler`` (module
-    docstring) running ``student`` at any step count up to its ``original_steps``."""
-    from diffusers import ConsistencyModelPipeline, LCMScheduler
-
-    n = student.n_table  # the teacher's table, cut after a topped grid's top timestep
-    lcm = LCMScheduler(
-        num_train_timesteps=n,
-        trained_betas=_betas(teacher)[:n],
-        original_inference_steps=student.original_steps,
-        prediction_type=teacher.prediction_type,
-        clip_sample=teacher.clip_sample is not None,
-        clip_sample_range=teacher.clip_sample or 1.0,
-        timestep_scaling=student.timestep_scaling,
-    )
-    abar = torch.tensor(teacher.native_schedule.alphas_cumprod[:n], dtype=torch.float64)
-    if not torch.allclose(lcm.alphas_cumprod.double(), abar):
-        raise ValueError("the scheduler's table differs from the teacher's: not its student")
-    pipe = ConsistencyModelPipeline(unet=_frozen(student.denoiser.model), scheduler=lcm)
-    labels = ", class_labels=[0] * 16" if student.num_classes else ""
-    grids = [f"{k}: {list(student.timesteps(k))}" for k in (1, 2, 4) if k <= student.original_steps]
-    how = (
-        "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
-        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
-        "g = torch.Generator().manual_seed(0)\n"
-        f"images = pipe(batch_size=16, num_inference_steps=4, generator=g, "
-        f'output_type="np"{labels}).images  # (16, H, W, C)\n```'
-    )
-    readme = (
-        f"# Consistency student distilled with scoredistill\n\n{how}\n\n"
-        f"- Stock `ConsistencyModelPipeline` + `LCMScheduler` (`timestep_scaling` "
-        f"{student.timestep_scaling:g}, `original_inference_steps` {student.original_steps}: "
-        f"the training grid{_cut(n, student.n_train)}). Any `num_inference_steps` from 1 to that "
-        "grid runs; "
-        f"timesteps per step count: {'; '.join(grids)}.\n"
-        "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
-        + _labels_text(student, teacher, pipe=True)  # type: ignore[arg-type]
-        + (f"\n{note}\n" if note else "")
-    )
-    with atomic_folder(Path(out_dir) / "pipeline") as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").write_text(readme, encoding="utf-8")
-    return Path(out_dir) / "pipeline"
-
-
-def _cut(n: int, n_train: int) -> str:
-    """The README's note on a table cut after a topped grid's top timestep."""
-    if n == n_train:
-        return ""
-    return (
-        f", on the teacher's {n_train}-entry table cut after {n} entries: the grid tops at {n - 1}"
-    )
 
 
 def export_run(

@@ -15,14 +15,13 @@ of the digits feature network, beside the teacher's best sampler per NFE).
 The run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``metrics.json`` (the EMA
 student at ``student.sample_steps`` at the top level, every step count of ``eval.steps`` under
 ``by_steps``, ``teacher_best``), ``samples.npz``, ``samples.png``, ``curves.png``, ``report.md``
-and ``pipeline/``: ``ConsistencyModelPipeline`` + ``LCMScheduler`` (``export.
+and ``pipeline/``: ``ConsistencyModelPipeline`` + ``LCMScheduler`` (``export_consistency.
 export_consistency_pipeline``) that ``DiffusionPipeline.from_pretrained`` loads and runs at any
 step count.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..io import atomic_write_json
 from ..objectives.cd import CD
 from ..objectives.scm import SCM
 from ..presets.consistency_unet import DESCRIPTIONS, PRESETS, QUICK
+from ..schedules import log_snr
 from ..train.common import JsonlLogger
 from ..train.consistency import ConsistencyLoopConfig, train_consistency
 from . import unet
@@ -51,7 +51,7 @@ METHODS: dict[str, type] = {"cd": CD, "scm": SCM}
 class StudentConfig:
     timestep_scaling: PositiveFloat = 10.0  # LCM's c_skip/c_out scale (LCMScheduler's default)
     sample_steps: PositiveInt = 1  # steps of samples.npz and the top-level metrics
-    # scm: LCM grid size the student samples and exports on (cd: objective.original_steps)
+    # scm: LCM grid size the student samples and exports on (cd: objective.grid // skip)
     original_steps: PositiveInt = 50
     # scm: the grid's top timestep is the highest with log-SNR >= top_log_snr; None: LCM's grid
     # to k = N - 1 (cd: objective.top_log_snr; objectives/cd.py)
@@ -86,14 +86,15 @@ def _grid(cfg: ConsistencyUNetConfig, objective: CD | SCM, teacher) -> tuple[int
     kept up to its highest timestep with log-SNR ``>= student.top_log_snr``."""
     if isinstance(objective, CD):
         return objective.starts(teacher.schedule), objective.skip
-    m, abar = cfg.student.original_steps, teacher.native_schedule.alphas_cumprod
-    stride, top = len(abar) // m, cfg.student.top_log_snr
-    lam = [math.log(abar[j * stride - 1] / (1 - abar[j * stride - 1])) for j in range(1, m + 1)]
-    kept = m if top is None else sum(x >= top for x in lam)
+    m, n, top = cfg.student.original_steps, teacher.native_schedule.n, cfg.student.top_log_snr
+    stride = n // m
+    ks = torch.arange(1, m + 1, dtype=torch.float64) * stride - 1
+    lam = log_snr(teacher.native_schedule, ks / (n - 1))
+    kept = m if top is None else int((lam >= top).sum())
     if kept == 0:
         raise ConfigError(
             f"config key 'student.top_log_snr': no grid timestep has log-SNR >= {top} "
-            f"(timestep {stride - 1}: {lam[0]:.3g})"
+            f"(timestep {stride - 1}: {float(lam[0]):.3g})"
         )
     return kept, stride
 
@@ -176,7 +177,7 @@ def _score_steps(student, teacher, steps: int, n: int, seed: int, score_seed: in
 def run(cfg: ConsistencyUNetConfig, objective: CD | SCM, out: Path, resume: bool = False) -> dict:
     """Load, train, evaluate, export and write the run folder; returns the final metrics."""
     from ..eval.image_baseline import best_rows, image_rows
-    from ..export import export_consistency_pipeline
+    from ..export_consistency import export_consistency_pipeline
     from ..sources.diffusers_consistency import LCMRollout
     from .unet_report import write_outputs
 

@@ -15,7 +15,7 @@ scheduler clips, which is what ``LCMScheduler.step`` computes from the same netw
 ``sample`` is ``LCMScheduler``'s multistep loop (Song et al. 2023, Alg. 1): ``x = z`` (the
 pipelines' prior, ``init_noise_sigma = 1``), ``x0 = f(x, k_j)``, then before the last step
 ``x = sqrt(abar_{k_{j+1}}) x0 + sqrt(1 - abar) eps`` with fresh ``eps``; the timesteps are
-``lcm_inference_timesteps`` (``LCMScheduler.set_timesteps``), so ``export.
+``lcm_inference_timesteps`` (``LCMScheduler.set_timesteps``), so ``export_consistency.
 export_consistency_pipeline`` writes a stock folder that reproduces it for the same generator.
 
 ``TrigFlowLCM`` is sCM's view of the same consistency function (Lu & Song 2024, eq. 9 and
@@ -40,6 +40,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..schedules import log_snr
 from ..teachers.diffusers import DiffusersTeacher
 from .diffusers import _copy
 from .generators import draw_latent
@@ -220,17 +221,12 @@ class TrigFlowLCM(nn.Module):
             (consistency.shape),
         )
         lo, hi = consistency.denoiser.log_snr_range  # log-SNR = -2 log s
-        lo = max(lo, self._log_snr(consistency.timesteps(1)[0]))  # a topped grid's top level
+        top = torch.tensor([consistency.timesteps(1)[0] / (consistency.n_train - 1)])
+        lo = max(lo, float(log_snr(consistency.schedule, top.double())))  # a topped grid's top
         self.theta_range = tuple(math.atan(math.exp(-lam / 2) / sigma_data) for lam in (hi, lo))
         self.logvar_head = nn.Linear(1 + 2 * _LOGVAR_FREQS.numel(), 1)
         nn.init.zeros_(self.logvar_head.weight)  # u = 0 at the start (sCM's adaptive weight)
         nn.init.zeros_(self.logvar_head.bias)
-
-    def _log_snr(self, k: int) -> float:
-        """The table's log-SNR at native timestep ``k``."""
-        t = torch.tensor([k / (self.f.n_train - 1)], dtype=torch.float64)
-        a, s = self.f.denoiser.native_schedule.alpha_sigma(t)
-        return float(2 * (torch.log(a) - torch.log(s)))
 
     def _native(self, x_hat: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(x_k, t)``: the native sample and library time ``k / (N - 1)`` at ``theta``."""
