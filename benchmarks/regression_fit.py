@@ -14,7 +14,9 @@ If the distillation run stalls where this fit stalls, the student's fit of the s
     OMP_NUM_THREADS=1 python benchmarks/regression_fit.py grid25 \\
         --variant 1e-3,512,4096,3000 --variant 3e-3,512,4096,3000 --json runs/s39/regfit.json
 
-Unconditional testbeds only (the regression pairs of a conditional one carry labels).
+A mixture file takes the preset it would run with, e.g. ``fgring.npz --preset
+dmd2-teacher-init-reg-ring8``. Unconditional testbeds only (the regression pairs of a conditional
+one carry labels).
 """
 
 from __future__ import annotations
@@ -46,7 +48,17 @@ def _score(testbed, x: torch.Tensor) -> dict[str, float]:
 
 
 def fit(
-    gen0, testbed, z, y, zt, lr: float, batch: int, pairs: int, steps: int, schedule: str
+    gen0,
+    testbed,
+    z,
+    y,
+    zt,
+    lr: float,
+    batch: int,
+    pairs: int,
+    steps: int,
+    schedule: str,
+    every: int = 500,
 ) -> list[dict]:
     """Regress a copy of ``gen0`` on the first ``pairs`` of ``(z, y)``; score on ``zt``.
     ``schedule``: ``constant`` or ``cosine`` (from ``lr`` to 0 over ``steps``)."""
@@ -64,7 +76,7 @@ def fit(
         opt.step()
         if decay is not None:
             decay.step()
-        if step % 500 == 0:
+        if step % every == 0:
             with torch.no_grad():
                 mse = loss.item() / z.shape[1]
                 rows.append({"step": step, "train_mse": mse, **_score(testbed, gen(zt))})
@@ -73,14 +85,20 @@ def fit(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("testbed")
+    parser.add_argument("testbed", help="a testbed name or a mixture .npz (then give --preset)")
+    parser.add_argument(
+        "--preset", help="the run's preset (default: dmd2-teacher-init-reg-TESTBED)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="key=value, as the CLI's")
     parser.add_argument(
         "--variant", action="append", required=True, help="lr,batch,pairs,steps[,cosine]"
     )
+    parser.add_argument("--every", type=int, default=500, help="score every N steps")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    cfg, _ = resolve(f"dmd2-teacher-init-reg-{args.testbed}", [])
-    testbed = get_testbed(args.testbed)
+    preset = args.preset or f"dmd2-teacher-init-reg-{args.testbed}"
+    cfg, _ = resolve(preset, [f"testbed={args.testbed}", *args.set])
+    testbed = get_testbed(cfg.testbed, schedule=cfg.schedule)
     if testbed.conditional:
         raise SystemExit(f"{args.testbed}: conditional testbeds are not supported here")
     gen0, _, _ = _build(cfg, testbed)
@@ -94,7 +112,7 @@ def main() -> None:
     out = {"testbed": args.testbed, "ceiling": ceiling, "variants": {}}
     for text, v in zip(args.variant, variants, strict=True):
         start = time.perf_counter()
-        rows = fit(gen0, testbed, z, y, zt, *v)
+        rows = fit(gen0, testbed, z, y, zt, *v, every=args.every)
         took = time.perf_counter() - start
         out["variants"][text] = {"seconds": took, "rows": rows}
         print(
