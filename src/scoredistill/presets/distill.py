@@ -151,12 +151,15 @@ _FOUR_STEP_REG = {**_REGRESSION, "regression_steps": "all", **_TEACHER_INIT_STEP
 
 # grid25's 4-step student fits its map too slowly at the preset's generator lr (22 % within 3 std
 # at 3000 steps, stop 38), as the one-step student did: 3e-3 and lambda_reg 16 (3 seeds, stop 39:
-# 0.88-0.91 within 3 std from step 3750). 3750 steps, not 4500: 500 steps took 109 s alone
-# (4.6 it/s, batch 512) + 55 s of start and evaluation, so 3750 is ~14.5 CPU-min, inside issue
-# 15's 15-minute budget; docs/benchmarks.md, "Every step regressed"
+# 0.88-0.91 within 3 std from step 3750). One critic update per generator step and 7500 steps
+# (stop 41; departure from DMD2's five, as the one-step grid25 preset): 500 steps alone take 42.6 s
+# (11.7 it/s) + 54 s of start and evaluation, so ~12 CPU-min (five updates and 3750 steps: ~14.5),
+# and 3 seeds read 0.92-0.94 within 3 std on 5 paired draws (five updates: 0.88-0.89), below the
+# best 8-NFE cell on all three metrics for seeds 0 and 1; docs/benchmarks.md, "Every step regressed"
 _FOUR_STEP_REG_TESTBED: dict[str, dict[str, Any]] = {
     "grid25": {
-        "train.steps": 3750,
+        "train.steps": 7500,
+        "train.critic_updates": 1,
         "train.lr_generator": 3e-3,
         "objective.regression_weight": 16.0,
     },
@@ -292,7 +295,8 @@ _ABOUT: dict[str, str] = {
     "dmd2-teacher-init": "DMD2, student from the teacher (its critic's DSM fit), 3000 steps",
     "dmd2-4step": "DMD2 4-step student from the teacher, backward simulation, grid from sigma 2.5",
     "dmd2-4step-reg": "dmd2-4step plus DMD v1's regression on every step (exact PF-ODE pairs at "
-    "each step's time), 3000 steps (grid25: generator lr 3e-3, lambda_reg 16, 3750 steps)",
+    "each step's time), 3000 steps (grid25: generator lr 3e-3, lambda_reg 16, one critic update per "
+    "step, 7500 steps)",
     "vsd": "VSD / SwiftBrush (Nguyen & Tran 2024): one-step variational score distillation",
     "sid": "SiD (Zhou et al. 2024): score identity distillation",
     "sid-lsg": "SiD-LSG: SiD with long-and-short guidance, kappa = 1.5 on all four scales",
