@@ -72,7 +72,7 @@ def main() -> None:
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # LCMScheduler warns when a custom grid does not start at 999
-    rows = []
+    rows, teacher_best = [], {}
     print(f"{'run':32} {'grid':>12} {'FD':>8} {'precision':>9} {'recall':>7} {'class acc':>9}")
     for run in args.runs:
         cfg = json.loads((run / "config.json").read_text())
@@ -90,12 +90,15 @@ def main() -> None:
             rows.append(row)
             name = f"default@{args.steps}" if top is None else top
             _print(run, name, row)
-        if args.teacher_nfe:
-            cells = image_rows(
-                teacher, cfg["eval"]["samplers"], [args.teacher_nfe], args.n, seed + args.draw,
-                unet.score,
-            )  # fmt: skip
-            best = best_rows(cells, [args.teacher_nfe])[str(args.teacher_nfe)]
+        if args.teacher_nfe:  # runs of one teacher and seed share its cells: computed once
+            key = (json.dumps(cfg["teacher"], sort_keys=True), tuple(cfg["eval"]["samplers"]), seed)
+            if key not in teacher_best:
+                cells = image_rows(
+                    teacher, cfg["eval"]["samplers"], [args.teacher_nfe], args.n,
+                    seed + args.draw, unet.score,
+                )  # fmt: skip
+                teacher_best[key] = best_rows(cells, [args.teacher_nfe])[str(args.teacher_nfe)]
+            best = teacher_best[key]
             rows.append({"run": str(run), "teacher": True, **best})
             _print(run, f"teacher@{args.teacher_nfe}", best)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

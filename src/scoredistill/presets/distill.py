@@ -113,6 +113,16 @@ _TEACHER_INIT_STEPS = {"train.steps": 3000}
 # 64-NFE samples of the exact teacher (DistillConfig's defaults). docs/benchmarks.md, "DMD v1's
 # regression term on the teacher-initialised student" (stop 36)
 _REGRESSION = {"objective.regression_weight": 4.0}
+# The regression student fitted fast (grid25's remedy, stops 39 and 41; the one-step grid25
+# preset and dmd2-reg-fast): generator lr 1e-2 with a cosine decay, lambda_reg 16, and one critic
+# update per generator step, not DMD2's five (departure: the student's fit of its map is the
+# limit, not the critic, and one update makes a generator step ~2.5x cheaper)
+_FAST_FIT = {
+    "objective.regression_weight": 16.0,
+    "train.lr_generator": 1e-2,
+    "train.lr_schedule": "cosine",
+    "train.critic_updates": 1,
+}
 # Per-testbed departures of dmd2-teacher-init-reg from its 3000 steps at lr 1e-3 and lambda_reg 4.
 # ring8 and digits: 6000 steps, where 3000 fall short of issue 15's one-step target on some seed
 # and 6000 meet it on every seed (ring8: 0.893 -> 0.915 of seed 2's samples within 3 std; digits:
@@ -128,13 +138,7 @@ _REGRESSION = {"objective.regression_weight": 4.0}
 _REG_TESTBED: dict[str, dict[str, Any]] = {
     "ring8": {"train.steps": 6000},
     "digits": {"train.steps": 6000},
-    "grid25": {
-        "train.steps": 9000,
-        "train.critic_updates": 1,
-        "train.lr_generator": 1e-2,
-        "train.lr_schedule": "cosine",
-        "objective.regression_weight": 16.0,
-    },
+    "grid25": {**_FAST_FIT, "train.steps": 9000},
 }
 # DMD2's 4-step student from the teacher (as DMD2 starts), its grid from SiD's VE level 2.5 down
 # (generator.sigma_init; the UNet presets' dmd2-4step-unet does the same): from scratch on the
@@ -165,22 +169,12 @@ _FOUR_STEP_REG_TESTBED: dict[str, dict[str, Any]] = {
     },
 }
 
-# FastGen's ring (issue 15): the regression preset's student, fitted faster. One critic update per
-# generator step, not DMD2's five (departure: here the student's fit of its map is the limit, not
-# the critic, "grid25's plateau is the student's fit of its map"; one update makes a step ~2.5x
-# cheaper: 2500 steps cost what 1000 do at five), generator lr 1e-2 with a cosine decay and
-# lambda_reg 16 (grid25's remedy, stop 39). FastGen's ring (--testbed fgring.npz), 3 seeds, 5 draws
-# of 3000: 0.948-0.953 within 3 std, local MMD^2 ~1e-4 (FastGen's 30k-iteration DMD2: 0.011 with
-# 69-77 %), in 170 s of training alone: 38 % of the 7.5 CPU-min of FastGen's 30k iterations
+# FastGen's ring (issue 15): the regression preset's student, fitted fast (_FAST_FIT; 2500 steps at
+# one critic update cost what 1000 do at five). FastGen's ring (--testbed fgring.npz), 3 seeds, 5
+# draws of 3000: 0.948-0.953 within 3 std, local MMD^2 ~1e-4 (FastGen's 30k-iteration DMD2: 0.011
+# with 69-77 %), in 170 s of training alone: 38 % of the 7.5 CPU-min of FastGen's 30k iterations
 # (2200 steps, 34 %: 0.942); docs/benchmarks.md, "One critic update per generator step" (stop 41)
-_REG_FAST = {
-    **_REGRESSION,
-    "objective.regression_weight": 16.0,
-    "train.lr_generator": 1e-2,
-    "train.lr_schedule": "cosine",
-    "train.critic_updates": 1,
-    "train.steps": 2500,
-}
+_REG_FAST = {**_FAST_FIT, "train.steps": 2500}
 
 METHODS: dict[str, dict[str, Any]] = {
     "dmd": {"method": "dmd", "objective.regression_weight": 0.25, "train.critic_updates": 1},
