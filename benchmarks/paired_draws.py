@@ -14,6 +14,18 @@ cells on each draw instead would pick the luckiest of ~23 noisy cells every time
 
 Draw ``d`` samples from seed ``train.seed + 1000 (d + 1)`` and scores against the exact
 reference from that seed + 1 (a run's own evaluation uses ``train.seed + 12345``).
+
+Two checks on what the draws can show. Exact samples scored in the student's place on every
+draw (their own seed, the same reference) give what a **perfect** student would read: where the
+teacher's cell is level with them, no student can be shown below it on these draws. The summary
+gives the **paired** differences student − teacher and exact − teacher with their standard errors
+(the student and the teacher's cells see the same reference, and both start from the same normal
+draws, so the difference is measured far better than either number). Choosing the best of ~23
+cells on the very draws it is judged on favours the teacher (the luckiest cell wins); with
+``--select S`` the cell is chosen on the first ``S`` draws and compared on the other
+``--draws − S`` only (only the chosen cells are sampled there)::
+
+    OMP_NUM_THREADS=1 python benchmarks/paired_draws.py RUN --nfe 8 --draws 20 --select 5
 """
 
 from __future__ import annotations
@@ -25,8 +37,9 @@ from pathlib import Path
 
 import torch
 
+from scoredistill.eval.baseline import draw_labels
 from scoredistill.eval.metrics import testbed_metrics
-from scoredistill.eval.teacher_best import KEYS, grid_rows
+from scoredistill.eval.teacher_best import KEYS, cell_name, grid_rows
 from scoredistill.runs.distill import _label_sampler, trained_student
 from scoredistill.sources.generators import rollout
 
@@ -41,64 +54,131 @@ def _student_row(gen, testbed, n: int, seed: int) -> dict[str, float]:
     return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
 
 
+def _std(values) -> float:
+    values = list(values)
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _exact_row(testbed, n: int, seed: int) -> dict[str, float]:
+    """Exact samples in the student's place (their own seed, the same reference draw): what a
+    perfect student would score, so a gap to the teacher smaller than this row's noise cannot
+    show on these draws."""
+    rng = torch.Generator().manual_seed(seed + 500)
+    labels = draw_labels(testbed, n, rng)
+    x = testbed.truth.sample(n, rng=rng, cond=labels)
+    return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
+
+
+def _best_cells(cells: dict[str, list[dict]], draws: range) -> dict[str, str]:
+    """Per metric, the cell with the lowest mean over ``draws``."""
+    return {
+        k: min(cells, key=lambda c, k=k: statistics.fmean(cells[c][d][k] for d in draws))
+        for k in KEYS
+    }
+
+
+def _summary(draws: list[dict]) -> dict[str, dict[str, float]]:
+    """Per metric: means, draws below, the exact draws' mean and spread, and the paired
+    differences (student − teacher, exact − teacher, student − exact on the same reference draw) with their
+    standard errors: the student shares each teacher cell's noise and reference, so the paired
+    difference is measured far better than either number alone."""
+    out = {}
+    for k in KEYS:
+        diff = [r["student"][k] - r["teacher"][k]["value"] for r in draws]
+        exact_diff = [r["exact"][k] - r["teacher"][k]["value"] for r in draws]
+        from_exact = [r["student"][k] - r["exact"][k] for r in draws]
+        out[k] = {
+            "student_mean": statistics.fmean(r["student"][k] for r in draws),
+            "teacher_mean": statistics.fmean(r["teacher"][k]["value"] for r in draws),
+            "draws_below": sum(x < 0 for x in diff),
+            "exact_mean": statistics.fmean(r["exact"][k] for r in draws),
+            "exact_std": _std(r["exact"][k] for r in draws),
+            "diff_mean": statistics.fmean(diff),
+            "diff_se": _std(diff) / len(diff) ** 0.5,
+            "exact_diff_mean": statistics.fmean(exact_diff),
+            "exact_diff_se": _std(exact_diff) / len(exact_diff) ** 0.5,
+            "from_exact_mean": statistics.fmean(from_exact),
+            "from_exact_se": _std(from_exact) / len(from_exact) ** 0.5,
+        }
+    return out
+
+
+def _print(draws: list[dict], summary: dict, head: str, best: dict[str, str]) -> None:
+    print(head)
+    print("cell per metric: " + ", ".join(f"{k} {c}" for k, c in best.items()) + "\n")
+    print("| draw | " + " | ".join(f"{k} student / teacher" for k in KEYS) + " | within 3σ |")
+    print("|---:|" + "---|" * len(KEYS) + "---:|")
+    for row in draws:
+        cells = [f"{row['student'][k]:.3g} / {row['teacher'][k]['value']:.3g}" for k in KEYS]
+        within = row["student"].get("within_3std", float("nan"))
+        print(f"| {row['draw']} | " + " | ".join(cells) + f" | {within:.3f} |")
+    print()
+    for k, s in summary.items():
+        print(
+            f"{k}: student {s['student_mean']:.4g}, teacher best {s['teacher_mean']:.4g} "
+            f"(mean over draws); student below on {s['draws_below']} of {len(draws)} draws; "
+            f"exact draws {s['exact_mean']:.4g} ± {s['exact_std']:.2g} (a perfect student); "
+            f"student − teacher {s['diff_mean']:.3g} ± {s['diff_se']:.2g}, exact − teacher "
+            f"{s['exact_diff_mean']:.3g} ± {s['exact_diff_se']:.2g} (paired mean ± its std error)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--nfe", type=int, default=8, help="the teacher's budget")
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument(
+        "--select",
+        type=int,
+        default=0,
+        help="choose the teacher's best cell on the first SELECT draws and compare on the rest "
+        "(0: choose and compare on every draw)",
+    )
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if not 0 <= args.select < args.draws:
+        parser.error(f"--select must be in [0, --draws): got {args.select} with {args.draws}")
     cfg, testbed, gen = trained_student(args.run)
-    students, cells = [], {}
     seeds = [cfg.train.seed + 1000 * (d + 1) for d in range(args.draws)]
-    for seed in seeds:
-        students.append(_student_row(gen, testbed, args.n, seed))
+    cells: dict[str, list[dict]] = {}
+    for seed in seeds[: args.select or args.draws]:  # every cell on the selection draws
         for row in grid_rows(cfg.testbed, [args.nfe], args.n, seed, progress=False):
-            cells.setdefault(f"{row['sampler']} {row['grid']}", []).append(row)
-    best = {
-        k: min(cells, key=lambda c, k=k: statistics.fmean(r[k] for r in cells[c])) for k in KEYS
-    }
-    draws = [
-        {
-            "seed": seed,
-            "student": {k: students[d][k] for k in (*KEYS, "within_3std") if k in students[d]},
-            "teacher": {k: {"value": cells[best[k]][d][k], "cell": best[k]} for k in KEYS},
-        }
-        for d, seed in enumerate(seeds)
-    ]
-    print(
-        f"{args.run}: student ({getattr(gen, 'nfe', 1)} NFE) vs the teacher's best {args.nfe}-NFE"
+            cells.setdefault(cell_name(row), []).append(row)
+    picked = range(args.select) if args.select else range(args.draws)
+    best = _best_cells(cells, picked)
+    compared = range(args.select, args.draws) if args.select else picked
+    draws = []
+    for d in compared:
+        seed = seeds[d]
+        student, exact = _student_row(gen, testbed, args.n, seed), _exact_row(testbed, args.n, seed)
+        if args.select:  # only the chosen cells on the comparison draws
+            rows = grid_rows(
+                cfg.testbed, [args.nfe], args.n, seed, progress=False, only=set(best.values())
+            )
+            teacher = {cell_name(r): r for r in rows}
+        else:
+            teacher = {c: cells[c][d] for c in best.values()}
+        draws.append(
+            {
+                "draw": d,
+                "seed": seed,
+                "student": {k: student[k] for k in (*KEYS, "within_3std") if k in student},
+                "teacher": {k: {"value": teacher[best[k]][k], "cell": best[k]} for k in KEYS},
+                "exact": {k: exact[k] for k in (*KEYS, "within_3std") if k in exact},
+            }
+        )
+    summary = _summary(draws)
+    chosen = f"chosen on draws 0-{args.select - 1}" if args.select else "chosen on these draws"
+    head = (
+        f"{args.run}: student ({getattr(gen, 'nfe', 1)} NFE) vs the teacher's best "
+        f"{args.nfe}-NFE cell ({chosen})"
     )
-    print("cell per metric: " + ", ".join(f"{k} {c}" for k, c in best.items()) + "\n")
-    print("| draw | " + " | ".join(f"{k} student / teacher" for k in KEYS) + " | within 3σ |")
-    print("|---:|" + "---|" * len(KEYS) + "---:|")
-    for d, row in enumerate(draws):
-        cells = [f"{row['student'][k]:.3g} / {row['teacher'][k]['value']:.3g}" for k in KEYS]
-        print(
-            f"| {d} | "
-            + " | ".join(cells)
-            + f" | {row['student'].get('within_3std', float('nan')):.3f} |"
-        )
-    summary = {}
-    for k in KEYS:
-        diff = [r["student"][k] - r["teacher"][k]["value"] for r in draws]
-        below = sum(x < 0 for x in diff)
-        summary[k] = {
-            "student_mean": statistics.fmean(r["student"][k] for r in draws),
-            "teacher_mean": statistics.fmean(r["teacher"][k]["value"] for r in draws),
-            "draws_below": below,
-        }
-    print()
-    for k, s in summary.items():
-        print(
-            f"{k}: student {s['student_mean']:.4g}, teacher best {s['teacher_mean']:.4g} "
-            f"(mean over draws); student below on {s['draws_below']} of {len(draws)} draws"
-        )
+    _print(draws, summary, head, best)
     if args.json is not None:
-        args.json.write_text(
-            json.dumps({"run": str(args.run), "nfe": args.nfe, "draws": draws, "summary": summary})
-        )
+        payload = {"run": str(args.run), "nfe": args.nfe, "select": args.select}
+        args.json.write_text(json.dumps(payload | {"draws": draws, "summary": summary}))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from scoredistill.eval.teacher_best import (
     SAMPLERS,
     beaten_keys,
     best_table,
+    cell_name,
     grid_rows,
 )
 from scoredistill.teachers.testbeds import get_testbed
@@ -56,3 +57,15 @@ def test_grid_rows_cover_every_sampler_and_grid_and_repeat_the_baseline_cells():
     best = best_table(rows, [4])
     for key in KEYS:
         assert best[key]["4"][key] == min(r[key] for r in rows)
+
+
+def test_grid_rows_only_computes_the_named_cells_and_equals_the_full_table():
+    n, seed = 200, 5
+    full = {cell_name(r): r for r in grid_rows("ring8", [4], n, seed, progress=False)}
+    names = {"ddim vp-cosine/uniform", "euler edm/logsnr"}
+    some = grid_rows("ring8", [4], n, seed, progress=False, only=names)
+    assert {cell_name(r) for r in some} == names
+    for row in some:
+        for key in KEYS:
+            assert row[key] == pytest.approx(full[cell_name(row)][key], abs=1e-12)
+    assert grid_rows("ring8", [4], n, seed, progress=False, only=set()) == []

@@ -17,7 +17,7 @@ the best 4-NFE sampler" means below every cell that spends at most 4 evaluations
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -27,7 +27,15 @@ from ..teachers.testbeds import get_testbed
 from .baseline import cell_metrics, sample_cell
 from .image_baseline import best_rows
 
-__all__ = ["KEYS", "SAMPLERS", "SCHEDULES", "beaten_keys", "best_table", "grid_rows"]
+__all__ = [
+    "KEYS",
+    "SAMPLERS",
+    "SCHEDULES",
+    "beaten_keys",
+    "best_table",
+    "cell_name",
+    "grid_rows",
+]
 
 SAMPLERS = ("ddim", "dpmpp-2m", "heun", "euler")
 SCHEDULES = ("edm", "vp-cosine")
@@ -46,14 +54,25 @@ def _cells(nfes: Sequence[int]) -> list[tuple[str, str, str, int]]:
     ]
 
 
+def cell_name(row: dict[str, Any]) -> str:
+    """A cell's name, ``"<sampler> <schedule>/<spacing>"`` (what ``grid_rows(only=...)`` takes)."""
+    return f"{row['sampler']} {row['grid']}"
+
+
 def grid_rows(
-    name: str, nfes: Sequence[int], n: int, seed: int, *, progress: bool = True
+    name: str,
+    nfes: Sequence[int],
+    n: int,
+    seed: int,
+    *,
+    progress: bool = True,
+    only: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every sampler × schedule × spacing × NFE cell of testbed ``name`` (a name or a mixture
-    ``.npz``), ``n`` samples from ``seed``, scored against exact draws from ``seed + 1``: rows
-    ``{sampler, grid, nfe, metrics...}``."""
+    ``.npz``), or the cells named in ``only`` (``cell_name``), ``n`` samples from ``seed``,
+    scored against exact draws from ``seed + 1``: rows ``{sampler, grid, nfe, metrics...}``."""
     testbeds = {s: get_testbed(name, schedule=s) for s in SCHEDULES}
-    cells = _cells(nfes)
+    cells = [c for c in _cells(nfes) if only is None or f"{c[1]} {c[0]}/{c[2]}" in only]
     rows = []
     for schedule, sampler, spacing, nfe in tqdm(
         cells, desc=f"teacher best {name}", unit="cell", file=sys.stderr, disable=not progress
