@@ -26,6 +26,9 @@ cells on the very draws it is judged on favours the teacher (the luckiest cell w
 ``--draws − S`` only (only the chosen cells are sampled there)::
 
     OMP_NUM_THREADS=1 python benchmarks/paired_draws.py RUN --nfe 8 --draws 20 --select 5
+
+A consistency run (sCM, rCM, CD, Hyper-SD, SANA-Sprint) samples at the step count ``--steps``
+gives, from the same seeds.
 """
 
 from __future__ import annotations
@@ -44,13 +47,48 @@ from scoredistill.runs.distill import _label_sampler, trained_student
 from scoredistill.sources.generators import rollout
 
 
-def _student_row(gen, testbed, n: int, seed: int) -> dict[str, float]:
-    rng = torch.Generator().manual_seed(seed)
-    draw_labels = _label_sampler(testbed)
-    labels = draw_labels(n, rng) if draw_labels else None
+def _distill_sampler(gen, testbed):
+    """``(n, rng) -> (x, labels)`` of a ``distill`` run's EMA student (its own step count)."""
+    sample_labels = _label_sampler(testbed)
+
+    def sample(n: int, rng: torch.Generator):
+        labels = sample_labels(n, rng) if sample_labels else None
+        return rollout(gen, gen.sample_latent(n, rng), labels, rng), labels
+
+    return sample
+
+
+def _consistency_sampler(student, testbed, steps: int):
+    """``(n, rng) -> (x, labels)`` of a consistency run's EMA student at ``steps`` steps."""
+
+    def sample(n: int, rng: torch.Generator):
+        labels = draw_labels(testbed, n, rng)
+        z = torch.randn(n, testbed.dim, generator=rng)
+        return student.sample(z, labels, steps=steps, rng=rng), labels
+
+    return sample
+
+
+def load(run: Path, steps: int | None):
+    """``(cfg, testbed, sample, nfe)`` of a finished run folder: a ``distill`` run (its EMA
+    student, its own step count) or a consistency run (sCM, rCM, CD, Hyper-SD, SANA-Sprint:
+    its EMA student at ``steps`` steps, which it needs)."""
+    if "student" not in json.loads((run / "config.json").read_text()):
+        cfg, testbed, gen = trained_student(run)
+        return cfg, testbed, _distill_sampler(gen, testbed), getattr(gen, "nfe", 1)
+    if steps is None:
+        raise SystemExit(f"{run} is a consistency run: give --steps")
+    from consistency_grid import load_run
+
+    cfg, testbed, student, _ = load_run(run)
+    return cfg, testbed, _consistency_sampler(student, testbed, steps), steps
+
+
+def _student_row(sample, testbed, n: int, seed: int) -> dict[str, float]:
+    """The student's draw from ``seed`` (the teacher cells' seed, so both start from the same
+    normal draws), scored against the reference from ``seed + 1``."""
     with torch.no_grad():
-        z = gen.sample_latent(n, rng)
-        x = rollout(gen, z, labels, rng)
+        x, labels = sample(n, torch.Generator().manual_seed(seed))
     return testbed_metrics(testbed, x.double(), labels=labels, seed=seed + 1)
 
 
@@ -136,11 +174,12 @@ def main() -> None:
         "(0: choose and compare on every draw)",
     )
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=None, help="a consistency run's step count")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not 0 <= args.select < args.draws:
         parser.error(f"--select must be in [0, --draws): got {args.select} with {args.draws}")
-    cfg, testbed, gen = trained_student(args.run)
+    cfg, testbed, sample, nfe = load(args.run, args.steps)
     seeds = [cfg.train.seed + 1000 * (d + 1) for d in range(args.draws)]
     cells: dict[str, list[dict]] = {}
     for seed in seeds[: args.select or args.draws]:  # every cell on the selection draws
@@ -152,7 +191,10 @@ def main() -> None:
     draws = []
     for d in compared:
         seed = seeds[d]
-        student, exact = _student_row(gen, testbed, args.n, seed), _exact_row(testbed, args.n, seed)
+        student, exact = (
+            _student_row(sample, testbed, args.n, seed),
+            _exact_row(testbed, args.n, seed),
+        )
         if args.select:  # only the chosen cells on the comparison draws
             rows = grid_rows(
                 cfg.testbed, [args.nfe], args.n, seed, progress=False, only=set(best.values())
@@ -171,10 +213,7 @@ def main() -> None:
         )
     summary = _summary(draws)
     chosen = f"chosen on draws 0-{args.select - 1}" if args.select else "chosen on these draws"
-    head = (
-        f"{args.run}: student ({getattr(gen, 'nfe', 1)} NFE) vs the teacher's best "
-        f"{args.nfe}-NFE cell ({chosen})"
-    )
+    head = f"{args.run}: student ({nfe} NFE) vs the teacher's best {args.nfe}-NFE cell ({chosen})"
     _print(draws, summary, head, best)
     if args.json is not None:
         payload = {"run": str(args.run), "nfe": args.nfe, "select": args.select}

@@ -83,3 +83,29 @@ def test_table_calls_a_difference_only_when_two_standard_errors_from_zero():
     assert lines[0] == (
         "| r | same 3 | mmd_local | -0.3 ± 0.06 below (3/3) | +0 ± 0 level | -0.3 ± 0.06 below |"
     )
+
+
+def test_a_consistency_run_needs_its_step_count(paired, tmp_path):
+    (tmp_path / "config.json").write_text('{"method": "rcm", "student": {"hidden": 64}}')
+    with pytest.raises(SystemExit, match="consistency run: give --steps"):
+        paired.load(tmp_path, None)
+
+
+def test_consistency_sampler_draws_labels_then_noise_from_the_given_generator(paired):
+    import torch
+
+    from scoredistill.eval.baseline import draw_labels
+    from scoredistill.teachers.testbeds import get_testbed
+
+    class Echo:  # a student whose k-step sample is its noise scaled by k
+        def sample(self, z, labels, *, steps, rng):
+            return z * steps
+
+    testbed = get_testbed("cond2d")
+    x, labels = paired._consistency_sampler(Echo(), testbed, 3)(
+        50, torch.Generator().manual_seed(4)
+    )
+    rng = torch.Generator().manual_seed(4)
+    want_labels = draw_labels(testbed, 50, rng)
+    assert torch.equal(labels, want_labels)
+    assert torch.equal(x, 3 * torch.randn(50, testbed.dim, generator=rng))
