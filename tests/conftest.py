@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """``bench(name)``: a ``benchmarks/`` script imported as a module (the folder is not a
+    package, and its scripts import each other by name)."""
+
+    def load(name: str):
+        sys.path.insert(0, str(BENCH))
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(str(BENCH))
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -3,23 +3,14 @@ only, and the paired differences and their standard errors are those of the draw
 
 from __future__ import annotations
 
-import importlib
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def paired():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("paired_draws")
-    finally:
-        sys.path.remove(str(BENCH))
+def paired(bench):
+    return bench("paired_draws")
 
 
 def _m(local: float, mmd: float, sw2: float) -> dict:
@@ -58,12 +49,8 @@ def test_summary_pairs_each_draw_with_its_own_teacher_value(paired):
     assert out["exact_std"] == pytest.approx(statistics.stdev(exact))
 
 
-def test_table_calls_a_difference_only_when_two_standard_errors_from_zero():
-    sys.path.insert(0, str(BENCH))
-    try:
-        table = importlib.import_module("paired_table")
-    finally:
-        sys.path.remove(str(BENCH))
+def test_table_calls_a_difference_only_when_two_standard_errors_from_zero(bench):
+    table = bench("paired_table")
     assert table.verdict(-0.02, 0.01) == "below"
     assert table.verdict(0.021, 0.01) == "above"
     assert table.verdict(-0.019, 0.01) == "level"

@@ -3,23 +3,15 @@ are lower on the same testbed and seed; a seed without teacher cells is refused 
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def steps_table():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("steps_table")
-    finally:
-        sys.path.remove(str(BENCH))
+def steps_table(bench):
+    return bench("steps_table")
 
 
 def _run(tmp: Path, name: str, seed: int, by_steps: dict) -> Path:

@@ -3,26 +3,17 @@ above an angle agrees with ``SCM.draw_angles`` sampled (binomial tolerance)."""
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from scoredistill.objectives.scm import SCM
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def top_angle():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("trigflow_top_angle")
-    finally:
-        sys.path.remove(str(BENCH))
+def top_angle(bench):
+    return bench("trigflow_top_angle")
 
 
 @pytest.mark.parametrize("theta", [0.6, 1.1, 1.45, math.atan(80 / 1.03)])
