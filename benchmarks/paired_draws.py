@@ -43,16 +43,16 @@ import torch
 from scoredistill.eval.baseline import draw_labels
 from scoredistill.eval.metrics import testbed_metrics
 from scoredistill.eval.teacher_best import KEYS, cell_name, grid_rows
-from scoredistill.runs.distill import _label_sampler, trained_student
+from scoredistill.runs.consistency import student_noise
+from scoredistill.runs.distill import trained_student
 from scoredistill.sources.generators import rollout
 
 
 def _distill_sampler(gen, testbed):
     """``(n, rng) -> (x, labels)`` of a ``distill`` run's EMA student (its own step count)."""
-    sample_labels = _label_sampler(testbed)
 
     def sample(n: int, rng: torch.Generator):
-        labels = sample_labels(n, rng) if sample_labels else None
+        labels = draw_labels(testbed, n, rng)  # None on an unconditional testbed
         return rollout(gen, gen.sample_latent(n, rng), labels, rng), labels
 
     return sample
@@ -62,8 +62,7 @@ def _consistency_sampler(student, testbed, steps: int):
     """``(n, rng) -> (x, labels)`` of a consistency run's EMA student at ``steps`` steps."""
 
     def sample(n: int, rng: torch.Generator):
-        labels = draw_labels(testbed, n, rng)
-        z = torch.randn(n, testbed.dim, generator=rng)
+        z, labels = student_noise(testbed, n, rng)
         return student.sample(z, labels, steps=steps, rng=rng), labels
 
     return sample
@@ -122,23 +121,27 @@ def _summary(draws: list[dict]) -> dict[str, dict[str, float]]:
     difference is measured far better than either number alone."""
     out = {}
     for k in KEYS:
-        diff = [r["student"][k] - r["teacher"][k]["value"] for r in draws]
-        exact_diff = [r["exact"][k] - r["teacher"][k]["value"] for r in draws]
-        from_exact = [r["student"][k] - r["exact"][k] for r in draws]
+        student = [r["student"][k] for r in draws]
+        teacher = [r["teacher"][k]["value"] for r in draws]
+        exact = [r["exact"][k] for r in draws]
         out[k] = {
-            "student_mean": statistics.fmean(r["student"][k] for r in draws),
-            "teacher_mean": statistics.fmean(r["teacher"][k]["value"] for r in draws),
-            "draws_below": sum(x < 0 for x in diff),
-            "exact_mean": statistics.fmean(r["exact"][k] for r in draws),
-            "exact_std": _std(r["exact"][k] for r in draws),
-            "diff_mean": statistics.fmean(diff),
-            "diff_se": _std(diff) / len(diff) ** 0.5,
-            "exact_diff_mean": statistics.fmean(exact_diff),
-            "exact_diff_se": _std(exact_diff) / len(exact_diff) ** 0.5,
-            "from_exact_mean": statistics.fmean(from_exact),
-            "from_exact_se": _std(from_exact) / len(from_exact) ** 0.5,
+            "student_mean": statistics.fmean(student),
+            "teacher_mean": statistics.fmean(teacher),
+            "draws_below": sum(s < t for s, t in zip(student, teacher, strict=True)),
+            "exact_mean": statistics.fmean(exact),
+            "exact_std": _std(exact),
+            **_paired("diff", student, teacher),
+            **_paired("exact_diff", exact, teacher),
+            **_paired("from_exact", student, exact),
         }
     return out
+
+
+def _paired(name: str, a: list[float], b: list[float]) -> dict[str, float]:
+    """``{name}_mean`` and ``{name}_se``: the mean of ``a − b`` draw by draw and its standard
+    error."""
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    return {f"{name}_mean": statistics.fmean(diff), f"{name}_se": _std(diff) / len(diff) ** 0.5}
 
 
 def _print(draws: list[dict], summary: dict, head: str, best: dict[str, str]) -> None:

@@ -54,6 +54,10 @@ def _cells(nfes: Sequence[int]) -> list[tuple[str, str, str, int]]:
     ]
 
 
+def _grid(schedule: str, spacing: str) -> str:
+    return f"{schedule}/{spacing}"
+
+
 def cell_name(row: dict[str, Any]) -> str:
     """A cell's name, ``"<sampler> <schedule>/<spacing>"`` (what ``grid_rows(only=...)`` takes)."""
     return f"{row['sampler']} {row['grid']}"
@@ -72,7 +76,11 @@ def grid_rows(
     ``.npz``), or the cells named in ``only`` (``cell_name``), ``n`` samples from ``seed``,
     scored against exact draws from ``seed + 1``: rows ``{sampler, grid, nfe, metrics...}``."""
     testbeds = {s: get_testbed(name, schedule=s) for s in SCHEDULES}
-    cells = [c for c in _cells(nfes) if only is None or f"{c[1]} {c[0]}/{c[2]}" in only]
+    cells = [
+        (schedule, sampler, spacing, nfe)
+        for schedule, sampler, spacing, nfe in _cells(nfes)
+        if only is None or cell_name({"sampler": sampler, "grid": _grid(schedule, spacing)}) in only
+    ]
     rows = []
     for schedule, sampler, spacing, nfe in tqdm(
         cells, desc=f"teacher best {name}", unit="cell", file=sys.stderr, disable=not progress
@@ -82,7 +90,7 @@ def grid_rows(
         rows.append(
             {
                 "sampler": sampler,
-                "grid": f"{schedule}/{spacing}",
+                "grid": _grid(schedule, spacing),
                 "nfe": used,
                 **cell_metrics(testbed, x, labels, seed),
             }

@@ -211,6 +211,15 @@ def _build_critic(
     return critic, init
 
 
+def student_noise(testbed, n: int, rng: torch.Generator) -> tuple[torch.Tensor, Any]:
+    """A consistency student's sampling input from ``rng``: ``(z, labels)``, the class labels
+    (None on an unconditional testbed) drawn first, then unit normal noise ``(n, dim)``."""
+    from ..eval.baseline import draw_labels
+
+    labels = draw_labels(testbed, n, rng)
+    return torch.randn(n, testbed.dim, generator=rng), labels
+
+
 def _student_draw(
     student,
     testbed,
@@ -222,11 +231,8 @@ def _student_draw(
 ):
     """The fixed evaluation draw: ``(x, labels, seconds)``; the same noise for every step count.
     ``mid``, ``top``: a TrigFlow student's intermediate and first angles (None: the defaults)."""
-    from ..eval.baseline import draw_labels
-
     rng = torch.Generator().manual_seed(seed + 12345)
-    labels = draw_labels(testbed, n, rng)
-    z = torch.randn(n, testbed.dim, generator=rng)
+    z, labels = student_noise(testbed, n, rng)
     kw = ({} if mid is None else {"mid": mid}) | ({} if top is None else {"top": top})
     start = time.perf_counter()
     with torch.no_grad():
