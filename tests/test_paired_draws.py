@@ -96,3 +96,21 @@ def test_consistency_sampler_draws_labels_then_noise_from_the_given_generator(pa
     want_labels = draw_labels(testbed, 50, rng)
     assert torch.equal(labels, want_labels)
     assert torch.equal(x, 3 * torch.randn(50, testbed.dim, generator=rng))
+
+
+def test_shape_means_are_the_student_and_exact_means_of_the_keys_every_draw_holds(paired):
+    draws = [
+        {
+            "student": {"spread_ratio": 0.8, "logp": 1.5},
+            "exact": {"spread_ratio": 1.0, "logp": 1.0},
+        },
+        {
+            "student": {"spread_ratio": 0.6, "logp": 1.3},
+            "exact": {"spread_ratio": 1.1, "logp": 0.9},
+        },
+    ]
+    draws[1]["student"]["within_3std"] = 0.9  # held by one draw only: left out
+    out = paired.shape_means(draws)
+    assert set(out) == {"spread_ratio", "logp"}
+    assert out["spread_ratio"] == pytest.approx((0.7, 1.05))
+    assert out["logp"] == pytest.approx((1.4, 0.95))
