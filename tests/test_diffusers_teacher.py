@@ -22,11 +22,16 @@ from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DiTTransformer2DModel,
+    EDMDPMSolverMultistepScheduler,
     EDMEulerScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    HeunDiscreteScheduler,
     UNet2DModel,
+    UniPCMultistepScheduler,
 )
 from torch import nn
 
@@ -42,6 +47,9 @@ from scoredistill.teachers.diffusers import (
 F64 = torch.float64
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 SHAPE = (1, 2, 2)
+# the oracle's own reading of which classes are EDM-preconditioned and which flow matching
+EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 
 
 class GaussianOracle(nn.Module):
@@ -61,9 +69,9 @@ class GaussianOracle(nn.Module):
     def level(self, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Native (alpha, sigma) from the timestep: §1.2 (VP), §1.3 (continuous), §1.5, §1.4."""
         name, ts = type(self.scheduler).__name__, ts.double()
-        if name == "EDMEulerScheduler":
+        if name in EDM:
             return torch.ones_like(ts), torch.exp(4 * ts)
-        if name == "FlowMatchEulerDiscreteScheduler":
+        if name in FLOW:
             s = ts / self.scheduler.config.num_train_timesteps
             return 1 - s, s
         if self.scheduler.config.get("timestep_type") == "continuous":
@@ -81,7 +89,7 @@ class GaussianOracle(nn.Module):
     def forward(self, sample, timestep, class_labels=None, return_dict=True):
         alpha, sigma = (c.reshape(-1, 1, 1, 1) for c in self.level(timestep))
         mu, var = self.mu.reshape(1, *SHAPE), self.var.reshape(1, *SHAPE)
-        edm = type(self.scheduler).__name__ == "EDMEulerScheduler"
+        edm = type(self.scheduler).__name__ in EDM
         sd = self.scheduler.config.get("sigma_data", 0.5)
         x = sample * (sigma**2 + sd**2).sqrt() if edm else sample  # undo c_in
         d = mu + alpha * var / (alpha**2 * var + sigma**2) * (x - alpha * mu)
@@ -127,6 +135,18 @@ SCHEDULERS = {  # name: (constructor, prediction types)
     "edm": (lambda p: EDMEulerScheduler(prediction_type=p), ("epsilon", "v_prediction")),
     "flow": (lambda p: FlowMatchEulerDiscreteScheduler(), ("flow",)),
     "flow-shift3": (lambda p: FlowMatchEulerDiscreteScheduler(shift=3.0), ("flow",)),
+    # classes the adapter reads by what they hold (a beta table) or by family, not by name list
+    "heun-sd": (lambda p: HeunDiscreteScheduler(**SD, prediction_type=p), EPS_V_X0),
+    "unipc-cosine": (
+        lambda p: UniPCMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=p),
+        ("epsilon", "v_prediction"),
+    ),
+    "deis-linear": (lambda p: DEISMultistepScheduler(prediction_type=p), ("epsilon",)),
+    "edm-dpmsolver": (
+        lambda p: EDMDPMSolverMultistepScheduler(prediction_type=p),
+        ("epsilon", "v_prediction"),
+    ),
+    "flow-heun-shift3": (lambda p: FlowMatchHeunDiscreteScheduler(shift=3.0), ("flow",)),
 }
 BRIDGE = [(name, p) for name, (_, preds) in SCHEDULERS.items() for p in preds]
 
@@ -283,6 +303,23 @@ def test_load_a_ddpm_pipeline_folder(tmp_path, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [HeunDiscreteScheduler, UniPCMultistepScheduler])
+def test_a_folder_saved_with_another_beta_table_scheduler_is_the_same_teacher(tmp_path, cls):
+    """A pipeline shipped with Heun or UniPC (not in the adapter's name list) holds the same
+    beta table as DDPM's, so the same UNet is the same denoiser; the check reads the table."""
+    unet, ddpm = _tiny_unet(), DDPMScheduler(clip_sample=False, **SD)
+    DDPMPipeline(unet=unet, scheduler=ddpm).save_pretrained(tmp_path / "ddpm")
+    DDPMPipeline(unet=unet, scheduler=cls.from_config(ddpm.config)).save_pretrained(
+        tmp_path / "other"
+    )
+    a, b = load_diffusers_teacher(tmp_path / "ddpm"), load_diffusers_teacher(tmp_path / "other")
+    assert type(b.scheduler) is cls and b.family == "vp"
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0.1, 0.5, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(b.denoise(x, t), a.denoise(x, t), rtol=0, atol=0)
+
+
 def test_load_a_bare_class_conditional_unet_with_a_scheduler_folder(tmp_path):
     unet, sched = (
         _tiny_unet(num_class_embeds=3),
@@ -364,6 +401,9 @@ def test_errors_name_the_problem(tmp_path, pipe_dir, monkeypatch):
     assert "prediction_type 'score'" in msg and "valid: epsilon, v_prediction, sample" in msg
     _edit_json(pipe_dir / "scheduler" / "scheduler_config.json", _class_name="KarrasVeScheduler")
     assert "scheduler class 'KarrasVeScheduler' is not supported" in _error(pipe_dir)
+    _edit_json(pipe_dir / "scheduler" / "scheduler_config.json", _class_name="IPNDMScheduler")
+    msg = _error(pipe_dir)  # a diffusers scheduler without a beta table
+    assert "'IPNDMScheduler' is not supported" in msg and "discrete beta table" in msg
 
 
 def test_errors_for_models_and_weights(tmp_path, pipe_dir):

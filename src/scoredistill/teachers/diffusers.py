@@ -4,13 +4,16 @@ Every diffusers teacher reduces to "match log-SNR, rescale the input, convert th
 (reference note ``diffusers_integration.md`` §0). The library time ``t`` of ``teacher.schedule``
 (any library schedule) gives ``lambda = log(alpha²/sigma²)``; per scheduler family:
 
-- vp (DDPM, DDIM, LCM, PNDM, DPM-Solver++, Euler, Euler-ancestral): the fractional table index
-  ``k`` whose interpolated log-SNR is lambda (§1.2), input ``x_t / sqrt(alpha² + sigma²)``,
-  output eps / v / sample -> x0 (§1.1; Euler's VE view is the same network call, §1.3);
-- edm (``EDMEulerScheduler``): ``sigma = exp(-lambda/2)``, input ``c_in·x``, timestep
-  ``c_noise = ln(sigma)/4``, ``x0 = c_skip·x + c_out·F`` (F sign flipped for v; §1.5);
-- flow (``FlowMatchEulerDiscreteScheduler``): ``s = sigmoid(-lambda/2)``, timestep ``s·N``,
-  velocity ``eps - x0`` -> ``x0 = x - s·v`` (§1.4; the shift reparametrises time only).
+- vp (DDPM, DDIM, LCM, PNDM, DPM-Solver++, Euler, Euler-ancestral, and any other diffusers
+  scheduler built on a discrete beta table: Heun, UniPC, DEIS, KDPM2, LMS, ...): the fractional
+  table index ``k`` whose interpolated log-SNR is lambda (§1.2), input ``x_t / sqrt(alpha² +
+  sigma²)``, output eps / v / sample -> x0 (§1.1; Euler's VE view is the same network call, §1.3);
+- edm (``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler``): ``sigma = exp(-lambda/2)``,
+  input ``c_in·x``, timestep ``c_noise = ln(sigma)/4``, ``x0 = c_skip·x + c_out·F`` (F sign
+  flipped for v; §1.5);
+- flow (``FlowMatchEulerDiscreteScheduler`` and its Heun and LCM siblings): ``s =
+  sigmoid(-lambda/2)``, timestep ``s·N``, velocity ``eps - x0`` -> ``x0 = x - s·v`` (§1.4; the
+  shift reparametrises time only).
 
 Outside the trained log-SNR range lambda is clamped (§0 "Library rule"): the network sees ``x_t``
 normalised at the nearest trained level; ``teacher.schedule`` reports the range as
@@ -52,7 +55,15 @@ __all__ = [
 ]
 
 _VP = ("DDPM", "DDIM", "LCM", "PNDM", "EulerDiscrete", "EulerAncestralDiscrete", "DPMSolverMultistep")  # fmt: skip
-FAMILIES = {"EDMEulerScheduler": "edm", "FlowMatchEulerDiscreteScheduler": "flow"}
+# EDMDPMSolverMultistep preconditions exactly as EDMEuler; FlowMatchHeun/LCM keep FlowMatchEuler's
+# sigmas and shift (tests/test_diffusers_teacher.py checks both against the named class)
+_EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+_FLOW = (
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
+)
+FAMILIES = dict.fromkeys(_EDM, "edm") | dict.fromkeys(_FLOW, "flow")
 FAMILIES.update((f"{name}Scheduler", "vp") for name in _VP)
 VALID = {"vp": ("epsilon", "v_prediction", "sample"), "edm": ("epsilon", "v_prediction")}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -62,11 +73,29 @@ class TeacherFolderError(ValueError):
     """A teacher folder, file or config that cannot be used; the message is one line."""
 
 
+def _beta_table(name: Any, cfg: dict[str, Any]) -> bool:
+    """Whether diffusers' scheduler class ``name``, built from ``cfg``, holds a discrete VP
+    table: ``alphas_cumprod`` with one entry per training timestep (Heun, UniPC, DEIS, KDPM2,
+    LMS, TCD, ...: the network call is the same whichever of them samples)."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        return False
+    try:
+        table = getattr(cls.from_config(cfg), "alphas_cumprod", None)
+    except Exception:  # a class that cannot be built here (e.g. it needs torchsde)
+        return False
+    steps = cfg.get("num_train_timesteps", 1000)
+    return isinstance(table, Tensor) and table.ndim == 1 and table.numel() == steps
+
+
 def _check_scheduler(name: str, cfg: dict[str, Any]) -> tuple[str, str]:
     """``(family, prediction_type)``; unsupported classes and prediction types raise."""
-    if name not in FAMILIES:
-        raise ValueError(f"scheduler class {name!r} is not supported; valid: {', '.join(FAMILIES)}")
-    family = FAMILIES[name]
+    family = FAMILIES.get(name) or ("vp" if _beta_table(name, cfg) else None)
+    if family is None:
+        valid = ", ".join([*FAMILIES, "any other scheduler with a discrete beta table"])
+        raise ValueError(f"scheduler class {name!r} is not supported; valid: {valid}")
     if family == "flow":
         return family, "flow"  # flow matching always predicts the velocity eps - x0
     kind, valid = cfg.get("prediction_type", "epsilon"), VALID[family]
