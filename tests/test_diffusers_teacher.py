@@ -320,6 +320,30 @@ def test_a_folder_saved_with_another_beta_table_scheduler_is_the_same_teacher(tm
         torch.testing.assert_close(b.denoise(x, t), a.denoise(x, t), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("max_value", [1.0, 3.0])
+def test_dynamic_thresholding_is_the_schedulers_own(tmp_path, max_value):
+    """``thresholding=True`` (Imagen's dynamic thresholding) replaces clipping in diffusers'
+    step; the teacher's x0 must be the scheduler's ``pred_original_sample``, and the exported
+    LCM scheduler must threshold the same way."""
+    from scoredistill.export import cut_lcm_scheduler
+
+    unet = _tiny_unet()
+    sched = DDPMScheduler(thresholding=True, sample_max_value=max_value, clip_sample=True)
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
+    teacher = load_diffusers_teacher(tmp_path / "pipe")
+    assert teacher.threshold == (0.995, max_value)
+    x = 4 * torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
+    for k in (1, 500, 999):
+        with torch.no_grad():
+            got = teacher.denoise(x, torch.full((3,), k / 999))
+            want = _manual_x0(unet, sched, x.reshape(3, 1, 8, 8), k).flatten(1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    lcm = cut_lcm_scheduler(teacher, 1000, 4, 10.0)
+    assert lcm.config.thresholding and lcm.config.sample_max_value == max_value
+    big = 5 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(lcm._threshold_sample(big), sched._threshold_sample(big))
+
+
 def test_load_a_bare_class_conditional_unet_with_a_scheduler_folder(tmp_path):
     unet, sched = (
         _tiny_unet(num_class_embeds=3),

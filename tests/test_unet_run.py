@@ -74,17 +74,23 @@ def test_bad_teacher_is_one_line_exit_2(teacher, needle, tmp_path, capsys) -> No
     assert not (tmp_path / "o").exists()  # nothing written
 
 
-def test_data_of_another_shape_is_refused(teacher_dir, tmp_path, capsys) -> None:
+def test_data_of_another_shape_is_refused_only_where_it_is_read(teacher_dir, tmp_path, capsys):
+    """The GAN term reads real images: a folder of another shape is one line naming the key and
+    the fix. Without it the key is unused, so the same folder (or, for a teacher that is not
+    8x8, the digits default) is not read and cannot stop the run."""
     from PIL import Image
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
         Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
-    args = ["distill", "--preset", "dmd2-unet", "--teacher", teacher_dir, "--dry-run"]
-    code = _run([*args, "--set", f"data={folder}", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert code == 2 and "data" in err and "(1, 8, 8)" in err
+    for preset, code in (("dmd2-gan-unet", 2), ("dmd2-unet", 0)):
+        args = ["distill", "--preset", preset, "--teacher", teacher_dir, "--dry-run"]
+        assert _run([*args, "--set", f"data={folder}"]) == code
+        err = capsys.readouterr().err
+        if code:
+            assert len(err.strip().splitlines()) == 1
+            assert "config key 'data'" in err and "(1, 8, 8)" in err and "--set data=DIR" in err
 
 
 def test_teacher_flag_refuses_a_testbed_preset(teacher_dir, capsys) -> None:

@@ -96,6 +96,18 @@ def _betas(teacher: DiffusersTeacher) -> list[float]:
     return (1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])).tolist()
 
 
+def _threshold_config(teacher: DiffusersTeacher) -> dict[str, Any]:
+    """The stock schedulers' dynamic-thresholding keys for the teacher's ``threshold``."""
+    if teacher.threshold is None:
+        return {"thresholding": False}
+    ratio, max_value = teacher.threshold
+    return {
+        "thresholding": True,
+        "dynamic_thresholding_ratio": ratio,
+        "sample_max_value": max_value,
+    }
+
+
 def cut_lcm_scheduler(
     teacher: DiffusersTeacher, n_cut: int, original_steps: int, timestep_scaling: float
 ) -> Any:
@@ -111,6 +123,8 @@ def cut_lcm_scheduler(
         prediction_type=teacher.prediction_type,
         clip_sample=teacher.clip_sample is not None,  # the student clips x0 as its teacher does
         clip_sample_range=teacher.clip_sample or 1.0,
+        # and thresholds it as its teacher does
+        **_threshold_config(teacher),
         timestep_scaling=timestep_scaling,
     )
     abar = torch.tensor(teacher.native_schedule.alphas_cumprod[:n_cut], dtype=torch.float64)

@@ -104,9 +104,11 @@ def load_real(cfg: UNetDistillConfig, teacher) -> Any:
     # no silent resizing: images of another size or channel count are refused below
     data = load_digits_images("train") if cfg.data == "digits" else load_image_folder(cfg.data)
     if tuple(data.x.shape[1:]) != tuple(teacher.shape):
+        which = "the default, sklearn's digits," if cfg.data == "digits" else cfg.data
         raise ConfigError(
-            f"config key 'data': images of shape {tuple(data.x.shape[1:])} do not fit the "
-            f"teacher's {tuple(teacher.shape)} (channels, height, width)"
+            f"config key 'data': images of shape {tuple(data.x.shape[1:])} ({which}) do not fit "
+            f"the teacher's {tuple(teacher.shape)} (channels, height, width); give a folder of "
+            "PNG/JPEG images of the teacher's shape: --set data=DIR"
         )
     if teacher.num_classes and data.labels is not None and data.num_classes > teacher.num_classes:
         raise ConfigError(
@@ -224,11 +226,11 @@ def run_unet(
     from .unet_report import write_outputs
 
     teacher = load_teacher(cfg).to(run_device())  # players are copied from it: same device
-    data = load_real(cfg, teacher)
+    needs_real = _needs_real(objective)
+    data = load_real(cfg, teacher) if needs_real else None
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(out / "config.json", to_dict(cfg))
-    needs_real = bool(getattr(objective, "needs_real", False))
     torch.manual_seed(cfg.train.seed)
     gen, critic = _build(cfg, teacher, needs_real)
     _warn_if_not_exportable(cfg, gen, teacher)
@@ -283,8 +285,15 @@ def run_unet(
 def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
     cfg, objective = resolve_config(UNetDistillConfig(), PRESETS, preset, sets, OBJECTIVES)
     teacher = load_teacher(cfg)  # a bad folder, data or shape fails before any training
-    load_real(cfg, teacher)
+    if _needs_real(objective):
+        load_real(cfg, teacher)
     return Resolved(cfg, objective, preset)
+
+
+def _needs_real(objective: Any) -> bool:
+    """Whether the objective reads real images (the GAN term's real class): without it the
+    ``data`` key is unused, so a teacher of any shape needs no image folder."""
+    return bool(getattr(objective, "needs_real", False))
 
 
 FAMILY = Family(

@@ -155,6 +155,17 @@ class DiffusersTeacher(nn.Module):
         # (diffusers' default for DDPM/DDIM): part of what the teacher's own sampler computes
         clip = self.family == "vp" and bool(scfg.get("clip_sample", False))
         self.clip_sample = float(scfg.get("clip_sample_range", 1.0)) if clip else None
+        # dynamic thresholding (Imagen, Saharia et al. 2022, Sec. 2.3) replaces the clipping
+        # when set, as in diffusers' step: (percentile ratio, largest s) of _threshold_sample
+        dynamic = self.family == "vp" and bool(scfg.get("thresholding", False))
+        self.threshold = (
+            (
+                float(scfg.get("dynamic_thresholding_ratio", 0.995)),
+                float(scfg.get("sample_max_value", 1.0)),
+            )
+            if dynamic
+            else None
+        )
         size = cfg.get("sample_size")
         hw = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (int(cfg["in_channels"]), *hw)
@@ -221,12 +232,24 @@ class DiffusersTeacher(nn.Module):
         if self.family == "edm" and self.prediction_type == "v_prediction":
             out = -out  # diffusers' EDM v-prediction is -F (c_out's sign, note §1.5)
         d = to_denoiser(out, x_n, alpha, sigma, self.prediction, **kwargs)
-        if self.clip_sample is not None:
+        if self.threshold is not None:
+            d = dynamic_threshold(d, *self.threshold)
+        elif self.clip_sample is not None:
             d = d.clamp(-self.clip_sample, self.clip_sample)
         return d.reshape(x_t.shape)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.denoise(x_t, t, cond)
+
+
+def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """Imagen's dynamic thresholding of ``x0: (B, ...)``: per sample, ``s`` = the ``ratio``
+    quantile of ``|x0|`` clamped to ``[1, max_value]``, then ``clamp(x0, -s, s) / s``."""
+    flat = x0.reshape(x0.shape[0], -1)
+    if flat.dtype not in (torch.float32, torch.float64):  # quantile needs a float type
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(1.0, max_value)
+    return (flat.clamp(-s[:, None], s[:, None]) / s[:, None]).reshape(x0.shape).to(x0.dtype)
 
 
 def _fail(where: Path | str, what: str, err: Exception | None = None) -> TeacherFolderError:
