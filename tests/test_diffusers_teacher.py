@@ -428,6 +428,9 @@ def test_errors_name_the_problem(tmp_path, pipe_dir, monkeypatch):
     _edit_json(pipe_dir / "scheduler" / "scheduler_config.json", _class_name="IPNDMScheduler")
     msg = _error(pipe_dir)  # a diffusers scheduler without a beta table
     assert "'IPNDMScheduler' is not supported" in msg and "discrete beta table" in msg
+    _edit_json(pipe_dir / "model_index.json", unet=["diffusers", "UNet9000Model"])
+    msg = _error(pipe_dir)  # diffusers' own from_pretrained would refuse this folder too
+    assert "model_index.json: 'unet'" in msg and "names no diffusers model class" in msg
 
 
 def test_errors_for_models_and_weights(tmp_path, pipe_dir):

@@ -27,6 +27,20 @@ def test_dry_run_prints_parameters_and_memory(teacher_dir, capsys) -> None:
     assert params["student"] == params["critic"] == params["teacher (frozen)"] > 1000
     assert out["networks"]["shape"] == [1, 8, 8] and out["networks"]["num_classes"] == 10
     assert out["teacher"] == teacher_dir and out["method"] == "dmd"
+    assert out["networks"]["labels"].startswith("10 classes and null row 10")
+
+
+@pytest.mark.parametrize("preset", ["dmd2-unet", "cd-unet"])
+def test_num_classes_declares_a_unet_without_a_null_row(teacher_dir, capsys, preset) -> None:
+    """11 label rows read as 10 classes + null row 10 by default; ``num_classes=11`` makes
+    every row a class (a stock class-conditional UNet); 12 fits neither and is refused."""
+    args = ["distill", "--preset", preset, "--teacher", teacher_dir, "--dry-run"]
+    assert _run([*args, "--set", "num_classes=11"]) == 0
+    net = json.loads(capsys.readouterr().out)["networks"]
+    assert net["num_classes"] == 11 and net["labels"].startswith("11 classes, no null row")
+    assert _run([*args, "--set", "num_classes=12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_classes=12 does not fit 11 label rows" in err[0]
 
 
 @pytest.mark.slow

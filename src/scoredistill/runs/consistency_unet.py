@@ -72,6 +72,9 @@ class ConsistencyUNetConfig:
     teacher: str = ""  # a local diffusers folder; "" = the bundled digits UNet
     scheduler: str = ""  # a scheduler folder for a bare model folder
     variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
+    # a class-conditional UNet's classes: None reads num_class_embeds = K + 1 as K classes and
+    # a null row K (the library's trainer); K + 1 declares every row a class (no null row)
+    num_classes: PositiveInt | None = None
     data: str = "digits"  # the images CD noises: "digits" or a folder of PNG/JPEG
     objective: dict[str, Any] = field(default_factory=dict)
     train: ConsistencyLoopConfig = field(default_factory=ConsistencyLoopConfig)
@@ -245,10 +248,7 @@ def param_report(cfg: ConsistencyUNetConfig) -> dict[str, Any]:
     mib = 4 * params / 2**20
     copies = {"teacher (frozen)": 1, "student": 4, "target (EMA 0.95)": 1, "ema (evaluated)": 1}
     return {
-        "teacher_folder": str(unet.teacher_path(cfg)),
-        "shape": list(teacher.shape),
-        "num_classes": teacher.num_classes,
-        "prediction_type": teacher.prediction_type,
+        **unet.teacher_summary(cfg, teacher),
         "params": dict.fromkeys(copies, params),
         "weights_and_optimizer_MiB": {k: round(c * mib, 2) for k, c in copies.items()}
         | {"total": round(sum(copies.values()) * mib, 2)},

@@ -64,6 +64,9 @@ class UNetDistillConfig:
     teacher: str = ""  # a local diffusers folder; "" = the bundled digits UNet
     scheduler: str = ""  # a scheduler folder for a bare model folder
     variant: str = ""  # weight variant ("fp16"); "": standard, or the only one (fp16-only)
+    # a class-conditional UNet's classes: None reads num_class_embeds = K + 1 as K classes and
+    # a null row K (the library's trainer); K + 1 declares every row a class (no null row)
+    num_classes: PositiveInt | None = None
     data: str = "digits"  # real images (GAN's real class): "digits" or a folder of PNG/JPEG
     objective: dict[str, Any] = field(default_factory=dict)
     train: TwoPlayerConfig = field(default_factory=TwoPlayerConfig)
@@ -91,7 +94,10 @@ def load_teacher(cfg: UNetDistillConfig):
     from ..teachers.diffusers import load_diffusers_teacher
 
     teacher = load_diffusers_teacher(
-        teacher_path(cfg), scheduler=cfg.scheduler or None, variant=cfg.variant
+        teacher_path(cfg),
+        scheduler=cfg.scheduler or None,
+        variant=cfg.variant,
+        num_classes=cfg.num_classes,
     )
     set_attention(teacher.model, cfg.student.attention)
     return teacher
@@ -196,6 +202,30 @@ def _warn_if_not_exportable(cfg: UNetDistillConfig, gen, teacher) -> None:
             warnings.warn(f"the student will not be exported: {err}", stacklevel=2)
 
 
+def label_note(teacher) -> str:
+    """How the teacher's label rows were read, and the key that reads them the other way."""
+    k, null = teacher.num_classes, teacher.null_index
+    if not k:
+        return "unconditional"
+    if null is None:
+        return f"{k} classes, no null row (every label row is a class)"
+    return (
+        f"{k} classes and null row {null} (the library's trainer's layout); if all {k + 1} rows "
+        f"are classes: --set num_classes={k + 1}"
+    )
+
+
+def teacher_summary(cfg, teacher) -> dict[str, Any]:
+    """The ``--dry-run`` lines on the teacher: folder, shape, labels, prediction type."""
+    return {
+        "teacher_folder": str(teacher_path(cfg)),
+        "shape": list(teacher.shape),
+        "num_classes": teacher.num_classes,
+        "labels": label_note(teacher),
+        "prediction_type": teacher.prediction_type,
+    }
+
+
 def param_report(cfg: UNetDistillConfig) -> dict[str, Any]:
     """``--dry-run``: parameter counts and a peak-memory estimate per network (fp32 weights;
     Adam keeps two moments and the gradient: 4 copies of a trained network, 1 of the frozen
@@ -204,10 +234,7 @@ def param_report(cfg: UNetDistillConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in teacher.model.parameters())
     mib = 4 * params / 2**20
     return {
-        "teacher_folder": str(teacher_path(cfg)),
-        "shape": list(teacher.shape),
-        "num_classes": teacher.num_classes,
-        "prediction_type": teacher.prediction_type,
+        **teacher_summary(cfg, teacher),
         "params": {"teacher (frozen)": params, "student": params, "critic": params},
         "weights_and_optimizer_MiB": {
             "teacher (frozen)": round(mib, 2),

@@ -77,10 +77,7 @@ def _beta_table(name: Any, cfg: dict[str, Any]) -> bool:
     """Whether diffusers' scheduler class ``name``, built from ``cfg``, holds a discrete VP
     table: ``alphas_cumprod`` with one entry per training timestep (Heun, UniPC, DEIS, KDPM2,
     LMS, TCD, ...: the network call is the same whichever of them samples)."""
-    import diffusers
-
-    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+    if (cls := _lookup(name, "SchedulerMixin")) is None:
         return False
     try:
         table = getattr(cls.from_config(cfg), "alphas_cumprod", None)
@@ -276,11 +273,16 @@ def component_config(path: Path, part: str, name: str = "config.json") -> dict[s
     return _read_json(path / part / name)
 
 
-def _diffusers_class(where: Path, name: Any, base: str) -> type:
+def _lookup(name: Any, base: str) -> type | None:
+    """diffusers' class ``name`` when it is a subclass of ``diffusers.<base>``, else None."""
     import diffusers
 
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, getattr(diffusers, base))):
+    return cls if isinstance(cls, type) and issubclass(cls, getattr(diffusers, base)) else None
+
+
+def _diffusers_class(where: Path, name: Any, base: str) -> type:
+    if (cls := _lookup(name, base)) is None:
         raise _fail(where, f"_class_name {name!r} is not a diffusers {base} class")
     return cls
 
@@ -303,6 +305,8 @@ def _folders(path: Path, scheduler: str | Path | None) -> tuple[Path, Path]:
         if part is None or not (isinstance(index[part], list) and index[part][:1] == ["diffusers"]):
             found = {k: index[k] for k in ("unet", "transformer") if k in index} or sorted(index)
             raise _fail(index_path, f"needs unet/transformer: ['diffusers', CLASS]; got {found}")
+        if _lookup(index[part][1] if len(index[part]) > 1 else None, "ModelMixin") is None:
+            raise _fail(index_path, f"{part!r}: {index[part]} names no diffusers model class")
         model_dir, sched_dir = path / part, path / "scheduler"
     elif (path / "config.json").is_file():
         model_dir, sched_dir = path, path
