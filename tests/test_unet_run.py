@@ -107,6 +107,17 @@ def test_data_of_another_shape_is_refused_only_where_it_is_read(teacher_dir, tmp
             assert "config key 'data'" in err and "(1, 8, 8)" in err and "--set data=DIR" in err
 
 
+def test_sample_reads_every_label_row_as_a_class_with_num_classes(teacher_dir, tmp_path, capsys):
+    """Row 10 of the fixture's 11 is the null label by default, so ``--class 10`` is refused;
+    ``--num-classes 11`` makes it a class."""
+    args = ["sample", "--teacher", teacher_dir, "--sampler", "ddim", "--nfe", "1", "--n", "4"]
+    assert _run([*args, "--class", "10", "--out", str(tmp_path / "a")]) == 2
+    assert "classes are 0..9" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert _run([*args, "--class", "10", "--num-classes", "11", "--out", str(out)]) == 0
+    assert set(np.load(out / "samples.npz")["labels"].tolist()) == {10}
+
+
 def test_teacher_flag_refuses_a_testbed_preset(teacher_dir, capsys) -> None:
     args = ["distill", "--preset", "dmd2-digits", "--teacher", teacher_dir, "--out", "x"]
     assert _run(args) == 2

@@ -80,7 +80,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         metrics = sample_teacher(
             args.teacher, prepare_out(args), sampler=args.sampler, nfe=args.nfe, n=args.n,
             seed=args.seed, cfg=args.cfg, spacing=args.spacing, klass=args.klass,
-            scheduler=args.scheduler,
+            scheduler=args.scheduler, num_classes=args.num_classes,
         )  # fmt: skip
         print(json.dumps(metrics, indent=2))
         return 0
@@ -116,7 +116,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         print(
             baseline_teacher(
                 args.teacher, prepare_out(args), samplers=args.samplers, nfes=args.nfe,
-                n=args.n, seed=args.seed, scheduler=args.scheduler,
+                n=args.n, seed=args.seed, scheduler=args.scheduler, num_classes=args.num_classes,
             )
         )  # fmt: skip
         return 0
@@ -213,6 +213,13 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scheduler", default=None, help="a scheduler folder for a bare --teacher model"
+    )
+    p.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="a class-conditional --teacher's classes: its num_class_embeds when every label "
+        "row is a class (default: the last row is the null label)",
     )
     p.add_argument(
         "--schedule", default="edm", choices=list(SCHEDULES), help="forward process (default edm)"

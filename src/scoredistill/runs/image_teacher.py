@@ -19,10 +19,10 @@ from ..io import atomic_write_json, json_safe
 __all__ = ["baseline_teacher", "sample_teacher", "train_teacher"]
 
 
-def _teacher(path: str, scheduler: str | None):
+def _teacher(path: str, scheduler: str | None, num_classes: int | None):
     from ..teachers.diffusers import load_diffusers_teacher
 
-    return load_diffusers_teacher(path, scheduler=scheduler)
+    return load_diffusers_teacher(path, scheduler=scheduler, num_classes=num_classes)
 
 
 def _labels(teacher: Any, n: int, rng: torch.Generator, klass: int | None) -> torch.Tensor | None:
@@ -48,6 +48,7 @@ def sample_teacher(
     spacing: str | None = None,
     klass: int | None = None,
     scheduler: str | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
     """``n`` samples of the teacher in ``out`` (``samples.npz``, ``metrics.json``,
     ``samples.png``); ``cfg`` is the guidance scale w (1: none) of a class-conditional teacher."""
@@ -56,7 +57,7 @@ def sample_teacher(
     from ..runs.unet import score
     from ..samplers import sample
 
-    teacher = _teacher(path, scheduler)
+    teacher = _teacher(path, scheduler, num_classes)
     if cfg != 1.0 and not teacher.num_classes:
         raise ConfigError("--cfg needs a class-conditional teacher; this one has no classes")
     rng = torch.Generator().manual_seed(seed)
@@ -89,6 +90,7 @@ def baseline_teacher(
     n: int,
     seed: int,
     scheduler: str | None = None,
+    num_classes: int | None = None,
 ) -> str:
     """The sampler × grid × NFE table through the adapter, diffusers' own DDIM beside it, the
     best row per NFE budget and (digits) the real-data floor: ``baseline.json``, ``baseline.md``."""
@@ -96,7 +98,7 @@ def baseline_teacher(
     from ..eval.report import format_value
     from ..runs.unet import digits_like, score
 
-    teacher = _teacher(path, scheduler)
+    teacher = _teacher(path, scheduler, num_classes)
     rows = image_rows(teacher, samplers, nfes, n, seed, score)
     if teacher.family == "vp":
         rows += diffusers_ddim_rows(teacher, nfes, n, seed, score)
