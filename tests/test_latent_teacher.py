@@ -45,8 +45,12 @@ class CharTokenizer:
 
     model_max_length = LENGTH
 
-    def __call__(self, prompts, padding, max_length, truncation, return_tensors):
-        assert (padding, truncation, return_tensors) == ("max_length", True, "pt")
+    def __call__(
+        self, prompts, padding=False, max_length=None, truncation=False, return_tensors=None
+    ):
+        if not truncation:  # the untruncated ids (text_cond.warn_truncated counts them)
+            return SimpleNamespace(input_ids=[[256, *p.encode(), 257] for p in prompts])
+        assert (padding, return_tensors) == ("max_length", "pt")
         rows = [([256, *p.encode()][: max_length - 1] + [257] * max_length)[:max_length]
                 for p in prompts]  # fmt: skip
         ids = torch.tensor(rows)
@@ -79,13 +83,13 @@ def _unet(in_channels: int = 4) -> UNet2DConditionModel:
     ).eval()  # fmt: skip
 
 
-def _vae(latent_channels: int = 4) -> AutoencoderKL:
+def _vae(latent_channels: int = 4, **extra) -> AutoencoderKL:
     torch.manual_seed(1)
     return AutoencoderKL(
         in_channels=1, out_channels=1, latent_channels=latent_channels,
         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        scaling_factor=0.7,
+        scaling_factor=0.7, **extra,
     ).eval()  # fmt: skip
 
 
@@ -143,6 +147,35 @@ def test_encode_decode_shape_range_scaling_and_gradient(teacher):
     torch.testing.assert_close(img, raw)
     z2 = teacher.encode(x.detach(), generator=torch.Generator().manual_seed(1))
     assert z2.shape == (5, 64) and not torch.equal(z2, z.detach())  # a posterior sample
+
+
+@pytest.mark.parametrize("vae_shift", [False, True])
+def test_a_vae_shift_factor_is_used_only_where_the_pipeline_uses_it(vae_shift):
+    """StableDiffusionPipeline decodes ``z / scaling_factor`` and ignores a VAE's
+    ``shift_factor``; SD3 and Flux decode ``z / scaling_factor + shift_factor``."""
+    vae = _vae(shift_factor=0.3)
+    teacher = LatentDiffusersTeacher(
+        _unet(), vae, DDPMScheduler(**SD), CausalMeanEncoder(), CharTokenizer(), vae_shift=vae_shift
+    )
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    shift = 0.3 if vae_shift else 0.0
+    with torch.no_grad():
+        want = vae.decode(z / 0.7 + shift).sample.clamp(-1, 1)
+        torch.testing.assert_close(teacher.decode(z), want)
+        x = want.clone()
+        ref = (vae.encode(x).latent_dist.mean - shift) * 0.7
+        torch.testing.assert_close(teacher.encode(x), ref.reshape(2, -1))
+
+
+def test_prompts_longer_than_the_tokenizer_are_named_in_one_warning():
+    from scoredistill.teachers.text_cond import warn_truncated
+
+    tok = CharTokenizer()  # 8 tokens: bos + 6 bytes + eos fit, 7 bytes do not
+    with pytest.warns(UserWarning, match=r"2 of 3 prompts exceed the text encoder's 8 tokens"):
+        assert warn_truncated(tok, ["abcdef", "abcdefg", "a handwritten 3"]) == [
+            "abcdefg",
+            "a handwritten 3",
+        ]
 
 
 def test_prompt_cache_returns_identical_tensors_without_recomputing():
@@ -305,6 +338,12 @@ DAMAGE = {  # name: (change, a regex the message must match)
         r"vae/config.json: latent_channels=3 but unet/config.json has in_channels=4",
     ),
     "pixel unet": (_pixel_unet, r"unet/config.json: UNet2DModel takes no encoder_hidden_states"),
+    "pooled text encoder": (
+        lambda d: _edit_json(
+            d / "text_encoder" / "config.json", architectures=["CLIPTextModelWithProjection"]
+        ),
+        r"text_encoder/config.json: CLIPTextModelWithProjection returns one pooled embedding",
+    ),
     "sdxl unet": (
         lambda d: _edit_json(d / "unet" / "config.json", addition_embed_type="text_time"),
         r"unet/config.json: addition_embed_type 'text_time' needs added_cond_kwargs",

@@ -71,3 +71,10 @@ def check_sd_configs(path: Path) -> None:
     if latent != inputs:
         what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
         raise _fail(vcfg_path, f"{what}; the VAE's latents must be the UNet's input")
+    tcfg_path = path / "text_encoder" / "config.json"
+    arch = (
+        (_read_json(tcfg_path).get("architectures") or [None])[0] if tcfg_path.is_file() else None
+    )
+    if arch == "CLIPTextModelWithProjection":  # the stock pipeline fails on it as well
+        what = "returns one pooled embedding per prompt; valid: CLIPTextModel (per-token"
+        raise _fail(tcfg_path, f"{arch} {what} embeddings, what the UNet cross-attends to)")

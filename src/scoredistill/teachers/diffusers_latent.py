@@ -81,6 +81,7 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         *,
         schedule: Schedule | None = None,
         latent_hw: Sequence[int] | None = None,
+        vae_shift: bool = False,
     ) -> None:
         super().__init__(unet, scheduler, schedule=schedule)
         if latent_hw is not None:  # a training resolution (diffusers_size), not the config's
@@ -100,7 +101,9 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.scaling_factor = float(vcfg.get("scaling_factor") or 1.0)
-        self.shift_factor = float(vcfg.get("shift_factor") or 0.0)
+        # SD3 and Flux latents are (E(x) - shift_factor) * scaling_factor; StableDiffusion(XL)
+        # pipelines scale only and ignore a VAE's shift_factor (vae_shift=False)
+        self.shift_factor = float(vcfg.get("shift_factor") or 0.0) if vae_shift else 0.0
         f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
         self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
         self.clip_skip = 0
@@ -311,6 +314,7 @@ def load_latent_teacher(
             tokenizer,
             schedule=schedule or native,
             latent_hw=hw,
+            vae_shift=is_flux_index(index) or "unet" not in index,  # Flux, SD3
         )
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None

@@ -11,6 +11,7 @@ the label-based ingredients need (indexing, ``null_like``, classifier-free dropo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,21 @@ def _pooled_fits(pooled: Tensor | None, null: Tensor | None, n: int) -> bool:
     return pooled.dim() == 2 and len(pooled) == n and tuple(null.shape) == (1, pooled.shape[1])
 
 
+def warn_truncated(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
+    """The prompts longer than the tokenizer's ``model_max_length`` tokens, which the encoder
+    sees cut (as diffusers' pipelines do; they log the cut part): one warning names how many."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(list(prompts), truncation=False).input_ids
+    long = [p for p, row in zip(prompts, ids, strict=True) if len(row) > limit]
+    if long:
+        warnings.warn(
+            f"{len(long)} of {len(prompts)} prompts exceed the text encoder's {limit} tokens and "
+            f"are truncated to them (the first: {long[0][:60]!r})",
+            stacklevel=3,
+        )
+    return long
+
+
 def encode_text(
     tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str], clip_skip: int = 0
 ) -> Tensor:
@@ -140,6 +156,7 @@ def encode_text(
         truncation=True,
         return_tensors="pt",
     )
+    warn_truncated(tokenizer, prompts)
     device = next(text_encoder.parameters()).device
     use_mask = getattr(getattr(text_encoder, "config", None), "use_attention_mask", False)
     mask = tokens.attention_mask.to(device) if use_mask else None
