@@ -29,6 +29,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
+    FlowMatchLCMScheduler,
     HeunDiscreteScheduler,
     UNet2DModel,
     UniPCMultistepScheduler,
@@ -49,7 +50,11 @@ SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012
 SHAPE = (1, 2, 2)
 # the oracle's own reading of which classes are EDM-preconditioned and which flow matching
 EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
-FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+FLOW = (
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
+)
 
 
 class GaussianOracle(nn.Module):
@@ -147,6 +152,7 @@ SCHEDULERS = {  # name: (constructor, prediction types)
         ("epsilon", "v_prediction"),
     ),
     "flow-heun-shift3": (lambda p: FlowMatchHeunDiscreteScheduler(shift=3.0), ("flow",)),
+    "flow-lcm-shift3": (lambda p: FlowMatchLCMScheduler(shift=3.0), ("flow",)),
 }
 BRIDGE = [(name, p) for name, (_, preds) in SCHEDULERS.items() for p in preds]
 

@@ -56,7 +56,7 @@ __all__ = [
 
 _VP = ("DDPM", "DDIM", "LCM", "PNDM", "EulerDiscrete", "EulerAncestralDiscrete", "DPMSolverMultistep")  # fmt: skip
 # EDMDPMSolverMultistep preconditions exactly as EDMEuler; FlowMatchHeun/LCM keep FlowMatchEuler's
-# sigmas and shift (tests/test_diffusers_teacher.py checks both against the named class)
+# sigmas and shift (tests/test_diffusers_teacher.py's Gaussian bridge checks each class)
 _EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 _FLOW = (
     "FlowMatchEulerDiscreteScheduler",
@@ -155,14 +155,8 @@ class DiffusersTeacher(nn.Module):
         # dynamic thresholding (Imagen, Saharia et al. 2022, Sec. 2.3) replaces the clipping
         # when set, as in diffusers' step: (percentile ratio, largest s) of _threshold_sample
         dynamic = self.family == "vp" and bool(scfg.get("thresholding", False))
-        self.threshold = (
-            (
-                float(scfg.get("dynamic_thresholding_ratio", 0.995)),
-                float(scfg.get("sample_max_value", 1.0)),
-            )
-            if dynamic
-            else None
-        )
+        ratio = float(scfg.get("dynamic_thresholding_ratio", 0.995))
+        self.threshold = (ratio, float(scfg.get("sample_max_value", 1.0))) if dynamic else None
         size = cfg.get("sample_size")
         hw = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (int(cfg["in_channels"]), *hw)
