@@ -37,6 +37,8 @@ def test_dry_run_reports_lora_and_full_players(sd_folder, prompts, tmp_path, cap
     unet = full["frozen_params"]["unet"]
     assert full["trainable_params"] == {"student": unet, "critic": unet}
     assert 0 < lora["trainable_params"]["student"] < unet
+    # the bundled teacher's VAE maps 1x8x8 digits to 4x4x4 latents (docs/text_to_image.md)
+    assert (full["latent_shape"], full["image_shape"]) == ([4, 4, 4], [1, 8, 8])
     assert not (tmp_path / "o").exists()
 
 

@@ -356,7 +356,9 @@ def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
     }
     mib = {k: round(4 * 4 * v / 2**20, 2) for k, v in trained.items()}
     mib["frozen teacher parts"] = round(4 * sum(frozen.values()) / 2**20, 2)
-    return {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
+    shapes = {"latent_shape": list(teacher.shape), "image_shape": list(teacher.image_shape)}
+    sizes = {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
+    return shapes | {"prediction_type": teacher.prediction_type} | sizes
 
 
 FAMILY = Family(
