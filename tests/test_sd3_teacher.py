@@ -323,3 +323,50 @@ def test_vsd_trains_a_lora_critic_on_the_sd3_transformer(sd3, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["trainable_params"]["critic"] > 0  # adapters on the transformer's attention
     assert np.isfinite(np.load(tmp_path / "run" / "samples.npz")["latents"]).all()
+
+
+class _PlusCamera(torch.nn.Module):
+    """The transformer's ``time_text_embed`` plus a fixed ``(B, width)`` term, written here."""
+
+    def __init__(self, embed, extra) -> None:
+        super().__init__()
+        self.embed, self.extra = embed, extra
+
+    def forward(self, timestep, pooled_projection):
+        return self.embed(timestep, pooled_projection) + self.extra
+
+
+@pytest.mark.parametrize("sd3", [True], indirect=True, ids=["t5"])
+def test_camera_critic_adds_the_camera_to_the_transformers_time_embedding(sd3):
+    """ESD / 3-D VSD's camera critic on SD3: ``E(camera)`` joins ``time_text_embed``'s output
+    (what the AdaLN layers read) while the critic runs, and the teacher is untouched."""
+    from scoredistill.sources.camera_lora import CameraLoraCritic, PromptCamera
+    from scoredistill.sources.lora import add_lora
+    from scoredistill.teachers.mlp import azimuth_features
+
+    teacher = load_latent_teacher(sd3[1])  # its own copy: adapters and a hook go on it
+    teacher.set_prompt_labels(PROMPTS)
+    torch.manual_seed(0)
+    add_lora(teacher.model, "critic", 4, None)
+    critic = CameraLoraCritic(teacher, "critic")
+    with torch.no_grad():  # a trained-looking camera embedding (it starts at zero)
+        critic.embed[2].weight.normal_(0.0, 0.5)
+        critic.embed[2].bias.normal_(0.0, 0.5)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(3, teacher.dim, generator=g), torch.tensor([0.3, 0.5, 0.8])
+    pc = PromptCamera(torch.tensor([0, 1, 0]), torch.tensor([0.0, 120.0, 240.0]))
+    with torch.no_grad():
+        before = teacher.denoise(x, t, pc.prompts)
+        ours = critic.denoise(x, t, pc)
+        assert torch.equal(teacher.denoise(x, t, pc.prompts), before)  # critic idle: no camera
+        assert not torch.allclose(ours, before, atol=1e-4)
+        emb = critic.embed(azimuth_features(pc.azimuth, 3, torch.zeros(())))
+        net = teacher.model
+        real = net.time_text_embed
+        net.time_text_embed = _PlusCamera(real, emb)
+        critic.remove()  # the reference is the plain network with the sum written in
+        try:
+            ref = teacher.denoise(x, t, pc.prompts)  # LoRA B = 0: the adapter adds nothing
+        finally:
+            net.time_text_embed = real
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,9 @@ ESD's entropy term is that critic with the camera zeroed and the text kept (``es
 Here the base UNet is shared with the teacher, so its ``class_embedding`` cannot change (the
 teacher's forward would then demand ``class_labels``). The same sum is made with a forward hook
 on ``unet.time_embedding`` that adds ``E(camera)`` to its output while the critic runs, and
-nothing otherwise: the teacher's answers are unchanged. ``E`` is Linear-SiLU-Linear on the
+nothing otherwise: the teacher's answers are unchanged. On SD3 and Flux transformers the hook
+sits on ``time_text_embed`` (timestep + pooled text, the embedding their AdaLN layers read), the
+same sum in the same place. ``E`` is Linear-SiLU-Linear on the
 camera features ``[cos az, sin az]`` (the issue-15 azimuth embedding, ``teachers.mlp``), zero
 for "no camera". Departure: ``E``'s last layer starts at zero (threestudio's starts random), so
 the critic starts as the teacher at every camera, as its LoRA (``B = 0``) does.
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import ConfigError
 from ..parametrization import NULL_LABEL
 from ..teachers.mlp import azimuth_features
 from .lora import AdapterView
@@ -71,6 +74,22 @@ class PromptCamera:
         )
 
 
+def _time_embedding(model: nn.Module) -> tuple[nn.Module, int]:
+    """The module whose output is the network's time embedding, and its width: a UNet's
+    ``time_embedding``; an SD3 or Flux transformer's ``time_text_embed`` (Flux's inside the
+    library's ``FluxNetwork``)."""
+    for net in (model, getattr(model, "transformer", None)):
+        if isinstance(embed := getattr(net, "time_embedding", None), nn.Module):
+            return embed, int(embed.linear_2.out_features)
+        if isinstance(embed := getattr(net, "time_text_embed", None), nn.Module):
+            return embed, int(embed.timestep_embedder.linear_2.out_features)
+    name = type(model).__name__
+    raise ConfigError(
+        f"the camera critic adds E(camera) to the network's time embedding; {name} has none "
+        "(valid: a UNet2DConditionModel, SD3Transformer2DModel or FluxTransformer2DModel)"
+    )
+
+
 class CameraLoraCritic(nn.Module):
     """``denoise(x_t, t, PromptCamera)``: the teacher with LoRA adapter ``name`` on and
     ``E(camera)`` added to its time embedding. Parameters: the adapter's and ``E``'s only; other
@@ -79,13 +98,13 @@ class CameraLoraCritic(nn.Module):
     def __init__(self, teacher: Any, name: str, hidden: int | None = None) -> None:
         super().__init__()
         self.view = AdapterView(teacher, name)
-        width = int(teacher.model.time_embedding.linear_2.out_features)
+        time_embedding, width = _time_embedding(teacher.model)
         hidden = hidden or width
         self.embed = nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, width))
         nn.init.zeros_(self.embed[2].weight)
         nn.init.zeros_(self.embed[2].bias)
         self._camera: list[Tensor] = []  # E(camera) of the call in progress (empty: none)
-        self._hook = teacher.model.time_embedding.register_forward_hook(self._add_camera)
+        self._hook = time_embedding.register_forward_hook(self._add_camera)
 
     def __getattr__(self, attr: str) -> Any:
         try:
@@ -113,5 +132,5 @@ class CameraLoraCritic(nn.Module):
         return self.denoise(x_t, t, cond)
 
     def remove(self) -> None:
-        """Take the hook off the teacher's UNet (the critic no longer works after this)."""
+        """Take the hook off the teacher's network (the critic no longer works after this)."""
         self._hook.remove()
