@@ -319,6 +319,11 @@ def _pixel_unet(dst):
                 up_block_types=("UpBlock2D",) * 2).save_pretrained(dst / "unet")  # fmt: skip
 
 
+PIXEL_INDEX = {  # what DDPMPipeline.save_pretrained writes
+    "_class_name": "DDPMPipeline",
+    "unet": ["diffusers", "UNet2DModel"],
+    "scheduler": ["diffusers", "DDPMScheduler"],
+}
 DAMAGE = {  # name: (change, a regex the message must match)
     "no vae folder": (lambda d: shutil.rmtree(d / "vae"), r"pipe/vae: no such folder.*'vae'"),
     "no tokenizer folder": (
@@ -338,6 +343,10 @@ DAMAGE = {  # name: (change, a regex the message must match)
         r"vae/config.json: latent_channels=3 but unet/config.json has in_channels=4",
     ),
     "pixel unet": (_pixel_unet, r"unet/config.json: UNet2DModel takes no encoder_hidden_states"),
+    "pixel pipeline": (
+        lambda d: (d / "model_index.json").write_text(json.dumps(PIXEL_INDEX)),
+        r"model_index.json: is a pixel-space pipeline .* --preset dmd2-unet --teacher DIR",
+    ),
     "pooled text encoder": (
         lambda d: _edit_json(
             d / "text_encoder" / "config.json", architectures=["CLIPTextModelWithProjection"]

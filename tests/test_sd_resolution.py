@@ -254,10 +254,29 @@ def test_lora_readme_passes_the_trained_size(sd, tmp_path):
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     gen = DiffusersGenerator(teacher, steps=1, denoiser=view)
     path = export_latent_student(gen, teacher, tmp_path, steps=1, prompt=PROMPTS[0])
-    assert "pass `height=16, width=16`" in (path / "README.md").read_text()
+    text = (path / "README.md").read_text()
+    assert "pass `height=16, width=16`" in text
+    assert "num_inference_steps=1, height=16, width=16, guidance_scale" in text  # the code too
     pipe = DiffusionPipeline.from_pretrained(sd[1], local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(path)
     pipe.scheduler = LCMScheduler.from_pretrained(path / "scheduler")
     z = _pipeline_latents(pipe, height=RES, width=RES)
     torch.testing.assert_close(z, _student(gen), rtol=0, atol=2e-5)
+
+
+def test_sdxl_and_sd3_lora_readmes_put_the_trained_size_in_the_call():
+    """The call a user copies from a LoRA README generates at the trained size (a LoRA cannot
+    change the base pipeline's default); ``size`` is ``export_folder.size_kwargs``'s text."""
+    from types import SimpleNamespace
+
+    from scoredistill.export_sd3 import readme as sd3_readme
+    from scoredistill.export_sdxl import readme as sdxl_readme
+
+    gen, size = SimpleNamespace(nfe=1, timesteps=[999]), "height=16, width=16, "
+    call = "num_inference_steps=1, height=16, width=16, guidance_scale"
+    xl = sdxl_readme(gen, "a cat", True, None, size)
+    assert call in xl and "Micro-conditioning as trained: the height and width above" in xl
+    assert "height=" not in sdxl_readme(gen, "a cat", True, None, "")
+    sched = SimpleNamespace(sigmas=torch.tensor([1.0, 0.0]))
+    assert call in sd3_readme(gen, sched, "a cat", True, True, size=size)

@@ -30,6 +30,7 @@ __all__ = [
     "at_trained_size",
     "clip_skip_note",
     "prompt_streams_note",
+    "size_kwargs",
     "size_note",
     "variant_note",
     "write_student",
@@ -89,6 +90,16 @@ def size_note(teacher: Any, lora: bool) -> str:
         f"- {trained}: the network's `sample_size` is {h}, so the pipeline's default height "
         f"and width are {H}x{W} (the teacher folder's: {folder})."
     )
+
+
+def size_kwargs(teacher: Any, lora: bool) -> str:
+    """``"height=H, width=W, "`` for a LoRA README's call when the teacher was trained at a size
+    other than its folder's default (the code a user copies must generate at the trained size;
+    a full student's pipeline defaults to it already), else ``""``."""
+    (h, w), (H, W) = teacher.shape[1:], teacher.image_shape[1:]
+    if not lora or _hw(teacher.model.config.sample_size) == (h, w):
+        return ""
+    return f"height={H}, width={W}, "
 
 
 def clip_skip_note(teacher: Any) -> str:

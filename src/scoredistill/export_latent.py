@@ -34,6 +34,7 @@ from .export_folder import (
     at_trained_size,
     clip_skip_note,
     prompt_streams_note,
+    size_kwargs,
     size_note,
     variant_note,
 )
@@ -51,9 +52,9 @@ _LOAD = (
 )
 
 
-def _call(k: int, prompt: str) -> str:
+def _call(k: int, prompt: str, size: str = "") -> str:
     return (
-        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, guidance_scale=1.0, "
+        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, {size}guidance_scale=1.0, "
         'generator=g, output_type="np").images\n'
     )
 
@@ -74,7 +75,8 @@ def pipeline_readme(generator: DiffusersGenerator, prompt: str, note: str = "") 
     )
 
 
-def lora_readme(generator: DiffusersGenerator, prompt: str, note: str = "") -> str:
+def lora_readme(generator: DiffusersGenerator, prompt: str, note: str = "", size: str = "") -> str:
+    """``size``: ``export_folder.size_kwargs``, passed in the call when trained at another size."""
     k = generator.nfe
     return (
         f"# {k}-step LoRA student distilled with scoredistill\n\n"
@@ -84,7 +86,7 @@ def lora_readme(generator: DiffusersGenerator, prompt: str, note: str = "") -> s
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/TEACHER", local_files_only=True)\n'
         'pipe.load_lora_weights("PATH/TO/lora")\n'
         'pipe.scheduler = LCMScheduler.from_pretrained("PATH/TO/lora/scheduler")\n'
-        f"{_call(k, prompt)}```\n\n"
+        f"{_call(k, prompt, size)}```\n\n"
         "- `pytorch_lora_weights.safetensors`: diffusers' key layout (no PEFT "
         "`base_model.model.` prefix); the LoRA config (rank, alpha) is in its metadata.\n"
         "- `guidance_scale=1.0` and `num_inference_steps` = "
@@ -121,7 +123,8 @@ def _lora(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str
         folder, unet_lora_layers=weights, unet_lora_adapter_metadata=meta, safe_serialization=True
     )
     _scheduler(generator, teacher).save_pretrained(folder / "scheduler")
-    (folder / "README.md").write_text(lora_readme(generator, prompt, note), encoding="utf-8")
+    text = lora_readme(generator, prompt, note, size_kwargs(teacher, lora=True))
+    (folder / "README.md").write_text(text, encoding="utf-8")
 
 
 def export_latent_student(

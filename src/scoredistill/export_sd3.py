@@ -50,7 +50,7 @@ from .export_flow import (
 )
 from .export_flux import is_flux
 from .export_flux import student_generator as flux_student
-from .export_folder import at_trained_size, write_student
+from .export_folder import at_trained_size, size_kwargs, write_student
 from .schedules import get_schedule
 from .sources.diffusers import DiffusersGenerator
 from .teachers.diffusers_sd3 import PIPELINE_T5_LENGTH, SD3TextEncoder
@@ -148,6 +148,7 @@ def readme(
     lora: bool,
     t5: bool,
     length: int = PIPELINE_T5_LENGTH,
+    size: str = "",
 ) -> str:
     """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it (a folder without
     T5 loads only with ``text_encoder_3=None, tokenizer_3=None`` passed; a T5 ``length`` other
@@ -159,7 +160,7 @@ def readme(
     code = (
         f'{_IMPORT}\npipe = StableDiffusion3Pipeline.from_pretrained("{where}", '
         f"local_files_only=True{no_t5})\n{_LORA if lora else ''}{_SEED if k > 1 else ''}"
-        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, {seq}guidance_scale=1.0, "
+        f"images = pipe([{prompt!r}] * 4, num_inference_steps={k}, {size}{seq}guidance_scale=1.0, "
         "generator=torch.Generator().manual_seed(0)).images\n"
     )
     what = "A LoRA on the SD3 teacher's transformer" if lora else "An SD3 pipeline"
@@ -214,6 +215,8 @@ def export_sd3_student(
         out_dir,
         full=lambda tmp: _full(generator, teacher, sched, tmp),
         lora=lambda tmp: _lora(generator, sched, tmp),
-        readme=lambda is_lora: readme(generator, sched, prompt, is_lora, t5, length),
+        readme=lambda is_lora: readme(
+            generator, sched, prompt, is_lora, t5, length, size_kwargs(teacher, is_lora)
+        ),
         note=note,
     )

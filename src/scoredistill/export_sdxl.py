@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .export import student_scheduler
-from .export_folder import at_trained_size, write_student
+from .export_folder import at_trained_size, size_kwargs, write_student
 from .export_sd3 import plain_copy
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import lora_state_dict
@@ -48,10 +48,15 @@ def is_sdxl(teacher: Any) -> bool:
 
 
 def readme(
-    generator: DiffusersGenerator, prompt: str, lora: bool, micro: MicroCond | None = None
+    generator: DiffusersGenerator,
+    prompt: str,
+    lora: bool,
+    micro: MicroCond | None = None,
+    size: str = "",
 ) -> str:
     """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it; ``micro`` the
-    micro-conditioning trained with (its non-default arguments go in the call)."""
+    micro-conditioning trained with (its non-default arguments go in the call); ``size``
+    ``export_folder.size_kwargs`` (a LoRA trained at another size passes it)."""
     k = generator.nfe
     where = "PATH/TO/TEACHER" if lora else "PATH/TO/pipeline"
     kwargs = (micro or MicroCond()).pipeline_kwargs(negative=False)  # no CFG at K steps
@@ -59,17 +64,21 @@ def readme(
     code = (
         f'{_IMPORT}pipe = DiffusionPipeline.from_pretrained("{where}", local_files_only=True)\n'
         f"{_LORA if lora else ''}images = pipe([{prompt!r}] * 4, num_inference_steps={k}, "
-        f"{extra}guidance_scale=1.0, generator=torch.Generator().manual_seed(0), "
+        f"{size}{extra}guidance_scale=1.0, generator=torch.Generator().manual_seed(0), "
         'output_type="np").images\n'
     )
+    hw = (
+        "the height and width above"
+        if size
+        else "the default height and width (the UNet's `sample_size` x the VAE's factor)"
+    )
     micro_line = (
-        "- Micro-conditioning as trained: the default height and width (the UNet's "
-        "`sample_size` x the VAE's factor), `original_size = target_size` = that size, "
+        f"- Micro-conditioning as trained: {hw}, `original_size = target_size` = that size, "
         "`crops_coords_top_left = (0, 0)`.\n"
         if not kwargs
         else "- Micro-conditioning as trained (`sdxl.*` keys): pass "
         + ", ".join(f"`{name}={value}`" for name, value in kwargs.items())
-        + " as above; sizes not given are the default height and width.\n"
+        + f" as above; sizes not given are {hw.split(' (')[0]}.\n"
     )
     what = "A LoRA on the SDXL teacher's UNet" if lora else "A `StableDiffusionXLPipeline`"
     keys = "- Keys: diffusers' `unet.` layout; rank and alpha in the metadata.\n"
@@ -124,6 +133,8 @@ def export_sdxl_student(
         out_dir,
         full=lambda tmp: _full(generator, teacher, sched, tmp),
         lora=lambda tmp: _lora(generator, sched, tmp),
-        readme=lambda is_lora: readme(generator, prompt, is_lora, teacher.text_encoder.micro),
+        readme=lambda is_lora: readme(
+            generator, prompt, is_lora, teacher.text_encoder.micro, size_kwargs(teacher, is_lora)
+        ),
         note=note,
     )

@@ -48,6 +48,10 @@ def index_folder(path: Path) -> tuple[Path, dict[str, Any]]:
         name, valid = index.get("_class_name"), "StableDiffusion3Pipeline, FluxPipeline"
         what = "a transformer pipeline other than SD3/Flux is not supported yet"
         raise _fail(index_path, f"{what} for _class_name {name!r}; valid: {valid}")
+    if "unet" in index and "vae" not in index and "text_encoder" not in index:
+        what = "is a pixel-space pipeline (a UNet, no VAE or text encoder)"
+        raise _fail(index_path, f"{what}; valid here: a text-to-image (latent) pipeline; pixel "
+                    "teachers distil with: scoredistill distill --preset dmd2-unet --teacher DIR")  # fmt: skip
     check_components(path, index, COMPONENTS)
     return path, index
 
