@@ -16,3 +16,20 @@ def save_pipelines(tmp_path_factory, builders: dict[str, Callable[[], Any]]) -> 
         pipe.save_pretrained(folder)
         out[name] = (pipe, folder)
     return out
+
+
+def camera_critic(teacher):
+    """A ``CameraLoraCritic`` (adapter ``"critic"``, rank 4) on ``teacher``'s network with a
+    trained-looking camera embedding (it starts at zero), seeded."""
+    import torch
+
+    from scoredistill.sources.camera_lora import CameraLoraCritic
+    from scoredistill.sources.lora import add_lora
+
+    torch.manual_seed(0)
+    add_lora(teacher.model, "critic", 4, None)
+    critic = CameraLoraCritic(teacher, "critic")
+    with torch.no_grad():
+        critic.embed[2].weight.normal_(0.0, 0.5)
+        critic.embed[2].bias.normal_(0.0, 0.5)
+    return critic

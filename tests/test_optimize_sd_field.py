@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_helpers import camera_critic
 from scoredistill.cli import main
 from scoredistill.parametrization import NULL_LABEL, guided
 from scoredistill.runs.optimize_sd import OptimizeSDConfig, load_teacher
 from scoredistill.runs.optimize_sd_field import VIEW_SUFFIXES, field_prompts
-from scoredistill.sources.camera_lora import CameraLoraCritic, PromptCamera
-from scoredistill.sources.lora import add_lora
+from scoredistill.sources.camera_lora import PromptCamera
 from scoredistill.teachers.mlp import azimuth_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,16 +42,6 @@ def _inputs(teacher, n: int = 4):
     x = torch.randn(n, teacher.dim, generator=g)
     t = torch.linspace(0.2, 0.8, n, dtype=torch.float64)
     return x, t
-
-
-def _camera_critic(teacher) -> CameraLoraCritic:
-    torch.manual_seed(0)
-    add_lora(teacher.model, "critic", 4, None)
-    critic = CameraLoraCritic(teacher, "critic")
-    with torch.no_grad():  # a trained-looking camera embedding (it starts at zero)
-        critic.embed[2].weight.normal_(0.0, 0.5)
-        critic.embed[2].bias.normal_(0.0, 0.5)
-    return critic
 
 
 class _WithClassLabels(torch.nn.Module):
@@ -95,7 +85,7 @@ def test_camera_hook_equals_diffusers_class_embedding_and_spares_the_teacher(fie
     prompts = torch.tensor([1, 2, 3, 0])
     with torch.no_grad():
         before = teacher.denoise(x, t, prompts)
-        critic = _camera_critic(teacher)
+        critic = camera_critic(teacher)
         pc = PromptCamera(torch.zeros(4, dtype=torch.long), torch.tensor([0.0, 90.0, 180.0, 300.0]))
         ours = critic.denoise(x, t, pc)
         after = teacher.denoise(x, t, prompts)  # hook registered, critic idle: no camera
@@ -121,7 +111,7 @@ def test_camera_hook_equals_diffusers_class_embedding_and_spares_the_teacher(fie
 
 def test_esd_camera_cfg_is_the_lam_mix_of_the_two_critic_branches(field_teacher):
     teacher = field_teacher
-    critic = _camera_critic(teacher)
+    critic = camera_critic(teacher)
     x, t = _inputs(teacher)
     pc = PromptCamera(torch.zeros(4, dtype=torch.long), torch.tensor([5.0, 95.0, 185.0, 275.0]))
     lam = 0.3

@@ -340,18 +340,13 @@ class _PlusCamera(torch.nn.Module):
 def test_camera_critic_adds_the_camera_to_the_transformers_time_embedding(sd3):
     """ESD / 3-D VSD's camera critic on SD3: ``E(camera)`` joins ``time_text_embed``'s output
     (what the AdaLN layers read) while the critic runs, and the teacher is untouched."""
-    from scoredistill.sources.camera_lora import CameraLoraCritic, PromptCamera
-    from scoredistill.sources.lora import add_lora
+    from pipeline_helpers import camera_critic
+    from scoredistill.sources.camera_lora import PromptCamera
     from scoredistill.teachers.mlp import azimuth_features
 
     teacher = load_latent_teacher(sd3[1])  # its own copy: adapters and a hook go on it
     teacher.set_prompt_labels(PROMPTS)
-    torch.manual_seed(0)
-    add_lora(teacher.model, "critic", 4, None)
-    critic = CameraLoraCritic(teacher, "critic")
-    with torch.no_grad():  # a trained-looking camera embedding (it starts at zero)
-        critic.embed[2].weight.normal_(0.0, 0.5)
-        critic.embed[2].bias.normal_(0.0, 0.5)
+    critic = camera_critic(teacher)
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(3, teacher.dim, generator=g), torch.tensor([0.3, 0.5, 0.8])
     pc = PromptCamera(torch.tensor([0, 1, 0]), torch.tensor([0.0, 120.0, 240.0]))
