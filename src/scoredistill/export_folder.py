@@ -75,10 +75,10 @@ def size_note(teacher: Any, lora: bool) -> str:
     """A README line when the teacher was trained at a size other than its folder's ("" when
     not): what the pipeline's default size is now (full student), or the ``height``/``width``
     to pass (LoRA)."""
-    (h, w), (H, W) = teacher.shape[1:], teacher.image_shape[1:]
-    own = _hw(teacher.model.config.sample_size)
-    if own == (h, w):
+    if not _resized(teacher):
         return ""
+    h, (H, W) = teacher.shape[1], teacher.image_shape[1:]
+    own = _hw(teacher.model.config.sample_size)
     f = H // h  # pipe.vae_scale_factor
     trained, folder = f"Trained at {H}x{W} pixels (`resolution`)", f"{own[0] * f}x{own[1] * f}"
     if lora:
@@ -96,10 +96,15 @@ def size_kwargs(teacher: Any, lora: bool) -> str:
     """``"height=H, width=W, "`` for a LoRA README's call when the teacher was trained at a size
     other than its folder's default (the code a user copies must generate at the trained size;
     a full student's pipeline defaults to it already), else ``""``."""
-    (h, w), (H, W) = teacher.shape[1:], teacher.image_shape[1:]
-    if not lora or _hw(teacher.model.config.sample_size) == (h, w):
+    if not lora or not _resized(teacher):
         return ""
+    H, W = teacher.image_shape[1:]
     return f"height={H}, width={W}, "
+
+
+def _resized(teacher: Any) -> bool:
+    """Whether the teacher was trained at a latent size other than its folder's default."""
+    return _hw(teacher.model.config.sample_size) != tuple(teacher.shape[1:])
 
 
 def clip_skip_note(teacher: Any) -> str:

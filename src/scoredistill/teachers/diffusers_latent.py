@@ -58,7 +58,7 @@ from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 from .diffusers_size import training_latent_hw
 from .diffusers_variants import pick_variant
-from .text_cond import TextCond, _opt, encode_text
+from .text_cond import TextCond, _opt, encode_text, warn_truncated
 
 __all__ = ["LatentDiffusersTeacher", "TextCond", "encode_text", "load_latent_teacher"]
 
@@ -181,6 +181,7 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         if hasattr(self.text_encoder, "encode_texts"):
             skip = {"clip_skip": clip_skip} if clip_skip else {}  # Flux's takes none
             return self.text_encoder.encode_texts(texts, **skip, **streams)
+        warn_truncated(self.tokenizer, texts)  # once per new prompt: the cache calls this
         return encode_text(self.tokenizer, self.text_encoder, texts, clip_skip), None
 
     def set_prompt_labels(

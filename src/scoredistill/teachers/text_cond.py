@@ -156,7 +156,6 @@ def encode_text(
         truncation=True,
         return_tensors="pt",
     )
-    warn_truncated(tokenizer, prompts)
     device = next(text_encoder.parameters()).device
     use_mask = getattr(getattr(text_encoder, "config", None), "use_attention_mask", False)
     mask = tokens.attention_mask.to(device) if use_mask else None
