@@ -149,16 +149,16 @@ def test_encode_decode_shape_range_scaling_and_gradient(teacher):
     assert z2.shape == (5, 64) and not torch.equal(z2, z.detach())  # a posterior sample
 
 
-@pytest.mark.parametrize("vae_shift", [False, True])
-def test_a_vae_shift_factor_is_used_only_where_the_pipeline_uses_it(vae_shift):
+@pytest.mark.parametrize("form", ["sd", "shift"])
+def test_a_vae_shift_factor_is_used_only_where_the_pipeline_uses_it(form):
     """StableDiffusionPipeline decodes ``z / scaling_factor`` and ignores a VAE's
     ``shift_factor``; SD3 and Flux decode ``z / scaling_factor + shift_factor``."""
     vae = _vae(shift_factor=0.3)
     teacher = LatentDiffusersTeacher(
-        _unet(), vae, DDPMScheduler(**SD), CausalMeanEncoder(), CharTokenizer(), vae_shift=vae_shift
+        _unet(), vae, DDPMScheduler(**SD), CausalMeanEncoder(), CharTokenizer(), latent_form=form
     )
     z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    shift = 0.3 if vae_shift else 0.0
+    shift = 0.3 if form == "shift" else 0.0
     with torch.no_grad():
         want = vae.decode(z / 0.7 + shift).sample.clamp(-1, 1)
         torch.testing.assert_close(teacher.decode(z), want)

@@ -181,6 +181,38 @@ def test_ddim_sample_equals_the_pipeline(sdxl, g, negative):
     torch.testing.assert_close(ours.reshape(ref.shape), ref, rtol=1e-5, atol=1e-4)
 
 
+# Playground v2.5's VAE: per-channel latent statistics, read by StableDiffusionXLPipeline only
+STATS = {"latents_mean": [0.3, -0.2, 0.1, 0.5], "latents_std": [0.8, 1.3, 0.6, 1.1]}
+
+
+def test_a_vae_with_latent_statistics_maps_latents_as_the_pipeline(tmp_path):
+    """``__call__`` decodes ``z · std / scaling_factor + mean`` per channel and the img2img
+    pipeline's ``prepare_latents`` encodes ``(E(x) − mean) · scaling_factor / std``: the teacher's
+    ``decode`` / ``encode`` equal both (a folder with the statistics was refused before)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    pipe = _pipe()
+    pipe.vae.register_to_config(**STATS)
+    pipe.save_pretrained(tmp_path / "pipe")
+    teacher = load_latent_teacher(tmp_path / "pipe")
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    call = {"num_inference_steps": 2, "guidance_scale": 1.0}
+    with torch.no_grad():
+        lat = pipe(PROMPTS, latents=z, output_type="latent", **call).images
+        img = pipe(PROMPTS, latents=z, output_type="pt", **call).images  # (2, 3, 8, 8) in [0, 1]
+        ours = (teacher.decode(lat.flatten(1)) + 1) / 2
+        plain = (pipe.vae.decode(lat / 0.13025).sample.clamp(-1, 1) + 1) / 2  # ignoring them
+    torch.testing.assert_close(ours, img, atol=1e-5, rtol=0)
+    assert (plain - img).abs().max() > 0.05  # the statistics matter on this VAE
+    x = ours * 2 - 1
+    img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
+    with torch.no_grad():
+        want = img2img.prepare_latents(x, None, 2, 1, torch.float32, "cpu",
+                                       generator=torch.Generator().manual_seed(7), add_noise=False)  # fmt: skip
+        got = teacher.encode(x, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, want.flatten(1), atol=1e-5, rtol=1e-5)
+
+
 # --- folders -------------------------------------------------------------------------------
 
 
@@ -213,9 +245,15 @@ DAMAGE = {  # name: (change, a regex the message must match)
         lambda d: _edit(d / "model_index.json", requires_aesthetics_score=True),
         r"model_index.json: requires_aesthetics_score=true .* not supported yet",
     ),
-    "latents mean": (
-        lambda d: _edit(d / "vae" / "config.json", latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
-        r"vae/config.json: latents_mean is set",
+    "latent statistics of 3 channels": (
+        lambda d: _edit(d / "vae" / "config.json", latents_mean=[0.0] * 3, latents_std=[1.0] * 3),
+        r"vae/config.json: latents_mean has 3 values .* reads exactly 4",
+    ),
+    "latents_std not positive": (
+        lambda d: _edit(
+            d / "vae" / "config.json", latents_mean=[0.0] * 4, latents_std=[1, 0, 1, 1]
+        ),
+        r"vae/config.json: latents_std=\[1, 0, 1, 1\] must be positive",
     ),
     "no tokenizer_2 folder": (
         lambda d: shutil.rmtree(d / "tokenizer_2"),

@@ -6,7 +6,8 @@ A ``StableDiffusionPipeline``-layout folder (``unet/`` ``UNet2DConditionModel``,
 output → x0 are ``DiffusersTeacher``'s (reference note ``diffusers_integration.md`` §0–§1); this
 module adds only what is latent or textual:
 
-- the scaled latent ``z = (E(x) - shift) · scaling_factor`` (SD: no shift; note §4), flattened to
+- the scaled latent ``z = (E(x) - shift) · scale`` (SD: ``scaling_factor``, no shift, note §4;
+  SD3 / Flux: ``shift_factor``; SDXL: ``latents_mean``/``std`` per channel: ``diffusers_vae``), flattened to
   ``(B, c·h·w)`` like every library sample; ``decode`` inverts it through the VAE in float32
   (fp16 VAEs give NaNs, note §7 pitfall 6) and clamps to [-1, 1] as the pipeline's postprocessing;
 - the condition: ``TextCond`` (``text_cond``: prompt embeddings ``(B, L, E)`` and the null
@@ -57,6 +58,7 @@ from .diffusers_prompts import PromptCache, negative_row, prompt_args, prompt_ro
 from .diffusers_sd3 import load_sd3_parts
 from .diffusers_sdxl import is_sdxl_index, load_sdxl_parts
 from .diffusers_size import training_latent_hw
+from .diffusers_vae import LatentForm, latent_affine
 from .diffusers_variants import pick_variant
 from .text_cond import TextCond, _opt, encode_text, warn_truncated
 
@@ -81,7 +83,7 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         *,
         schedule: Schedule | None = None,
         latent_hw: Sequence[int] | None = None,
-        vae_shift: bool = False,
+        latent_form: LatentForm = "sd",
     ) -> None:
         super().__init__(unet, scheduler, schedule=schedule)
         if latent_hw is not None:  # a training resolution (diffusers_size), not the config's
@@ -100,10 +102,9 @@ class LatentDiffusersTeacher(DiffusersTeacher):
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.scaling_factor = float(vcfg.get("scaling_factor") or 1.0)
-        # SD3 and Flux latents are (E(x) - shift_factor) * scaling_factor; StableDiffusion(XL)
-        # pipelines scale only and ignore a VAE's shift_factor (vae_shift=False)
-        self.shift_factor = float(vcfg.get("shift_factor") or 0.0) if vae_shift else 0.0
+        # z = (E(x) - shift) * scale per channel, as the family's pipeline reads its VAE's
+        # config: SD scales only; SD3 / Flux shift_factor; SDXL latents_mean / std (diffusers_vae)
+        self.latent_shift, self.latent_scale = latent_affine(vcfg, latent_form)
         f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # pipe.vae_scale_factor
         self.image_shape = (int(vcfg["in_channels"]), self.shape[1] * f, self.shape[2] * f)
         self.clip_skip = 0
@@ -247,7 +248,8 @@ class LatentDiffusersTeacher(DiffusersTeacher):
             z = dist.mean if generator is None else dist.sample(generator)
         else:
             z = out.latents
-        return ((z - self.shift_factor) * self.scaling_factor).reshape(x.shape[0], -1)
+        shift, scale = self.latent_shift.to(z), self.latent_scale.to(z)
+        return ((z - shift) * scale).reshape(x.shape[0], -1)
 
     def decode(self, z: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` in [-1, 1] from latents ``z: (B, c·h·w) | (B, c, h, w)``."""
@@ -255,7 +257,15 @@ class LatentDiffusersTeacher(DiffusersTeacher):
             raise ValueError(f"z has shape {tuple(z.shape)}; valid: (B, {self.dim})")
         p = next(self.vae.parameters())
         z = z.reshape(z.shape[0], *self.shape).to(p.device, torch.float32)
-        return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
+        shift, scale = self.latent_shift.to(z), self.latent_scale.to(z)
+        return self.vae.decode(z / scale + shift).sample.clamp(-1, 1)
+
+
+def _latent_form(index: dict[str, Any]) -> LatentForm:
+    """How the folder's pipeline maps its VAE's latent (``diffusers_vae``)."""
+    if is_flux_index(index) or "unet" not in index:  # Flux, SD3
+        return "shift"
+    return "sdxl" if is_sdxl_index(index) else "sd"
 
 
 def load_latent_teacher(
@@ -315,7 +325,7 @@ def load_latent_teacher(
             tokenizer,
             schedule=schedule or native,
             latent_hw=hw,
-            vae_shift=is_flux_index(index) or "unet" not in index,  # Flux, SD3
+            latent_form=_latent_form(index),
         )
     except (ValueError, TypeError, KeyError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None

@@ -28,9 +28,12 @@ diffusers 0.42 ``pipeline_stable_diffusion_xl.py``:
   the prompts are encoded;
 - ``unet(..., added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})``.
 
+A VAE with ``latents_mean`` and ``latents_std`` (Playground v2.5) maps its latent per channel,
+as the pipeline decodes ``z · std / scaling_factor + mean`` (``diffusers_vae``).
+
 Refused, each as one ``TeacherFolderError`` line: refiner layouts (``text_encoder`` null,
-``requires_aesthetics_score``), VAEs with ``latents_mean``/``latents_std`` (the pipeline then
-decodes ``z · std / scaling + mean``), widths that do not fit:
+``requires_aesthetics_score``), latent statistics the pipeline cannot read (not 4 values),
+widths that do not fit:
 ``projection_class_embeddings_input_dim = 6 · addition_time_embed_dim + projection_dim`` and
 ``cross_attention_dim = hidden_size_1 + hidden_size_2``.
 """
@@ -52,6 +55,7 @@ from .diffusers import (
 )
 from .diffusers_parts import check_components, folder_text_encoder, load_pipeline_parts
 from .diffusers_sdxl_micro import MicroCond
+from .diffusers_vae import latent_stats_problem
 
 __all__ = ["MicroCond", "SDXLTextEncoder", "is_sdxl_index", "load_sdxl_parts", "width_problem"]
 
@@ -200,9 +204,8 @@ def _check_configs(path: Path) -> None:
     if (latent := vcfg.get("latent_channels")) != (inputs := ucfg.get("in_channels")):
         what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
         raise _fail(vae_path, f"{what}; the VAE's latents must be the UNet's input")
-    if bad := [k for k in ("latents_mean", "latents_std") if vcfg.get(k) is not None]:
-        what = f"{bad[0]} is set: the pipeline's decode with it is not supported yet; valid: null"
-        raise _fail(vae_path, what)
+    if why := latent_stats_problem(vcfg):  # Playground v2.5's per-channel stats (diffusers_vae)
+        raise _fail(vae_path, why)
     clips = [component_config(path, k) for k in ("text_encoder", "text_encoder_2")]
     hidden = [int(c.get("hidden_size", 0)) for c in clips]
     if why := width_problem(hidden, int(clips[1].get("projection_dim", 0)), ucfg):
