@@ -275,8 +275,10 @@ def test_sdxl_and_sd3_lora_readmes_put_the_trained_size_in_the_call():
 
     gen, size = SimpleNamespace(nfe=1, timesteps=[999]), "height=16, width=16, "
     call = "num_inference_steps=1, height=16, width=16, guidance_scale"
-    xl = sdxl_readme(gen, "a cat", True, None, size)
+    lcm = LCMScheduler()
+    lcm.set_timesteps(1)
+    xl = sdxl_readme(gen, lcm, "a cat", True, None, size)
     assert call in xl and "Micro-conditioning as trained: the height and width above" in xl
-    assert "height=" not in sdxl_readme(gen, "a cat", True, None, "")
+    assert "height=" not in sdxl_readme(gen, lcm, "a cat", True, None, "")
     sched = SimpleNamespace(sigmas=torch.tensor([1.0, 0.0]))
     assert call in sd3_readme(gen, sched, "a cat", True, True, size=size)

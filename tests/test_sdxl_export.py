@@ -121,15 +121,18 @@ def test_lora_student_loads_into_the_teacher_pipeline(folder, tmp_path, steps):
 # (--quick, two training steps: ~5 s each on one core; plumbing and the export contract)
 
 
-def _redraw(pipe, run, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _redraw(pipe, run, steps: int, output: str = "latent") -> tuple[torch.Tensor, torch.Tensor]:
     """``(pipeline latents, samples.npz latents)`` for the run's evaluation draw
-    (``runs.unet.student_draw``: labels, then ``z``, from ``seed + 12345``; seed 0)."""
+    (``runs.unet.student_draw``: labels, then ``z``, from ``seed + 12345``; seed 0); with
+    ``output="pt"`` ``(pipeline images, samples.npz images)``, both in [0, 1]."""
     data = np.load(run / "samples.npz")
     rng = torch.Generator().manual_seed(0 + 12345)
     labels = torch.randint(len(PROMPTS), (len(data["labels"]),), generator=rng)
     assert labels.tolist() == data["labels"].tolist()
     out = pipe([PROMPTS[i] for i in labels.tolist()], num_inference_steps=steps,
-               guidance_scale=1.0, generator=rng, output_type="latent").images  # fmt: skip
+               guidance_scale=1.0, generator=rng, output_type=output).images  # fmt: skip
+    if output == "pt":
+        return out.flatten(1), (torch.from_numpy(data["x"]) + 1) / 2
     return out.flatten(1), torch.from_numpy(data["latents"])
 
 
@@ -152,4 +155,79 @@ def test_swiftbrush_on_sdxl_exports_a_lora(folder, tmp_path):
     pipe.load_lora_weights(lora)
     pipe.scheduler = LCMScheduler.from_pretrained(lora / "scheduler")
     ours, drawn = _redraw(pipe, tmp_path / "run", 1)
+    torch.testing.assert_close(ours, drawn, atol=1e-4, rtol=0)
+
+
+# --- an EDM-family SDXL folder (Playground v2.5's layout: EDM scheduler, VAE latent statistics) ----
+
+
+@pytest.fixture(scope="module")
+def edm_folder(tmp_path_factory):
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    from test_sdxl_teacher import STATS
+
+    pipe = _pipe()
+    pipe.vae.register_to_config(**STATS)
+    pipe.scheduler = EDMDPMSolverMultistepScheduler(
+        sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, prediction_type="epsilon"
+    )
+    path = tmp_path_factory.mktemp("playground") / "pipe"
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_an_edm_lora_readme_names_the_scheduler_it_saved(edm_folder, tmp_path):
+    """The README's code, followed line by line, replays the student: it loads the
+    ``EDMEulerScheduler`` saved beside the LoRA (it used to say ``LCMScheduler``, which would
+    read that config as a beta table, and list the timesteps as ``[]``)."""
+    from diffusers import EDMEulerScheduler
+
+    from scoredistill.export_latent import export_plan
+
+    teacher = _teacher(edm_folder)
+    add_lora(teacher.model, "student", rank=4, alpha=6.0)
+    view = AdapterView(teacher, "student")
+    _nudge(view.lora, 0.05)
+    gen = DiffusersGenerator(teacher, steps=1, denoiser=view)
+    assert export_plan(gen, teacher) == (
+        "OUT/lora: a LoRA for the teacher's own pipeline, with EDMEulerScheduler"
+    )
+    path = export_latent_student(gen, teacher, tmp_path, steps=1, prompt=PROMPTS[0])
+    text = (path / "README.md").read_text()
+    assert 'pipe.scheduler = EDMEulerScheduler.from_pretrained("PATH/TO/lora/scheduler")' in text
+    assert "LCMScheduler" not in text and "[]" not in text
+    pipe = _load(edm_folder)
+    pipe.load_lora_weights(path)
+    pipe.scheduler = EDMEulerScheduler.from_pretrained(path / "scheduler")
+    torch.testing.assert_close(_pipeline(pipe, 1), _student(gen), atol=2e-5, rtol=0)
+
+
+def test_an_edm_student_that_cannot_be_exported_is_named_before_training(edm_folder, tmp_path):
+    """EDMEulerScheduler replays one step only: a K = 2 student on an EDM teacher is said to be
+    unexportable by ``--dry-run`` and by a warning before the first training step."""
+    from scoredistill.export_latent import export_plan
+
+    teacher = _teacher(edm_folder)
+    assert export_plan(DiffusersGenerator(teacher, steps=2), teacher).startswith(
+        "none: no stock scheduler reproduces this student: EDMEulerScheduler reproduces only K = 1"
+    )
+    with pytest.warns(UserWarning, match="the student will not be exported: .*K = 2") as caught:
+        assert _cli("distill", "dmd2-sd", edm_folder, tmp_path, "--steps", "1",
+                    "--set", "student.steps=2") == 0  # fmt: skip
+    first = [w for w in caught if "will not be exported" in str(w.message)]
+    assert first and "export skipped" not in str(first[0].message)
+    assert not (tmp_path / "run" / "pipeline").exists()
+
+
+def test_dmd2_on_an_edm_sdxl_folder_exports_its_images(edm_folder, tmp_path):
+    """End to end on Playground's layout: the exported pipeline redraws the run's latents, and
+    its images (decoded with the VAE's statistics) are the run's ``samples.npz`` images."""
+    assert _cli("distill", "dmd2-sd", edm_folder, tmp_path, "--steps", "2") == 0
+    run = tmp_path / "run"
+    pipe = _load(run / "pipeline")
+    assert type(pipe.scheduler).__name__ == "EDMEulerScheduler"
+    ours, drawn = _redraw(pipe, run, 1)
+    torch.testing.assert_close(ours, drawn, atol=1e-4, rtol=0)
+    ours, drawn = _redraw(pipe, run, 1, output="pt")
     torch.testing.assert_close(ours, drawn, atol=1e-4, rtol=0)

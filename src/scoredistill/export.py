@@ -70,7 +70,9 @@ __all__ = [
     "export_student",
     "frozen",
     "labels_text",
+    "network_timesteps",
     "sample_exported",
+    "scheduler_line",
     "stock_pipeline",
     "student_scheduler",
 ]
@@ -184,20 +186,30 @@ def labels_text(generator: DiffusersGenerator, teacher: DiffusersTeacher, pipe: 
     )
 
 
+def network_timesteps(sched: Any) -> list[float]:
+    """A stock scheduler's timesteps after ``set_timesteps(K)``, as the READMEs print them."""
+    return [round(float(t), 4) for t in sched.timesteps]
+
+
+def scheduler_line(sched: Any) -> str:
+    """The README line saying why ``sched``'s loop is the student's rollout."""
+    name = type(sched).__name__
+    return f"- Stock scheduler `{name}`: its loop is the student's ({WHY[name]}).\n"
+
+
 def _readme(
     generator: DiffusersGenerator, teacher: DiffusersTeacher, sched: Any, how: str, note: str
 ) -> str:
     """README.md: what was trained, then ``how`` (a fenced code block) and the caveats; a
     stock pipeline's ``how`` loads with ``DiffusionPipeline``."""
-    k, name = generator.nfe, type(sched).__name__
-    steps = [round(float(t), 4) for t in sched.timesteps]
+    k = generator.nfe
     return (
         f"# {k}-step student distilled with scoredistill\n\n"
-        f"Trained for **K = {k}** step(s) at the network timesteps {steps} "
+        f"Trained for **K = {k}** step(s) at the network timesteps {network_timesteps(sched)} "
         f"({type(teacher.scheduler).__name__} teacher, prediction_type "
         f"`{teacher.prediction_type}`).\n\n{how}\n\n"
-        f"- Stock scheduler `{name}`: its loop is the student's ({WHY[name]}).\n"
-        f"- {k} step(s) only: other step counts are not what the student learned.\n"
+        + scheduler_line(sched)
+        + f"- {k} step(s) only: other step counts are not what the student learned.\n"
         "- Images are the samples x in [-1, 1] mapped to (x + 1) / 2, clipped to [0, 1].\n"
         + labels_text(generator, teacher, pipe="DiffusionPipeline" in how)
         + (f"\n{note}\n" if note else "")

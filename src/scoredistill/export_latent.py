@@ -9,12 +9,14 @@
   which returns the network's x0 and re-noises with fresh noise between steps: the student's
   rollout (``sources.diffusers``), so the same ``torch.Generator`` seed gives the same latents.
   ``guidance_scale`` must be 1 (no CFG at sampling): the distilled student has the teacher's
-  guidance built in.
+  guidance built in. An EDM-family teacher (``EDMDPMSolverMultistepScheduler``, as Playground
+  v2.5's) gets ``EDMEulerScheduler`` instead, for K = 1 only (``export_families``); the README
+  names the class saved. ``export_problem`` says before training when no stock scheduler fits.
 - **LoRA student** → ``OUT/lora/``: ``pytorch_lora_weights.safetensors`` written by
   ``StableDiffusionPipeline.save_lora_weights`` (keys in diffusers' layout, no PEFT prefix; the
-  ``LoraConfig`` as metadata so ``lora_alpha`` reloads), ``scheduler/`` (the LCM config) and a
-  README: ``pipe = DiffusionPipeline.from_pretrained(TEACHER); pipe.load_lora_weights(OUT/lora);
-  pipe.scheduler = LCMScheduler.from_pretrained(OUT/lora/scheduler)``.
+  ``LoraConfig`` as metadata so ``lora_alpha`` reloads), ``scheduler/`` (that scheduler's config)
+  and a README: ``pipe = DiffusionPipeline.from_pretrained(TEACHER); pipe.load_lora_weights(OUT/lora);
+  pipe.scheduler = LCMScheduler.from_pretrained(OUT/lora/scheduler)`` (its class, if not LCM).
 - **SD3 teacher** (``StableDiffusion3Pipeline`` folder): ``export_sd3`` writes the same two
   folders for ``StableDiffusion3Pipeline`` and ``FlowMatchEulerDiscreteScheduler``.
 - **SDXL teacher** (``StableDiffusionXLPipeline`` folder): ``export_sdxl`` writes the same two
@@ -28,8 +30,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .export import student_scheduler
+from .export import network_timesteps, scheduler_line, student_scheduler
 from .export_flux import export_flux_student, is_flux
+from .export_flux import student_scheduler as flux_scheduler_of
 from .export_folder import (
     at_trained_size,
     clip_skip_note,
@@ -39,17 +42,26 @@ from .export_folder import (
     variant_note,
 )
 from .export_sd3 import export_sd3_student, is_sd3, plain_copy
+from .export_sd3 import student_scheduler as sd3_scheduler_of
 from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
 
-__all__ = ["export_latent_student", "lora_readme", "pipeline_readme"]
+__all__ = [
+    "export_latent_student",
+    "export_plan",
+    "export_problem",
+    "latent_scheduler",
+    "lora_readme",
+    "pipeline_readme",
+]
 
-_LOAD = (
-    "import torch\nfrom diffusers import DiffusionPipeline, LCMScheduler\n\n"
-    "g = torch.Generator().manual_seed(0)\n"
-)
+
+def _load(sched: Any) -> str:
+    name = type(sched).__name__
+    imports = f"import torch\nfrom diffusers import DiffusionPipeline, {name}\n\n"
+    return imports + "g = torch.Generator().manual_seed(0)\n"
 
 
 def _call(k: int, prompt: str, size: str = "") -> str:
@@ -59,60 +71,103 @@ def _call(k: int, prompt: str, size: str = "") -> str:
     )
 
 
-def pipeline_readme(generator: DiffusersGenerator, prompt: str, note: str = "") -> str:
+def pipeline_readme(generator: DiffusersGenerator, sched: Any, prompt: str, note: str = "") -> str:
+    """``sched``: the stock scheduler saved with it (``latent_scheduler``)."""
     k = generator.nfe
     return (
         f"# {k}-step text-to-image student distilled with scoredistill\n\n"
-        f"Trained for **K = {k}** step(s) at the teacher's timesteps "
-        f"{list(generator.timesteps or ())}.\n\n```python\n{_LOAD}"
+        f"Trained for **K = {k}** step(s) at the network timesteps "
+        f"{network_timesteps(sched)}.\n\n```python\n{_load(sched)}"
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
         f"{_call(k, prompt)}```\n\n"
-        "- Stock classes: `StableDiffusionPipeline` + `LCMScheduler` (fresh noise between "
-        "steps; the scheduler returns the network's x0).\n"
-        "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student; a larger "
+        "- Stock `StableDiffusionPipeline`.\n"
+        + scheduler_line(sched)
+        + "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student; a larger "
         "value would apply CFG a second time.\n"
         f"- `num_inference_steps` must be {k}.\n" + (f"\n{note}\n" if note else "")
     )
 
 
-def lora_readme(generator: DiffusersGenerator, prompt: str, note: str = "", size: str = "") -> str:
-    """``size``: ``export_folder.size_kwargs``, passed in the call when trained at another size."""
-    k = generator.nfe
+def lora_readme(
+    generator: DiffusersGenerator, sched: Any, prompt: str, note: str = "", size: str = ""
+) -> str:
+    """``sched``: the stock scheduler saved in ``lora/scheduler``; ``size``:
+    ``export_folder.size_kwargs``, passed in the call when trained at another size."""
+    k, name = generator.nfe, type(sched).__name__
     return (
         f"# {k}-step LoRA student distilled with scoredistill\n\n"
         "A LoRA on the teacher's UNet. Load it into the **teacher's** pipeline and use the "
-        "scheduler saved here (the student's grid):\n\n"
-        f"```python\n{_LOAD}"
+        f"scheduler saved here (the student's grid, network timesteps {network_timesteps(sched)})"
+        f":\n\n```python\n{_load(sched)}"
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/TEACHER", local_files_only=True)\n'
         'pipe.load_lora_weights("PATH/TO/lora")\n'
-        'pipe.scheduler = LCMScheduler.from_pretrained("PATH/TO/lora/scheduler")\n'
+        f'pipe.scheduler = {name}.from_pretrained("PATH/TO/lora/scheduler")\n'
         f"{_call(k, prompt, size)}```\n\n"
         "- `pytorch_lora_weights.safetensors`: diffusers' key layout (no PEFT "
         "`base_model.model.` prefix); the LoRA config (rank, alpha) is in its metadata.\n"
-        "- `guidance_scale=1.0` and `num_inference_steps` = "
+        + scheduler_line(sched)
+        + "- `guidance_scale=1.0` and `num_inference_steps` = "
         f"{k}, as the student was trained.\n" + (f"\n{note}\n" if note else "")
     )
 
 
-def _scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
-    """``export.student_scheduler`` with ``steps_offset = 1``: ``LCMScheduler`` ignores it, and
-    ``StableDiffusionPipeline.__init__`` rewrites (with a warning) any other value."""
+def latent_scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
+    """The stock scheduler the export writes for this student, per family (``ValueError`` naming
+    why none reproduces it): ``export.student_scheduler`` on SD (``steps_offset = 1`` where the
+    config has it: ``LCMScheduler`` ignores it, and ``StableDiffusionPipeline.__init__`` rewrites,
+    with a warning, any other value) and SDXL, the flow transformers' own on SD3 and Flux."""
+    if is_flux(teacher):
+        return flux_scheduler_of(generator, teacher)
+    if is_sd3(teacher):
+        return sd3_scheduler_of(generator, teacher)
     sched = student_scheduler(generator, teacher)
-    sched.register_to_config(steps_offset=1)
+    if not is_sdxl(teacher) and "steps_offset" in sched.config:
+        sched.register_to_config(steps_offset=1)
     return sched
+
+
+def export_problem(generator: DiffusersGenerator, teacher: Any) -> str:
+    """Why ``export_latent_student`` would write nothing for this student ("" if it would):
+    checked before training, so a run does not find out at its end."""
+    try:
+        latent_scheduler(generator, teacher)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def export_plan(generator: DiffusersGenerator, teacher: Any) -> str:
+    """``--dry-run``: the folder the export will write for this student, or why none."""
+    if why := export_problem(generator, teacher):
+        return f"none: {why}"
+    sched = type(latent_scheduler(generator, teacher)).__name__
+    if isinstance(generator.denoiser, AdapterView):
+        return f"OUT/lora: a LoRA for the teacher's own pipeline, with {sched}"
+    return f"OUT/pipeline: {_pipeline_class(teacher)} with {sched}"
+
+
+def _pipeline_class(teacher: Any) -> str:
+    if is_flux(teacher):
+        return "FluxPipeline"
+    if is_sd3(teacher):
+        return "StableDiffusion3Pipeline"
+    return "StableDiffusionXLPipeline" if is_sdxl(teacher) else "StableDiffusionPipeline"
 
 
 def _full(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
     from diffusers import StableDiffusionPipeline
 
     unet = at_trained_size(plain_copy(generator.denoiser.model), teacher)
+    sched = latent_scheduler(generator, teacher)
     pipe = StableDiffusionPipeline(
         vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
-        unet=unet, scheduler=_scheduler(generator, teacher), safety_checker=None,
+        unet=unet, scheduler=sched, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
-    (folder / "README.md").write_text(pipeline_readme(generator, prompt, note), encoding="utf-8")
+    (folder / "README.md").write_text(
+        pipeline_readme(generator, sched, prompt, note), encoding="utf-8"
+    )
 
 
 def _lora(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
@@ -122,8 +177,9 @@ def _lora(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=weights, unet_lora_adapter_metadata=meta, safe_serialization=True
     )
-    _scheduler(generator, teacher).save_pretrained(folder / "scheduler")
-    text = lora_readme(generator, prompt, note, size_kwargs(teacher, lora=True))
+    sched = latent_scheduler(generator, teacher)
+    sched.save_pretrained(folder / "scheduler")
+    text = lora_readme(generator, sched, prompt, note, size_kwargs(teacher, lora=True))
     (folder / "README.md").write_text(text, encoding="utf-8")
 
 

@@ -3,7 +3,8 @@
 An SDXL teacher is a VP table like Stable Diffusion's, so the student's stock scheduler is the
 SD path's: ``export.student_scheduler`` (an ``LCMScheduler`` on the teacher's betas cut at the
 student's top, ``timestep_scaling = 1e4`` so each step returns the network's x0, fresh noise
-between steps). Diffusers 0.42 ``StableDiffusionXLPipeline.__call__`` runs the same loop as
+between steps; ``EDMEulerScheduler`` at K = 1 for an EDM-family teacher, e.g. Playground
+v2.5's). Diffusers 0.42 ``StableDiffusionXLPipeline.__call__`` runs the same loop as
 ``StableDiffusionPipeline``'s (``pipeline_stable_diffusion_xl.py``): ``prepare_latents`` draws
 ``randn(generator) · init_noise_sigma`` (LCM: 1), ``unet(scale_model_input(x) = x, k,
 prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": (H, W, 0, 0, H, W)})``
@@ -26,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .export import student_scheduler
+from .export import network_timesteps, scheduler_line, student_scheduler
 from .export_folder import at_trained_size, size_kwargs, write_student
 from .export_sd3 import plain_copy
 from .sources.diffusers import DiffusersGenerator
@@ -34,12 +35,6 @@ from .sources.lora import lora_state_dict
 from .teachers.diffusers_sdxl import MicroCond, SDXLTextEncoder
 
 __all__ = ["export_sdxl_student", "is_sdxl", "readme"]
-
-_IMPORT = "import torch\nfrom diffusers import DiffusionPipeline, LCMScheduler\n\n"
-_LORA = (
-    'pipe.load_lora_weights("PATH/TO/lora")\n'
-    'pipe.scheduler = LCMScheduler.from_pretrained("PATH/TO/lora/scheduler")\n'
-)
 
 
 def is_sdxl(teacher: Any) -> bool:
@@ -49,21 +44,28 @@ def is_sdxl(teacher: Any) -> bool:
 
 def readme(
     generator: DiffusersGenerator,
+    sched: Any,
     prompt: str,
     lora: bool,
     micro: MicroCond | None = None,
     size: str = "",
 ) -> str:
-    """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it; ``micro`` the
+    """README.md of ``OUT/pipeline`` or ``OUT/lora``: how to load and call it; ``sched`` the stock
+    scheduler saved with it; ``micro`` the
     micro-conditioning trained with (its non-default arguments go in the call); ``size``
     ``export_folder.size_kwargs`` (a LoRA trained at another size passes it)."""
-    k = generator.nfe
+    k, name = generator.nfe, type(sched).__name__
     where = "PATH/TO/TEACHER" if lora else "PATH/TO/pipeline"
+    load_lora = (
+        'pipe.load_lora_weights("PATH/TO/lora")\n'
+        f'pipe.scheduler = {name}.from_pretrained("PATH/TO/lora/scheduler")\n'
+    )
     kwargs = (micro or MicroCond()).pipeline_kwargs(negative=False)  # no CFG at K steps
     extra = "".join(f"{name}={value}, " for name, value in kwargs.items())
     code = (
-        f'{_IMPORT}pipe = DiffusionPipeline.from_pretrained("{where}", local_files_only=True)\n'
-        f"{_LORA if lora else ''}images = pipe([{prompt!r}] * 4, num_inference_steps={k}, "
+        f"import torch\nfrom diffusers import DiffusionPipeline, {name}\n\n"
+        f'pipe = DiffusionPipeline.from_pretrained("{where}", local_files_only=True)\n'
+        f"{load_lora if lora else ''}images = pipe([{prompt!r}] * 4, num_inference_steps={k}, "
         f"{size}{extra}guidance_scale=1.0, generator=torch.Generator().manual_seed(0), "
         'output_type="np").images\n'
     )
@@ -84,10 +86,9 @@ def readme(
     keys = "- Keys: diffusers' `unet.` layout; rank and alpha in the metadata.\n"
     return (
         f"# {k}-step SDXL student distilled with scoredistill\n\n{what}, trained for **K = {k}** "
-        f"step(s) at the teacher's timesteps {list(generator.timesteps or ())}.\n\n"
+        f"step(s) at the network timesteps {network_timesteps(sched)}.\n\n"
         f"```python\n{code}```\n\n"
-        "- Stock `LCMScheduler`: fresh noise between steps; `timestep_scaling` is large so the "
-        "scheduler returns the network's x0 (the student's rollout).\n"
+        + scheduler_line(sched)
         + micro_line
         + "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student.\n"
         f"- `num_inference_steps` must be {k}.\n" + (keys if lora else "")
@@ -134,7 +135,12 @@ def export_sdxl_student(
         full=lambda tmp: _full(generator, teacher, sched, tmp),
         lora=lambda tmp: _lora(generator, sched, tmp),
         readme=lambda is_lora: readme(
-            generator, prompt, is_lora, teacher.text_encoder.micro, size_kwargs(teacher, is_lora)
+            generator,
+            sched,
+            prompt,
+            is_lora,
+            teacher.text_encoder.micro,
+            size_kwargs(teacher, is_lora),
         ),
         note=note,
     )

@@ -16,6 +16,7 @@ digits feature network scores FD, precision/recall and prompt accuracy (a CLIP-s
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ import torch
 
 from ..config import ConfigError, NonNegativeFloat, PositiveInt, Range, to_dict
 from ..config import resolve as resolve_config
+from ..export_latent import export_plan, export_problem
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..parametrization import guided
@@ -262,6 +264,8 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.train.seed)
     gen, critic = build_players(cfg, teacher)
+    if cfg.export and (why := export_problem(gen, teacher)):  # before training, not after it
+        warnings.warn(f"the student will not be exported: {why}", stacklevel=2)
     gen = nasa_players(cfg, teacher, gen, critic)  # NASA-T's student and critic, if on
     score, seed, eval_alpha = _scorer(teacher), cfg.train.seed, cfg.nasa.eval_alpha
 
@@ -358,7 +362,8 @@ def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
     mib["frozen teacher parts"] = round(4 * sum(frozen.values()) / 2**20, 2)
     shapes = {"latent_shape": list(teacher.shape), "image_shape": list(teacher.image_shape)}
     sizes = {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
-    return shapes | {"prediction_type": teacher.prediction_type} | sizes
+    plan = {"export": export_plan(gen, teacher) if cfg.export else "off (export=false)"}
+    return shapes | {"prediction_type": teacher.prediction_type} | sizes | plan
 
 
 FAMILY = Family(
