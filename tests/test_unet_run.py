@@ -162,3 +162,43 @@ def test_bf16_autocast_and_checkpointing_run(teacher_dir, tmp_path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["fd"]) and metrics["nfe"] == 1
     assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def _odd_teacher(path) -> str:
+    """A folder diffusers saves and loads but cannot run: 6 → 3 → 2 down, 2 → 4 up (not 3)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=6, in_channels=1, out_channels=1, block_out_channels=(8, 16, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3, norm_num_groups=8,
+    )  # fmt: skip
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("family", ["distill", "consistency"])
+def test_a_network_that_cannot_run_is_refused_before_training(tmp_path, capsys, family):
+    """``--dry-run`` and a real run both stop on one line naming the folder and the shape (a run
+    used to reach step 1 and end with a traceback labelled an internal error)."""
+    folder = _odd_teacher(tmp_path / "odd")
+    preset = {"distill": "sid-unet", "consistency": "cd-unet"}[family]
+    for extra in (["--dry-run"], ["--quick"]):
+        args = [
+            "distill",
+            "--preset",
+            preset,
+            "--teacher",
+            folder,
+            *extra,
+            "--out",
+            str(tmp_path / "o"),
+        ]
+        assert _run(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1 and f"{folder}: the network cannot run on one (1, 6, 6) input" in err[0]
+        )
+        assert "Sizes of tensors must match" in err[0]
+        assert not (tmp_path / "o").exists()

@@ -115,6 +115,7 @@ def load_teacher(cfg: SDDistillConfig):
     from ..export_flux import is_flux
     from ..export_sd3 import check_sd3_student, is_sd3
     from ..sources.diffusers import set_attention
+    from ..teachers.diffusers import check_forward
     from ..teachers.diffusers_latent import load_latent_teacher
 
     folder, prompt_file = sd_paths(cfg)
@@ -130,6 +131,8 @@ def load_teacher(cfg: SDDistillConfig):
         check_sd3_student(cfg.student.init_timestep, cfg.student.attention, family)
     else:
         set_attention(teacher.model, cfg.student.attention)
+    teacher = teacher.to(run_device())
+    check_forward(teacher, folder, torch.zeros(1, dtype=torch.long))  # prompt 0; --dry-run too
     return teacher
 
 

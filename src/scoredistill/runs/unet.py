@@ -91,7 +91,7 @@ def teacher_path(cfg: UNetDistillConfig) -> Path:
 def load_teacher(cfg: UNetDistillConfig):
     """The teacher, its attention blocks set to ``student.attention`` (copies inherit it)."""
     from ..sources.diffusers import set_attention
-    from ..teachers.diffusers import load_diffusers_teacher
+    from ..teachers.diffusers import check_forward, load_diffusers_teacher
 
     teacher = load_diffusers_teacher(
         teacher_path(cfg),
@@ -100,6 +100,9 @@ def load_teacher(cfg: UNetDistillConfig):
         num_classes=cfg.num_classes,
     )
     set_attention(teacher.model, cfg.student.attention)
+    teacher = teacher.to(run_device())
+    label = torch.zeros(1, dtype=torch.long) if teacher.num_classes else None
+    check_forward(teacher, teacher_path(cfg), label)  # --dry-run too: before a long job
     return teacher
 
 

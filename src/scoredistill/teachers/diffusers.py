@@ -51,6 +51,7 @@ __all__ = [
     "DiscreteVPSchedule",
     "ShiftedFlowSchedule",
     "TeacherFolderError",
+    "check_forward",
     "load_diffusers_teacher",
 ]
 
@@ -231,6 +232,23 @@ class DiffusersTeacher(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.denoise(x_t, t, cond)
+
+
+@torch.no_grad()
+def check_forward(teacher: DiffusersTeacher, where: Path | str, cond: Tensor | None = None) -> None:
+    """One denoiser call on a single zero sample at mid time, before any training:
+    diffusers builds some configs it cannot run (a ``sample_size`` its down- and up-sampling
+    does not return to), which would otherwise stop a run at step 1 with a traceback.
+    ``TeacherFolderError`` naming ``where``, the input shape and the network's error."""
+    p = next(teacher.parameters(), None)
+    x = torch.zeros(1, teacher.dim, device=None if p is None else p.device)
+    try:
+        teacher.denoise(
+            x, torch.tensor(0.5, dtype=torch.float64), cond if cond is None else cond.to(x.device)
+        )
+    except RuntimeError as err:
+        what = f"the network cannot run on one {tuple(teacher.shape)} input"
+        raise _fail(where, f"{what}: check sample_size against its down/up blocks", err) from None
 
 
 def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
