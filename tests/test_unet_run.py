@@ -28,6 +28,12 @@ def test_dry_run_prints_parameters_and_memory(teacher_dir, capsys) -> None:
     assert out["networks"]["shape"] == [1, 8, 8] and out["networks"]["num_classes"] == 10
     assert out["teacher"] == teacher_dir and out["method"] == "dmd"
     assert out["networks"]["labels"].startswith("10 classes and null row 10")
+    assert out["networks"]["export"] == "OUT/pipeline: ConsistencyModelPipeline with LCMScheduler"
+    assert out["real_images"] == "none: dmd reads only the teacher, so 'data' is unused"
+    gan = ["distill", "--preset", "dmd2-gan-unet", "--teacher", teacher_dir, "--dry-run"]
+    assert _run([*gan, "--out", "unused"]) == 0
+    real = json.loads(capsys.readouterr().out)["real_images"]
+    assert real == "sklearn's digits (train split), for the GAN term's real class"
 
 
 @pytest.mark.parametrize("preset", ["dmd2-unet", "cd-unet"])
@@ -202,3 +208,33 @@ def test_a_network_that_cannot_run_is_refused_before_training(tmp_path, capsys, 
         )
         assert "Sizes of tensors must match" in err[0]
         assert not (tmp_path / "o").exists()
+
+
+def test_an_edm_student_no_scheduler_replays_is_named_before_training(tmp_path, capsys):
+    """EDMEulerScheduler replays one step only: a 4-step student of an EDM teacher is named by
+    ``--dry-run``'s ``export`` and warned about before training; 1 step exports. The presets'
+    VP-table start (``sigma_init``) is refused on it in one line naming the key and the fix."""
+    from diffusers import DDPMPipeline, EDMEulerScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=8,
+    )  # fmt: skip
+    DDPMPipeline(unet=unet, scheduler=EDMEulerScheduler()).save_pretrained(tmp_path / "edm")
+    base = ["distill", "--preset", "dmd2-unet", "--teacher", str(tmp_path / "edm")]
+    assert _run([*base, "--dry-run", "--out", "unused"]) == 2  # the preset's VP start
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config key 'student.sigma_init': 2.5 picks a start on a VP" in err[0]
+    assert "--set student.sigma_init=0" in err[0]
+    base += ["--set", "student.sigma_init=0"]
+    plans = {}
+    for k in (1, 4):
+        assert _run([*base, "--set", f"student.steps={k}", "--dry-run", "--out", "unused"]) == 0
+        plans[k] = json.loads(capsys.readouterr().out)["networks"]["export"]
+    assert plans[1] == "OUT/pipeline: ConsistencyModelPipeline with EDMEulerScheduler"
+    assert plans[4].startswith("none: no stock scheduler reproduces this student")
+    args = [*base, "--quick", "--set", "student.steps=4", "--set", "train.steps=1"]
+    with pytest.warns(UserWarning, match="the student will not be exported: .*K = 4"):
+        assert _run([*args, "--out", str(tmp_path / "run")]) == 0

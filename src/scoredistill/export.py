@@ -66,6 +66,7 @@ from .teachers.diffusers import DiffusersTeacher
 __all__ = [
     "cut_lcm_scheduler",
     "export_pipeline",
+    "export_plan",
     "export_run",
     "export_student",
     "frozen",
@@ -313,6 +314,18 @@ def export_student(
         sched.save_pretrained(tmp / "scheduler")
         (tmp / "README.md").write_text(readme, encoding="utf-8")
     return Path(out_dir) / "student"
+
+
+def export_plan(generator: DiffusersGenerator, teacher: DiffusersTeacher) -> str:
+    """``--dry-run``: the folder ``export_run`` will write for this student, or why none."""
+    try:
+        sched = type(student_scheduler(generator, teacher)).__name__
+    except ValueError as err:
+        return f"none: {err}"
+    pipe, why = stock_pipeline(generator.denoiser.model, teacher)
+    if pipe:
+        return f"OUT/pipeline: {pipe} with {sched}"
+    return f"OUT/student: the network and {sched}, with the sampling loop in its README ({why})"
 
 
 def export_run(

@@ -196,13 +196,10 @@ def _build(cfg: UNetDistillConfig, teacher, gan_head: bool):
 
 def _warn_if_not_exportable(cfg: UNetDistillConfig, gen, teacher) -> None:
     """Say before training, not after it, that no stock scheduler will reproduce the student."""
-    from ..export import student_scheduler
+    from ..export import export_plan
 
-    if cfg.export:
-        try:
-            student_scheduler(gen, teacher)
-        except ValueError as err:
-            warnings.warn(f"the student will not be exported: {err}", stacklevel=2)
+    if cfg.export and (plan := export_plan(gen, teacher)).startswith("none: "):
+        warnings.warn(f"the student will not be exported: {plan[6:]}", stacklevel=2)
 
 
 def label_note(teacher) -> str:
@@ -233,11 +230,15 @@ def param_report(cfg: UNetDistillConfig) -> dict[str, Any]:
     """``--dry-run``: parameter counts and a peak-memory estimate per network (fp32 weights;
     Adam keeps two moments and the gradient: 4 copies of a trained network, 1 of the frozen
     teacher; activations not included)."""
+    from ..export import export_plan
+
     teacher = load_teacher(cfg)
     params = sum(p.numel() for p in teacher.model.parameters())
     mib = 4 * params / 2**20
+    gen, _ = _build(cfg, teacher, gan_head=False)
     return {
         **teacher_summary(cfg, teacher),
+        "export": export_plan(gen, teacher) if cfg.export else "off (export=false)",
         "params": {"teacher (frozen)": params, "student": params, "critic": params},
         "weights_and_optimizer_MiB": {
             "teacher (frozen)": round(mib, 2),
@@ -317,7 +318,32 @@ def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
     teacher = load_teacher(cfg)  # a bad folder, data or shape fails before any training
     if _needs_real(objective):
         load_real(cfg, teacher)
+    _check_start(cfg, teacher)
     return Resolved(cfg, objective, preset)
+
+
+def _check_start(cfg: UNetDistillConfig, teacher) -> None:
+    """The student's start (``init_timestep``, ``sigma_init``) is a VP table's timestep: on an
+    EDM or flow teacher it starts at the teacher's top, so both keys must be off there."""
+    s = cfg.student
+    if teacher.family == "vp" or (s.init_timestep < 0 and s.sigma_init <= 0):
+        return
+    key, value = (
+        ("sigma_init", s.sigma_init) if s.sigma_init > 0 else ("init_timestep", s.init_timestep)
+    )
+    off = {"sigma_init": "0", "init_timestep": "-1"}[key]
+    raise ConfigError(
+        f"config key 'student.{key}': {value} picks a start on a VP table, and this teacher is "
+        f"{teacher.family!r}; --set student.{key}={off} starts the student at the teacher's top"
+    )
+
+
+def real_note(cfg: UNetDistillConfig, objective: Any) -> str:
+    """``--dry-run``: which real images the run reads, if any (the ``data`` key)."""
+    if not _needs_real(objective):
+        return f"none: {cfg.method} reads only the teacher, so 'data' is unused"
+    where = "sklearn's digits (train split)" if cfg.data == "digits" else cfg.data
+    return f"{where}, for the GAN term's real class"
 
 
 def _needs_real(objective: Any) -> bool:
@@ -336,5 +362,8 @@ FAMILY = Family(
     quick=lambda name: list(QUICK),
     steps_help="generator updates",
     epilogue=report_section,
-    dry_run=lambda r: {"networks": param_report(r.config)},
+    dry_run=lambda r: {
+        "networks": param_report(r.config),
+        "real_images": real_note(r.config, r.extra),
+    },
 )
