@@ -39,6 +39,10 @@ def test_dry_run_reports_lora_and_full_players(sd_folder, prompts, tmp_path, cap
     assert 0 < lora["trainable_params"]["student"] < unet
     # the bundled teacher's VAE maps 1x8x8 digits to 4x4x4 latents (docs/text_to_image.md)
     assert (full["latent_shape"], full["image_shape"]) == ([4, 4, 4], [1, 8, 8])
+    # the fixture's file: two prompts and a blank line (stripped)
+    assert full["teacher_folder"] == str(sd_folder) and full["prompts"] == f"{prompts} (2)"
+    assert full["export"] == "OUT/pipeline: StableDiffusionPipeline with LCMScheduler"
+    assert lora["export"] == "OUT/lora: a LoRA for the teacher's own pipeline, with LCMScheduler"
     assert not (tmp_path / "o").exists()
 
 

@@ -363,10 +363,15 @@ def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
     }
     mib = {k: round(4 * 4 * v / 2**20, 2) for k, v in trained.items()}
     mib["frozen teacher parts"] = round(4 * sum(frozen.values()) / 2**20, 2)
+    folder, prompt_file = sd_paths(cfg)  # the bundled teacher and its prompts when not given
+    where = {
+        "teacher_folder": str(folder),
+        "prompts": f"{prompt_file} ({len(teacher.prompt_rows)})",
+    }
     shapes = {"latent_shape": list(teacher.shape), "image_shape": list(teacher.image_shape)}
     sizes = {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
     plan = {"export": export_plan(gen, teacher) if cfg.export else "off (export=false)"}
-    return shapes | {"prediction_type": teacher.prediction_type} | sizes | plan
+    return where | shapes | {"prediction_type": teacher.prediction_type} | sizes | plan
 
 
 FAMILY = Family(
