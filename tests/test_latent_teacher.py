@@ -324,6 +324,12 @@ PIXEL_INDEX = {  # what DDPMPipeline.save_pretrained writes
     "unet": ["diffusers", "UNet2DModel"],
     "scheduler": ["diffusers", "DDPMScheduler"],
 }
+KANDINSKY_INDEX = {
+    "_class_name": "KandinskyV22Pipeline",
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "scheduler": ["diffusers", "DDPMScheduler"],
+    "movq": ["diffusers", "VQModel"],
+}
 DAMAGE = {  # name: (change, a regex the message must match)
     "no vae folder": (lambda d: shutil.rmtree(d / "vae"), r"pipe/vae: no such folder.*'vae'"),
     "no tokenizer folder": (
@@ -365,6 +371,15 @@ DAMAGE = {  # name: (change, a regex the message must match)
         lambda d: (d / "model_index.json").write_text(json.dumps({"transformer": ["d", "X"]})),
         r"transformer pipeline other than SD3/Flux is not supported yet.*valid: "
         r"StableDiffusion3Pipeline, FluxPipeline",
+    ),
+    "guidance-embedding unet": (  # LCM-distilled: the pipeline passes timestep_cond (sweep 4)
+        lambda d: _edit_json(d / "unet" / "config.json", time_cond_proj_dim=32),
+        r"unet/config.json: time_cond_proj_dim=32: a guidance-embedding UNet .*valid: null",
+    ),
+    "kandinsky layout": (  # a UNet and an autoencoder named movq: not a pixel pipeline
+        lambda d: (d / "model_index.json").write_text(json.dumps(KANDINSKY_INDEX)),
+        r"model_index.json: _class_name 'KandinskyV22Pipeline' \(components unet, scheduler, "
+        r"movq\) is not supported; valid: StableDiffusionPipeline, StableDiffusionXLPipeline",
     ),
     "bad scheduler": (
         lambda d: _edit_json(d / "scheduler" / "scheduler_config.json", prediction_type="flux"),

@@ -114,3 +114,48 @@ def test_lora_student_loads_into_the_teacher_pipeline(sd_folder, tmp_path, steps
     pipe.load_lora_weights(path)
     pipe.scheduler = LCMScheduler.from_pretrained(path / "scheduler")
     torch.testing.assert_close(_pipeline_latents(pipe, steps), _student(gen), atol=2e-5, rtol=0)
+
+
+def _tiny_safety_checker():
+    """A random ``StableDiffusionSafetyChecker`` (CLIP vision width 16, 32×32 crops) and its
+    image processor, saved with the pipeline as SD 1.x folders carry them."""
+    import transformers
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    torch.manual_seed(7)
+    small = {"hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1}
+    config = transformers.CLIPConfig(
+        text_config={**small, "num_attention_heads": 2, "vocab_size": 514},
+        vision_config={**small, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    size = {"shortest_edge": 32}
+    processor = transformers.CLIPImageProcessor(size=size, crop_size={"height": 32, "width": 32})
+    return StableDiffusionSafetyChecker(config).eval(), processor
+
+
+def test_a_full_student_keeps_the_teachers_safety_checker(sd_folder, tmp_path):
+    """A teacher folder with a safety checker exports a pipeline that runs the same checker
+    (its weights, ``requires_safety_checker``); it used to be dropped without a word. Without
+    one the export's entries stay null."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    base = DiffusionPipeline.from_pretrained(sd_folder, local_files_only=True)
+    checker, processor = _tiny_safety_checker()
+    parts = {**base.components, "safety_checker": checker, "feature_extractor": processor}
+    StableDiffusionPipeline(**parts, requires_safety_checker=True).save_pretrained(tmp_path / "t")
+    for folder, checked in ((tmp_path / "t", True), (sd_folder, False)):
+        teacher = _teacher(folder)
+        gen = DiffusersGenerator(teacher, steps=1)
+        path = export_latent_student(gen, teacher, tmp_path / folder.name, steps=1, prompt="a 3")
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True)
+        assert pipe.config.requires_safety_checker is checked
+        assert ("safety checker is kept" in (path / "README.md").read_text()) is checked
+        if not checked:
+            assert pipe.safety_checker is None and pipe.feature_extractor is None
+            continue
+        want = checker.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in pipe.safety_checker.state_dict().items())
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(PROMPTS, num_inference_steps=1, guidance_scale=1.0, output_type="np")
+        assert out.nsfw_content_detected is not None  # the stock pipeline ran the checker

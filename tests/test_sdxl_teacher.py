@@ -255,6 +255,10 @@ DAMAGE = {  # name: (change, a regex the message must match)
         ),
         r"vae/config.json: latents_std=\[1, 0, 1, 1\] must be positive",
     ),
+    "guidance-embedding unet": (  # SDXL-LCM: the pipeline passes timestep_cond (sweep 4)
+        lambda d: _edit(d / "unet" / "config.json", time_cond_proj_dim=32),
+        r"unet/config.json: time_cond_proj_dim=32: a guidance-embedding UNet .*valid: null",
+    ),
     "no tokenizer_2 folder": (
         lambda d: shutil.rmtree(d / "tokenizer_2"),
         r"pipe/tokenizer_2: no such folder",

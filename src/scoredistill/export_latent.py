@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
+from .teachers.diffusers_parts import _load as load_part
 
 __all__ = [
     "export_latent_student",
@@ -71,9 +73,20 @@ def _call(k: int, prompt: str, size: str = "") -> str:
     )
 
 
-def pipeline_readme(generator: DiffusersGenerator, sched: Any, prompt: str, note: str = "") -> str:
-    """``sched``: the stock scheduler saved with it (``latent_scheduler``)."""
+def pipeline_readme(
+    generator: DiffusersGenerator,
+    sched: Any,
+    prompt: str,
+    note: str = "",
+    safety_checker: bool = False,
+) -> str:
+    """``sched``: the stock scheduler saved with it (``latent_scheduler``); ``safety_checker``:
+    whether the teacher's checker was kept (``safety_parts``)."""
     k = generator.nfe
+    kept = (
+        "- The teacher's safety checker is kept: its pipeline runs it on every image, and so "
+        "does this one (`from_pretrained(..., safety_checker=None)` drops it).\n"
+    )
     return (
         f"# {k}-step text-to-image student distilled with scoredistill\n\n"
         f"Trained for **K = {k}** step(s) at the network timesteps "
@@ -84,7 +97,9 @@ def pipeline_readme(generator: DiffusersGenerator, sched: Any, prompt: str, note
         + scheduler_line(sched)
         + "- `guidance_scale=1.0`: the teacher's guidance is distilled into the student; a larger "
         "value would apply CFG a second time.\n"
-        f"- `num_inference_steps` must be {k}.\n" + (f"\n{note}\n" if note else "")
+        f"- `num_inference_steps` must be {k}.\n"
+        + (kept if safety_checker else "")
+        + (f"\n{note}\n" if note else "")
     )
 
 
@@ -154,20 +169,57 @@ def _pipeline_class(teacher: Any) -> str:
     return "StableDiffusionXLPipeline" if is_sdxl(teacher) else "StableDiffusionPipeline"
 
 
+def safety_parts(teacher: Any) -> dict[str, Any]:
+    """The teacher folder's ``safety_checker`` and ``feature_extractor`` as the exported
+    ``StableDiffusionPipeline`` takes them (``requires_safety_checker`` too): the stock pipeline
+    runs the checker on every decoded image, so a student of a checked teacher keeps it. None
+    for both when the folder has none (``model_index.json`` null or absent)."""
+    import diffusers
+    import diffusers.pipelines
+    import transformers
+
+    folder = getattr(teacher, "folder", None)
+    index = json.loads((folder / "model_index.json").read_text()) if folder else {}
+    entry = index.get("safety_checker")
+    if not (
+        isinstance(entry, list) and entry[0] and isinstance(index.get("feature_extractor"), list)
+    ):
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    library, name = entry
+    module = (
+        diffusers if library == "diffusers" else transformers if library == "transformers" else None
+    )
+    if module is None and library.isidentifier():  # diffusers' own: ["stable_diffusion", CLASS]
+        module = getattr(diffusers.pipelines, library, None)
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        raise ValueError(
+            f"{folder}/model_index.json: safety_checker {entry} names no class to load"
+        )
+    return {
+        "safety_checker": load_part(folder / "safety_checker", cls, teacher.variant),
+        # AutoImageProcessor reads preprocessor_config.json: CLIPFeatureExtractor is gone in 5.x
+        "feature_extractor": transformers.AutoImageProcessor.from_pretrained(
+            folder / "feature_extractor", local_files_only=True
+        ),
+        "requires_safety_checker": bool(index.get("requires_safety_checker", True)),
+    }
+
+
 def _full(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):
     from diffusers import StableDiffusionPipeline
 
     unet = at_trained_size(plain_copy(generator.denoiser.model), teacher)
     sched = latent_scheduler(generator, teacher)
+    safety = safety_parts(teacher)
     pipe = StableDiffusionPipeline(
         vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
-        unet=unet, scheduler=sched, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        unet=unet, scheduler=sched, **safety,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
-    (folder / "README.md").write_text(
-        pipeline_readme(generator, sched, prompt, note), encoding="utf-8"
-    )
+    checked = safety["safety_checker"] is not None
+    text = pipeline_readme(generator, sched, prompt, note, safety_checker=checked)
+    (folder / "README.md").write_text(text, encoding="utf-8")
 
 
 def _lora(generator: DiffusersGenerator, teacher: Any, folder: Path, prompt: str, note: str):

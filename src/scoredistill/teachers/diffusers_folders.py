@@ -14,7 +14,7 @@ from typing import Any
 
 from .diffusers import _diffusers_class, _fail, _read_json
 from .diffusers_flux import is_flux_index
-from .diffusers_parts import check_components
+from .diffusers_parts import check_components, guidance_embedding_problem
 from .diffusers_sdxl import is_sdxl_index
 
 __all__ = ["COMPONENTS", "check_sd_configs", "index_folder"]
@@ -49,11 +49,28 @@ def index_folder(path: Path) -> tuple[Path, dict[str, Any]]:
         what = "a transformer pipeline other than SD3/Flux is not supported yet"
         raise _fail(index_path, f"{what} for _class_name {name!r}; valid: {valid}")
     if "unet" in index and "vae" not in index and "text_encoder" not in index:
+        if parts := sorted(set(_components(index)) - {"unet", "scheduler"}):  # Kandinsky's movq
+            name, valid = index.get("_class_name"), ", ".join(LATENT_PIPELINES)
+            what = f"_class_name {name!r} (components unet, scheduler, {', '.join(parts)})"
+            raise _fail(index_path, f"{what} is not supported; valid: {valid}")
         what = "is a pixel-space pipeline (a UNet, no VAE or text encoder)"
         raise _fail(index_path, f"{what}; valid here: a text-to-image (latent) pipeline; pixel "
                     "teachers distil with: scoredistill distill --preset dmd2-unet --teacher DIR")  # fmt: skip
     check_components(path, index, COMPONENTS)
     return path, index
+
+
+LATENT_PIPELINES = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusion3Pipeline",
+    "FluxPipeline",
+)
+
+
+def _components(index: dict[str, Any]) -> list[str]:
+    """The non-null components a ``model_index.json`` names."""
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
 
 
 def check_sd_configs(path: Path) -> None:
@@ -71,6 +88,8 @@ def check_sd_configs(path: Path) -> None:
         what = "needs added_cond_kwargs: valid in a StableDiffusionXLPipeline folder (with"
         valid = "text_encoder_2, tokenizer_2); valid here: null, 'text'"
         raise _fail(ucfg_path, f"addition_embed_type {extra!r} {what} {valid}")
+    if why := guidance_embedding_problem(ucfg):
+        raise _fail(ucfg_path, why)
     latent, inputs = vcfg.get("latent_channels"), ucfg.get("in_channels")
     if latent != inputs:
         what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"

@@ -332,6 +332,7 @@ def load_latent_teacher(
     teacher.clip_skip = check_clip_skip(text_encoder, clip_skip)
     network = "unet" if (path / "unet").is_dir() else "transformer"
     teacher.variant = pick_variant(path / network, variant) or ""  # the exported READMEs' note
+    teacher.folder = path  # the export reads its safety checker from it (export_latent)
     if native is not None:  # not the scheduler's table shift (dynamic shifting ignores it)
         teacher.native_schedule = native
         teacher.schedule = native if schedule is None else teacher.schedule

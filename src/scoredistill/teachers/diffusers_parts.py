@@ -24,6 +24,7 @@ from .diffusers import (
 __all__ = [
     "check_components",
     "folder_text_encoder",
+    "guidance_embedding_problem",
     "load_pipeline_parts",
     "load_text_parts",
 ]
@@ -102,3 +103,16 @@ def folder_text_encoder(path: Path, build: Callable[[], Any]) -> Any:
         return build()
     except (ValueError, AttributeError) as err:
         raise TeacherFolderError(f"{path}: {err}".replace("\n", " ")) from None
+
+
+def guidance_embedding_problem(ucfg: dict[str, Any]) -> str:
+    """Why a UNet with ``time_cond_proj_dim`` (a guidance-embedding UNet, e.g. LCM-distilled)
+    cannot be a teacher here ("" if it has none): the SD and SDXL pipelines call it with
+    ``timestep_cond`` (an embedding of ``guidance_scale − 1``) and skip CFG, a call this adapter
+    does not make."""
+    if (dim := ucfg.get("time_cond_proj_dim")) is None:
+        return ""
+    return (
+        f"time_cond_proj_dim={dim}: a guidance-embedding UNet (LCM-distilled), which the pipeline "
+        "calls with timestep_cond and without CFG, is not supported yet; valid: null"
+    )

@@ -53,7 +53,12 @@ from .diffusers import (
     _fail,
     component_config,
 )
-from .diffusers_parts import check_components, folder_text_encoder, load_pipeline_parts
+from .diffusers_parts import (
+    check_components,
+    folder_text_encoder,
+    guidance_embedding_problem,
+    load_pipeline_parts,
+)
 from .diffusers_sdxl_micro import MicroCond
 from .diffusers_vae import latent_stats_problem
 
@@ -200,6 +205,8 @@ def _check_configs(path: Path) -> None:
     if "added_cond_kwargs" not in inspect.signature(cls.forward).parameters:
         what = "takes no added_cond_kwargs; valid: UNet2DConditionModel"
         raise _fail(ucfg_path, f"{cls.__name__} {what}")
+    if why := guidance_embedding_problem(ucfg):
+        raise _fail(ucfg_path, why)
     vae_path = path / "vae" / "config.json"
     if (latent := vcfg.get("latent_channels")) != (inputs := ucfg.get("in_channels")):
         what = f"latent_channels={latent} but unet/config.json has in_channels={inputs}"
