@@ -246,7 +246,7 @@ def check_forward(teacher: DiffusersTeacher, where: Path | str, cond: Tensor | N
         teacher.denoise(
             x, torch.tensor(0.5, dtype=torch.float64), cond if cond is None else cond.to(x.device)
         )
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # shape errors; diffusers' own config checks
         what = f"the network cannot run on one {tuple(teacher.shape)} input"
         raise _fail(where, f"{what}: check sample_size against its down/up blocks", err) from None
 
