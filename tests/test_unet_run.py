@@ -238,3 +238,14 @@ def test_an_edm_student_no_scheduler_replays_is_named_before_training(tmp_path, 
     args = [*base, "--quick", "--set", "student.steps=4", "--set", "train.steps=1"]
     with pytest.warns(UserWarning, match="the student will not be exported: .*K = 4"):
         assert _run([*args, "--out", str(tmp_path / "run")]) == 0
+
+
+def test_sample_and_baseline_refuse_a_network_that_cannot_run(tmp_path, capsys):
+    folder = _odd_teacher(tmp_path / "odd")
+    for cmd in (
+        ["sample", "--sampler", "ddim", "--nfe", "1", "--n", "4"],
+        ["baseline", "--nfe", "1"],
+    ):
+        assert _run([cmd[0], "--teacher", folder, *cmd[1:], "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "the network cannot run on one (1, 6, 6) input" in err[0]

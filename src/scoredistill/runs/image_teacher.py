@@ -20,9 +20,11 @@ __all__ = ["baseline_teacher", "sample_teacher", "train_teacher"]
 
 
 def _teacher(path: str, scheduler: str | None, num_classes: int | None):
-    from ..teachers.diffusers import load_diffusers_teacher
+    from ..teachers.diffusers import check_forward, load_diffusers_teacher
 
-    return load_diffusers_teacher(path, scheduler=scheduler, num_classes=num_classes)
+    teacher = load_diffusers_teacher(path, scheduler=scheduler, num_classes=num_classes)
+    check_forward(teacher, path, torch.zeros(1, dtype=torch.long) if teacher.num_classes else None)
+    return teacher
 
 
 def _labels(teacher: Any, n: int, rng: torch.Generator, klass: int | None) -> torch.Tensor | None:

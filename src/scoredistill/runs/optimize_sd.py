@@ -114,6 +114,7 @@ class OptimizeSDConfig:
 def load_teacher(cfg: OptimizeSDConfig):
     """The latent teacher with the prompt list (and its per-encoder prompts) as its labels
     (``runs.sd``'s paths and checks, all before any weights load)."""
+    from ..teachers.diffusers import check_forward
     from ..teachers.diffusers_latent import load_latent_teacher
 
     folder, prompt_file = sd_paths(cfg)
@@ -126,6 +127,7 @@ def load_teacher(cfg: OptimizeSDConfig):
     teacher = load_latent_teacher(folder, variant=cfg.variant)
     apply_teacher_keys(cfg, teacher)  # before the prompts' rows are built
     teacher.set_prompt_labels(prompts, cfg.negative_prompt, **streams)
+    check_forward(teacher, folder, torch.zeros(1, dtype=torch.long))  # prompt 0; --dry-run too
     return teacher
 
 
