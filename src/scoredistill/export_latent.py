@@ -11,7 +11,7 @@
   ``guidance_scale`` must be 1 (no CFG at sampling): the distilled student has the teacher's
   guidance built in. An EDM-family teacher (``EDMDPMSolverMultistepScheduler``, as Playground
   v2.5's) gets ``EDMEulerScheduler`` instead, for K = 1 only (``export_families``); the README
-  names the class saved. ``export_problem`` says before training when no stock scheduler fits.
+  names the class saved. ``export_plan`` says before training when no stock scheduler fits.
 - **LoRA student** → ``OUT/lora/``: ``pytorch_lora_weights.safetensors`` written by
   ``StableDiffusionPipeline.save_lora_weights`` (keys in diffusers' layout, no PEFT prefix; the
   ``LoraConfig`` as metadata so ``lora_alpha`` reloads), ``scheduler/`` (that scheduler's config)
@@ -48,19 +48,18 @@ from .export_sdxl import export_sdxl_student, is_sdxl
 from .io import atomic_folder
 from .sources.diffusers import DiffusersGenerator
 from .sources.lora import AdapterView, lora_state_dict
-from .teachers.diffusers_parts import _load as load_part
+from .teachers.diffusers_parts import _load
 
 __all__ = [
     "export_latent_student",
     "export_plan",
-    "export_problem",
     "latent_scheduler",
     "lora_readme",
     "pipeline_readme",
 ]
 
 
-def _load(sched: Any) -> str:
+def _imports(sched: Any) -> str:
     name = type(sched).__name__
     imports = f"import torch\nfrom diffusers import DiffusionPipeline, {name}\n\n"
     return imports + "g = torch.Generator().manual_seed(0)\n"
@@ -90,7 +89,7 @@ def pipeline_readme(
     return (
         f"# {k}-step text-to-image student distilled with scoredistill\n\n"
         f"Trained for **K = {k}** step(s) at the network timesteps "
-        f"{network_timesteps(sched)}.\n\n```python\n{_load(sched)}"
+        f"{network_timesteps(sched)}.\n\n```python\n{_imports(sched)}"
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/pipeline", local_files_only=True)\n'
         f"{_call(k, prompt)}```\n\n"
         "- Stock `StableDiffusionPipeline`.\n"
@@ -113,7 +112,7 @@ def lora_readme(
         f"# {k}-step LoRA student distilled with scoredistill\n\n"
         "A LoRA on the teacher's UNet. Load it into the **teacher's** pipeline and use the "
         f"scheduler saved here (the student's grid, network timesteps {network_timesteps(sched)})"
-        f":\n\n```python\n{_load(sched)}"
+        f":\n\n```python\n{_imports(sched)}"
         'pipe = DiffusionPipeline.from_pretrained("PATH/TO/TEACHER", local_files_only=True)\n'
         'pipe.load_lora_weights("PATH/TO/lora")\n'
         f'pipe.scheduler = {name}.from_pretrained("PATH/TO/lora/scheduler")\n'
@@ -141,21 +140,13 @@ def latent_scheduler(generator: DiffusersGenerator, teacher: Any) -> Any:
     return sched
 
 
-def export_problem(generator: DiffusersGenerator, teacher: Any) -> str:
-    """Why ``export_latent_student`` would write nothing for this student ("" if it would):
-    checked before training, so a run does not find out at its end."""
-    try:
-        latent_scheduler(generator, teacher)
-    except ValueError as err:
-        return str(err)
-    return ""
-
-
 def export_plan(generator: DiffusersGenerator, teacher: Any) -> str:
-    """``--dry-run``: the folder the export will write for this student, or why none."""
-    if why := export_problem(generator, teacher):
-        return f"none: {why}"
-    sched = type(latent_scheduler(generator, teacher)).__name__
+    """The folder ``export_latent_student`` will write for this student, or ``"none: why"``
+    (``--dry-run``, and the warning before training: a run does not find out at its end)."""
+    try:
+        sched = type(latent_scheduler(generator, teacher)).__name__
+    except ValueError as err:
+        return f"none: {err}"
     if isinstance(generator.denoiser, AdapterView):
         return f"OUT/lora: a LoRA for the teacher's own pipeline, with {sched}"
     return f"OUT/pipeline: {_pipeline_class(teacher)} with {sched}"
@@ -197,7 +188,7 @@ def safety_parts(teacher: Any) -> dict[str, Any]:
             f"{folder}/model_index.json: safety_checker {entry} names no class to load"
         )
     return {
-        "safety_checker": load_part(folder / "safety_checker", cls, teacher.variant),
+        "safety_checker": _load(folder / "safety_checker", cls, teacher.variant),
         # AutoImageProcessor reads preprocessor_config.json: CLIPFeatureExtractor is gone in 5.x
         "feature_extractor": transformers.AutoImageProcessor.from_pretrained(
             folder / "feature_extractor", local_files_only=True

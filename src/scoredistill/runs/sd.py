@@ -26,7 +26,7 @@ import torch
 
 from ..config import ConfigError, NonNegativeFloat, PositiveInt, Range, to_dict
 from ..config import resolve as resolve_config
-from ..export_latent import export_plan, export_problem
+from ..export_latent import export_plan
 from ..io import atomic_write_json
 from ..objectives import OBJECTIVES
 from ..parametrization import guided
@@ -267,8 +267,8 @@ def run_sd(cfg: SDDistillConfig, objective: Any, out: Path, resume: bool = False
     atomic_write_json(out / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.train.seed)
     gen, critic = build_players(cfg, teacher)
-    if cfg.export and (why := export_problem(gen, teacher)):  # before training, not after it
-        warnings.warn(f"the student will not be exported: {why}", stacklevel=2)
+    if cfg.export and (plan := export_plan(gen, teacher)).startswith("none: "):  # not at the end
+        warnings.warn(f"the student will not be exported: {plan[6:]}", stacklevel=2)
     gen = nasa_players(cfg, teacher, gen, critic)  # NASA-T's student and critic, if on
     score, seed, eval_alpha = _scorer(teacher), cfg.train.seed, cfg.nasa.eval_alpha
 
