@@ -47,6 +47,7 @@ def test_dry_run_counts_the_lora_critic(sd_folder, prompts, tmp_path, capsys):
     unet = vsd["frozen_params"]["unet"]
     assert 0 < vsd["trainable_params"]["critic"] < unet // 10  # rank 4: a sliver of the UNet
     assert sds["trainable_params"] == {"particles": 60 * 64, "critic": 0}
+    assert sds["teacher_folder"] == str(sd_folder) and sds["prompts"] == f"{prompts} (2)"
     assert not (tmp_path / "o").exists()
 
 

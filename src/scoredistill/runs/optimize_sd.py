@@ -52,7 +52,7 @@ from ..train.common import JsonlLogger
 from ..train.optimize import Batch, OptimizeLoopConfig, optimize
 from .family import Family, Resolved
 from .optimize_build import accepts, needs_critic
-from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths
+from .sd import _scorer, check_negative_prompt, read_prompts, sd_paths, teacher_report
 from .sd_prompts import prompt_streams
 from .sd_teacher_keys import FluxKeys, SDXLKeys, T5Length, apply_teacher_keys, micro_cond
 
@@ -333,17 +333,15 @@ def _write_report(
 
 
 def param_report(cfg: OptimizeSDConfig, objective: Any) -> dict[str, Any]:
-    """``--dry-run``: the frozen teacher's parts and the trained parameters (particles, LoRA)."""
+    """``--dry-run``: ``runs.sd.teacher_report`` and the trained parameters (particles, LoRA)."""
     teacher = load_teacher(cfg)
-    parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
-    frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     critic = _lora_critic(cfg, teacher) if needs_critic(objective) else None
     src = cfg.source  # a field: density + RGB per voxel (scene.field3d.VoxelField)
     trained = {
         src.kind: 4 * src.resolution**3 if src.kind == "field" else src.n_particles * teacher.dim,
         "critic": 0 if critic is None else sum(p.numel() for p in critic.parameters()),
     }
-    return {"frozen_params": frozen, "trainable_params": trained}
+    return teacher_report(cfg, teacher) | {"trainable_params": trained}
 
 
 FAMILY = Family(

@@ -350,28 +350,37 @@ def _resolve_run(preset: str | None, sets: list[str]) -> Resolved:
     return Resolved(cfg, objective, preset)
 
 
-def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
-    """``--dry-run``: trainable parameters per player and weight+optimizer memory (fp32; Adam:
-    weights, gradient and two moments per trained value; the frozen parts once)."""
-    teacher = load_teacher(cfg)
+def teacher_report(cfg: Any, teacher: Any) -> dict[str, Any]:
+    """``--dry-run``'s lines on a latent teacher (``distill`` and ``optimize``): the folder and
+    prompt file in use (the bundled ones when none is given), shapes, prediction type and the
+    frozen parts' parameter counts."""
     parts = {"unet": teacher.model, "vae": teacher.vae, "text_encoder": teacher.text_encoder}
-    frozen = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    folder, prompt_file = sd_paths(cfg)
+    return {
+        "teacher_folder": str(folder),
+        "prompts": f"{prompt_file} ({len(teacher.prompt_rows)})",
+        "latent_shape": list(teacher.shape),
+        "image_shape": list(teacher.image_shape),
+        "prediction_type": teacher.prediction_type,
+        "frozen_params": {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()},
+    }
+
+
+def param_report(cfg: SDDistillConfig) -> dict[str, Any]:
+    """``--dry-run``: ``teacher_report``, trainable parameters per player and weight+optimizer
+    memory (fp32; Adam: weights, gradient and two moments per trained value; the frozen parts
+    once) and what the export will write."""
+    teacher = load_teacher(cfg)
+    report = teacher_report(cfg, teacher)
     gen, critic = build_players(cfg, teacher)
     trained = {
         "student": sum(p.numel() for p in gen.parameters()),
         "critic": sum(p.numel() for p in critic.parameters()),
     }
     mib = {k: round(4 * 4 * v / 2**20, 2) for k, v in trained.items()}
-    mib["frozen teacher parts"] = round(4 * sum(frozen.values()) / 2**20, 2)
-    folder, prompt_file = sd_paths(cfg)  # the bundled teacher and its prompts when not given
-    where = {
-        "teacher_folder": str(folder),
-        "prompts": f"{prompt_file} ({len(teacher.prompt_rows)})",
-    }
-    shapes = {"latent_shape": list(teacher.shape), "image_shape": list(teacher.image_shape)}
-    sizes = {"frozen_params": frozen, "trainable_params": trained, "weights_and_optimizer_MiB": mib}
-    plan = {"export": export_plan(gen, teacher) if cfg.export else "off (export=false)"}
-    return where | shapes | {"prediction_type": teacher.prediction_type} | sizes | plan
+    mib["frozen teacher parts"] = round(4 * sum(report["frozen_params"].values()) / 2**20, 2)
+    plan = export_plan(gen, teacher) if cfg.export else "off (export=false)"
+    return report | {"trainable_params": trained, "weights_and_optimizer_MiB": mib, "export": plan}
 
 
 FAMILY = Family(
