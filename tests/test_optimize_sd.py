@@ -203,3 +203,37 @@ def test_critic_lora_targets_key(sd_folder, prompts, tmp_path, capsys):
     # the weights load first (transformers' loading bars), then the one error line
     err = [e for e in capsys.readouterr().err.splitlines() if "error" in e]
     assert code == 2 and len(err) == 1 and "config key 'critic.lora_targets'" in err[0], err
+
+
+def test_a_diverged_source_stops_before_its_samples_are_written(
+    sd_folder, prompts, tmp_path, capsys
+):
+    """At lr 1e30 the particles reach ~1e30: the SDS surrogate's ``θ − sg(θ − g)`` rounds to 0
+    in float32, so the loss stays finite (0) while the decoder returns NaN. The run used to exit
+    0 with all-NaN samples (sweep 5); it now stops with exit 3 before writing them."""
+    args = _args("sds-sd", sd_folder, prompts, tmp_path / "o", "--quick", "--steps", "6")
+    assert main([*args, "--set", "train.lr=1e30"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "the decoded samples are not finite after step 6: the source diverged" in err[-1]
+    assert not (tmp_path / "o" / "samples.npz").exists()
+
+
+def test_two_runs_write_the_same_checkpoint_bytes(tmp_path):
+    """Every tensor of the checkpoint, the global RNG state included, is a function of the
+    seed: the SDS path never seeded the global RNG, so the saved state differed between two
+    identical runs (sweep 5) although the particles did not. On an RGB SDXL folder: the digits
+    scorer, which seeds the global RNG on its own, does not run there."""
+    from test_sdxl_teacher import PROMPTS, _pipe
+
+    _pipe().save_pretrained(tmp_path / "sdxl")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    states = []
+    for name, process_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(process_seed)  # two fresh processes start from different RNG states
+        args = _args("sds-sd", tmp_path / "sdxl", str(prompts), tmp_path / name, "--quick")
+        assert main(args) == 0
+        states.append(load_file(tmp_path / name / "checkpoints" / "step-3" / "state.safetensors"))
+    a, b = states
+    assert "rng/torch_global" in a and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

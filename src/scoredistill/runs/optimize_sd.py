@@ -45,6 +45,7 @@ from ..config import (
     to_dict,
 )
 from ..config import resolve as resolve_config
+from ..errors import NonFiniteError
 from ..io import atomic_write_json
 from ..objectives import SCORE_OBJECTIVES
 from ..presets.optimize_sd import DESCRIPTIONS, PRESETS, QUICK
@@ -227,6 +228,20 @@ def _guidance_text(g: float | None) -> str:
     return "none (the objective has no CFG scale)" if g is None else f"{g:g}"
 
 
+def _check_images(images: torch.Tensor, source: torch.nn.Module, step: int) -> None:
+    """Stop before writing samples that are not finite. A diverged source can keep a finite
+    (even zero) loss: at |θ| ~ 1e30 the surrogate's ``θ − sg(θ − g)`` rounds to 0 in float32,
+    so nothing non-finite reaches the loop's checks while the decoder returns NaN."""
+    if bool(torch.isfinite(images).all()):
+        return
+    top = max(float(p.detach().abs().max()) for p in source.parameters())
+    raise NonFiniteError(
+        f"the decoded samples are not finite after step {step}: the source diverged (largest "
+        f"|value| {top:.3g}); lower train.lr. Its checkpoints hold the diverged values",
+        step,
+    )
+
+
 def run_optimize_sd(
     cfg: OptimizeSDConfig, objective: Any, out: Path, resume: bool = False
 ) -> dict[str, Any]:
@@ -234,6 +249,7 @@ def run_optimize_sd(
     teacher = load_teacher(cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
+    torch.manual_seed(cfg.train.seed)  # the checkpoints save the global RNG: same seed, same bytes
     task = build_task(cfg, objective, teacher)
     source = task["source"]
     before = task["pictures"]()[0]
@@ -247,6 +263,8 @@ def run_optimize_sd(
         prior=task.get("prior"),
     )  # fmt: skip
     critic = task["critic"]
+    images, labels, arrays = task["pictures"]()
+    _check_images(images, source, cfg.train.steps)  # before the metrics read them
     metrics = {
         **task["evaluate"](source), "wall_s": time.perf_counter() - start,
         "steps": cfg.train.steps, "guidance": _guidance(objective),
@@ -258,7 +276,6 @@ def run_optimize_sd(
     }  # fmt: skip
     atomic_write_json(out / "metrics.json", metrics)
     JsonlLogger(out / "metrics.jsonl").log({"step": cfg.train.steps, "eval": True, **metrics})
-    images, labels, arrays = task["pictures"]()
     np.savez(out / "samples.npz", x=images.flatten(1).numpy(), **arrays)
     _save_grid(out, cfg, images, before, labels, task["what"])
     _write_report(out, cfg, teacher, metrics, result["history"], task["what"])
