@@ -159,3 +159,17 @@ def test_a_full_student_keeps_the_teachers_safety_checker(sd_folder, tmp_path):
         pipe.set_progress_bar_config(disable=True)
         out = pipe(PROMPTS, num_inference_steps=1, guidance_scale=1.0, output_type="np")
         assert out.nsfw_content_detected is not None  # the stock pipeline ran the checker
+
+
+def test_a_second_adapter_on_one_base_adds_no_peft_warning(sd_folder):
+    """Student and critic adapters on one frozen base are the design (SwiftBrush): PEFT's
+    "Already found a `peft_config`" warning said otherwise on every LoRA run's stderr."""
+    import warnings
+
+    teacher = _teacher(sd_folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(teacher.model, "student", rank=4)
+        add_lora(teacher.model, "critic", rank=4)
+    assert not [w for w in caught if "peft_config" in str(w.message)]
+    assert set(teacher.model.peft_config) == {"student", "critic"}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -132,7 +133,9 @@ def add_lora(
         raise ValueError(f"the model already has an adapter named {name!r}")
     flags = {id(p): p.requires_grad for p in model.parameters()}
     try:
-        inject_adapter_in_model(lora_config(rank, alpha, targets), model, adapter_name=name)
+        with warnings.catch_warnings():  # a second adapter on one base is the design here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(lora_config(rank, alpha, targets), model, adapter_name=name)
     except ValueError as err:  # no target module matched
         what = f"cannot add a LoRA adapter to {type(model).__name__}: {err}"
         raise ValueError(what.replace("\n", " ")) from None
