@@ -159,3 +159,20 @@ def test_torchrun_resume_is_bit_exact_and_rank0_exports(teacher_dir, tmp_path, m
         steps = {a[k].item() for k in a if k.startswith(f"optim/{player}/") and k.endswith("/step")}
         assert steps == {4.0}, (player, steps)
     _loads_into_unsharded_modules(teacher_dir, full / "checkpoints" / "step-4")
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_text_to_image_path_on_two_processes(sd_folder, prompts, tmp_path):
+    """``distill --preset dmd2-sd`` under ``torchrun --nproc_per_node 2`` (DDP of the full
+    student and critic on a latent teacher): world size 2 in the metrics, and rank 0's stock
+    ``StableDiffusionPipeline`` loads."""
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "run"
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "scoredistill", "distill",
+           "--preset", "dmd2-sd", "--quick", "--steps", "2", "--teacher", str(sd_folder),
+           "--prompts", prompts, "--out", str(out)]  # fmt: skip
+    _run(cmd)
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"

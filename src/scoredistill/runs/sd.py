@@ -307,7 +307,7 @@ def _finish(cfg, objective, teacher, result, gen, critic, start: float, out: Pat
     }
     metrics = {
         **score(teacher, z, labels, seed + 1), "nfe": ema.nfe,
-        "wall_s": time.perf_counter() - start, "sample_s": sample_s,
+        "wall_s": time.perf_counter() - start, "sample_s": sample_s, "world_size": result["world_size"],
         "trainable_params": trainable, "guidance": teacher_guidance(objective),
     }  # fmt: skip
     if hasattr(objective, "forget_class") and scorable_digits(teacher) is not None:
