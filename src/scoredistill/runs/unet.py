@@ -177,19 +177,28 @@ def score(teacher, x: torch.Tensor, labels, seed: int) -> dict[str, Any]:
     return image_metrics(x.reshape(-1, *teacher.shape).clamp(-1, 1), labels, seed=seed)
 
 
-def _build(cfg: UNetDistillConfig, teacher, gan_head: bool):
-    from ..sources.diffusers import DiffusersGenerator, make_diffusers_critic
+def _generator(cfg: UNetDistillConfig, teacher, denoiser=None):
+    """The student: a trainable copy of the teacher, or ``denoiser`` itself (``--dry-run``
+    reads its grid off the teacher without copying the network)."""
+    from ..sources.diffusers import DiffusersGenerator
 
     s = cfg.student
-    gen = DiffusersGenerator(
+    return DiffusersGenerator(
         teacher,
         steps=s.steps,
         init_timestep=None if s.init_timestep < 0 else s.init_timestep,
         sigma_init=s.sigma_init if s.sigma_init > 0 else None,
-        gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing=s.gradient_checkpointing and denoiser is None,
+        denoiser=denoiser,
     )
+
+
+def _build(cfg: UNetDistillConfig, teacher, gan_head: bool):
+    from ..sources.diffusers import make_diffusers_critic
+
+    gen = _generator(cfg, teacher)  # first: the critic's head draws from the global RNG
     critic = make_diffusers_critic(
-        teacher, logit_head=gan_head, gradient_checkpointing=s.gradient_checkpointing
+        teacher, logit_head=gan_head, gradient_checkpointing=cfg.student.gradient_checkpointing
     )
     return gen, critic
 
@@ -235,7 +244,7 @@ def param_report(cfg: UNetDistillConfig) -> dict[str, Any]:
     teacher = load_teacher(cfg)
     params = sum(p.numel() for p in teacher.model.parameters())
     mib = 4 * params / 2**20
-    gen, _ = _build(cfg, teacher, gan_head=False)
+    gen = _generator(cfg, teacher, denoiser=teacher)  # the student's grid; no copy
     return {
         **teacher_summary(cfg, teacher),
         "export": export_plan(gen, teacher) if cfg.export else "off (export=false)",

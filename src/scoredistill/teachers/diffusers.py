@@ -247,8 +247,9 @@ def check_forward(teacher: DiffusersTeacher, where: Path | str, cond: Tensor | N
             x, torch.tensor(0.5, dtype=torch.float64), cond if cond is None else cond.to(x.device)
         )
     except (RuntimeError, ValueError) as err:  # shape errors; diffusers' own config checks
-        what = f"the network cannot run on one {tuple(teacher.shape)} input"
-        raise _fail(where, f"{what}: check sample_size against its down/up blocks", err) from None
+        what = f"the network cannot run on one {tuple(teacher.shape)} input: a config diffusers"
+        why = "builds but cannot run, e.g. a sample_size its down/up blocks do not return to"
+        raise _fail(where, f"{what} {why}", err) from None
 
 
 def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
