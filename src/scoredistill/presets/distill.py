@@ -161,6 +161,13 @@ _FOUR_STEP_REG = {**_REGRESSION, "regression_steps": "all", **_TEACHER_INIT_STEP
 # and 3 seeds read 0.92-0.94 within 3 std on 5 paired draws (five updates: 0.88-0.89), below the
 # best 8-NFE cell on all three metrics for seeds 0 and 1; docs/benchmarks.md, "Every step regressed"
 _FOUR_STEP_REG_TESTBED: dict[str, dict[str, Any]] = {
+    # ring8 (stop 44): the student's levels sigma/alpha 2.5, 1.2, 0.6, 0.3 in place of Karras'
+    # grid below sigma_init 2.5 (2.5, 0.74, 0.17, 0.026: its last two steps can hardly move a
+    # sample). 3 seeds, 15 held-out paired draws each against the best 8-NFE cell: local MMD2
+    # -0.00047 / -0.00048 / -0.00062 below it (the Karras levels: +0.00006 / +0.00075 /
+    # +0.00031, above), MMD2 lower on every seed, SW2 level with both; docs/benchmarks.md,
+    # "Stop 44: the student's levels". DMD2's SDXL steps mapped by SNR (14.6 ... 0.69) were worse
+    "ring8": {"generator.sigma_init": None, "generator.sigmas": (2.5, 1.2, 0.6, 0.3)},
     "grid25": {
         "train.steps": 7500,
         "train.critic_updates": 1,
