@@ -20,7 +20,8 @@ __all__ = ["baseline_teacher", "sample_teacher", "train_teacher"]
 
 
 def _teacher(path: str, scheduler: str | None, num_classes: int | None):
-    from ..teachers.diffusers import check_forward, load_diffusers_teacher
+    from ..teachers.diffusers import load_diffusers_teacher
+    from ..teachers.diffusers_check import check_forward
 
     teacher = load_diffusers_teacher(path, scheduler=scheduler, num_classes=num_classes)
     check_forward(teacher, path, torch.zeros(1, dtype=torch.long) if teacher.num_classes else None)

@@ -115,7 +115,7 @@ class OptimizeSDConfig:
 def load_teacher(cfg: OptimizeSDConfig):
     """The latent teacher with the prompt list (and its per-encoder prompts) as its labels
     (``runs.sd``'s paths and checks, all before any weights load)."""
-    from ..teachers.diffusers import check_forward
+    from ..teachers.diffusers_check import check_forward
     from ..teachers.diffusers_latent import load_latent_teacher
 
     folder, prompt_file = sd_paths(cfg)

@@ -115,7 +115,7 @@ def load_teacher(cfg: SDDistillConfig):
     from ..export_flux import is_flux
     from ..export_sd3 import check_sd3_student, is_sd3
     from ..sources.diffusers import set_attention
-    from ..teachers.diffusers import check_forward
+    from ..teachers.diffusers_check import check_forward
     from ..teachers.diffusers_latent import load_latent_teacher
 
     folder, prompt_file = sd_paths(cfg)

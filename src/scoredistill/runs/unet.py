@@ -91,7 +91,8 @@ def teacher_path(cfg: UNetDistillConfig) -> Path:
 def load_teacher(cfg: UNetDistillConfig):
     """The teacher, its attention blocks set to ``student.attention`` (copies inherit it)."""
     from ..sources.diffusers import set_attention
-    from ..teachers.diffusers import check_forward, load_diffusers_teacher
+    from ..teachers.diffusers import load_diffusers_teacher
+    from ..teachers.diffusers_check import check_forward
 
     teacher = load_diffusers_teacher(
         teacher_path(cfg),

@@ -51,7 +51,6 @@ __all__ = [
     "DiscreteVPSchedule",
     "ShiftedFlowSchedule",
     "TeacherFolderError",
-    "check_forward",
     "load_diffusers_teacher",
 ]
 
@@ -232,24 +231,6 @@ class DiffusersTeacher(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.denoise(x_t, t, cond)
-
-
-@torch.no_grad()
-def check_forward(teacher: DiffusersTeacher, where: Path | str, cond: Tensor | None = None) -> None:
-    """One denoiser call on a single zero sample at mid time, before any training:
-    diffusers builds some configs it cannot run (a ``sample_size`` its down- and up-sampling
-    does not return to), which would otherwise stop a run at step 1 with a traceback.
-    ``TeacherFolderError`` naming ``where``, the input shape and the network's error."""
-    p = next(teacher.parameters(), None)
-    x = torch.zeros(1, teacher.dim, device=None if p is None else p.device)
-    try:
-        teacher.denoise(
-            x, torch.tensor(0.5, dtype=torch.float64), cond if cond is None else cond.to(x.device)
-        )
-    except (RuntimeError, ValueError) as err:  # shape errors; diffusers' own config checks
-        what = f"the network cannot run on one {tuple(teacher.shape)} input: a config diffusers"
-        why = "builds but cannot run, e.g. a sample_size its down/up blocks do not return to"
-        raise _fail(where, f"{what} {why}", err) from None
 
 
 def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
